@@ -1,0 +1,180 @@
+//! The PVH entry: from 32-bit protected mode to the kernel's Rust entry.
+//!
+//! QEMU enters `pvh_start32` with paging off, flat 32-bit segments, and the
+//! physical address of `hvm_start_info` in `%ebx`. The stub:
+//! 1. builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
+//!    pages both at 0 (identity, needed while the jump is in flight) and at
+//!    [`KERNEL_VIRT`](crate::layout::KERNEL_VIRT);
+//! 2. enables PAE, long mode and paging, and far-jumps into 64-bit code;
+//! 3. jumps to the higher half, switches to the boot stack, drops the
+//!    identity mapping (so null and low addresses fault), and calls
+//!    `kernel_boot_entry(start_info_phys: u64) -> !`, which the kernel
+//!    binary must define with `#[unsafe(no_mangle)] extern "C"`.
+//!
+//! The tables live in the kernel image's `.bss`; [`boot_stub_tables`] lists
+//! them so they can be recorded as early page tables. Only the boot stack
+//! and these tables are shared with Rust code.
+
+use crate::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
+use crate::layout::KERNEL_VIRT;
+
+/// Size of the stack `kernel_boot_entry` runs on.
+pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+core::arch::global_asm!(
+    r#"
+    .set KERNEL_VIRT, {kernel_virt}
+    .set PTE_PRESENT_WRITABLE, 0x3
+    .set PDE_LARGE, 0x83
+    .set CR4_PAE, 1 << 5
+    .set EFER_MSR, 0xc0000080
+    .set EFER_LME, 1 << 8
+    .set CR0_PE_PG, (1 << 0) | (1 << 31)
+
+    /* Xen ELF note type 18 (XEN_ELFNOTE_PHYS32_ENTRY): where QEMU enters. */
+    .section .note.pvh, "a", @note
+    .balign 4
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .long pvh_start32
+
+    .section .boot.text32, "ax"
+    .code32
+    .global pvh_start32
+pvh_start32:
+    cli
+    cld
+    mov %ebx, %esi                      /* hvm_start_info, kept until the call */
+
+    /* Zero the tables: the loader zero-fills .bss, but do not rely on it. */
+    mov $(boot_pml4 - KERNEL_VIRT), %edi
+    mov $(4 * 4096 / 4), %ecx
+    xor %eax, %eax
+    rep stosl
+
+    /* PML4[0] -> identity PDPT, PML4[511] -> high PDPT */
+    mov $(boot_pdpt_low - KERNEL_VIRT + PTE_PRESENT_WRITABLE), %eax
+    mov %eax, (boot_pml4 - KERNEL_VIRT)
+    mov $(boot_pdpt_high - KERNEL_VIRT + PTE_PRESENT_WRITABLE), %eax
+    mov %eax, (boot_pml4 - KERNEL_VIRT + 511 * 8)
+    /* both PDPTs share one PD: identity PDPT[0], high PDPT[510] (-2 GiB) */
+    mov $(boot_pd - KERNEL_VIRT + PTE_PRESENT_WRITABLE), %eax
+    mov %eax, (boot_pdpt_low - KERNEL_VIRT)
+    mov %eax, (boot_pdpt_high - KERNEL_VIRT + 510 * 8)
+
+    /* PD: 512 entries of 2 MiB covering physical [0, 1 GiB) */
+    mov $(boot_pd - KERNEL_VIRT), %edi
+    mov $PDE_LARGE, %eax
+    mov $512, %ecx
+1:  mov %eax, (%edi)
+    add $0x200000, %eax
+    add $8, %edi
+    loop 1b
+
+    mov %cr4, %eax
+    or $CR4_PAE, %eax
+    mov %eax, %cr4
+    mov $(boot_pml4 - KERNEL_VIRT), %eax
+    mov %eax, %cr3
+    mov $EFER_MSR, %ecx
+    rdmsr
+    or $EFER_LME, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $CR0_PE_PG, %eax
+    mov %eax, %cr0
+
+    lgdt (boot_gdt_pointer32)
+    ljmp $0x08, $pvh_start64_low
+
+    .code64
+pvh_start64_low:
+    movabs $pvh_start64_high, %rax
+    jmp *%rax
+
+    .section .boot.rodata, "a"
+    .balign 8
+boot_gdt:
+    .quad 0                             /* null */
+    .quad 0x00af9a000000ffff            /* 0x08: 64-bit code, ring 0 */
+    .quad 0x00cf92000000ffff            /* 0x10: data, ring 0 */
+boot_gdt_end:
+boot_gdt_pointer32:
+    .word boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+
+    .section .text.pvh_start64_high, "ax"
+    .code64
+pvh_start64_high:
+    /* Reload GDTR through the high mapping before the identity map goes. */
+    movabs $boot_gdt_pointer64, %rax
+    lgdt (%rax)
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    xor %eax, %eax
+    mov %ax, %fs
+    mov %ax, %gs
+
+    movabs $boot_stack_top, %rsp
+    movabs $boot_pml4, %rax
+    movq $0, (%rax)                     /* drop the identity mapping */
+    mov %cr3, %rax
+    mov %rax, %cr3
+
+    mov %esi, %edi                      /* zero-extends: start_info_phys */
+    xor %ebp, %ebp                      /* ends frame-pointer walks */
+    call kernel_boot_entry
+2:  hlt
+    jmp 2b
+
+    .section .rodata.boot_gdt_pointer64, "a"
+    .balign 8
+boot_gdt_pointer64:
+    .word boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt + KERNEL_VIRT
+
+    .section .bss.boot_page_tables, "aw", @nobits
+    .balign 4096
+    .global boot_pml4, boot_pdpt_low, boot_pdpt_high, boot_pd
+boot_pml4:      .skip 4096
+boot_pdpt_low:  .skip 4096
+boot_pdpt_high: .skip 4096
+boot_pd:        .skip 4096
+
+    .section .bss.boot_stack, "aw", @nobits
+    .balign 16
+boot_stack_bottom:
+    .skip {stack_size}
+    .global boot_stack_top
+boot_stack_top:
+    "#,
+    kernel_virt = const KERNEL_VIRT,
+    stack_size = const BOOT_STACK_SIZE,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static boot_pml4: [u64; 512];
+    static boot_pdpt_high: [u64; 512];
+    static boot_pd: [u64; 512];
+}
+
+/// Physical address of a kernel-image symbol.
+fn image_phys(virt: *const [u64; 512]) -> u64 {
+    virt as u64 - KERNEL_VIRT
+}
+
+/// The page tables the stub built that are still in use once the identity
+/// mapping is gone: the PML4, the high PDPT and the shared page directory.
+pub fn boot_stub_tables() -> [EarlyPageTable; 3] {
+    let table = |virt, level| EarlyPageTable { phys: image_phys(virt), level, origin: TableOrigin::BootStub };
+    [
+        table(&raw const boot_pml4, TableLevel::Pml4),
+        table(&raw const boot_pdpt_high, TableLevel::Pdpt),
+        table(&raw const boot_pd, TableLevel::Pd),
+    ]
+}

@@ -1,0 +1,36 @@
+//! Where the kernel image lives, physically and virtually.
+//!
+//! These constants must match `boot/kernel.ld`, which cannot import them.
+
+/// Physical address the image is loaded at (2 MiB keeps it clear of the
+/// legacy low megabyte and makes it one 2 MiB page).
+pub const KERNEL_PHYS: u64 = 0x20_0000;
+
+/// Virtual base of the kernel window: the top 2 GiB of the address space.
+/// Physical address `p` below [`BOOT_WINDOW_SIZE`] is visible at
+/// `KERNEL_VIRT + p` from the moment the stub enters 64-bit code.
+pub const KERNEL_VIRT: u64 = 0xffff_ffff_8000_0000;
+
+/// How much physical memory the boot stub maps at [`KERNEL_VIRT`]: one page
+/// directory of 2 MiB pages.
+pub const BOOT_WINDOW_SIZE: u64 = 1 << 30;
+
+/// The kernel-window address of a physical address, if the boot window
+/// covers `len` bytes from it.
+pub fn boot_window_addr(phys: u64, len: u64) -> Option<u64> {
+    let end = phys.checked_add(len)?;
+    (end <= BOOT_WINDOW_SIZE).then_some(KERNEL_VIRT + phys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_window_bounds() {
+        assert_eq!(boot_window_addr(0, 16), Some(KERNEL_VIRT));
+        assert_eq!(boot_window_addr(BOOT_WINDOW_SIZE - 8, 8), Some(KERNEL_VIRT + BOOT_WINDOW_SIZE - 8));
+        assert_eq!(boot_window_addr(BOOT_WINDOW_SIZE - 8, 9), None);
+        assert_eq!(boot_window_addr(u64::MAX, 2), None);
+    }
+}

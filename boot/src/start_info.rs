@@ -1,0 +1,289 @@
+//! `hvm_start_info`, the structure QEMU's PVH loader hands the kernel in
+//! `%ebx`, parsed into a typed [`BootInfo`].
+//!
+//! Layout (Xen's `arch-x86/hvm/start_info.h`, version 1), little endian:
+//!
+//! | offset | field            | offset | field              |
+//! |--------|------------------|--------|--------------------|
+//! | 0      | magic (u32)      | 24     | cmdline_paddr (u64)|
+//! | 4      | version (u32)    | 32     | rsdp_paddr (u64)   |
+//! | 8      | flags (u32)      | 40     | memmap_paddr (u64) |
+//! | 12     | nr_modules (u32) | 48     | memmap_entries (u32)|
+//! | 16     | modlist_paddr    | 52     | reserved (u32)     |
+//!
+//! Memory map entries are 24 bytes: addr (u64), size (u64), type (u32),
+//! reserved (u32). Everything is read through [`PhysMemory`], so a bad
+//! pointer in the structure becomes an error rather than a wild read.
+
+use crate::memory_map::{MemoryMap, MemoryMapError, RegionKind};
+use heapless::String;
+
+/// `hvm_start_info.magic`.
+pub const START_INFO_MAGIC: u32 = 0x336e_c578;
+/// Size of the version-1 structure.
+const START_INFO_SIZE: usize = 56;
+/// Size of one memory map entry.
+const MEMMAP_ENTRY_SIZE: usize = 24;
+/// Longest command line kept; a longer one is an error, not truncated.
+pub const MAX_COMMAND_LINE: usize = 1024;
+/// Most raw memory map entries read.
+pub const MAX_MEMMAP_ENTRIES: usize = 128;
+
+/// Read access to physical memory during boot.
+pub trait PhysMemory {
+    /// The `len` bytes at physical address `phys`, or `None` if they are not
+    /// readable (outside what the caller can map).
+    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]>;
+}
+
+/// What the kernel knows about the machine when it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootInfo {
+    /// Physical address of `hvm_start_info`.
+    pub start_info_phys: u64,
+    /// `hvm_start_info.version`.
+    pub version: u32,
+    /// The cleaned-up physical memory map.
+    pub memory: MemoryMap,
+    /// The kernel command line (QEMU `-append`), empty if none.
+    pub command_line: String<MAX_COMMAND_LINE>,
+    /// Physical address of the ACPI RSDP, if the loader gave one.
+    pub rsdp: Option<u64>,
+}
+
+/// Why `hvm_start_info` could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootInfoError {
+    /// A structure the loader points to is outside readable memory.
+    Unreadable {
+        /// Which structure.
+        what: &'static str,
+        /// Its physical address.
+        phys: u64,
+    },
+    /// The magic number is wrong: this is not a PVH start.
+    BadMagic(u32),
+    /// Version 0 has no memory map, and the kernel needs one.
+    NoMemoryMap {
+        /// The version found.
+        version: u32,
+    },
+    /// More memory map entries than [`MAX_MEMMAP_ENTRIES`].
+    TooManyEntries(u32),
+    /// The memory map itself is unusable.
+    MemoryMap(MemoryMapError),
+    /// The command line is longer than [`MAX_COMMAND_LINE`] or has no end.
+    CommandLineTooLong,
+    /// The command line is not UTF-8.
+    CommandLineNotUtf8,
+}
+
+impl core::fmt::Display for BootInfoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Unreadable { what, phys } => write!(f, "{what} at physical {phys:#x} is not readable"),
+            Self::BadMagic(m) => write!(f, "hvm_start_info magic is {m:#x}, expected {START_INFO_MAGIC:#x}"),
+            Self::NoMemoryMap { version } => {
+                write!(f, "hvm_start_info version {version} has no memory map (need version 1)")
+            }
+            Self::TooManyEntries(n) => write!(f, "memory map has {n} entries, at most {MAX_MEMMAP_ENTRIES} are read"),
+            Self::MemoryMap(e) => write!(f, "{e}"),
+            Self::CommandLineTooLong => write!(f, "command line is longer than {MAX_COMMAND_LINE} bytes"),
+            Self::CommandLineNotUtf8 => write!(f, "command line is not valid UTF-8"),
+        }
+    }
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[offset..offset + 8]);
+    u64::from_le_bytes(word)
+}
+
+impl BootInfo {
+    /// Parses the `hvm_start_info` at `phys`.
+    pub fn parse(phys: u64, mem: &impl PhysMemory) -> Result<Self, BootInfoError> {
+        let unreadable = |what, phys| BootInfoError::Unreadable { what, phys };
+        let info = mem.bytes(phys, START_INFO_SIZE).ok_or(unreadable("hvm_start_info", phys))?;
+        let magic = u32_at(info, 0);
+        if magic != START_INFO_MAGIC {
+            return Err(BootInfoError::BadMagic(magic));
+        }
+        let version = u32_at(info, 4);
+        if version < 1 {
+            return Err(BootInfoError::NoMemoryMap { version });
+        }
+        let cmdline_paddr = u64_at(info, 24);
+        let rsdp_paddr = u64_at(info, 32);
+        let memmap_paddr = u64_at(info, 40);
+        let memmap_entries = u32_at(info, 48);
+
+        if memmap_entries as usize > MAX_MEMMAP_ENTRIES {
+            return Err(BootInfoError::TooManyEntries(memmap_entries));
+        }
+        let table_len = memmap_entries as usize * MEMMAP_ENTRY_SIZE;
+        let table = mem.bytes(memmap_paddr, table_len).ok_or(unreadable("memory map", memmap_paddr))?;
+        let entries = table.chunks_exact(MEMMAP_ENTRY_SIZE).map(|entry| {
+            (u64_at(entry, 0), u64_at(entry, 8), RegionKind::from_e820(u32_at(entry, 16)))
+        });
+        let memory = MemoryMap::from_entries(entries).map_err(BootInfoError::MemoryMap)?;
+
+        let command_line = if cmdline_paddr == 0 {
+            String::new()
+        } else {
+            read_command_line(cmdline_paddr, mem)?
+        };
+
+        Ok(BootInfo {
+            start_info_phys: phys,
+            version,
+            memory,
+            command_line,
+            rsdp: (rsdp_paddr != 0).then_some(rsdp_paddr),
+        })
+    }
+}
+
+/// Reads a NUL-terminated command line, at most [`MAX_COMMAND_LINE`] bytes.
+fn read_command_line(phys: u64, mem: &impl PhysMemory) -> Result<String<MAX_COMMAND_LINE>, BootInfoError> {
+    // Read byte by byte: the string may end right before unreadable memory.
+    let mut line: heapless::Vec<u8, MAX_COMMAND_LINE> = heapless::Vec::new();
+    for offset in 0..=MAX_COMMAND_LINE as u64 {
+        let at = phys + offset;
+        let byte = mem
+            .bytes(at, 1)
+            .ok_or(BootInfoError::Unreadable { what: "command line", phys: at })?[0];
+        if byte == 0 {
+            return String::from_utf8(line).map_err(|_| BootInfoError::CommandLineNotUtf8);
+        }
+        line.push(byte).map_err(|_| BootInfoError::CommandLineTooLong)?;
+    }
+    Err(BootInfoError::CommandLineTooLong)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory_map::MemoryRegion;
+
+    /// A little physical memory: `size` bytes from address 0.
+    struct FakeMemory(std::vec::Vec<u8>);
+
+    impl FakeMemory {
+        fn new(size: usize) -> Self {
+            Self(vec![0; size])
+        }
+        fn put(&mut self, phys: u64, bytes: &[u8]) {
+            self.0[phys as usize..phys as usize + bytes.len()].copy_from_slice(bytes);
+        }
+        fn put_start_info(&mut self, phys: u64, version: u32, cmdline: u64, rsdp: u64, memmap: u64, entries: u32) {
+            let mut s = std::vec::Vec::new();
+            s.extend(START_INFO_MAGIC.to_le_bytes());
+            s.extend(version.to_le_bytes());
+            s.extend(0u32.to_le_bytes()); // flags
+            s.extend(0u32.to_le_bytes()); // nr_modules
+            s.extend(0u64.to_le_bytes()); // modlist
+            s.extend(cmdline.to_le_bytes());
+            s.extend(rsdp.to_le_bytes());
+            s.extend(memmap.to_le_bytes());
+            s.extend(entries.to_le_bytes());
+            s.extend(0u32.to_le_bytes());
+            assert_eq!(s.len(), START_INFO_SIZE);
+            self.put(phys, &s);
+        }
+        fn put_memmap(&mut self, phys: u64, entries: &[(u64, u64, u32)]) {
+            for (i, &(addr, size, kind)) in entries.iter().enumerate() {
+                let mut e = std::vec::Vec::new();
+                e.extend(addr.to_le_bytes());
+                e.extend(size.to_le_bytes());
+                e.extend(kind.to_le_bytes());
+                e.extend(0u32.to_le_bytes());
+                self.put(phys + (i * MEMMAP_ENTRY_SIZE) as u64, &e);
+            }
+        }
+    }
+
+    impl PhysMemory for FakeMemory {
+        fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
+            let start = usize::try_from(phys).ok()?;
+            self.0.get(start..start.checked_add(len)?)
+        }
+    }
+
+    /// The map QEMU's PVH loader reports for `-m 129M` on `-M pc`.
+    const QEMU_129M: &[(u64, u64, u32)] = &[
+        (0, 0x9fc00, 1),
+        (0x9fc00, 0x400, 2),
+        (0xf0000, 0x10000, 2),
+        (0x10_0000, 128 << 20, 1),
+        (0xfffc_0000, 0x4_0000, 2),
+    ];
+
+    #[test]
+    fn parses_a_qemu_start_info() {
+        let mut mem = FakeMemory::new(0x4000);
+        mem.put_start_info(0x1000, 1, 0x2000, 0xf_5000, 0x3000, QEMU_129M.len() as u32);
+        mem.put(0x2000, b"test=all ptprot=auto\0");
+        mem.put_memmap(0x3000, QEMU_129M);
+        let info = BootInfo::parse(0x1000, &mem).unwrap();
+        assert_eq!(info.version, 1);
+        assert_eq!(info.command_line.as_str(), "test=all ptprot=auto");
+        assert_eq!(info.rsdp, Some(0xf_5000));
+        assert_eq!(info.memory.regions()[0], MemoryRegion { start: 0, end: 0x9fc00, kind: RegionKind::Usable });
+        assert_eq!(info.memory.summary().usable_bytes, 0x9fc00 + (128 << 20));
+        assert_eq!(info.memory.summary().highest_usable_end, 129 << 20);
+    }
+
+    #[test]
+    fn no_command_line_is_empty() {
+        let mut mem = FakeMemory::new(0x4000);
+        mem.put_start_info(0x1000, 1, 0, 0, 0x3000, QEMU_129M.len() as u32);
+        mem.put_memmap(0x3000, QEMU_129M);
+        let info = BootInfo::parse(0x1000, &mem).unwrap();
+        assert!(info.command_line.is_empty());
+        assert_eq!(info.rsdp, None);
+    }
+
+    #[test]
+    fn rejects_bad_structures() {
+        let mut mem = FakeMemory::new(0x4000);
+        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::BadMagic(0)));
+        assert_eq!(
+            BootInfo::parse(0x3ff0, &mem),
+            Err(BootInfoError::Unreadable { what: "hvm_start_info", phys: 0x3ff0 })
+        );
+
+        mem.put_start_info(0x1000, 0, 0, 0, 0x3000, 1);
+        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::NoMemoryMap { version: 0 }));
+
+        mem.put_start_info(0x1000, 1, 0, 0, 0x3f00, 20);
+        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::Unreadable { what: "memory map", phys: 0x3f00 }));
+
+        mem.put_start_info(0x1000, 1, 0, 0, 0x3000, 100_000);
+        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::TooManyEntries(100_000)));
+    }
+
+    #[test]
+    fn rejects_bad_command_lines() {
+        let mut mem = FakeMemory::new(0x4000);
+        mem.put_memmap(0x3000, QEMU_129M);
+        mem.put_start_info(0x1000, 1, 0x2000, 0, 0x3000, QEMU_129M.len() as u32);
+        mem.put(0x2000, &[b'a'; MAX_COMMAND_LINE + 1]);
+        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::CommandLineTooLong));
+        mem.put(0x2000, &[0xff, 0xfe, 0]);
+        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::CommandLineNotUtf8));
+        // A line running into unreadable memory.
+        mem.put_start_info(0x1000, 1, 0x3ffe, 0, 0x3000, QEMU_129M.len() as u32);
+        mem.put(0x3ffe, b"ab");
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::Unreadable { what: "command line", phys: 0x4000 })
+        );
+    }
+}

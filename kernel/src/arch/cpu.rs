@@ -1,0 +1,256 @@
+//! CPU identification, protection enabling, and raw control registers.
+//!
+//! CR4 is read and written with raw `asm!`: `x86::controlregs::cr4()`
+//! silently drops bit 24 (PKS), so a read-modify-write through it would
+//! turn PKS off (PLATFORM.md). Feature bits come from `raw-cpuid`, except
+//! PKS, which it does not know (read raw from leaf 7).
+
+use core::arch::asm;
+use core::fmt;
+use raw_cpuid::CpuId;
+use x86::msr;
+
+/// CR4.UMIP: user-mode instruction prevention (SGDT, SIDT, ... fault in ring 3).
+const CR4_UMIP: u64 = 1 << 11;
+/// CR4.SMEP: the kernel cannot execute user pages.
+const CR4_SMEP: u64 = 1 << 20;
+/// CR4.SMAP: the kernel cannot touch user pages unless RFLAGS.AC is set.
+const CR4_SMAP: u64 = 1 << 21;
+/// CR0.WP: write protection applies to the kernel (PKS write-disable needs it).
+const CR0_WP: u64 = 1 << 16;
+/// EFER.NXE: the no-execute bit in page-table entries is honoured.
+const EFER_NXE: u64 = 1 << 11;
+
+/// What the CPU offers that the kernel reports or uses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuFeatures {
+    /// Protection keys for supervisor pages.
+    pub pks: bool,
+    /// Protection keys for user pages.
+    pub pku: bool,
+    /// Supervisor-mode execution prevention.
+    pub smep: bool,
+    /// Supervisor-mode access prevention.
+    pub smap: bool,
+    /// User-mode instruction prevention.
+    pub umip: bool,
+    /// No-execute page protection.
+    pub nx: bool,
+    /// 1 GiB pages.
+    pub gib_pages: bool,
+    /// 5-level paging.
+    pub la57: bool,
+    /// Local APIC.
+    pub apic: bool,
+    /// x2APIC mode.
+    pub x2apic: bool,
+    /// Process-context identifiers.
+    pub pcid: bool,
+    /// The INVPCID instruction.
+    pub invpcid: bool,
+}
+
+impl CpuFeatures {
+    /// Reads CPUID.
+    pub fn detect() -> Self {
+        let cpuid = CpuId::new();
+        let basic = cpuid.get_feature_info();
+        let extended = cpuid.get_extended_feature_info();
+        let ext_proc = cpuid.get_extended_processor_and_feature_identifiers();
+        let leaf7_ecx = raw_cpuid::cpuid!(7, 0).ecx;
+        CpuFeatures {
+            pks: pkeys::cpu::has_pks(leaf7_ecx),
+            pku: extended.as_ref().is_some_and(|f| f.has_pku()),
+            smep: extended.as_ref().is_some_and(|f| f.has_smep()),
+            smap: extended.as_ref().is_some_and(|f| f.has_smap()),
+            umip: extended.as_ref().is_some_and(|f| f.has_umip()),
+            la57: extended.as_ref().is_some_and(|f| f.has_la57()),
+            invpcid: extended.as_ref().is_some_and(|f| f.has_invpcid()),
+            nx: ext_proc.as_ref().is_some_and(|f| f.has_execute_disable()),
+            gib_pages: ext_proc.as_ref().is_some_and(|f| f.has_1gib_pages()),
+            apic: basic.as_ref().is_some_and(|f| f.has_apic()),
+            x2apic: basic.as_ref().is_some_and(|f| f.has_x2apic()),
+            pcid: basic.as_ref().is_some_and(|f| f.has_pcid()),
+        }
+    }
+
+    /// The features as `(name, present)` pairs, in report order.
+    pub fn list(&self) -> [(&'static str, bool); 12] {
+        [
+            ("PKS", self.pks),
+            ("PKU", self.pku),
+            ("SMEP", self.smep),
+            ("SMAP", self.smap),
+            ("UMIP", self.umip),
+            ("NX", self.nx),
+            ("1GiB-pages", self.gib_pages),
+            ("LA57", self.la57),
+            ("APIC", self.apic),
+            ("x2APIC", self.x2apic),
+            ("PCID", self.pcid),
+            ("INVPCID", self.invpcid),
+        ]
+    }
+}
+
+/// The vendor and brand strings, for the report.
+pub fn describe_cpu(out: &mut impl fmt::Write) -> fmt::Result {
+    let cpuid = CpuId::new();
+    match cpuid.get_vendor_info() {
+        Some(vendor) => write!(out, "{}", vendor.as_str())?,
+        None => write!(out, "unknown vendor")?,
+    }
+    if let Some(brand) = cpuid.get_processor_brand_string() {
+        write!(out, " ({})", brand.as_str().trim())?;
+    }
+    Ok(())
+}
+
+/// Protections this CPU now has turned on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Enabled {
+    /// CR4.SMEP set.
+    pub smep: bool,
+    /// CR4.SMAP set.
+    pub smap: bool,
+    /// CR4.UMIP set.
+    pub umip: bool,
+    /// EFER.NXE set.
+    pub nx: bool,
+    /// CR0.WP set (always: every x86-64 CPU has it).
+    pub wp: bool,
+}
+
+/// Turns on SMEP, SMAP, UMIP and NX where present, and CR0.WP, on this CPU.
+pub fn enable_protections(features: &CpuFeatures) -> Enabled {
+    let mut cr4 = read_cr4();
+    for (present, bit) in [(features.smep, CR4_SMEP), (features.smap, CR4_SMAP), (features.umip, CR4_UMIP)] {
+        if present {
+            cr4 |= bit;
+        }
+    }
+    // SAFETY: only bits the CPU reports are set; SMEP/SMAP/UMIP restrict user
+    // pages and ring-3 instructions, and no user mappings exist yet.
+    unsafe { write_cr4(cr4) };
+
+    if features.nx {
+        // SAFETY: IA32_EFER exists on every x86-64 CPU; NXE is supported.
+        unsafe { msr::wrmsr(msr::IA32_EFER, msr::rdmsr(msr::IA32_EFER) | EFER_NXE) };
+    }
+    // SAFETY: the kernel never relies on writing read-only pages.
+    unsafe { write_cr0(read_cr0() | CR0_WP) };
+
+    let cr4 = read_cr4();
+    // SAFETY: reading IA32_EFER has no side effects.
+    let efer = unsafe { msr::rdmsr(msr::IA32_EFER) };
+    Enabled {
+        smep: cr4 & CR4_SMEP != 0,
+        smap: cr4 & CR4_SMAP != 0,
+        umip: cr4 & CR4_UMIP != 0,
+        nx: efer & EFER_NXE != 0,
+        wp: read_cr0() & CR0_WP != 0,
+    }
+}
+
+/// CR0, read raw.
+pub fn read_cr0() -> u64 {
+    let value;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes CR0.
+///
+/// # Safety
+/// The value must keep the kernel running: paging, protected mode and the
+/// caching bits as the kernel set them up.
+unsafe fn write_cr0(value: u64) {
+    // SAFETY: the caller keeps paging and protection consistent.
+    unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// CR2: the linear address of the last page fault.
+pub fn read_cr2() -> u64 {
+    let value;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// CR3: the current address-space root.
+pub fn read_cr3() -> u64 {
+    let value;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// CR4, read raw (all bits, PKS included).
+pub fn read_cr4() -> u64 {
+    let value;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes CR4 raw.
+///
+/// # Safety
+/// Every bit set must be supported by the CPU (else #GP), and the change
+/// must not break the kernel's own execution (PAE must stay on).
+pub unsafe fn write_cr4(value: u64) {
+    // SAFETY: the caller sets only supported, consistent bits.
+    unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// The PKRS register if PKS is on, for reports.
+pub fn read_pkrs_if_enabled() -> Option<u64> {
+    if !pkeys::cpu::pks_enabled(read_cr4()) {
+        return None;
+    }
+    // SAFETY: CR4.PKS is set, so the CPU has PKS and IA32_PKRS exists.
+    Some(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) })
+}
+
+/// RFLAGS.IF.
+pub fn interrupts_enabled() -> bool {
+    x86::bits64::rflags::read().contains(x86::bits64::rflags::RFlags::FLAGS_IF)
+}
+
+/// Masks maskable interrupts on this CPU.
+pub fn disable_interrupts() {
+    // SAFETY: masking interrupts cannot break memory safety.
+    unsafe { x86::irq::disable() };
+}
+
+/// Unmasks maskable interrupts on this CPU.
+pub fn enable_interrupts() {
+    // SAFETY: the IDT is loaded before anything calls this.
+    unsafe { x86::irq::enable() };
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        disable_interrupts();
+        // SAFETY: hlt with interrupts masked just parks the CPU.
+        unsafe { x86::halt() };
+    }
+}
+
+crate::kernel_test! {
+    /// Every protection the CPU offers is on, and CR4 round-trips raw.
+    fn protections_match_features() -> TestResult {
+        let boot = crate::boot_state();
+        let cr4 = read_cr4();
+        crate::check_eq!(cr4 & CR4_SMEP != 0, boot.features.smep);
+        crate::check_eq!(cr4 & CR4_SMAP != 0, boot.features.smap);
+        crate::check_eq!(cr4 & CR4_UMIP != 0, boot.features.umip);
+        crate::check!(read_cr0() & CR0_WP != 0, "CR0.WP is off");
+        // SAFETY: reading IA32_EFER has no side effects.
+        let efer = unsafe { msr::rdmsr(msr::IA32_EFER) };
+        crate::check_eq!(efer & EFER_NXE != 0, boot.features.nx);
+        Ok(())
+    }
+}

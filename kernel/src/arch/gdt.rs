@@ -1,0 +1,123 @@
+//! The GDT and TSS, with separate interrupt stacks (IST) for the
+//! exceptions that must work even when the current stack is bad.
+//!
+//! Layout: null, kernel code (0x08), kernel data (0x10), TSS (0x18, two
+//! slots). One CPU for now; SMP gives each CPU its own copy.
+
+use core::cell::UnsafeCell;
+use core::mem::size_of;
+use x86::Ring;
+use x86::bits64::segmentation::Descriptor64;
+use x86::bits64::task::TaskStateSegment;
+use x86::dtables::{DescriptorTablePointer, lgdt};
+use x86::segmentation::{
+    BuildDescriptor, CodeSegmentType, DataSegmentType, Descriptor, DescriptorBuilder, GateDescriptorBuilder,
+    SegmentDescriptorBuilder, SegmentSelector,
+};
+
+/// Kernel code segment selector.
+pub const KERNEL_CODE: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
+/// Kernel data segment selector.
+pub const KERNEL_DATA: SegmentSelector = SegmentSelector::new(2, Ring::Ring0);
+const TSS_SELECTOR: SegmentSelector = SegmentSelector::new(3, Ring::Ring0);
+
+/// Interrupt stack table slots (1-based, as the IDT gate encodes them).
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub enum IstSlot {
+    /// Double fault: the current stack may be the cause.
+    DoubleFault = 1,
+    /// NMI: can arrive anywhere, including mid-stack-switch.
+    Nmi = 2,
+    /// Machine check: same reason as NMI.
+    MachineCheck = 3,
+    /// Page fault: a kernel stack overflow shows up as one.
+    PageFault = 4,
+    /// General protection: a corrupt RSP can raise one.
+    GeneralProtection = 5,
+}
+
+const IST_STACK_SIZE: usize = 16 * 1024;
+const IST_STACKS: usize = 5;
+
+#[repr(C, align(16))]
+struct IstStacks([[u8; IST_STACK_SIZE]; IST_STACKS]);
+
+#[repr(C, packed)]
+struct Gdt {
+    null: Descriptor,
+    kernel_code: Descriptor,
+    kernel_data: Descriptor,
+    tss: Descriptor64,
+}
+
+/// Tables the CPU reads (and, for the TSS busy bit, writes) behind Rust's
+/// back; only raw pointers are ever taken to them.
+struct CpuTables {
+    gdt: UnsafeCell<Gdt>,
+    tss: UnsafeCell<TaskStateSegment>,
+    ist_stacks: UnsafeCell<IstStacks>,
+}
+
+// SAFETY: written once by `init` on the boot CPU before anything else runs;
+// afterwards only the CPU itself touches them.
+unsafe impl Sync for CpuTables {}
+
+static TABLES: CpuTables = CpuTables {
+    gdt: UnsafeCell::new(Gdt {
+        null: Descriptor::NULL,
+        kernel_code: Descriptor::NULL,
+        kernel_data: Descriptor::NULL,
+        tss: Descriptor64::NULL,
+    }),
+    tss: UnsafeCell::new(TaskStateSegment::new()),
+    ist_stacks: UnsafeCell::new(IstStacks([[0; IST_STACK_SIZE]; IST_STACKS])),
+};
+
+/// Builds and loads the GDT and TSS on the boot CPU, replacing the boot
+/// stub's GDT.
+pub fn init() {
+    let tss = TABLES.tss.get();
+    let stacks = TABLES.ist_stacks.get() as u64;
+    let kernel_code: Descriptor = DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteRead)
+        .present()
+        .dpl(Ring::Ring0)
+        .l()
+        .finish();
+    let kernel_data: Descriptor = DescriptorBuilder::data_descriptor(0, 0, DataSegmentType::ReadWrite)
+        .present()
+        .dpl(Ring::Ring0)
+        .finish();
+    let tss_descriptor: Descriptor64 = <DescriptorBuilder as GateDescriptorBuilder<u64>>::tss_descriptor(
+        tss as u64,
+        size_of::<TaskStateSegment>() as u64 - 1,
+        true,
+    )
+    .present()
+    .dpl(Ring::Ring0)
+    .finish();
+
+    // SAFETY: single-threaded boot; nothing else references the tables yet.
+    unsafe {
+        for slot in 1..=IST_STACKS {
+            // Stacks grow down: slot n uses the top of the n-th stack.
+            (*tss).set_ist(slot - 1, stacks + (slot * IST_STACK_SIZE) as u64);
+        }
+        TABLES.gdt.get().write(Gdt { null: Descriptor::NULL, kernel_code, kernel_data, tss: tss_descriptor });
+    }
+
+    let pointer = DescriptorTablePointer::new(
+        // SAFETY: the GDT is initialised above and lives forever.
+        unsafe { &*TABLES.gdt.get() },
+    );
+    // SAFETY: the GDT holds valid code, data and TSS descriptors at the
+    // selectors loaded below, and is 'static.
+    unsafe {
+        lgdt(&pointer);
+        x86::bits64::segmentation::load_cs(KERNEL_CODE);
+        x86::segmentation::load_ss(KERNEL_DATA);
+        x86::segmentation::load_ds(KERNEL_DATA);
+        x86::segmentation::load_es(KERNEL_DATA);
+        x86::task::load_tr(TSS_SELECTOR);
+    }
+}

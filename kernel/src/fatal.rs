@@ -1,0 +1,121 @@
+//! The end of the line: fault reports and the panic handler.
+//!
+//! Every unrecoverable event prints a full report on the text console and
+//! stops the machine with [`ExitCode::Failure`], so the host sees a failure
+//! and a reason, never a silent hang or a triple fault. A fault raised while
+//! a report is being printed skips straight to the exit.
+
+use crate::arch::cpu;
+use crate::arch::exit::{ExitCode, exit_qemu};
+use crate::arch::idt::{TrapFrame, exception_name};
+use crate::fatal_println;
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+static REPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Claims the right to report; a second fatal event during a report exits.
+fn begin_report() {
+    if REPORTING.swap(true, Ordering::SeqCst) {
+        exit_qemu(ExitCode::Failure);
+    }
+    // A test line in progress ("test NAME ... ") gets its verdict first.
+    if crate::testing::current_test().is_some() {
+        fatal_println!("FAILED");
+    }
+}
+
+fn end_report() -> ! {
+    fatal_println!("!!! stopping the machine: exit status {} (failure)", ((ExitCode::Failure as u32) << 1) | 1);
+    exit_qemu(ExitCode::Failure)
+}
+
+/// Reports an exception the kernel cannot handle and stops.
+pub fn exception(frame: &TrapFrame) -> ! {
+    begin_report();
+    let (mnemonic, name) = exception_name(frame.vector);
+    fatal_println!("!!! kernel fault: {} ({}, vector {})", name, mnemonic, frame.vector);
+    if let Some(test) = crate::testing::current_test() {
+        fatal_println!("    during test {}", test);
+    }
+    if frame.vector == 14 {
+        let code = pkeys::PageFaultError::from_bits_retain(frame.error_code);
+        fatal_println!("    error code: {:#x} ({})", frame.error_code, code);
+        fatal_println!("    CR2: {:#018x} (address accessed)", cpu::read_cr2());
+    } else {
+        fatal_println!("    error code: {:#x}", frame.error_code);
+    }
+    fatal_println!("    RIP: {:#018x}  RSP: {:#018x}  RFLAGS: {:#x}", frame.rip, frame.rsp, frame.rflags);
+    fatal_println!("    CS: {:#x}  SS: {:#x}", frame.cs, frame.ss);
+    print_control_registers();
+    let regs = [
+        ("RAX", frame.rax), ("RBX", frame.rbx), ("RCX", frame.rcx), ("RDX", frame.rdx),
+        ("RSI", frame.rsi), ("RDI", frame.rdi), ("RBP", frame.rbp), ("R8 ", frame.r8),
+        ("R9 ", frame.r9), ("R10", frame.r10), ("R11", frame.r11), ("R12", frame.r12),
+        ("R13", frame.r13), ("R14", frame.r14), ("R15", frame.r15),
+    ];
+    for row in regs.chunks(4) {
+        let mut line: heapless::String<128> = heapless::String::new();
+        for (name, value) in row {
+            let _ = core::fmt::write(&mut line, format_args!("{name}: {value:#018x}  "));
+        }
+        fatal_println!("    {}", line.trim_end());
+    }
+    print_backtrace(Some(frame.rip), frame.rbp);
+    end_report()
+}
+
+fn print_control_registers() {
+    fatal_println!(
+        "    CR0: {:#x}  CR3: {:#x}  CR4: {:#x}",
+        cpu::read_cr0(),
+        cpu::read_cr3(),
+        cpu::read_cr4()
+    );
+    match cpu::read_pkrs_if_enabled() {
+        Some(pkrs) => fatal_println!("    PKRS: {:#010x}", pkrs),
+        None => fatal_println!("    PKRS: - (PKS not enabled)"),
+    }
+}
+
+/// Follows saved frame pointers (the kernel is built with them), reading
+/// only inside the kernel image, where every kernel stack lives.
+fn print_backtrace(rip: Option<u64>, mut rbp: u64) {
+    fatal_println!("    backtrace (resolve with addr2line -e kernel):");
+    if let Some(rip) = rip {
+        fatal_println!("      {:#018x}", rip);
+    }
+    let image = crate::memory::kernel_image_range();
+    for _ in 0..16 {
+        if rbp % 8 != 0 || !image.contains(&rbp) || !image.contains(&(rbp + 15)) {
+            break;
+        }
+        // SAFETY: rbp is aligned and the 16 bytes at it lie inside the kernel
+        // image, which is mapped readable for the kernel's whole life.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        if ret == 0 {
+            break;
+        }
+        fatal_println!("      {:#018x}", ret);
+        rbp = next;
+    }
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    begin_report();
+    match info.location() {
+        Some(at) => fatal_println!("!!! kernel panic at {}:{}:{}", at.file(), at.line(), at.column()),
+        None => fatal_println!("!!! kernel panic"),
+    }
+    fatal_println!("    {}", info.message());
+    if let Some(test) = crate::testing::current_test() {
+        fatal_println!("    during test {}", test);
+    }
+    print_control_registers();
+    let rbp: u64;
+    // SAFETY: reads the frame pointer register only.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    print_backtrace(None, rbp);
+    end_report()
+}

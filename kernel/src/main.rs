@@ -1,0 +1,107 @@
+//! The kernel binary: boot sequence and top-level state.
+//!
+//! `kernel_boot_entry` is called by the boot stub (see the `boot` crate)
+//! on the boot stack, in 64-bit mode, with the higher half mapped. It
+//! brings up the consoles, descriptor tables and CPU protections, parses
+//! `hvm_start_info` and the command line, prints the boot report, then
+//! either runs the selected in-kernel tests or stops with success.
+
+#![no_std]
+#![no_main]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+mod arch;
+mod console;
+mod fatal;
+mod log;
+mod memory;
+mod report;
+mod testing;
+
+use arch::cpu::{self, CpuFeatures};
+use arch::exit::{ExitCode, exit_qemu};
+use boot::{BootInfo, KernelConfig};
+use pkeys::ProtectionPolicy;
+
+/// What boot learned and decided, for the rest of the kernel and its tests.
+pub struct BootState {
+    /// Parsed `hvm_start_info`.
+    pub info: BootInfo,
+    /// The command line's typed configuration.
+    pub config: KernelConfig,
+    /// The page-table protection policy in force (`auto` resolved).
+    pub ptprot: ProtectionPolicy,
+    /// CPU features.
+    pub features: CpuFeatures,
+    /// Protections turned on.
+    pub enabled: cpu::Enabled,
+}
+
+static BOOT: spin::Once<BootState> = spin::Once::new();
+
+/// The boot state; panics if asked before boot finished (a kernel bug).
+pub fn boot_state() -> &'static BootState {
+    BOOT.get().expect("boot state is set before anything asks for it")
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
+    console::init();
+    log::init();
+    arch::gdt::init();
+    arch::idt::init();
+    defmt::info!("descriptor tables loaded");
+
+    println!("pks-kernel {} booting", env!("CARGO_PKG_VERSION"));
+    let info = match BootInfo::parse(start_info_phys, &memory::BootWindow) {
+        Ok(info) => info,
+        Err(error) => {
+            println!("boot: cannot use hvm_start_info at {:#x}: {}", start_info_phys, error);
+            exit_qemu(ExitCode::Failure);
+        }
+    };
+    // Keep the command line in the boot state; errors borrow from it.
+    let config = match KernelConfig::parse(&info.command_line) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("kernel command line rejected: {}", error);
+            report::print_options();
+            exit_qemu(ExitCode::BadCommandLine);
+        }
+    };
+
+    let features = CpuFeatures::detect();
+    let enabled = cpu::enable_protections(&features);
+    let ptprot = match config.ptprot.resolve(features.pks) {
+        Ok(policy) => policy,
+        Err(error) => {
+            println!("kernel command line rejected: {}", error);
+            exit_qemu(ExitCode::BadCommandLine);
+        }
+    };
+    let test_plan = match &config.test {
+        Some(selection) => match testing::plan(selection) {
+            Ok(plan) => Some(plan),
+            Err(error) => {
+                println!("kernel command line rejected: {}", error);
+                exit_qemu(ExitCode::BadCommandLine);
+            }
+        },
+        None => None,
+    };
+    if let Err(error) = memory::record_boot_stub_tables() {
+        panic!("recording the boot stub's page tables failed: {error:?}");
+    }
+
+    let boot = BOOT.call_once(|| BootState { info, config, ptprot, features, enabled });
+    report::print_boot_report(boot);
+
+    let code = match test_plan {
+        Some(plan) => testing::run(plan),
+        None => {
+            println!("boot complete");
+            ExitCode::Success
+        }
+    };
+    exit_qemu(code)
+}

@@ -1,0 +1,92 @@
+//! Physical memory as the kernel sees it during boot.
+//!
+//! Owns the boot window (the stub's mapping of physical [0, 1 GiB) at
+//! `KERNEL_VIRT`), the kernel image's extent, and the list of early page
+//! tables. The direct map and the page-table allocator replace the boot
+//! window in later stages.
+
+use boot::early_tables::{EarlyPageTables, RecordError};
+use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
+use boot::PhysMemory;
+use core::ops::Range;
+use spin::Mutex;
+
+/// Reads physical memory through the boot window.
+pub struct BootWindow;
+
+impl PhysMemory for BootWindow {
+    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
+        let virt = boot_window_addr(phys, len as u64)?;
+        // SAFETY: the boot stub maps all of [0, BOOT_WINDOW_SIZE) readable at
+        // KERNEL_VIRT for the whole boot, and boot_window_addr checked the
+        // range lies inside it. The bytes are only read.
+        Some(unsafe { core::slice::from_raw_parts(virt as *const u8, len) })
+    }
+}
+
+unsafe extern "C" {
+    static __kernel_virt_start: u8;
+    static __kernel_virt_end: u8;
+}
+
+/// Virtual extent of the kernel image (text to bss, stacks included).
+pub fn kernel_image_range() -> Range<u64> {
+    (&raw const __kernel_virt_start) as u64..(&raw const __kernel_virt_end) as u64
+}
+
+/// Physical extent of the whole kernel image, boot stub included.
+pub fn kernel_image_phys() -> Range<u64> {
+    KERNEL_PHYS..kernel_image_range().end - KERNEL_VIRT
+}
+
+/// Page tables made before the page-table allocator; reprotected later.
+pub static EARLY_PAGE_TABLES: Mutex<EarlyPageTables> = Mutex::new(EarlyPageTables::new());
+
+/// Records the boot stub's tables. Returns how many were recorded.
+pub fn record_boot_stub_tables() -> Result<usize, RecordError> {
+    let mut list = EARLY_PAGE_TABLES.lock();
+    for table in boot::entry::boot_stub_tables() {
+        list.record(table)?;
+    }
+    Ok(list.len())
+}
+
+crate::kernel_test! {
+    /// The boot stub's tables are recorded, the PML4 is the live root, and
+    /// the identity mapping is gone (so null dereferences fault).
+    fn boot_stub_tables_recorded() -> TestResult {
+        use boot::early_tables::{TableLevel, TableOrigin};
+        let list = EARLY_PAGE_TABLES.lock();
+        let tables = list.tables();
+        crate::check_eq!(tables.len(), 3);
+        crate::check!(tables.iter().all(|t| t.origin == TableOrigin::BootStub));
+        let pml4 = tables.iter().find(|t| t.level == TableLevel::Pml4);
+        crate::check_eq!(pml4.map(|t| t.phys), Some(crate::arch::cpu::read_cr3() & !0xfff));
+        let image = kernel_image_phys();
+        crate::check!(tables.iter().all(|t| image.contains(&t.phys)), "boot tables lie outside the image");
+        let root = BootWindow.bytes(crate::arch::cpu::read_cr3() & !0xfff, 8);
+        crate::check_eq!(root, Some(&[0u8; 8][..]));
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// The parsed memory map keeps its promises on real firmware output.
+    fn memory_map_is_clean() -> TestResult {
+        let regions = crate::boot_state().info.memory.regions();
+        crate::check!(!regions.is_empty());
+        for pair in regions.windows(2) {
+            crate::check!(pair[0].end <= pair[1].start, "regions overlap or are unsorted: {:?}", pair);
+            crate::check!(
+                pair[0].end != pair[1].start || pair[0].kind != pair[1].kind,
+                "adjacent regions of one kind were not merged: {:?}",
+                pair
+            );
+        }
+        crate::check!(regions.iter().all(|r| !r.is_empty()));
+        let image = kernel_image_phys();
+        let in_usable = crate::boot_state().info.memory.usable().any(|r| r.start <= image.start && image.end <= r.end);
+        crate::check!(in_usable, "the kernel image is not inside usable RAM");
+        Ok(())
+    }
+}

@@ -1,0 +1,97 @@
+//! The boot report: what the machine is and what the kernel made of it.
+//!
+//! Printed on COM1 for people and for the integration tests, which match
+//! its lines; key figures are also logged through defmt.
+
+use crate::arch::cpu;
+use crate::{BootState, memory, print, println};
+use boot::cmdline::OPTIONS;
+use pkeys::ProtectionPolicy;
+
+const MIB: u64 = 1 << 20;
+
+/// Lists the accepted options, after a command-line error.
+pub fn print_options() {
+    println!("accepted options (key=value, separated by spaces):");
+    for (option, accepted) in OPTIONS {
+        println!("    {}: {}", option, accepted);
+    }
+}
+
+/// Prints the whole boot report.
+pub fn print_boot_report(boot: &BootState) {
+    let mut cpu_name: heapless::String<96> = heapless::String::new();
+    // A cut-off CPU name is fine.
+    let _ = cpu::describe_cpu(&mut cpu_name);
+    println!("cpu: {}", cpu_name);
+    print!("cpu features:");
+    for (name, present) in boot.features.list() {
+        print!(" {}{}", if present { '+' } else { '-' }, name);
+    }
+    println!();
+    let e = &boot.enabled;
+    println!(
+        "cpu protections: SMEP {}, SMAP {}, UMIP {}, NX {}, CR0.WP {}",
+        on_off(e.smep),
+        on_off(e.smap),
+        on_off(e.umip),
+        on_off(e.nx),
+        on_off(e.wp)
+    );
+    println!("PKS: {}", if boot.features.pks { "present" } else { "absent" });
+
+    let requested = boot.config.ptprot;
+    let how = match (requested, boot.features.pks) {
+        (ProtectionPolicy::Auto, true) => " (auto: PKS present)",
+        (ProtectionPolicy::Auto, false) => " (auto: PKS absent)",
+        _ => "",
+    };
+    // Honest about the stage we are at: nothing allocates page tables from
+    // a protected freetype yet, so the policy is chosen but not enforced.
+    println!(
+        "protection policy: ptprot={}{}; page-table protection not yet enforced",
+        boot.ptprot.name(),
+        how
+    );
+    println!("pk fault policy: pkfault={}", boot.config.pkfault.name());
+    println!("command line: \"{}\"", boot.info.command_line);
+
+    let memory = &boot.info.memory;
+    let summary = memory.summary();
+    println!(
+        "memory: {} usable MiB ({} bytes) in {} regions, highest usable address {:#x}, {} MiB reserved",
+        summary.usable_bytes / MIB,
+        summary.usable_bytes,
+        summary.usable_regions,
+        summary.highest_usable_end,
+        summary.reserved_bytes / MIB
+    );
+    println!("memory: {} whole 2 MiB pageblocks usable", memory.whole_usable_blocks(ptalloc::PAGEBLOCK_SIZE));
+    for region in memory.regions() {
+        println!(
+            "    [{:#014x}, {:#014x}) {:>10} KiB  {}",
+            region.start,
+            region.end,
+            region.len() / 1024,
+            region.kind.name()
+        );
+    }
+    match boot.info.rsdp {
+        Some(rsdp) => println!("acpi: RSDP at {:#x}", rsdp),
+        None => println!("acpi: no RSDP given"),
+    }
+    let image = memory::kernel_image_phys();
+    println!("kernel image: physical [{:#x}, {:#x})", image.start, image.end);
+    println!("early page tables: {} recorded", memory::EARLY_PAGE_TABLES.lock().len());
+
+    defmt::info!(
+        "boot: {=u64} MiB usable, PKS {=bool}, ptprot={=str}",
+        summary.usable_bytes / MIB,
+        boot.features.pks,
+        boot.ptprot.name()
+    );
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off (absent)" }
+}

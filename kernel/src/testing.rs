@@ -1,0 +1,238 @@
+//! The in-kernel test registry and the test protocol on COM1.
+//!
+//! A test is a function registered with [`kernel_test!`](crate::kernel_test);
+//! the macro places a [`KernelTest`] in the `.kernel_tests` link section,
+//! which the linker script gathers between two symbols. Nothing else needs
+//! to list it. `-append test=all` runs every test marked for `all`;
+//! `test=a,b` runs those, in that order, including tests that deliberately
+//! end the machine (faults, panics, hangs), which `all` skips.
+//!
+//! Protocol, one line per test: `test NAME ... ok` or `test NAME ... FAILED`
+//! (a failure's reason follows on indented lines), then a closing
+//! `tests: N passed, M failed`. The exit status is success only if every
+//! selected test passed.
+
+use crate::arch::exit::ExitCode;
+use crate::{print, println};
+use boot::cmdline::TestSelection;
+use core::fmt;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// One registered test.
+pub struct KernelTest {
+    /// Name used on the command line and in the protocol.
+    pub name: &'static str,
+    /// The test body.
+    pub run: fn() -> TestResult,
+    /// Whether `test=all` runs it (false for tests that end the machine).
+    pub in_all: bool,
+}
+
+/// What a test returns: `Err` carries the reason it failed.
+pub type TestResult = Result<(), TestFailure>;
+
+/// Why a test failed, and where.
+pub struct TestFailure {
+    /// Source file of the failed check.
+    pub file: &'static str,
+    /// Line of the failed check.
+    pub line: u32,
+    /// What was expected and what was found.
+    pub message: heapless::String<192>,
+}
+
+impl TestFailure {
+    /// A failure at `file:line` with a formatted message (cut to fit).
+    pub fn new(file: &'static str, line: u32, message: fmt::Arguments<'_>) -> Self {
+        let mut text = heapless::String::new();
+        // Overlong messages are cut, which is fine for a report.
+        let _ = fmt::write(&mut text, message);
+        TestFailure { file, line, message: text }
+    }
+}
+
+/// Fails the test unless the condition holds.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr) => {
+        $crate::check!($cond, "check failed: {}", stringify!($cond))
+    };
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::testing::TestFailure::new(file!(), line!(), format_args!($($fmt)+)));
+        }
+    };
+}
+
+/// Fails the test unless the two values are equal, showing both.
+#[macro_export]
+macro_rules! check_eq {
+    ($left:expr, $right:expr) => {{
+        let (left, right) = (&$left, &$right);
+        $crate::check!(
+            left == right,
+            "{} == {} failed: {:?} != {:?}",
+            stringify!($left),
+            stringify!($right),
+            left,
+            right
+        );
+    }};
+}
+
+/// Registers a test: `kernel_test!(fn name() -> TestResult { ... })`.
+/// Prefix `fn` with `by_name` for a test that only runs when named (one
+/// that ends the machine on purpose).
+#[macro_export]
+macro_rules! kernel_test {
+    ($(#[$attr:meta])* fn $name:ident() -> TestResult $body:block) => {
+        $crate::kernel_test!(@define true, $(#[$attr])* $name, $body);
+    };
+    ($(#[$attr:meta])* by_name fn $name:ident() -> TestResult $body:block) => {
+        $crate::kernel_test!(@define false, $(#[$attr])* $name, $body);
+    };
+    (@define $in_all:expr, $(#[$attr:meta])* $name:ident, $body:block) => {
+        $(#[$attr])*
+        fn $name() -> $crate::testing::TestResult $body
+
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".kernel_tests")]
+            static ENTRY: $crate::testing::KernelTest =
+                $crate::testing::KernelTest { name: stringify!($name), run: $name, in_all: $in_all };
+        };
+    };
+}
+
+unsafe extern "C" {
+    static __kernel_tests_start: u8;
+    static __kernel_tests_end: u8;
+}
+
+/// Every registered test, in link order.
+pub fn registry() -> &'static [KernelTest] {
+    let start = (&raw const __kernel_tests_start).cast::<KernelTest>();
+    let end = (&raw const __kernel_tests_end).cast::<KernelTest>();
+    let bytes = end as usize - start as usize;
+    assert!(bytes % size_of::<KernelTest>() == 0, "the .kernel_tests section holds only KernelTest entries");
+    // SAFETY: the linker script places every `.kernel_tests` entry, each a
+    // KernelTest, contiguously between the two symbols; the section is
+    // read-only and lives as long as the kernel.
+    unsafe { core::slice::from_raw_parts(start, bytes / size_of::<KernelTest>()) }
+}
+
+/// The test running now, for fault reports.
+static CURRENT: AtomicPtr<KernelTest> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Name of the test in progress, if any.
+pub fn current_test() -> Option<&'static str> {
+    let test = CURRENT.load(Ordering::SeqCst);
+    // SAFETY: CURRENT only ever holds null or a pointer into the registry.
+    unsafe { test.as_ref() }.map(|t| t.name)
+}
+
+/// The tests a selection names, in run order.
+pub type Plan = heapless::Vec<&'static KernelTest, 256>;
+
+/// A `test=` name that matches no registered test.
+pub struct UnknownTest<'a>(pub &'a str);
+
+impl fmt::Display for UnknownTest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "option 'test' names unknown test '{}'; known tests:", self.0)?;
+        for t in registry() {
+            write!(f, " {}{}", t.name, if t.in_all { "" } else { " (by name only)" })?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a selection against the registry, before anything runs, so a
+/// bad name is a command-line error like any other.
+pub fn plan(selection: &TestSelection) -> Result<Plan, UnknownTest<'_>> {
+    let tests = registry();
+    let mut chosen = Plan::new();
+    match selection {
+        TestSelection::All => {
+            for test in tests.iter().filter(|t| t.in_all) {
+                if chosen.push(test).is_err() {
+                    panic!("more than 256 kernel tests: raise the limit of testing::Plan");
+                }
+            }
+        }
+        TestSelection::Named(names) => {
+            for name in names {
+                let test = tests.iter().find(|t| t.name == name.as_str()).ok_or(UnknownTest(name))?;
+                // names has at most MAX_SELECTED_TESTS (16) entries.
+                let _ = chosen.push(test);
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// Runs the planned tests and returns the exit code to stop with.
+pub fn run(chosen: Plan) -> ExitCode {
+    println!("running {} kernel tests", chosen.len());
+    let (mut passed, mut failed) = (0, 0);
+    for test in chosen {
+        print!("test {} ... ", test.name);
+        CURRENT.store(core::ptr::from_ref(test).cast_mut(), Ordering::SeqCst);
+        let result = (test.run)();
+        CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("ok");
+            }
+            Err(failure) => {
+                failed += 1;
+                println!("FAILED");
+                println!("    {}:{}: {}", failure.file, failure.line, failure.message);
+            }
+        }
+    }
+    println!("tests: {} passed, {} failed", passed, failed);
+    defmt::info!("kernel tests: {=u32} passed, {=u32} failed", passed, failed);
+    if failed == 0 { ExitCode::Success } else { ExitCode::Failure }
+}
+
+/// Tests of the harness itself: each ends the run in a way the host-side
+/// integration tests expect and check (a fault report, a panic report, a
+/// failed check, a hang caught by the runner's timeout).
+mod harness_checks {
+    crate::kernel_test! {
+        /// Writes to an unmapped address: a #PF report, then failure.
+        by_name fn deliberate_page_fault() -> TestResult {
+            let address = 0xdead_b000 as *mut u64;
+            // SAFETY: not safe at all, on purpose: nothing is mapped there, so
+            // the write faults and the fault report ends the machine.
+            unsafe { address.write_volatile(0x5afe) };
+            Err(super::TestFailure::new(file!(), line!(), format_args!("the write did not fault")))
+        }
+    }
+
+    crate::kernel_test! {
+        /// Panics: a panic report, then failure.
+        by_name fn deliberate_panic() -> TestResult {
+            panic!("deliberate panic to exercise the panic report");
+        }
+    }
+
+    crate::kernel_test! {
+        /// Fails a check: a FAILED line with the reason, then failure.
+        by_name fn deliberate_check_failure() -> TestResult {
+            crate::check_eq!(1 + 1, 3);
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// Never returns: only the host runner's timeout ends it.
+        by_name fn deliberate_hang() -> TestResult {
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
