@@ -2,7 +2,7 @@
 //!
 //! QEMU enters `pvh_start32` with paging off, flat 32-bit segments, and the
 //! physical address of `hvm_start_info` in `%ebx`. The stub:
-//! 1. builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
+//! 1. zeroes `.bss`, then builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
 //!    pages both at 0 (identity, needed while the jump is in flight) and at
 //!    [`KERNEL_VIRT`](crate::layout::KERNEL_VIRT);
 //! 2. enables PAE, long mode and paging, and far-jumps into 64-bit code;
@@ -18,8 +18,9 @@
 use crate::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
 use crate::layout::KERNEL_VIRT;
 
-/// Size of the stack `kernel_boot_entry` runs on.
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of the stack `kernel_boot_entry` runs on. Unoptimised builds copy
+/// large boot structures around; [`boot_stack_high_water`] measures use.
+pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
 core::arch::global_asm!(
     r#"
@@ -48,9 +49,12 @@ pvh_start32:
     cld
     mov %ebx, %esi                      /* hvm_start_info, kept until the call */
 
-    /* Zero the tables: the loader zero-fills .bss, but do not rely on it. */
-    mov $(boot_pml4 - KERNEL_VIRT), %edi
-    mov $(4 * 4096 / 4), %ecx
+    /* Zero .bss (page tables, stacks, statics): QEMU's loader leaves
+       whatever the firmware left there. */
+    mov $(__bss_start - KERNEL_VIRT), %edi
+    mov $(__bss_end - KERNEL_VIRT), %ecx
+    sub %edi, %ecx
+    shr $2, %ecx
     xor %eax, %eax
     rep stosl
 
@@ -146,7 +150,8 @@ boot_pdpt_high: .skip 4096
 boot_pd:        .skip 4096
 
     .section .bss.boot_stack, "aw", @nobits
-    .balign 16
+    .balign 4096
+    .global boot_stack_bottom
 boot_stack_bottom:
     .skip {stack_size}
     .global boot_stack_top
@@ -158,6 +163,7 @@ boot_stack_top:
 );
 
 unsafe extern "C" {
+    static boot_stack_bottom: [u64; BOOT_STACK_SIZE / 8];
     static boot_pml4: [u64; 512];
     static boot_pdpt_high: [u64; 512];
     static boot_pd: [u64; 512];
@@ -177,4 +183,17 @@ pub fn boot_stub_tables() -> [EarlyPageTable; 3] {
         table(&raw const boot_pdpt_high, TableLevel::Pdpt),
         table(&raw const boot_pd, TableLevel::Pd),
     ]
+}
+
+/// Bytes of the boot stack ever used. The stub zeroes the stack, so the
+/// lowest non-zero word marks the deepest point reached (a word that was
+/// written as zero can hide a few bytes; the figure is a lower bound).
+/// The stack has no guard page yet: a full stack means an overflow may
+/// have corrupted the statics below it.
+pub fn boot_stack_high_water() -> usize {
+    // SAFETY: the stack is a static region of the image; reading words
+    // below the current stack pointer is reading memory we own.
+    let words = unsafe { &*(&raw const boot_stack_bottom) };
+    let untouched = words.iter().take_while(|&&word| word == 0).count();
+    BOOT_STACK_SIZE - untouched * 8
 }

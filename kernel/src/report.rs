@@ -83,6 +83,11 @@ pub fn print_boot_report(boot: &BootState) {
     let image = memory::kernel_image_phys();
     println!("kernel image: physical [{:#x}, {:#x})", image.start, image.end);
     println!("early page tables: {} recorded", memory::EARLY_PAGE_TABLES.lock().len());
+    println!(
+        "boot stack: {} KiB of {} KiB used so far",
+        boot::entry::boot_stack_high_water() / 1024,
+        boot::entry::BOOT_STACK_SIZE / 1024
+    );
 
     defmt::info!(
         "boot: {=u64} MiB usable, PKS {=bool}, ptprot={=str}",

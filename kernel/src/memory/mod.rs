@@ -90,3 +90,17 @@ crate::kernel_test! {
         Ok(())
     }
 }
+
+crate::kernel_test! {
+    /// The boot stack (no guard page yet) keeps at least half its room free.
+    fn boot_stack_has_headroom() -> TestResult {
+        let used = boot::entry::boot_stack_high_water();
+        crate::check!(
+            used < boot::entry::BOOT_STACK_SIZE / 2,
+            "boot stack high-water mark {} of {} bytes",
+            used,
+            boot::entry::BOOT_STACK_SIZE
+        );
+        Ok(())
+    }
+}
