@@ -22,6 +22,8 @@ pub const OPTIONS: &[(&str, &str)] = &[
 ];
 
 /// Which in-kernel tests to run.
+// Parsed once at boot; the size of the named list does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TestSelection {
     /// Every registered test that runs in `all`.
@@ -67,8 +69,15 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             Self::NotKeyValue(word) => write!(f, "'{word}' is not of the form key=value"),
             Self::UnknownOption(key) => write!(f, "unknown option '{key}'"),
-            Self::BadValue { option, value, accepted } => {
-                write!(f, "option '{option}' does not accept '{value}'; accepted values: {accepted}")
+            Self::BadValue {
+                option,
+                value,
+                accepted,
+            } => {
+                write!(
+                    f,
+                    "option '{option}' does not accept '{value}'; accepted values: {accepted}"
+                )
             }
             Self::Repeated(option) => write!(f, "option '{option}' is given more than once"),
         }
@@ -81,7 +90,9 @@ impl KernelConfig {
         let mut config = KernelConfig::default();
         let mut seen: Vec<&'static str, 8> = Vec::new();
         for word in line.split_ascii_whitespace() {
-            let (key, value) = word.split_once('=').ok_or(CmdlineError::NotKeyValue(word))?;
+            let (key, value) = word
+                .split_once('=')
+                .ok_or(CmdlineError::NotKeyValue(word))?;
             let &(option, accepted) = OPTIONS
                 .iter()
                 .find(|(name, _)| *name == key)
@@ -91,7 +102,11 @@ impl KernelConfig {
             }
             // OPTIONS has fewer entries than `seen` holds.
             let _ = seen.push(option);
-            let bad_value = CmdlineError::BadValue { option, value, accepted };
+            let bad_value = CmdlineError::BadValue {
+                option,
+                value,
+                accepted,
+            };
             match option {
                 "ptprot" => config.ptprot = ProtectionPolicy::parse(value).ok_or(bad_value)?,
                 "pkfault" => config.pkfault = FaultPolicy::parse(value).ok_or(bad_value)?,
@@ -111,7 +126,9 @@ fn parse_tests(value: &str) -> Option<TestSelection> {
     let mut names = Vec::new();
     for name in value.split(',') {
         let valid = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
             return None;
         }
@@ -138,24 +155,63 @@ mod tests {
         let config = KernelConfig::parse(" ptprot=none  pkfault=soft test=a_1,b ").unwrap();
         assert_eq!(config.ptprot, ProtectionPolicy::None);
         assert_eq!(config.pkfault, FaultPolicy::Soft);
-        let Some(TestSelection::Named(names)) = config.test else { panic!("expected names") };
-        assert_eq!(names.iter().map(|n| n.as_str()).collect::<std::vec::Vec<_>>(), ["a_1", "b"]);
-        assert_eq!(KernelConfig::parse("test=all").unwrap().test, Some(TestSelection::All));
+        let Some(TestSelection::Named(names)) = config.test else {
+            panic!("expected names")
+        };
+        assert_eq!(
+            names
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<std::vec::Vec<_>>(),
+            ["a_1", "b"]
+        );
+        assert_eq!(
+            KernelConfig::parse("test=all").unwrap().test,
+            Some(TestSelection::All)
+        );
     }
 
     #[test]
     fn rejects_bad_lines() {
-        assert_eq!(KernelConfig::parse("ptprot"), Err(CmdlineError::NotKeyValue("ptprot")));
-        assert_eq!(KernelConfig::parse("quiet=1"), Err(CmdlineError::UnknownOption("quiet")));
-        assert_eq!(KernelConfig::parse("=x"), Err(CmdlineError::UnknownOption("")));
+        assert_eq!(
+            KernelConfig::parse("ptprot"),
+            Err(CmdlineError::NotKeyValue("ptprot"))
+        );
+        assert_eq!(
+            KernelConfig::parse("quiet=1"),
+            Err(CmdlineError::UnknownOption("quiet"))
+        );
+        assert_eq!(
+            KernelConfig::parse("=x"),
+            Err(CmdlineError::UnknownOption(""))
+        );
         assert_eq!(
             KernelConfig::parse("ptprot=maybe"),
-            Err(CmdlineError::BadValue { option: "ptprot", value: "maybe", accepted: ProtectionPolicy::ACCEPTED })
+            Err(CmdlineError::BadValue {
+                option: "ptprot",
+                value: "maybe",
+                accepted: ProtectionPolicy::ACCEPTED
+            })
         );
-        assert!(matches!(KernelConfig::parse("pkfault="), Err(CmdlineError::BadValue { option: "pkfault", .. })));
-        assert_eq!(KernelConfig::parse("ptprot=pks ptprot=ro"), Err(CmdlineError::Repeated("ptprot")));
+        assert!(matches!(
+            KernelConfig::parse("pkfault="),
+            Err(CmdlineError::BadValue {
+                option: "pkfault",
+                ..
+            })
+        ));
+        assert_eq!(
+            KernelConfig::parse("ptprot=pks ptprot=ro"),
+            Err(CmdlineError::Repeated("ptprot"))
+        );
         for bad in ["test=", "test=a,,b", "test=Bad", "test=a-b"] {
-            assert!(matches!(KernelConfig::parse(bad), Err(CmdlineError::BadValue { option: "test", .. })), "{bad}");
+            assert!(
+                matches!(
+                    KernelConfig::parse(bad),
+                    Err(CmdlineError::BadValue { option: "test", .. })
+                ),
+                "{bad}"
+            );
         }
         let long = std::format!("test={}", "x".repeat(MAX_TEST_NAME + 1));
         assert!(KernelConfig::parse(&long).is_err());

@@ -70,7 +70,7 @@ impl EarlyPageTables {
 
     /// Records one table frame.
     pub fn record(&mut self, table: EarlyPageTable) -> Result<(), RecordError> {
-        if table.phys % 4096 != 0 {
+        if !table.phys.is_multiple_of(4096) {
             return Err(RecordError::Misaligned(table.phys));
         }
         if self.tables.iter().any(|t| t.phys == table.phys) {
@@ -100,15 +100,25 @@ mod tests {
     use super::*;
 
     fn table(phys: u64) -> EarlyPageTable {
-        EarlyPageTable { phys, level: TableLevel::Pd, origin: TableOrigin::BootStub }
+        EarlyPageTable {
+            phys,
+            level: TableLevel::Pd,
+            origin: TableOrigin::BootStub,
+        }
     }
 
     #[test]
     fn records_and_rejects() {
         let mut list = EarlyPageTables::new();
         list.record(table(0x1000)).unwrap();
-        assert_eq!(list.record(table(0x1000)), Err(RecordError::Duplicate(0x1000)));
-        assert_eq!(list.record(table(0x1001)), Err(RecordError::Misaligned(0x1001)));
+        assert_eq!(
+            list.record(table(0x1000)),
+            Err(RecordError::Duplicate(0x1000))
+        );
+        assert_eq!(
+            list.record(table(0x1001)),
+            Err(RecordError::Misaligned(0x1001))
+        );
         for i in 2..=MAX_EARLY_TABLES as u64 {
             list.record(table(i * 0x1000)).unwrap();
         }

@@ -177,7 +177,11 @@ fn image_phys(virt: *const [u64; 512]) -> u64 {
 /// The page tables the stub built that are still in use once the identity
 /// mapping is gone: the PML4, the high PDPT and the shared page directory.
 pub fn boot_stub_tables() -> [EarlyPageTable; 3] {
-    let table = |virt, level| EarlyPageTable { phys: image_phys(virt), level, origin: TableOrigin::BootStub };
+    let table = |virt, level| EarlyPageTable {
+        phys: image_phys(virt),
+        level,
+        origin: TableOrigin::BootStub,
+    };
     [
         table(&raw const boot_pml4, TableLevel::Pml4),
         table(&raw const boot_pdpt_high, TableLevel::Pdpt),
@@ -193,7 +197,7 @@ pub fn boot_stub_tables() -> [EarlyPageTable; 3] {
 pub fn boot_stack_high_water() -> usize {
     // SAFETY: the stack is a static region of the image; reading words
     // below the current stack pointer is reading memory we own.
-    let words = unsafe { &*(&raw const boot_stack_bottom) };
+    let words = unsafe { &boot_stack_bottom };
     let untouched = words.iter().take_while(|&&word| word == 0).count();
     BOOT_STACK_SIZE - untouched * 8
 }

@@ -29,7 +29,10 @@ mod tests {
     #[test]
     fn boot_window_bounds() {
         assert_eq!(boot_window_addr(0, 16), Some(KERNEL_VIRT));
-        assert_eq!(boot_window_addr(BOOT_WINDOW_SIZE - 8, 8), Some(KERNEL_VIRT + BOOT_WINDOW_SIZE - 8));
+        assert_eq!(
+            boot_window_addr(BOOT_WINDOW_SIZE - 8, 8),
+            Some(KERNEL_VIRT + BOOT_WINDOW_SIZE - 8)
+        );
         assert_eq!(boot_window_addr(BOOT_WINDOW_SIZE - 8, 9), None);
         assert_eq!(boot_window_addr(u64::MAX, 2), None);
     }

@@ -115,7 +115,10 @@ impl core::fmt::Display for MemoryMapError {
         match self {
             Self::TooManyRegions => write!(f, "memory map has more than {MAX_REGIONS} regions"),
             Self::EntryOverflows { start, size } => {
-                write!(f, "memory map entry at {start:#x} with size {size:#x} wraps past 2^64")
+                write!(
+                    f,
+                    "memory map entry at {start:#x} with size {size:#x} wraps past 2^64"
+                )
             }
             Self::NoUsableMemory => write!(f, "memory map has no usable memory"),
         }
@@ -176,7 +179,11 @@ impl MemoryMap {
                 .map(|(_, _, kind)| kind)
                 .max_by_key(|kind| kind.restrictiveness());
             if let Some(kind) = covering {
-                map.push_merged(MemoryRegion { start: lo, end: hi, kind })?;
+                map.push_merged(MemoryRegion {
+                    start: lo,
+                    end: hi,
+                    kind,
+                })?;
             }
         }
         if map.summary().usable_bytes == 0 {
@@ -186,13 +193,16 @@ impl MemoryMap {
     }
 
     fn push_merged(&mut self, region: MemoryRegion) -> Result<(), MemoryMapError> {
-        if let Some(last) = self.regions.last_mut() {
-            if last.end == region.start && last.kind == region.kind {
-                last.end = region.end;
-                return Ok(());
-            }
+        if let Some(last) = self.regions.last_mut()
+            && last.end == region.start
+            && last.kind == region.kind
+        {
+            last.end = region.end;
+            return Ok(());
         }
-        self.regions.push(region).map_err(|_| MemoryMapError::TooManyRegions)
+        self.regions
+            .push(region)
+            .map_err(|_| MemoryMapError::TooManyRegions)
     }
 
     /// The regions, sorted by address.
@@ -250,27 +260,60 @@ mod tests {
 
     #[test]
     fn sorts_and_merges() {
-        let m = map(&[(0x10_0000, 0x10_0000, Usable), (0, 0x9fc00, Usable), (0x20_0000, 0x10_0000, Usable)])
-            .unwrap();
+        let m = map(&[
+            (0x10_0000, 0x10_0000, Usable),
+            (0, 0x9fc00, Usable),
+            (0x20_0000, 0x10_0000, Usable),
+        ])
+        .unwrap();
         assert_eq!(
             m.regions(),
             &[
-                MemoryRegion { start: 0, end: 0x9fc00, kind: Usable },
-                MemoryRegion { start: 0x10_0000, end: 0x30_0000, kind: Usable },
+                MemoryRegion {
+                    start: 0,
+                    end: 0x9fc00,
+                    kind: Usable
+                },
+                MemoryRegion {
+                    start: 0x10_0000,
+                    end: 0x30_0000,
+                    kind: Usable
+                },
             ]
         );
     }
 
     #[test]
     fn overlap_keeps_the_restrictive_kind() {
-        let m = map(&[(0, 0x40_0000, Usable), (0x10_0000, 0x1000, Reserved), (0x30_0000, 0x20_0000, AcpiNvs)]).unwrap();
+        let m = map(&[
+            (0, 0x40_0000, Usable),
+            (0x10_0000, 0x1000, Reserved),
+            (0x30_0000, 0x20_0000, AcpiNvs),
+        ])
+        .unwrap();
         assert_eq!(
             m.regions(),
             &[
-                MemoryRegion { start: 0, end: 0x10_0000, kind: Usable },
-                MemoryRegion { start: 0x10_0000, end: 0x10_1000, kind: Reserved },
-                MemoryRegion { start: 0x10_1000, end: 0x30_0000, kind: Usable },
-                MemoryRegion { start: 0x30_0000, end: 0x50_0000, kind: AcpiNvs },
+                MemoryRegion {
+                    start: 0,
+                    end: 0x10_0000,
+                    kind: Usable
+                },
+                MemoryRegion {
+                    start: 0x10_0000,
+                    end: 0x10_1000,
+                    kind: Reserved
+                },
+                MemoryRegion {
+                    start: 0x10_1000,
+                    end: 0x30_0000,
+                    kind: Usable
+                },
+                MemoryRegion {
+                    start: 0x30_0000,
+                    end: 0x50_0000,
+                    kind: AcpiNvs
+                },
             ]
         );
         let s = m.summary();
@@ -281,18 +324,35 @@ mod tests {
 
     #[test]
     fn empty_entries_are_dropped_and_gaps_stay_gaps() {
-        let m = map(&[(0x1000, 0, Reserved), (0, 0x1000, Usable), (0x3000, 0x1000, Usable)]).unwrap();
+        let m = map(&[
+            (0x1000, 0, Reserved),
+            (0, 0x1000, Usable),
+            (0x3000, 0x1000, Usable),
+        ])
+        .unwrap();
         assert_eq!(m.regions().len(), 2);
         assert_eq!(m.summary().usable_regions, 2);
     }
 
     #[test]
     fn bad_maps_are_errors() {
-        assert_eq!(map(&[(u64::MAX - 10, 100, Usable)]), Err(MemoryMapError::EntryOverflows { start: u64::MAX - 10, size: 100 }));
-        assert_eq!(map(&[(0, 0x1000, Reserved)]), Err(MemoryMapError::NoUsableMemory));
+        assert_eq!(
+            map(&[(u64::MAX - 10, 100, Usable)]),
+            Err(MemoryMapError::EntryOverflows {
+                start: u64::MAX - 10,
+                size: 100
+            })
+        );
+        assert_eq!(
+            map(&[(0, 0x1000, Reserved)]),
+            Err(MemoryMapError::NoUsableMemory)
+        );
         assert_eq!(map(&[]), Err(MemoryMapError::NoUsableMemory));
         let many: std::vec::Vec<_> = (0..200u64).map(|i| (i * 0x2000, 0x1000, Usable)).collect();
-        assert_eq!(MemoryMap::from_entries(many.iter().copied()), Err(MemoryMapError::TooManyRegions));
+        assert_eq!(
+            MemoryMap::from_entries(many.iter().copied()),
+            Err(MemoryMapError::TooManyRegions)
+        );
     }
 
     #[test]

@@ -81,14 +81,27 @@ pub enum BootInfoError {
 impl core::fmt::Display for BootInfoError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Unreadable { what, phys } => write!(f, "{what} at physical {phys:#x} is not readable"),
-            Self::BadMagic(m) => write!(f, "hvm_start_info magic is {m:#x}, expected {START_INFO_MAGIC:#x}"),
-            Self::NoMemoryMap { version } => {
-                write!(f, "hvm_start_info version {version} has no memory map (need version 1)")
+            Self::Unreadable { what, phys } => {
+                write!(f, "{what} at physical {phys:#x} is not readable")
             }
-            Self::TooManyEntries(n) => write!(f, "memory map has {n} entries, at most {MAX_MEMMAP_ENTRIES} are read"),
+            Self::BadMagic(m) => write!(
+                f,
+                "hvm_start_info magic is {m:#x}, expected {START_INFO_MAGIC:#x}"
+            ),
+            Self::NoMemoryMap { version } => {
+                write!(
+                    f,
+                    "hvm_start_info version {version} has no memory map (need version 1)"
+                )
+            }
+            Self::TooManyEntries(n) => write!(
+                f,
+                "memory map has {n} entries, at most {MAX_MEMMAP_ENTRIES} are read"
+            ),
             Self::MemoryMap(e) => write!(f, "{e}"),
-            Self::CommandLineTooLong => write!(f, "command line is longer than {MAX_COMMAND_LINE} bytes"),
+            Self::CommandLineTooLong => {
+                write!(f, "command line is longer than {MAX_COMMAND_LINE} bytes")
+            }
             Self::CommandLineNotUtf8 => write!(f, "command line is not valid UTF-8"),
         }
     }
@@ -110,7 +123,9 @@ impl BootInfo {
     /// Parses the `hvm_start_info` at `phys`.
     pub fn parse(phys: u64, mem: &impl PhysMemory) -> Result<Self, BootInfoError> {
         let unreadable = |what, phys| BootInfoError::Unreadable { what, phys };
-        let info = mem.bytes(phys, START_INFO_SIZE).ok_or(unreadable("hvm_start_info", phys))?;
+        let info = mem
+            .bytes(phys, START_INFO_SIZE)
+            .ok_or(unreadable("hvm_start_info", phys))?;
         let magic = u32_at(info, 0);
         if magic != START_INFO_MAGIC {
             return Err(BootInfoError::BadMagic(magic));
@@ -128,9 +143,15 @@ impl BootInfo {
             return Err(BootInfoError::TooManyEntries(memmap_entries));
         }
         let table_len = memmap_entries as usize * MEMMAP_ENTRY_SIZE;
-        let table = mem.bytes(memmap_paddr, table_len).ok_or(unreadable("memory map", memmap_paddr))?;
+        let table = mem
+            .bytes(memmap_paddr, table_len)
+            .ok_or(unreadable("memory map", memmap_paddr))?;
         let entries = table.chunks_exact(MEMMAP_ENTRY_SIZE).map(|entry| {
-            (u64_at(entry, 0), u64_at(entry, 8), RegionKind::from_e820(u32_at(entry, 16)))
+            (
+                u64_at(entry, 0),
+                u64_at(entry, 8),
+                RegionKind::from_e820(u32_at(entry, 16)),
+            )
         });
         let memory = MemoryMap::from_entries(entries).map_err(BootInfoError::MemoryMap)?;
 
@@ -151,18 +172,23 @@ impl BootInfo {
 }
 
 /// Reads a NUL-terminated command line, at most [`MAX_COMMAND_LINE`] bytes.
-fn read_command_line(phys: u64, mem: &impl PhysMemory) -> Result<String<MAX_COMMAND_LINE>, BootInfoError> {
+fn read_command_line(
+    phys: u64,
+    mem: &impl PhysMemory,
+) -> Result<String<MAX_COMMAND_LINE>, BootInfoError> {
     // Read byte by byte: the string may end right before unreadable memory.
     let mut line: heapless::Vec<u8, MAX_COMMAND_LINE> = heapless::Vec::new();
     for offset in 0..=MAX_COMMAND_LINE as u64 {
         let at = phys + offset;
-        let byte = mem
-            .bytes(at, 1)
-            .ok_or(BootInfoError::Unreadable { what: "command line", phys: at })?[0];
+        let byte = mem.bytes(at, 1).ok_or(BootInfoError::Unreadable {
+            what: "command line",
+            phys: at,
+        })?[0];
         if byte == 0 {
             return String::from_utf8(line).map_err(|_| BootInfoError::CommandLineNotUtf8);
         }
-        line.push(byte).map_err(|_| BootInfoError::CommandLineTooLong)?;
+        line.push(byte)
+            .map_err(|_| BootInfoError::CommandLineTooLong)?;
     }
     Err(BootInfoError::CommandLineTooLong)
 }
@@ -182,7 +208,15 @@ mod tests {
         fn put(&mut self, phys: u64, bytes: &[u8]) {
             self.0[phys as usize..phys as usize + bytes.len()].copy_from_slice(bytes);
         }
-        fn put_start_info(&mut self, phys: u64, version: u32, cmdline: u64, rsdp: u64, memmap: u64, entries: u32) {
+        fn put_start_info(
+            &mut self,
+            phys: u64,
+            version: u32,
+            cmdline: u64,
+            rsdp: u64,
+            memmap: u64,
+            entries: u32,
+        ) {
             let mut s = std::vec::Vec::new();
             s.extend(START_INFO_MAGIC.to_le_bytes());
             s.extend(version.to_le_bytes());
@@ -235,7 +269,14 @@ mod tests {
         assert_eq!(info.version, 1);
         assert_eq!(info.command_line.as_str(), "test=all ptprot=auto");
         assert_eq!(info.rsdp, Some(0xf_5000));
-        assert_eq!(info.memory.regions()[0], MemoryRegion { start: 0, end: 0x9fc00, kind: RegionKind::Usable });
+        assert_eq!(
+            info.memory.regions()[0],
+            MemoryRegion {
+                start: 0,
+                end: 0x9fc00,
+                kind: RegionKind::Usable
+            }
+        );
         assert_eq!(info.memory.summary().usable_bytes, 0x9fc00 + (128 << 20));
         assert_eq!(info.memory.summary().highest_usable_end, 129 << 20);
     }
@@ -253,20 +294,38 @@ mod tests {
     #[test]
     fn rejects_bad_structures() {
         let mut mem = FakeMemory::new(0x4000);
-        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::BadMagic(0)));
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::BadMagic(0))
+        );
         assert_eq!(
             BootInfo::parse(0x3ff0, &mem),
-            Err(BootInfoError::Unreadable { what: "hvm_start_info", phys: 0x3ff0 })
+            Err(BootInfoError::Unreadable {
+                what: "hvm_start_info",
+                phys: 0x3ff0
+            })
         );
 
         mem.put_start_info(0x1000, 0, 0, 0, 0x3000, 1);
-        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::NoMemoryMap { version: 0 }));
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::NoMemoryMap { version: 0 })
+        );
 
         mem.put_start_info(0x1000, 1, 0, 0, 0x3f00, 20);
-        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::Unreadable { what: "memory map", phys: 0x3f00 }));
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::Unreadable {
+                what: "memory map",
+                phys: 0x3f00
+            })
+        );
 
         mem.put_start_info(0x1000, 1, 0, 0, 0x3000, 100_000);
-        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::TooManyEntries(100_000)));
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::TooManyEntries(100_000))
+        );
     }
 
     #[test]
@@ -275,15 +334,24 @@ mod tests {
         mem.put_memmap(0x3000, QEMU_129M);
         mem.put_start_info(0x1000, 1, 0x2000, 0, 0x3000, QEMU_129M.len() as u32);
         mem.put(0x2000, &[b'a'; MAX_COMMAND_LINE + 1]);
-        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::CommandLineTooLong));
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::CommandLineTooLong)
+        );
         mem.put(0x2000, &[0xff, 0xfe, 0]);
-        assert_eq!(BootInfo::parse(0x1000, &mem), Err(BootInfoError::CommandLineNotUtf8));
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::CommandLineNotUtf8)
+        );
         // A line running into unreadable memory.
         mem.put_start_info(0x1000, 1, 0x3ffe, 0, 0x3000, QEMU_129M.len() as u32);
         mem.put(0x3ffe, b"ab");
         assert_eq!(
             BootInfo::parse(0x1000, &mem),
-            Err(BootInfoError::Unreadable { what: "command line", phys: 0x4000 })
+            Err(BootInfoError::Unreadable {
+                what: "command line",
+                phys: 0x4000
+            })
         );
     }
 }

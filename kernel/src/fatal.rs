@@ -26,7 +26,10 @@ fn begin_report() {
 }
 
 fn end_report() -> ! {
-    fatal_println!("!!! stopping the machine: exit status {} (failure)", ((ExitCode::Failure as u32) << 1) | 1);
+    fatal_println!(
+        "!!! stopping the machine: exit status {} (failure)",
+        ((ExitCode::Failure as u32) << 1) | 1
+    );
     exit_qemu(ExitCode::Failure)
 }
 
@@ -34,7 +37,12 @@ fn end_report() -> ! {
 pub fn exception(frame: &TrapFrame) -> ! {
     begin_report();
     let (mnemonic, name) = exception_name(frame.vector);
-    fatal_println!("!!! kernel fault: {} ({}, vector {})", name, mnemonic, frame.vector);
+    fatal_println!(
+        "!!! kernel fault: {} ({}, vector {})",
+        name,
+        mnemonic,
+        frame.vector
+    );
     if let Some(test) = crate::testing::current_test() {
         fatal_println!("    during test {}", test);
     }
@@ -45,14 +53,30 @@ pub fn exception(frame: &TrapFrame) -> ! {
     } else {
         fatal_println!("    error code: {:#x}", frame.error_code);
     }
-    fatal_println!("    RIP: {:#018x}  RSP: {:#018x}  RFLAGS: {:#x}", frame.rip, frame.rsp, frame.rflags);
+    fatal_println!(
+        "    RIP: {:#018x}  RSP: {:#018x}  RFLAGS: {:#x}",
+        frame.rip,
+        frame.rsp,
+        frame.rflags
+    );
     fatal_println!("    CS: {:#x}  SS: {:#x}", frame.cs, frame.ss);
     print_control_registers();
     let regs = [
-        ("RAX", frame.rax), ("RBX", frame.rbx), ("RCX", frame.rcx), ("RDX", frame.rdx),
-        ("RSI", frame.rsi), ("RDI", frame.rdi), ("RBP", frame.rbp), ("R8 ", frame.r8),
-        ("R9 ", frame.r9), ("R10", frame.r10), ("R11", frame.r11), ("R12", frame.r12),
-        ("R13", frame.r13), ("R14", frame.r14), ("R15", frame.r15),
+        ("RAX", frame.rax),
+        ("RBX", frame.rbx),
+        ("RCX", frame.rcx),
+        ("RDX", frame.rdx),
+        ("RSI", frame.rsi),
+        ("RDI", frame.rdi),
+        ("RBP", frame.rbp),
+        ("R8 ", frame.r8),
+        ("R9 ", frame.r9),
+        ("R10", frame.r10),
+        ("R11", frame.r11),
+        ("R12", frame.r12),
+        ("R13", frame.r13),
+        ("R14", frame.r14),
+        ("R15", frame.r15),
     ];
     for row in regs.chunks(4) {
         let mut line: heapless::String<128> = heapless::String::new();
@@ -87,7 +111,7 @@ fn print_backtrace(rip: Option<u64>, mut rbp: u64) {
     }
     let image = crate::memory::kernel_image_range();
     for _ in 0..16 {
-        if rbp % 8 != 0 || !image.contains(&rbp) || !image.contains(&(rbp + 15)) {
+        if !rbp.is_multiple_of(8) || !image.contains(&rbp) || !image.contains(&(rbp + 15)) {
             break;
         }
         // SAFETY: rbp is aligned and the 16 bytes at it lie inside the kernel
@@ -105,7 +129,12 @@ fn print_backtrace(rip: Option<u64>, mut rbp: u64) {
 fn panic(info: &PanicInfo<'_>) -> ! {
     begin_report();
     match info.location() {
-        Some(at) => fatal_println!("!!! kernel panic at {}:{}:{}", at.file(), at.line(), at.column()),
+        Some(at) => fatal_println!(
+            "!!! kernel panic at {}:{}:{}",
+            at.file(),
+            at.line(),
+            at.column()
+        ),
         None => fatal_println!("!!! kernel panic"),
     }
     fatal_println!("    {}", info.message());
@@ -115,7 +144,9 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     print_control_registers();
     let rbp: u64;
     // SAFETY: reads the frame pointer register only.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
     print_backtrace(None, rbp);
     end_report()
 }

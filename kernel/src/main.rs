@@ -41,7 +41,8 @@ static BOOT: spin::Once<BootState> = spin::Once::new();
 
 /// The boot state; panics if asked before boot finished (a kernel bug).
 pub fn boot_state() -> &'static BootState {
-    BOOT.get().expect("boot state is set before anything asks for it")
+    BOOT.get()
+        .expect("boot state is set before anything asks for it")
 }
 
 #[unsafe(no_mangle)]
@@ -56,7 +57,10 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     let info = match BootInfo::parse(start_info_phys, &memory::BootWindow) {
         Ok(info) => info,
         Err(error) => {
-            println!("boot: cannot use hvm_start_info at {:#x}: {}", start_info_phys, error);
+            println!(
+                "boot: cannot use hvm_start_info at {:#x}: {}",
+                start_info_phys, error
+            );
             exit_qemu(ExitCode::Failure);
         }
     };
@@ -93,7 +97,13 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         panic!("recording the boot stub's page tables failed: {error:?}");
     }
 
-    let boot = BOOT.call_once(|| BootState { info, config, ptprot, features, enabled });
+    let boot = BOOT.call_once(|| BootState {
+        info,
+        config,
+        ptprot,
+        features,
+        enabled,
+    });
     report::print_boot_report(boot);
 
     let code = match test_plan {

@@ -38,7 +38,14 @@ pub fn print_boot_report(boot: &BootState) {
         on_off(e.nx),
         on_off(e.wp)
     );
-    println!("PKS: {}", if boot.features.pks { "present" } else { "absent" });
+    println!(
+        "PKS: {}",
+        if boot.features.pks {
+            "present"
+        } else {
+            "absent"
+        }
+    );
 
     let requested = boot.config.ptprot;
     let how = match (requested, boot.features.pks) {
@@ -66,7 +73,10 @@ pub fn print_boot_report(boot: &BootState) {
         summary.highest_usable_end,
         summary.reserved_bytes / MIB
     );
-    println!("memory: {} whole 2 MiB pageblocks usable", memory.whole_usable_blocks(ptalloc::PAGEBLOCK_SIZE));
+    println!(
+        "memory: {} whole 2 MiB pageblocks usable",
+        memory.whole_usable_blocks(ptalloc::PAGEBLOCK_SIZE)
+    );
     for region in memory.regions() {
         println!(
             "    [{:#014x}, {:#014x}) {:>10} KiB  {}",
@@ -81,8 +91,14 @@ pub fn print_boot_report(boot: &BootState) {
         None => println!("acpi: no RSDP given"),
     }
     let image = memory::kernel_image_phys();
-    println!("kernel image: physical [{:#x}, {:#x})", image.start, image.end);
-    println!("early page tables: {} recorded", memory::EARLY_PAGE_TABLES.lock().len());
+    println!(
+        "kernel image: physical [{:#x}, {:#x})",
+        image.start, image.end
+    );
+    println!(
+        "early page tables: {} recorded",
+        memory::EARLY_PAGE_TABLES.lock().len()
+    );
     println!(
         "boot stack: {} KiB of {} KiB used so far",
         boot::entry::boot_stack_high_water() / 1024,

@@ -47,7 +47,11 @@ impl TestFailure {
         let mut text = heapless::String::new();
         // Overlong messages are cut, which is fine for a report.
         let _ = fmt::write(&mut text, message);
-        TestFailure { file, line, message: text }
+        TestFailure {
+            file,
+            line,
+            message: text,
+        }
     }
 }
 
@@ -93,6 +97,8 @@ macro_rules! kernel_test {
     };
     (@define $in_all:expr, $(#[$attr:meta])* $name:ident, $body:block) => {
         $(#[$attr])*
+        // The failure carries its message inline (no heap); tests are cold.
+        #[allow(clippy::result_large_err)]
         fn $name() -> $crate::testing::TestResult $body
 
         const _: () = {
@@ -114,7 +120,10 @@ pub fn registry() -> &'static [KernelTest] {
     let start = (&raw const __kernel_tests_start).cast::<KernelTest>();
     let end = (&raw const __kernel_tests_end).cast::<KernelTest>();
     let bytes = end as usize - start as usize;
-    assert!(bytes % size_of::<KernelTest>() == 0, "the .kernel_tests section holds only KernelTest entries");
+    assert!(
+        bytes.is_multiple_of(size_of::<KernelTest>()),
+        "the .kernel_tests section holds only KernelTest entries"
+    );
     // SAFETY: the linker script places every `.kernel_tests` entry, each a
     // KernelTest, contiguously between the two symbols; the section is
     // read-only and lives as long as the kernel.
@@ -139,9 +148,18 @@ pub struct UnknownTest<'a>(pub &'a str);
 
 impl fmt::Display for UnknownTest<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "option 'test' names unknown test '{}'; known tests:", self.0)?;
+        write!(
+            f,
+            "option 'test' names unknown test '{}'; known tests:",
+            self.0
+        )?;
         for t in registry() {
-            write!(f, " {}{}", t.name, if t.in_all { "" } else { " (by name only)" })?;
+            write!(
+                f,
+                " {}{}",
+                t.name,
+                if t.in_all { "" } else { " (by name only)" }
+            )?;
         }
         Ok(())
     }
@@ -162,7 +180,10 @@ pub fn plan(selection: &TestSelection) -> Result<Plan, UnknownTest<'_>> {
         }
         TestSelection::Named(names) => {
             for name in names {
-                let test = tests.iter().find(|t| t.name == name.as_str()).ok_or(UnknownTest(name))?;
+                let test = tests
+                    .iter()
+                    .find(|t| t.name == name.as_str())
+                    .ok_or(UnknownTest(name))?;
                 // names has at most MAX_SELECTED_TESTS (16) entries.
                 let _ = chosen.push(test);
             }
@@ -194,7 +215,11 @@ pub fn run(chosen: Plan) -> ExitCode {
     }
     println!("tests: {} passed, {} failed", passed, failed);
     defmt::info!("kernel tests: {=u32} passed, {=u32} failed", passed, failed);
-    if failed == 0 { ExitCode::Success } else { ExitCode::Failure }
+    if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
 }
 
 /// Tests of the harness itself: each ends the run in a way the host-side

@@ -35,7 +35,11 @@ impl PageFaultError {
 /// Prints the decoded error code, e.g. `present, write, supervisor, PK`.
 impl fmt::Display for PageFaultError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let presence = if self.contains(Self::PRESENT) { "present" } else { "not-present" };
+        let presence = if self.contains(Self::PRESENT) {
+            "present"
+        } else {
+            "not-present"
+        };
         let access = if self.contains(Self::INSTRUCTION_FETCH) {
             "fetch"
         } else if self.contains(Self::WRITE) {
@@ -43,7 +47,11 @@ impl fmt::Display for PageFaultError {
         } else {
             "read"
         };
-        let mode = if self.contains(Self::USER) { "user" } else { "supervisor" };
+        let mode = if self.contains(Self::USER) {
+            "user"
+        } else {
+            "supervisor"
+        };
         write!(f, "{presence}, {access}, {mode}")?;
         for (flag, name) in [
             (Self::PROTECTION_KEY, "PK (protection key)"),
@@ -69,12 +77,21 @@ mod tests {
         // reads under AD (PLATFORM.md).
         let wd = PageFaultError::from_bits_truncate(0x23);
         assert!(wd.is_pkey_violation());
-        assert_eq!(wd.to_string(), "present, write, supervisor, PK (protection key)");
+        assert_eq!(
+            wd.to_string(),
+            "present, write, supervisor, PK (protection key)"
+        );
         let ad = PageFaultError::from_bits_truncate(0x21);
-        assert_eq!(ad.to_string(), "present, read, supervisor, PK (protection key)");
+        assert_eq!(
+            ad.to_string(),
+            "present, read, supervisor, PK (protection key)"
+        );
         let null_write = PageFaultError::from_bits_truncate(0x2);
         assert!(!null_write.is_pkey_violation());
         assert_eq!(null_write.to_string(), "not-present, write, supervisor");
-        assert_eq!(PageFaultError::from_bits_truncate(0x15).to_string(), "present, fetch, user");
+        assert_eq!(
+            PageFaultError::from_bits_truncate(0x15).to_string(),
+            "present, fetch, user"
+        );
     }
 }

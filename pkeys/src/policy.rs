@@ -122,7 +122,12 @@ mod tests {
 
     #[test]
     fn parse_round_trips() {
-        for p in [ProtectionPolicy::Pks, ProtectionPolicy::ReadOnlyAlias, ProtectionPolicy::None, ProtectionPolicy::Auto] {
+        for p in [
+            ProtectionPolicy::Pks,
+            ProtectionPolicy::ReadOnlyAlias,
+            ProtectionPolicy::None,
+            ProtectionPolicy::Auto,
+        ] {
             assert_eq!(ProtectionPolicy::parse(p.name()), Some(p));
         }
         for p in [FaultPolicy::Panic, FaultPolicy::Report, FaultPolicy::Soft] {
@@ -135,10 +140,25 @@ mod tests {
 
     #[test]
     fn auto_resolves_by_cpu() {
-        assert_eq!(ProtectionPolicy::Auto.resolve(true), Ok(ProtectionPolicy::Pks));
-        assert_eq!(ProtectionPolicy::Auto.resolve(false), Ok(ProtectionPolicy::ReadOnlyAlias));
-        assert_eq!(ProtectionPolicy::Pks.resolve(false), Err(PolicyError::PksUnavailable));
-        assert_eq!(ProtectionPolicy::None.resolve(false), Ok(ProtectionPolicy::None));
-        assert_eq!(ProtectionPolicy::ReadOnlyAlias.resolve(true), Ok(ProtectionPolicy::ReadOnlyAlias));
+        assert_eq!(
+            ProtectionPolicy::Auto.resolve(true),
+            Ok(ProtectionPolicy::Pks)
+        );
+        assert_eq!(
+            ProtectionPolicy::Auto.resolve(false),
+            Ok(ProtectionPolicy::ReadOnlyAlias)
+        );
+        assert_eq!(
+            ProtectionPolicy::Pks.resolve(false),
+            Err(PolicyError::PksUnavailable)
+        );
+        assert_eq!(
+            ProtectionPolicy::None.resolve(false),
+            Ok(ProtectionPolicy::None)
+        );
+        assert_eq!(
+            ProtectionPolicy::ReadOnlyAlias.resolve(true),
+            Ok(ProtectionPolicy::ReadOnlyAlias)
+        );
     }
 }

@@ -124,7 +124,11 @@ pub struct Enabled {
 /// Turns on SMEP, SMAP, UMIP and NX where present, and CR0.WP, on this CPU.
 pub fn enable_protections(features: &CpuFeatures) -> Enabled {
     let mut cr4 = read_cr4();
-    for (present, bit) in [(features.smep, CR4_SMEP), (features.smap, CR4_SMAP), (features.umip, CR4_UMIP)] {
+    for (present, bit) in [
+        (features.smep, CR4_SMEP),
+        (features.smap, CR4_SMAP),
+        (features.umip, CR4_UMIP),
+    ] {
         if present {
             cr4 |= bit;
         }

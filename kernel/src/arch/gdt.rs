@@ -11,8 +11,8 @@ use x86::bits64::segmentation::Descriptor64;
 use x86::bits64::task::TaskStateSegment;
 use x86::dtables::{DescriptorTablePointer, lgdt};
 use x86::segmentation::{
-    BuildDescriptor, CodeSegmentType, DataSegmentType, Descriptor, DescriptorBuilder, GateDescriptorBuilder,
-    SegmentDescriptorBuilder, SegmentSelector,
+    BuildDescriptor, CodeSegmentType, DataSegmentType, Descriptor, DescriptorBuilder,
+    GateDescriptorBuilder, SegmentDescriptorBuilder, SegmentSelector,
 };
 
 /// Kernel code segment selector.
@@ -79,23 +79,26 @@ static TABLES: CpuTables = CpuTables {
 pub fn init() {
     let tss = TABLES.tss.get();
     let stacks = TABLES.ist_stacks.get() as u64;
-    let kernel_code: Descriptor = DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteRead)
+    let kernel_code: Descriptor =
+        DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteRead)
+            .present()
+            .dpl(Ring::Ring0)
+            .l()
+            .finish();
+    let kernel_data: Descriptor =
+        DescriptorBuilder::data_descriptor(0, 0, DataSegmentType::ReadWrite)
+            .present()
+            .dpl(Ring::Ring0)
+            .finish();
+    let tss_descriptor: Descriptor64 =
+        <DescriptorBuilder as GateDescriptorBuilder<u64>>::tss_descriptor(
+            tss as u64,
+            size_of::<TaskStateSegment>() as u64 - 1,
+            true,
+        )
         .present()
         .dpl(Ring::Ring0)
-        .l()
         .finish();
-    let kernel_data: Descriptor = DescriptorBuilder::data_descriptor(0, 0, DataSegmentType::ReadWrite)
-        .present()
-        .dpl(Ring::Ring0)
-        .finish();
-    let tss_descriptor: Descriptor64 = <DescriptorBuilder as GateDescriptorBuilder<u64>>::tss_descriptor(
-        tss as u64,
-        size_of::<TaskStateSegment>() as u64 - 1,
-        true,
-    )
-    .present()
-    .dpl(Ring::Ring0)
-    .finish();
 
     // SAFETY: single-threaded boot; nothing else references the tables yet.
     unsafe {
@@ -103,7 +106,12 @@ pub fn init() {
             // Stacks grow down: slot n uses the top of the n-th stack.
             (*tss).set_ist(slot - 1, stacks + (slot * IST_STACK_SIZE) as u64);
         }
-        TABLES.gdt.get().write(Gdt { null: Descriptor::NULL, kernel_code, kernel_data, tss: tss_descriptor });
+        TABLES.gdt.get().write(Gdt {
+            null: Descriptor::NULL,
+            kernel_code,
+            kernel_data,
+            tss: tss_descriptor,
+        });
     }
 
     let pointer = DescriptorTablePointer::new(

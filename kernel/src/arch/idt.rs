@@ -203,7 +203,9 @@ pub fn init() {
     let stubs = unsafe { &exception_stub_table };
     let idt = IDT.0.get();
     for (vector, &stub) in stubs.iter().enumerate() {
-        let mut gate = DescriptorBuilder::interrupt_descriptor(KERNEL_CODE, stub).present().dpl(Ring::Ring0);
+        let mut gate = DescriptorBuilder::interrupt_descriptor(KERNEL_CODE, stub)
+            .present()
+            .dpl(Ring::Ring0);
         if let Some(slot) = ist_for(vector as u8) {
             gate = gate.ist(slot as u8);
         }
@@ -232,6 +234,23 @@ crate::kernel_test! {
         // SAFETY: int3 traps to the #BP handler, which counts and returns.
         unsafe { core::arch::asm!("int3") };
         crate::check_eq!(breakpoints(), before + 1);
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Loads an empty IDT and traps: #BP, #GP and #DF all find no gate, so
+    /// the CPU triple-faults. Checks that the host counts that as failure.
+    by_name fn deliberate_triple_fault() -> TestResult {
+        let empty: DescriptorTablePointer<Descriptor64> =
+            DescriptorTablePointer { limit: 0, base: core::ptr::null() };
+        // SAFETY: not safe, on purpose: with no IDT the int3 escalates to a
+        // triple fault, which resets (and with -no-reboot ends) the machine.
+        unsafe {
+            lidt(&empty);
+            core::arch::asm!("int3");
+        }
+        crate::check!(false, "the machine survived an empty IDT");
         Ok(())
     }
 }

@@ -5,9 +5,9 @@
 //! tables. The direct map and the page-table allocator replace the boot
 //! window in later stages.
 
+use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
 use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
-use boot::PhysMemory;
 use core::ops::Range;
 use spin::Mutex;
 

@@ -1,0 +1,65 @@
+# One-command entry points. Each target first installs what is missing
+# (the pinned Rust toolchain and its x86_64-unknown-none target, and QEMU
+# from the distribution's packages) and says what it installs.
+#
+#   make run    boot the kernel under QEMU (TCG, -cpu max) and show its report
+#   make test   host tests, then QEMU integration tests
+#   make gdb    boot paused with the gdbstub and print the gdb command
+#
+# Variables for run and gdb: APPEND="test=all", CPU=qemu64, MEM=4G, SMP=2,
+# TIMEOUT=60 (seconds).
+
+TARGET  := x86_64-unknown-none
+CPU     ?= max
+MEM     ?= 128M
+SMP     ?= 1
+APPEND  ?=
+TIMEOUT ?= 60
+RUNNER  := cargo run --quiet --package tools --bin runner --
+
+.PHONY: run test gdb kernel host-test qemu-test deps toolchain qemu check
+
+run: deps kernel
+	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)"
+
+test: deps host-test qemu-test
+
+host-test: toolchain
+	cargo test
+
+qemu-test: deps kernel
+	cargo test --package qemu-tests
+
+gdb: deps kernel
+	$(RUNNER) --gdb --cpu $(CPU) --memory $(MEM) --smp $(SMP) --append "$(APPEND)"
+
+kernel: toolchain
+	cargo build --package kernel --target $(TARGET)
+
+# Lints as CI would want them; not part of `make test`.
+check: toolchain
+	cargo fmt --all --check
+	cargo clippy --workspace --exclude kernel --all-targets -- -D warnings
+	cargo clippy --package kernel --target $(TARGET) -- -D warnings
+
+deps: toolchain qemu
+
+# rust-toolchain.toml pins the version; rustup installs it on first use, but
+# the bare-metal target is added explicitly so the message says so.
+toolchain:
+	@command -v rustup >/dev/null || { \
+	    echo "rustup is missing: install it from the Rust website, then rerun make"; exit 1; }
+	@rustup target list --installed | grep -qx $(TARGET) || { \
+	    echo "installing the Rust target $(TARGET) (rustup target add $(TARGET))"; \
+	    rustup target add $(TARGET); }
+
+qemu:
+	@command -v qemu-system-x86_64 >/dev/null || { \
+	    if ! command -v apt-get >/dev/null; then \
+	        echo "qemu-system-x86_64 is missing: install QEMU 7.2 or newer with your package manager"; exit 1; \
+	    fi; \
+	    SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    echo "installing QEMU ($$SUDO apt-get install -y qemu-system-x86)"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-system-x86 >/dev/null || { \
+	        echo "could not install QEMU; run: sudo apt-get install -y qemu-system-x86"; exit 1; }; \
+	}

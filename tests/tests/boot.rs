@@ -1,0 +1,239 @@
+//! Boot, consoles, command line, faults and the runner's verdicts, each
+//! checked by booting the kernel under QEMU (TCG).
+
+use qemu_tests::{Run, boot, qemu};
+use std::time::Duration;
+use tools::Outcome;
+
+/// The number of tests `test=all` runs today; raise it as tests are added.
+const KERNEL_TESTS_IN_ALL: usize = 5;
+
+#[test]
+fn boots_with_pks_and_reports() {
+    let run = boot(qemu(""));
+    run.expect_outcome(Outcome::Success).expect_console(&[
+        "pks-kernel",
+        "PKS: present",
+        "+PKS",
+        "cpu protections: SMEP on, SMAP on, UMIP on, NX on, CR0.WP on",
+        "protection policy: ptprot=pks (auto: PKS present)",
+        "pk fault policy: pkfault=panic",
+        "early page tables: 3 recorded",
+        "boot complete",
+    ]);
+    // COM2's defmt frames arrive decoded.
+    run.expect_log("descriptor tables loaded")
+        .expect_log("boot: 127 MiB usable, PKS true");
+}
+
+#[test]
+fn all_kernel_tests_pass() {
+    let run = boot(qemu("test=all"));
+    run.expect_outcome(Outcome::Success)
+        .expect_all_tests_passed(KERNEL_TESTS_IN_ALL)
+        .expect_console(&[&format!("tests: {KERNEL_TESTS_IN_ALL} passed, 0 failed")])
+        .expect_no_console("boot complete");
+    // Tests that end the machine run only when named.
+    let names: Vec<_> = run
+        .test_results()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("deliberate_")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn kernel_tests_pass_on_two_cpus() {
+    boot(qemu("test=all").smp(2))
+        .expect_outcome(Outcome::Success)
+        .expect_all_tests_passed(KERNEL_TESTS_IN_ALL);
+}
+
+#[test]
+fn cpu_without_pks_falls_back_to_read_only_policy() {
+    let run = boot(qemu("test=all").cpu("qemu64"));
+    run.expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "PKS: absent",
+            "-PKS",
+            "protection policy: ptprot=ro (auto: PKS absent)",
+            "SMEP off (absent)",
+        ])
+        .expect_all_tests_passed(KERNEL_TESTS_IN_ALL);
+}
+
+#[test]
+fn pks_policy_on_cpu_without_pks_is_a_clear_error() {
+    boot(qemu("ptprot=pks").cpu("qemu64"))
+        .expect_outcome(Outcome::BadCommandLine)
+        .expect_console(&[
+            "kernel command line rejected: ptprot=pks needs PKS, and this CPU has none",
+        ])
+        .expect_no_console("boot complete");
+}
+
+#[test]
+fn explicit_policies_are_reported() {
+    boot(qemu("ptprot=none pkfault=report"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "protection policy: ptprot=none;",
+            "pk fault policy: pkfault=report",
+        ]);
+}
+
+#[test]
+fn bad_command_lines_are_rejected_with_the_reason() {
+    let cases = [
+        ("quiet=1", "unknown option 'quiet'"),
+        (
+            "ptprot=maybe",
+            "option 'ptprot' does not accept 'maybe'; accepted values: pks, ro, none, auto",
+        ),
+        (
+            "pkfault=",
+            "option 'pkfault' does not accept ''; accepted values: panic, report, soft",
+        ),
+        ("verbose", "'verbose' is not of the form key=value"),
+        (
+            "ptprot=pks ptprot=ro",
+            "option 'ptprot' is given more than once",
+        ),
+        ("test=Bad-Name", "option 'test' does not accept 'Bad-Name'"),
+        (
+            "test=no_such_test",
+            "option 'test' names unknown test 'no_such_test'; known tests:",
+        ),
+    ];
+    for (append, reason) in cases {
+        boot(qemu(append))
+            .expect_outcome(Outcome::BadCommandLine)
+            .expect_console(&[&format!("kernel command line rejected: {reason}")])
+            .expect_no_console("boot complete");
+    }
+}
+
+#[test]
+fn page_fault_gives_a_full_report_and_failure() {
+    let run = boot(qemu("test=deliberate_page_fault"));
+    run.expect_outcome(Outcome::KernelFailure).expect_console(&[
+        "test deliberate_page_fault ... FAILED",
+        "!!! kernel fault: page fault (#PF, vector 14)",
+        "during test deliberate_page_fault",
+        "error code: 0x2 (not-present, write, supervisor)",
+        "CR2: 0x00000000deadb000 (address accessed)",
+        "RIP: 0xffffffff8",
+        "CR0: 0x",
+        "PKRS:",
+        "RAX: ",
+        "backtrace",
+        "!!! stopping the machine: exit status 35 (failure)",
+    ]);
+    assert_eq!(
+        run.test_results(),
+        [("deliberate_page_fault".to_string(), false)]
+    );
+}
+
+#[test]
+fn panic_gives_a_full_report_and_failure() {
+    boot(qemu("test=deliberate_panic"))
+        .expect_outcome(Outcome::KernelFailure)
+        .expect_console(&[
+            "!!! kernel panic at kernel/src/testing.rs:",
+            "deliberate panic to exercise the panic report",
+            "during test deliberate_panic",
+            "backtrace",
+            "exit status 35 (failure)",
+        ]);
+}
+
+#[test]
+fn failed_check_is_reported_and_later_tests_still_run() {
+    let run = boot(qemu("test=deliberate_check_failure,breakpoint_returns"));
+    run.expect_outcome(Outcome::KernelFailure)
+        .expect_console(&["1 + 1 == 3 failed: 2 != 3", "tests: 1 passed, 1 failed"]);
+    assert_eq!(
+        run.test_results(),
+        [
+            ("deliberate_check_failure".to_string(), false),
+            ("breakpoint_returns".to_string(), true)
+        ]
+    );
+}
+
+#[test]
+fn triple_fault_is_a_failure_not_a_pass() {
+    boot(qemu("test=deliberate_triple_fault")).expect_outcome(Outcome::TripleFaultOrReset);
+}
+
+#[test]
+fn hanging_kernel_is_stopped_by_the_timeout() {
+    let timeout = Duration::from_secs(3);
+    let run: Run = boot(qemu("test=deliberate_hang").timeout(timeout));
+    run.expect_outcome(Outcome::Timeout(timeout))
+        .expect_console(&["test deliberate_hang ... "]);
+    assert!(!run.0.outcome.is_success());
+}
+
+/// Parses `memory: N usable MiB (B bytes) in R regions, highest usable
+/// address 0xH, ...` into (B, R, H).
+fn memory_summary(run: &Run) -> (u64, usize, u64) {
+    let line = run.line_starting("memory: ");
+    let field = |before: &str, after: &str| -> String {
+        let start = line
+            .find(before)
+            .map(|i| i + before.len())
+            .unwrap_or_else(|| panic!("{line}"));
+        let rest = &line[start..];
+        rest[..rest.find(after).unwrap_or_else(|| panic!("{line}"))].to_string()
+    };
+    let bytes = field("(", " bytes)").parse().expect("usable bytes");
+    let regions = field("in ", " regions").parse().expect("region count");
+    let highest =
+        u64::from_str_radix(field("address 0x", ",").as_str(), 16).expect("highest address");
+    (bytes, regions, highest)
+}
+
+/// QEMU's `pc` machine (SeaBIOS) reports RAM as [0, 639 KiB) plus
+/// [1 MiB, top - 128 KiB), split at 3 GiB with the rest above 4 GiB when
+/// RAM exceeds the 32-bit hole.
+fn expected_usable(ram: u64) -> (u64, usize, u64) {
+    const LOW: u64 = 0x9fc00;
+    const FIRMWARE_TOP: u64 = 128 << 10;
+    const MIB: u64 = 1 << 20;
+    const LOWMEM_LIMIT: u64 = 3 << 30;
+    if ram <= LOWMEM_LIMIT {
+        (LOW + ram - MIB - FIRMWARE_TOP, 2, ram - FIRMWARE_TOP)
+    } else {
+        let high = ram - LOWMEM_LIMIT;
+        (
+            LOW + LOWMEM_LIMIT - MIB - FIRMWARE_TOP + high,
+            3,
+            (4 << 30) + high,
+        )
+    }
+}
+
+#[test]
+fn memory_maps_of_small_odd_and_large_machines() {
+    for (size, ram) in [
+        ("32M", 32u64 << 20),
+        ("129M", 129 << 20),
+        ("1G", 1 << 30),
+        ("4G", 4 << 30),
+    ] {
+        let run = boot(qemu("test=all").memory(size));
+        run.expect_outcome(Outcome::Success)
+            .expect_all_tests_passed(KERNEL_TESTS_IN_ALL);
+        assert_eq!(
+            memory_summary(&run),
+            expected_usable(ram),
+            "-m {size}\n{}",
+            run.0.transcript()
+        );
+    }
+}
