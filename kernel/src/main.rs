@@ -49,11 +49,11 @@ pub fn boot_state() -> &'static BootState {
 extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     console::init();
     log::init();
+    println!("pks-kernel {} booting", env!("CARGO_PKG_VERSION"));
     arch::gdt::init();
     arch::idt::init();
     defmt::info!("descriptor tables loaded");
 
-    println!("pks-kernel {} booting", env!("CARGO_PKG_VERSION"));
     let info = match BootInfo::parse(start_info_phys, &memory::BootWindow) {
         Ok(info) => info,
         Err(error) => {
