@@ -2,35 +2,54 @@
 //!
 //! QEMU enters `pvh_start32` with paging off, flat 32-bit segments, and the
 //! physical address of `hvm_start_info` in `%ebx`. The stub:
-//! 1. zeroes `.bss`, then builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
+//! 1. zeroes `.bss` (QEMU's loader leaves whatever the firmware left there);
+//! 2. builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
 //!    pages both at 0 (identity, needed while the jump is in flight) and at
-//!    [`KERNEL_VIRT`](crate::layout::KERNEL_VIRT);
-//! 2. enables PAE, long mode and paging, and far-jumps into 64-bit code;
-//! 3. jumps to the higher half, switches to the boot stack, drops the
+//!    [`KERNEL_VIRT`], except that the 2 MiB holding the start of the image
+//!    is mapped with 4 KiB pages so the page below the boot stack can stay
+//!    unmapped as a guard;
+//! 3. enables PAE, long mode and paging, and far-jumps into 64-bit code;
+//! 4. jumps to the higher half, switches to the boot stack, drops the
 //!    identity mapping (so null and low addresses fault), and calls
 //!    `kernel_boot_entry(start_info_phys: u64) -> !`, which the kernel
 //!    binary must define with `#[unsafe(no_mangle)] extern "C"`.
 //!
 //! The tables live in the kernel image's `.bss`; [`boot_stub_tables`] lists
-//! them so they can be recorded as early page tables. Only the boot stack
-//! and these tables are shared with Rust code.
+//! them so they can be recorded as early page tables. The stub also exports
+//! the layout constants as absolute symbols, which `kernel.ld` checks
+//! against its own copies.
 
 use crate::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
-use crate::layout::KERNEL_VIRT;
+use crate::layout::{BOOT_WINDOW_SIZE, KERNEL_PHYS, KERNEL_VIRT};
+use core::ops::Range;
 
 /// Size of the stack `kernel_boot_entry` runs on. Unoptimised builds copy
 /// large boot structures around; [`boot_stack_high_water`] measures use.
 pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
+const PAGE_SIZE: usize = 4096;
+const LARGE_PAGE_SIZE: u64 = 2 << 20;
+
+// The boot window is one page directory of 2 MiB pages.
+const _: () = assert!(BOOT_WINDOW_SIZE == 512 * LARGE_PAGE_SIZE);
+// The image starts on a 2 MiB boundary, so one page table covers its start.
+const _: () = assert!(KERNEL_PHYS.is_multiple_of(LARGE_PAGE_SIZE));
+
 core::arch::global_asm!(
     r#"
     .set KERNEL_VIRT, {kernel_virt}
+    .set KERNEL_PHYS, {kernel_phys}
     .set PTE_PRESENT_WRITABLE, 0x3
     .set PDE_LARGE, 0x83
     .set CR4_PAE, 1 << 5
     .set EFER_MSR, 0xc0000080
     .set EFER_LME, 1 << 8
     .set CR0_PE_PG, (1 << 0) | (1 << 31)
+
+    /* kernel.ld asserts these equal its own KERNEL_PHYS and KERNEL_VIRT. */
+    .global __layout_kernel_phys, __layout_kernel_virt
+    .set __layout_kernel_phys, KERNEL_PHYS
+    .set __layout_kernel_virt, KERNEL_VIRT
 
     /* Xen ELF note type 18 (XEN_ELFNOTE_PHYS32_ENTRY): where QEMU enters. */
     .section .note.pvh, "a", @note
@@ -49,8 +68,7 @@ pvh_start32:
     cld
     mov %ebx, %esi                      /* hvm_start_info, kept until the call */
 
-    /* Zero .bss (page tables, stacks, statics): QEMU's loader leaves
-       whatever the firmware left there. */
+    /* Zero .bss: page tables, stacks and statics all start at zero. */
     mov $(__bss_start - KERNEL_VIRT), %edi
     mov $(__bss_end - KERNEL_VIRT), %ecx
     sub %edi, %ecx
@@ -76,6 +94,22 @@ pvh_start32:
     add $0x200000, %eax
     add $8, %edi
     loop 1b
+
+    /* The image's first 2 MiB again, as 4 KiB pages ... */
+    mov $(boot_pt_image - KERNEL_VIRT), %edi
+    mov $(KERNEL_PHYS + PTE_PRESENT_WRITABLE), %eax
+    mov $512, %ecx
+2:  mov %eax, (%edi)
+    add $0x1000, %eax
+    add $8, %edi
+    loop 2b
+    /* ... minus the guard page below the boot stack ... */
+    mov $(boot_stack_guard - KERNEL_VIRT - KERNEL_PHYS), %eax
+    shr $12, %eax
+    movl $0, (boot_pt_image - KERNEL_VIRT)(, %eax, 8)
+    /* ... replacing the PD's 2 MiB entry for them. */
+    mov $(boot_pt_image - KERNEL_VIRT + PTE_PRESENT_WRITABLE), %eax
+    mov %eax, (boot_pd - KERNEL_VIRT + (KERNEL_PHYS >> 21) * 8)
 
     mov %cr4, %eax
     or $CR4_PAE, %eax
@@ -132,8 +166,8 @@ pvh_start64_high:
     mov %esi, %edi                      /* zero-extends: start_info_phys */
     xor %ebp, %ebp                      /* ends frame-pointer walks */
     call kernel_boot_entry
-2:  hlt
-    jmp 2b
+3:  hlt
+    jmp 3b
 
     .section .rodata.boot_gdt_pointer64, "a"
     .balign 8
@@ -143,30 +177,35 @@ boot_gdt_pointer64:
 
     .section .bss.boot_page_tables, "aw", @nobits
     .balign 4096
-    .global boot_pml4, boot_pdpt_low, boot_pdpt_high, boot_pd
+    .global boot_pml4, boot_pdpt_low, boot_pdpt_high, boot_pd, boot_pt_image
 boot_pml4:      .skip 4096
 boot_pdpt_low:  .skip 4096
 boot_pdpt_high: .skip 4096
 boot_pd:        .skip 4096
+boot_pt_image:  .skip 4096
 
     .section .bss.boot_stack, "aw", @nobits
     .balign 4096
-    .global boot_stack_bottom
+    .global boot_stack_guard, boot_stack_bottom, boot_stack_top
+boot_stack_guard:
+    .skip 4096
 boot_stack_bottom:
     .skip {stack_size}
-    .global boot_stack_top
 boot_stack_top:
     "#,
     kernel_virt = const KERNEL_VIRT,
+    kernel_phys = const KERNEL_PHYS,
     stack_size = const BOOT_STACK_SIZE,
     options(att_syntax)
 );
 
 unsafe extern "C" {
-    static boot_stack_bottom: [u64; BOOT_STACK_SIZE / 8];
+    static boot_stack_guard: u8;
+    static boot_stack_bottom: u8;
     static boot_pml4: [u64; 512];
     static boot_pdpt_high: [u64; 512];
     static boot_pd: [u64; 512];
+    static boot_pt_image: [u64; 512];
 }
 
 /// Physical address of a kernel-image symbol.
@@ -175,8 +214,9 @@ fn image_phys(virt: *const [u64; 512]) -> u64 {
 }
 
 /// The page tables the stub built that are still in use once the identity
-/// mapping is gone: the PML4, the high PDPT and the shared page directory.
-pub fn boot_stub_tables() -> [EarlyPageTable; 3] {
+/// mapping is gone: the PML4, the high PDPT, the shared page directory and
+/// the page table for the image's first 2 MiB.
+pub fn boot_stub_tables() -> [EarlyPageTable; 4] {
     let table = |virt, level| EarlyPageTable {
         phys: image_phys(virt),
         level,
@@ -186,18 +226,29 @@ pub fn boot_stub_tables() -> [EarlyPageTable; 3] {
         table(&raw const boot_pml4, TableLevel::Pml4),
         table(&raw const boot_pdpt_high, TableLevel::Pdpt),
         table(&raw const boot_pd, TableLevel::Pd),
+        table(&raw const boot_pt_image, TableLevel::Pt),
     ]
 }
 
+/// The unmapped page just below the boot stack: a write there is a boot
+/// stack overflow.
+pub fn boot_stack_guard_page() -> Range<u64> {
+    let start = (&raw const boot_stack_guard) as u64;
+    start..start + PAGE_SIZE as u64
+}
+
 /// Bytes of the boot stack ever used. The stub zeroes the stack, so the
-/// lowest non-zero word marks the deepest point reached (a word that was
-/// written as zero can hide a few bytes; the figure is a lower bound).
-/// The stack has no guard page yet: a full stack means an overflow may
-/// have corrupted the statics below it.
+/// lowest non-zero word marks the deepest point reached (a word written as
+/// zero can hide a few bytes: the figure is a lower bound).
 pub fn boot_stack_high_water() -> usize {
-    // SAFETY: the stack is a static region of the image; reading words
-    // below the current stack pointer is reading memory we own.
-    let words = unsafe { &boot_stack_bottom };
-    let untouched = words.iter().take_while(|&&word| word == 0).count();
+    let bottom = (&raw const boot_stack_bottom).cast::<u64>();
+    let words = BOOT_STACK_SIZE / 8;
+    let untouched = (0..words)
+        // SAFETY: every index is inside the boot stack, a static region of
+        // the image mapped for the kernel's whole life. Volatile reads of
+        // plain words: the stack may change under us, which only moves the
+        // answer, and no reference to the live stack is ever formed.
+        .take_while(|&i| unsafe { bottom.add(i).read_volatile() } == 0)
+        .count();
     BOOT_STACK_SIZE - untouched * 8
 }

@@ -45,15 +45,18 @@ impl RegionKind {
         }
     }
 
-    /// Which kind wins where two entries overlap: higher is more restrictive.
-    fn restrictiveness(self) -> u8 {
+    /// Which kind wins where two entries overlap: higher is more
+    /// restrictive. Unknown types rank by their number, so the result never
+    /// depends on the order of the entries.
+    fn restrictiveness(self) -> (u8, u32) {
         match self {
-            Self::Usable => 0,
-            Self::AcpiReclaimable => 1,
-            Self::Persistent => 2,
-            Self::Reserved | Self::Other(_) => 3,
-            Self::AcpiNvs => 4,
-            Self::Unusable => 5,
+            Self::Usable => (0, 0),
+            Self::AcpiReclaimable => (1, 0),
+            Self::Persistent => (2, 0),
+            Self::Reserved => (3, 0),
+            Self::Other(kind) => (4, kind),
+            Self::AcpiNvs => (5, 0),
+            Self::Unusable => (6, 0),
         }
     }
 
@@ -132,7 +135,8 @@ pub struct MemorySummary {
     pub usable_bytes: u64,
     /// Number of usable regions.
     pub usable_regions: usize,
-    /// Bytes in all non-usable regions.
+    /// Bytes spanned by non-usable regions (address-space holes that the
+    /// firmware reports as reserved included, so not a RAM figure).
     pub reserved_bytes: u64,
     /// One past the last usable byte.
     pub highest_usable_end: u64,
@@ -320,6 +324,15 @@ mod tests {
         assert_eq!(s.usable_bytes, 0x30_0000 - 0x1000);
         assert_eq!(s.highest_usable_end, 0x30_0000);
         assert_eq!(s.reserved_bytes, 0x1000 + 0x20_0000);
+    }
+
+    #[test]
+    fn overlap_result_does_not_depend_on_entry_order() {
+        let a = (0x1000, 0x1000, Other(9));
+        let b = (0x1000, 0x1000, Other(8));
+        let usable = (0, 0x4000, Usable);
+        assert_eq!(map(&[a, b, usable]), map(&[usable, b, a]));
+        assert_eq!(map(&[a, b, usable]).unwrap().regions()[1].kind, Other(9));
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! | 16     | modlist_paddr    | 52     | reserved (u32)     |
 //!
 //! Memory map entries are 24 bytes: addr (u64), size (u64), type (u32),
-//! reserved (u32). Everything is read through [`PhysMemory`], so a bad
-//! pointer in the structure becomes an error rather than a wild read.
+//! reserved (u32). Everything is copied in through [`PhysMemory`], so a
+//! bad pointer in the structure becomes an error rather than a wild read,
+//! and no reference into firmware memory outlives the parse.
 
 use crate::memory_map::{MemoryMap, MemoryMapError, RegionKind};
 use heapless::String;
@@ -31,9 +32,10 @@ pub const MAX_MEMMAP_ENTRIES: usize = 128;
 
 /// Read access to physical memory during boot.
 pub trait PhysMemory {
-    /// The `len` bytes at physical address `phys`, or `None` if they are not
-    /// readable (outside what the caller can map).
-    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]>;
+    /// Copies the bytes at physical address `phys` into `buf`. Returns
+    /// `None`, leaving `buf` unspecified, if any of them is not readable
+    /// (outside what the caller can map).
+    fn read(&self, phys: u64, buf: &mut [u8]) -> Option<()>;
 }
 
 /// What the kernel knows about the machine when it starts.
@@ -107,15 +109,22 @@ impl core::fmt::Display for BootInfoError {
     }
 }
 
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    let mut word = [0; 4];
-    word.copy_from_slice(&bytes[offset..offset + 4]);
-    u32::from_le_bytes(word)
+/// The little-endian `u32` at `OFFSET` of a fixed-size record.
+fn u32_at<const OFFSET: usize, const N: usize>(bytes: &[u8; N]) -> u32 {
+    const { assert!(OFFSET + 4 <= N) };
+    u32::from_le_bytes([
+        bytes[OFFSET],
+        bytes[OFFSET + 1],
+        bytes[OFFSET + 2],
+        bytes[OFFSET + 3],
+    ])
 }
 
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    let mut word = [0; 8];
-    word.copy_from_slice(&bytes[offset..offset + 8]);
+/// The little-endian `u64` at `OFFSET` of a fixed-size record.
+fn u64_at<const OFFSET: usize, const N: usize>(bytes: &[u8; N]) -> u64 {
+    const { assert!(OFFSET + 8 <= N) };
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[OFFSET..OFFSET + 8]);
     u64::from_le_bytes(word)
 }
 
@@ -123,37 +132,43 @@ impl BootInfo {
     /// Parses the `hvm_start_info` at `phys`.
     pub fn parse(phys: u64, mem: &impl PhysMemory) -> Result<Self, BootInfoError> {
         let unreadable = |what, phys| BootInfoError::Unreadable { what, phys };
-        let info = mem
-            .bytes(phys, START_INFO_SIZE)
+        let mut info = [0u8; START_INFO_SIZE];
+        mem.read(phys, &mut info)
             .ok_or(unreadable("hvm_start_info", phys))?;
-        let magic = u32_at(info, 0);
+        let magic = u32_at::<0, START_INFO_SIZE>(&info);
         if magic != START_INFO_MAGIC {
             return Err(BootInfoError::BadMagic(magic));
         }
-        let version = u32_at(info, 4);
+        let version = u32_at::<4, START_INFO_SIZE>(&info);
         if version < 1 {
             return Err(BootInfoError::NoMemoryMap { version });
         }
-        let cmdline_paddr = u64_at(info, 24);
-        let rsdp_paddr = u64_at(info, 32);
-        let memmap_paddr = u64_at(info, 40);
-        let memmap_entries = u32_at(info, 48);
+        let cmdline_paddr = u64_at::<24, START_INFO_SIZE>(&info);
+        let rsdp_paddr = u64_at::<32, START_INFO_SIZE>(&info);
+        let memmap_paddr = u64_at::<40, START_INFO_SIZE>(&info);
+        let memmap_entries = u32_at::<48, START_INFO_SIZE>(&info);
 
         if memmap_entries as usize > MAX_MEMMAP_ENTRIES {
             return Err(BootInfoError::TooManyEntries(memmap_entries));
         }
-        let table_len = memmap_entries as usize * MEMMAP_ENTRY_SIZE;
-        let table = mem
-            .bytes(memmap_paddr, table_len)
-            .ok_or(unreadable("memory map", memmap_paddr))?;
-        let entries = table.chunks_exact(MEMMAP_ENTRY_SIZE).map(|entry| {
-            (
-                u64_at(entry, 0),
-                u64_at(entry, 8),
-                RegionKind::from_e820(u32_at(entry, 16)),
-            )
-        });
-        let memory = MemoryMap::from_entries(entries).map_err(BootInfoError::MemoryMap)?;
+        let mut entries: heapless::Vec<(u64, u64, RegionKind), MAX_MEMMAP_ENTRIES> =
+            heapless::Vec::new();
+        for index in 0..u64::from(memmap_entries) {
+            let at = memmap_paddr.checked_add(index * MEMMAP_ENTRY_SIZE as u64);
+            let mut entry = [0u8; MEMMAP_ENTRY_SIZE];
+            at.and_then(|at| mem.read(at, &mut entry))
+                .ok_or(unreadable("memory map", memmap_paddr))?;
+            let kind = RegionKind::from_e820(u32_at::<16, MEMMAP_ENTRY_SIZE>(&entry));
+            let region = (
+                u64_at::<0, MEMMAP_ENTRY_SIZE>(&entry),
+                u64_at::<8, MEMMAP_ENTRY_SIZE>(&entry),
+                kind,
+            );
+            // memmap_entries was checked against the capacity above.
+            let _ = entries.push(region);
+        }
+        let memory =
+            MemoryMap::from_entries(entries.iter().copied()).map_err(BootInfoError::MemoryMap)?;
 
         let command_line = if cmdline_paddr == 0 {
             String::new()
@@ -171,6 +186,14 @@ impl BootInfo {
     }
 }
 
+impl BootInfoError {
+    /// True if the fault lies in the command line the user gave (rather
+    /// than in what the loader or firmware handed over).
+    pub fn is_command_line(&self) -> bool {
+        matches!(self, Self::CommandLineTooLong | Self::CommandLineNotUtf8)
+    }
+}
+
 /// Reads a NUL-terminated command line, at most [`MAX_COMMAND_LINE`] bytes.
 fn read_command_line(
     phys: u64,
@@ -179,15 +202,17 @@ fn read_command_line(
     // Read byte by byte: the string may end right before unreadable memory.
     let mut line: heapless::Vec<u8, MAX_COMMAND_LINE> = heapless::Vec::new();
     for offset in 0..=MAX_COMMAND_LINE as u64 {
-        let at = phys + offset;
-        let byte = mem.bytes(at, 1).ok_or(BootInfoError::Unreadable {
-            what: "command line",
-            phys: at,
-        })?[0];
-        if byte == 0 {
+        let at = phys.checked_add(offset);
+        let mut byte = [0u8];
+        at.and_then(|at| mem.read(at, &mut byte))
+            .ok_or(BootInfoError::Unreadable {
+                what: "command line",
+                phys: at.unwrap_or(u64::MAX),
+            })?;
+        if byte[0] == 0 {
             return String::from_utf8(line).map_err(|_| BootInfoError::CommandLineNotUtf8);
         }
-        line.push(byte)
+        line.push(byte[0])
             .map_err(|_| BootInfoError::CommandLineTooLong)?;
     }
     Err(BootInfoError::CommandLineTooLong)
@@ -244,19 +269,23 @@ mod tests {
     }
 
     impl PhysMemory for FakeMemory {
-        fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
+        fn read(&self, phys: u64, buf: &mut [u8]) -> Option<()> {
             let start = usize::try_from(phys).ok()?;
-            self.0.get(start..start.checked_add(len)?)
+            buf.copy_from_slice(self.0.get(start..start.checked_add(buf.len())?)?);
+            Some(())
         }
     }
 
-    /// The map QEMU's PVH loader reports for `-m 129M` on `-M pc`.
+    /// The map QEMU 7.2 reports for `-M pc -m 129M -cpu max`, as the
+    /// kernel printed it (the last entry is the AMD HyperTransport hole).
     const QEMU_129M: &[(u64, u64, u32)] = &[
         (0, 0x9fc00, 1),
         (0x9fc00, 0x400, 2),
         (0xf0000, 0x10000, 2),
-        (0x10_0000, 128 << 20, 1),
+        (0x10_0000, 0x80e_0000 - 0x10_0000, 1),
+        (0x80e_0000, 0x2_0000, 2),
         (0xfffc_0000, 0x4_0000, 2),
+        (0xfd_0000_0000, 0x3_0000_0000, 2),
     ];
 
     #[test]
@@ -277,8 +306,12 @@ mod tests {
                 kind: RegionKind::Usable
             }
         );
-        assert_eq!(info.memory.summary().usable_bytes, 0x9fc00 + (128 << 20));
-        assert_eq!(info.memory.summary().highest_usable_end, 129 << 20);
+        assert_eq!(
+            info.memory.summary().usable_bytes,
+            0x9fc00 + 0x80e_0000 - 0x10_0000
+        );
+        assert_eq!(info.memory.summary().highest_usable_end, 0x80e_0000);
+        assert_eq!(info.memory.regions().len(), QEMU_129M.len());
     }
 
     #[test]

@@ -35,13 +35,16 @@ pub fn print_args(args: fmt::Arguments<'_>) {
     }
 }
 
-/// Prints on the fatal path, even if the console lock is held (the fault
-/// may have struck while printing). Never returns to normal operation
-/// afterwards, so the broken lock does not matter.
-pub fn print_fatal(args: fmt::Arguments<'_>) {
+/// Prints even if the console lock is held (a fault may strike while
+/// printing), by breaking the lock.
+///
+/// # Safety
+/// Only for the fatal path: the caller must never return to code that may
+/// hold the console lock, and no other CPU may be printing.
+pub unsafe fn print_fatal(args: fmt::Arguments<'_>) {
     if COM1.is_locked() {
-        // SAFETY: only called on the fatal path, which never returns to the
-        // code holding the lock, and only one CPU runs kernel code today.
+        // SAFETY: the holder never runs again (caller's contract), so no
+        // second reference to the UART is ever used alongside ours.
         unsafe { COM1.force_unlock() };
     }
     print_args(args);
@@ -58,10 +61,4 @@ macro_rules! print {
 macro_rules! println {
     () => { $crate::print!("\n") };
     ($($arg:tt)*) => { $crate::console::print_args(format_args!("{}\n", format_args!($($arg)*))) };
-}
-
-/// Prints a line on the fatal path (see [`print_fatal`]).
-#[macro_export]
-macro_rules! fatal_println {
-    ($($arg:tt)*) => { $crate::console::print_fatal(format_args!("{}\n", format_args!($($arg)*))) };
 }

@@ -8,9 +8,18 @@
 use crate::arch::cpu;
 use crate::arch::exit::{ExitCode, exit_qemu};
 use crate::arch::idt::{TrapFrame, exception_name};
-use crate::fatal_println;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Prints one line of a report, breaking the console lock if need be.
+macro_rules! fatal_println {
+    ($($arg:tt)*) => {
+        // SAFETY: only this module's report paths use the macro, and each
+        // ends in `end_report`, never returning to code that may hold the
+        // console lock. Only one CPU runs kernel code today.
+        unsafe { crate::console::print_fatal(format_args!("{}\n", format_args!($($arg)*))) }
+    };
+}
 
 static REPORTING: AtomicBool = AtomicBool::new(false);
 
@@ -46,12 +55,26 @@ pub fn exception(frame: &TrapFrame) -> ! {
     if let Some(test) = crate::testing::current_test() {
         fatal_println!("    during test {}", test);
     }
-    if frame.vector == 14 {
-        let code = pkeys::PageFaultError::from_bits_retain(frame.error_code);
-        fatal_println!("    error code: {:#x} ({})", frame.error_code, code);
-        fatal_println!("    CR2: {:#018x} (address accessed)", cpu::read_cr2());
-    } else {
-        fatal_println!("    error code: {:#x}", frame.error_code);
+    match frame.vector {
+        14 => {
+            let code = pkeys::PageFaultError::from_bits_retain(frame.error_code);
+            let address = cpu::read_cr2();
+            fatal_println!("    error code: {:#x} ({})", frame.error_code, code);
+            fatal_println!("    CR2: {:#018x} (address accessed)", address);
+            if boot::entry::boot_stack_guard_page().contains(&address) {
+                fatal_println!(
+                    "    the address is the boot stack's guard page: kernel stack overflow"
+                );
+            }
+        }
+        10..=13 if frame.error_code != 0 => {
+            fatal_println!(
+                "    error code: {:#x} ({})",
+                frame.error_code,
+                SelectorError(frame.error_code)
+            );
+        }
+        _ => fatal_println!("    error code: {:#x}", frame.error_code),
     }
     fatal_println!(
         "    RIP: {:#018x}  RSP: {:#018x}  RFLAGS: {:#x}",
@@ -87,6 +110,24 @@ pub fn exception(frame: &TrapFrame) -> ! {
     }
     print_backtrace(Some(frame.rip), frame.rbp);
     end_report()
+}
+
+/// The selector error code of #TS, #NP, #SS and #GP (Intel SDM 6.13).
+struct SelectorError(u64);
+
+impl core::fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let index = self.0 >> 3;
+        match (self.0 >> 1) & 0b11 {
+            0b01 | 0b11 => write!(f, "IDT vector {index}, which has no gate")?,
+            0b00 => write!(f, "GDT selector {:#x}", index << 3)?,
+            _ => write!(f, "LDT selector {:#x}", index << 3)?,
+        }
+        if self.0 & 1 != 0 {
+            write!(f, ", raised during delivery of an external event")?;
+        }
+        Ok(())
+    }
 }
 
 fn print_control_registers() {

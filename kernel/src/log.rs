@@ -3,17 +3,22 @@
 //! defmt keeps format strings in the ELF and sends only indices and
 //! arguments, so logging is cheap enough to leave on in hot paths. Frames
 //! are rzcobs-encoded (defmt's default) and must not share a port with the
-//! text console. The fatal path does not log through defmt: a fault inside
-//! a frame would deadlock on the logger's lock.
+//! text console.
+//!
+//! A frame is open from `acquire` to `release`, with interrupts off and the
+//! logger owned by one CPU. If the owning CPU asks again (an exception or
+//! NMI handler that logs mid-frame, or a `Format` impl that logs), spinning
+//! would hang it silently, so that is a panic instead, as defmt's contract
+//! asks. The panic and fault reports never log through defmt.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550};
 
 const COM2_PORT: u16 = 0x2f8;
 
-/// The encoder and port, used only by the holder of [`TAKEN`].
+/// The encoder and port, used only by the CPU recorded in [`OWNER`].
 struct LoggerState {
     encoder: defmt::Encoder,
     uart: Option<Uart16550<PioBackend>>,
@@ -24,10 +29,12 @@ struct LoggerState {
 struct Shared(UnsafeCell<LoggerState>);
 
 // SAFETY: the state is reached only through `with_state`, which requires
-// holding TAKEN, so at most one context touches it at a time.
+// owning the logger, so at most one context touches it at a time.
 unsafe impl Sync for Shared {}
 
-static TAKEN: AtomicBool = AtomicBool::new(false);
+const NO_OWNER: u32 = u32::MAX;
+/// The CPU (APIC id) that has a frame open, or NO_OWNER.
+static OWNER: AtomicU32 = AtomicU32::new(NO_OWNER);
 static STATE: Shared = Shared(UnsafeCell::new(LoggerState {
     encoder: defmt::Encoder::new(),
     uart: None,
@@ -37,10 +44,31 @@ static STATE: Shared = Shared(UnsafeCell::new(LoggerState {
 /// Runs `f` on the logger state.
 ///
 /// # Safety
-/// The caller must hold [`TAKEN`].
+/// The calling CPU must own the logger (see [`take`]) and must not hold
+/// another reference obtained from this function.
 unsafe fn with_state<R>(f: impl FnOnce(&mut LoggerState) -> R) -> R {
-    // SAFETY: TAKEN is held (caller's contract), so no other reference exists.
+    // SAFETY: this CPU owns the logger (caller's contract) and runs with
+    // interrupts off, so no other reference exists.
     f(unsafe { &mut *STATE.0.get() })
+}
+
+/// Makes this CPU the logger's owner, waiting for another CPU's frame to
+/// end. Panics if this CPU already owns it (re-entry would never end).
+fn take() {
+    let me = crate::arch::cpu::current_cpu_id();
+    if OWNER.load(Ordering::Relaxed) == me {
+        panic!("defmt logger re-entered on CPU {me}: something logged while a frame was open");
+    }
+    while OWNER
+        .compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+}
+
+fn give_back() {
+    OWNER.store(NO_OWNER, Ordering::Release);
 }
 
 /// Sets up COM2. Frames logged before this are dropped.
@@ -52,20 +80,11 @@ pub fn init() -> bool {
     if uart.init(Config::default()).is_err() {
         return false;
     }
-    acquire_lock();
-    // SAFETY: we hold TAKEN.
+    take();
+    // SAFETY: we own the logger.
     unsafe { with_state(|state| state.uart = Some(uart)) };
-    TAKEN.store(false, Ordering::Release);
+    give_back();
     true
-}
-
-fn acquire_lock() {
-    while TAKEN
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
 }
 
 fn send(uart: &mut Option<Uart16550<PioBackend>>, bytes: &[u8]) {
@@ -77,14 +96,15 @@ fn send(uart: &mut Option<Uart16550<PioBackend>>, bytes: &[u8]) {
 #[defmt::global_logger]
 struct Com2Logger;
 
-// SAFETY: acquire/release bracket every frame under TAKEN with interrupts
-// off, so frames never interleave; write/flush run only between them.
+// SAFETY: acquire/release bracket every frame with the logger owned by one
+// CPU and interrupts off, so frames never interleave; write and flush run
+// only between them; re-entry on the owning CPU panics instead of sharing.
 unsafe impl defmt::Logger for Com2Logger {
     fn acquire() {
         let interrupts_were_on = crate::arch::cpu::interrupts_enabled();
         crate::arch::cpu::disable_interrupts();
-        acquire_lock();
-        // SAFETY: we hold TAKEN.
+        take();
+        // SAFETY: we own the logger.
         unsafe {
             with_state(|state| {
                 state.interrupts_were_on = interrupts_were_on;
@@ -97,7 +117,7 @@ unsafe impl defmt::Logger for Com2Logger {
     unsafe fn flush() {}
 
     unsafe fn release() {
-        // SAFETY: defmt calls release only after acquire, so we hold TAKEN.
+        // SAFETY: defmt calls release only after acquire: we own the logger.
         let interrupts_were_on = unsafe {
             with_state(|state| {
                 let LoggerState { encoder, uart, .. } = state;
@@ -105,7 +125,7 @@ unsafe impl defmt::Logger for Com2Logger {
                 state.interrupts_were_on
             })
         };
-        TAKEN.store(false, Ordering::Release);
+        give_back();
         if interrupts_were_on {
             crate::arch::cpu::enable_interrupts();
         }

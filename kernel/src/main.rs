@@ -47,15 +47,25 @@ pub fn boot_state() -> &'static BootState {
 
 #[unsafe(no_mangle)]
 extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
+    // Descriptor tables first, so that even a fault in console setup ends
+    // in a report (possibly unprinted) and a failure status.
+    // SAFETY: called once, here, on the boot CPU, in this order.
+    unsafe {
+        arch::gdt::init();
+        arch::idt::init();
+    }
     console::init();
     log::init();
     println!("pks-kernel {} booting", env!("CARGO_PKG_VERSION"));
-    arch::gdt::init();
-    arch::idt::init();
     defmt::info!("descriptor tables loaded");
 
     let info = match BootInfo::parse(start_info_phys, &memory::BootWindow) {
         Ok(info) => info,
+        Err(error) if error.is_command_line() => {
+            println!("kernel command line rejected: {}", error);
+            report::print_options();
+            exit_qemu(ExitCode::BadCommandLine);
+        }
         Err(error) => {
             println!(
                 "boot: cannot use hvm_start_info at {:#x}: {}",

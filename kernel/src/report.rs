@@ -66,7 +66,7 @@ pub fn print_boot_report(boot: &BootState) {
     let memory = &boot.info.memory;
     let summary = memory.summary();
     println!(
-        "memory: {} usable MiB ({} bytes) in {} regions, highest usable address {:#x}, {} MiB reserved",
+        "memory: {} usable MiB ({} bytes) in {} regions, usable memory ends at {:#x}; reserved ranges span {} MiB",
         summary.usable_bytes / MIB,
         summary.usable_bytes,
         summary.usable_regions,

@@ -227,9 +227,10 @@ pub fn run(chosen: Plan) -> ExitCode {
 /// failed check, a hang caught by the runner's timeout).
 mod harness_checks {
     crate::kernel_test! {
-        /// Writes to an unmapped address: a #PF report, then failure.
+        /// Writes to a low address that only the boot stub's identity map
+        /// (removed before Rust runs) covered: a #PF report, then failure.
         by_name fn deliberate_page_fault() -> TestResult {
-            let address = 0xdead_b000 as *mut u64;
+            let address = 0x1000 as *mut u64;
             // SAFETY: not safe at all, on purpose: nothing is mapped there, so
             // the write faults and the fault report ends the machine.
             unsafe { address.write_volatile(0x5afe) };
@@ -249,6 +250,21 @@ mod harness_checks {
         by_name fn deliberate_check_failure() -> TestResult {
             crate::check_eq!(1 + 1, 3);
             Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// Recurses until the boot stack hits its guard page: a #PF report
+        /// (on the #PF IST stack) naming the overflow, then failure.
+        by_name fn deliberate_stack_overflow() -> TestResult {
+            #[inline(never)]
+            #[allow(unconditional_recursion)] // running out of stack is the point
+            fn recurse(depth: u64) -> u64 {
+                let frame = core::hint::black_box([depth; 64]);
+                recurse(depth + 1).wrapping_add(frame[0])
+            }
+            let depth = recurse(0);
+            Err(super::TestFailure::new(file!(), line!(), format_args!("returned at depth {depth}")))
         }
     }
 

@@ -64,22 +64,20 @@ impl Run {
         self
     }
 
-    /// Asserts COM1 has a line containing each needle.
+    /// Asserts the COM1 text contains each needle.
     pub fn expect_console(&self, needles: &[&str]) -> &Self {
         for needle in needles {
             if !self.0.console_has(needle) {
-                self.fail(&format!("console has no line containing {needle:?}"));
+                self.fail(&format!("console does not contain {needle:?}"));
             }
         }
         self
     }
 
-    /// Asserts COM1 has no line containing the needle.
+    /// Asserts the COM1 text does not contain the needle.
     pub fn expect_no_console(&self, needle: &str) -> &Self {
         if self.0.console_has(needle) {
-            self.fail(&format!(
-                "console unexpectedly has a line containing {needle:?}"
-            ));
+            self.fail(&format!("console unexpectedly contains {needle:?}"));
         }
         self
     }

@@ -57,9 +57,12 @@ impl CpuFeatures {
         let basic = cpuid.get_feature_info();
         let extended = cpuid.get_extended_feature_info();
         let ext_proc = cpuid.get_extended_processor_and_feature_identifiers();
-        let leaf7_ecx = raw_cpuid::cpuid!(7, 0).ecx;
+        // Leaf 7 exists only if the CPU reports it (raw-cpuid checks the
+        // highest leaf for `extended`); an out-of-range leaf returns another
+        // leaf's data on Intel, which could fake a PKS bit.
+        let pks = extended.is_some() && pkeys::cpu::has_pks(raw_cpuid::cpuid!(7, 0).ecx);
         CpuFeatures {
-            pks: pkeys::cpu::has_pks(leaf7_ecx),
+            pks,
             pku: extended.as_ref().is_some_and(|f| f.has_pku()),
             smep: extended.as_ref().is_some_and(|f| f.has_smep()),
             smap: extended.as_ref().is_some_and(|f| f.has_smap()),
@@ -215,6 +218,12 @@ pub fn read_pkrs_if_enabled() -> Option<u64> {
     }
     // SAFETY: CR4.PKS is set, so the CPU has PKS and IA32_PKRS exists.
     Some(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) })
+}
+
+/// This CPU's initial APIC id (CPUID leaf 1, EBX[31:24]): a stable CPU
+/// number until per-CPU data exists.
+pub fn current_cpu_id() -> u32 {
+    raw_cpuid::cpuid!(1).ebx >> 24
 }
 
 /// RFLAGS.IF.

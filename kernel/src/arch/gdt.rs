@@ -76,7 +76,11 @@ static TABLES: CpuTables = CpuTables {
 
 /// Builds and loads the GDT and TSS on the boot CPU, replacing the boot
 /// stub's GDT.
-pub fn init() {
+///
+/// # Safety
+/// Call once, on the boot CPU, before anything depends on the tables: a
+/// second call rewrites a GDT and TSS the CPU is using.
+pub unsafe fn init() {
     let tss = TABLES.tss.get();
     let stacks = TABLES.ist_stacks.get() as u64;
     let kernel_code: Descriptor =
@@ -100,8 +104,12 @@ pub fn init() {
         .dpl(Ring::Ring0)
         .finish();
 
-    // SAFETY: single-threaded boot; nothing else references the tables yet.
+    // SAFETY: called once during single-threaded boot (caller's contract);
+    // nothing else references the tables yet.
     unsafe {
+        // No I/O bitmap: a base past the TSS limit gives ring 3 no port
+        // access (base 0 would read bitmap bits from the TSS itself).
+        (*tss).iomap_base = size_of::<TaskStateSegment>() as u16;
         for slot in 1..=IST_STACKS {
             // Stacks grow down: slot n uses the top of the n-th stack.
             (*tss).set_ist(slot - 1, stacks + (slot * IST_STACK_SIZE) as u64);

@@ -3,9 +3,14 @@
 //! Each of the 32 architectural vectors has a small assembly stub that
 //! pushes a uniform [`TrapFrame`] (a zero error code where the CPU pushes
 //! none) and calls [`exception_dispatch`]. Vectors 32-255 are not present
-//! yet: anything arriving there raises #NP/#GP naming the vector, which is
-//! reported like any other fault. #DF, NMI, #MC, #PF and #GP run on their
-//! own IST stacks (see [`super::gdt`]).
+//! yet: anything arriving there raises #NP, whose report decodes the
+//! vector from the error code. #DF, NMI, #MC, #PF and #GP run on their own
+//! IST stacks (see [`super::gdt`]), so a bad kernel stack still gets a
+//! report. An IST stack restarts at its top on every entry: a #PF or #GP
+//! raised while handling the same vector would overwrite the frame in use.
+//! That is harmless while both are fatal; a recoverable #PF (fault policies
+//! other than `panic`, user faults) must move off the IST or switch stacks
+//! before anything can fault again.
 //!
 //! Breakpoints (#BP) return; every other exception is fatal for now and
 //! ends in [`crate::fatal::exception`].
@@ -53,7 +58,16 @@ pub struct TrapFrame {
 
 // The common stub's stack alignment depends on this size (16-byte aligned
 // at the call).
-const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<TrapFrame>() == 22 * 8);
+    assert!(offset_of!(TrapFrame, r15) == 0);
+    assert!(offset_of!(TrapFrame, rax) == 14 * 8);
+    assert!(offset_of!(TrapFrame, vector) == 15 * 8);
+    assert!(offset_of!(TrapFrame, error_code) == 16 * 8);
+    assert!(offset_of!(TrapFrame, rip) == 17 * 8);
+    assert!(offset_of!(TrapFrame, ss) == 21 * 8);
+};
 
 /// Exception names by vector, for reports.
 pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
@@ -85,46 +99,44 @@ pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
     }
 }
 
-/// One entry stub per vector. Where the CPU pushes no error code the stub
-/// pushes a zero, so every frame has the same layout.
+/// One entry stub per vector, and the table of their addresses, from one
+/// list: `vector error_code` where the CPU pushes an error code and
+/// `vector no_error_code` where the stub pushes a zero in its place, so
+/// every frame has the same layout. Table index equals vector by
+/// construction (the list is in vector order, checked in `init`).
 macro_rules! exception_stubs {
-    (zero_error_code: $($plain:literal)*; cpu_error_code: $($coded:literal)*) => {
+    ($($vector:literal $kind:ident),* $(,)?) => {
         core::arch::global_asm!(
             $(
-                concat!(".section .text.exception_stub_", $plain, ", \"ax\""),
-                concat!("exception_stub_", $plain, ":"),
+                concat!(".section .text.exception_stub_", $vector, ", \"ax\""),
+                concat!("exception_stub_", $vector, ":"),
+                concat!(".ifc ", stringify!($kind), ", no_error_code"),
                 "push 0",
-                concat!("push ", $plain),
+                ".endif",
+                concat!("push ", $vector),
                 "jmp exception_common",
             )*
-            $(
-                concat!(".section .text.exception_stub_", $coded, ", \"ax\""),
-                concat!("exception_stub_", $coded, ":"),
-                concat!("push ", $coded),
-                "jmp exception_common",
-            )*
-        );
-    };
-}
-
-exception_stubs!(
-    zero_error_code: 0 1 2 3 4 5 6 7 9 15 16 18 19 20 22 23 24 25 26 27 28 31;
-    cpu_error_code: 8 10 11 12 13 14 17 21 29 30
-);
-
-/// The stubs' addresses, indexed by vector.
-macro_rules! exception_stub_table {
-    ($($vector:literal)*) => {
-        core::arch::global_asm!(
             ".section .rodata.exception_stub_table, \"a\"",
             ".balign 8",
             "exception_stub_table:",
             $( concat!(".quad exception_stub_", $vector), )*
         );
+
+        /// The vectors in the stub table, in table order.
+        const STUB_VECTORS: &[u64] = &[$($vector),*];
     };
 }
 
-exception_stub_table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+exception_stubs!(
+    0 no_error_code, 1 no_error_code, 2 no_error_code, 3 no_error_code,
+    4 no_error_code, 5 no_error_code, 6 no_error_code, 7 no_error_code,
+    8 error_code, 9 no_error_code, 10 error_code, 11 error_code,
+    12 error_code, 13 error_code, 14 error_code, 15 no_error_code,
+    16 no_error_code, 17 error_code, 18 no_error_code, 19 no_error_code,
+    20 no_error_code, 21 error_code, 22 no_error_code, 23 no_error_code,
+    24 no_error_code, 25 no_error_code, 26 no_error_code, 27 no_error_code,
+    28 no_error_code, 29 error_code, 30 error_code, 31 no_error_code,
+);
 
 core::arch::global_asm!(
     ".section .text.exception_common, \"ax\"",
@@ -198,9 +210,17 @@ fn ist_for(vector: u8) -> Option<IstSlot> {
 }
 
 /// Builds and loads the IDT on the boot CPU.
-pub fn init() {
+///
+/// # Safety
+/// Call once, during single-threaded boot, after [`super::gdt::init`]
+/// (the gates name its code selector and IST slots).
+pub unsafe fn init() {
     // SAFETY: the table is defined by the assembly above with 32 entries.
     let stubs = unsafe { &exception_stub_table };
+    assert!(
+        STUB_VECTORS.iter().copied().eq(0..32),
+        "exception stubs are listed in vector order"
+    );
     let idt = IDT.0.get();
     for (vector, &stub) in stubs.iter().enumerate() {
         let mut gate = DescriptorBuilder::interrupt_descriptor(KERNEL_CODE, stub)
@@ -209,7 +229,8 @@ pub fn init() {
         if let Some(slot) = ist_for(vector as u8) {
             gate = gate.ist(slot as u8);
         }
-        // SAFETY: single-threaded boot; the IDT is not loaded yet.
+        // SAFETY: called once during single-threaded boot (caller's
+        // contract); the IDT is not loaded yet.
         unsafe { (*idt)[vector] = gate.finish() };
     }
     // SAFETY: the IDT is fully built, 'static, and its gates point at the

@@ -15,12 +15,14 @@ use spin::Mutex;
 pub struct BootWindow;
 
 impl PhysMemory for BootWindow {
-    fn bytes(&self, phys: u64, len: usize) -> Option<&[u8]> {
-        let virt = boot_window_addr(phys, len as u64)?;
+    fn read(&self, phys: u64, buf: &mut [u8]) -> Option<()> {
+        let virt = boot_window_addr(phys, buf.len() as u64)?;
         // SAFETY: the boot stub maps all of [0, BOOT_WINDOW_SIZE) readable at
-        // KERNEL_VIRT for the whole boot, and boot_window_addr checked the
-        // range lies inside it. The bytes are only read.
-        Some(unsafe { core::slice::from_raw_parts(virt as *const u8, len) })
+        // KERNEL_VIRT, and boot_window_addr checked that the range lies
+        // inside it. The bytes are copied out (never referenced), so memory
+        // that changes underneath, such as the live page tables, is fine.
+        unsafe { core::ptr::copy_nonoverlapping(virt as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Some(())
     }
 }
 
@@ -52,20 +54,21 @@ pub fn record_boot_stub_tables() -> Result<usize, RecordError> {
 }
 
 crate::kernel_test! {
-    /// The boot stub's tables are recorded, the PML4 is the live root, and
-    /// the identity mapping is gone (so null dereferences fault).
+    /// The boot stub's four tables are recorded, the PML4 is the live root,
+    /// and the identity mapping is gone (so null dereferences fault).
     fn boot_stub_tables_recorded() -> TestResult {
         use boot::early_tables::{TableLevel, TableOrigin};
         let list = EARLY_PAGE_TABLES.lock();
         let tables = list.tables();
-        crate::check_eq!(tables.len(), 3);
+        crate::check_eq!(tables.len(), 4);
         crate::check!(tables.iter().all(|t| t.origin == TableOrigin::BootStub));
         let pml4 = tables.iter().find(|t| t.level == TableLevel::Pml4);
         crate::check_eq!(pml4.map(|t| t.phys), Some(crate::arch::cpu::read_cr3() & !0xfff));
         let image = kernel_image_phys();
         crate::check!(tables.iter().all(|t| image.contains(&t.phys)), "boot tables lie outside the image");
-        let root = BootWindow.bytes(crate::arch::cpu::read_cr3() & !0xfff, 8);
-        crate::check_eq!(root, Some(&[0u8; 8][..]));
+        let mut identity_entry = [0xffu8; 8];
+        let read = BootWindow.read(crate::arch::cpu::read_cr3() & !0xfff, &mut identity_entry);
+        crate::check_eq!((read, identity_entry), (Some(()), [0u8; 8]));
         Ok(())
     }
 }
@@ -92,7 +95,8 @@ crate::kernel_test! {
 }
 
 crate::kernel_test! {
-    /// The boot stack (no guard page yet) keeps at least half its room free.
+    /// The boot stack keeps at least half its room free (an overflow would
+    /// hit the guard page and end the machine).
     fn boot_stack_has_headroom() -> TestResult {
         let used = boot::entry::boot_stack_high_water();
         crate::check!(
