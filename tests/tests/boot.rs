@@ -161,6 +161,16 @@ fn page_fault_gives_a_full_report_and_failure() {
 }
 
 #[test]
+fn unexpected_interrupt_is_named_in_the_report() {
+    boot(qemu("test=deliberate_unhandled_vector"))
+        .expect_outcome(Outcome::KernelFailure)
+        .expect_console(&[
+            "!!! kernel fault: unexpected interrupt (INTR, vector 64)",
+            "during test deliberate_unhandled_vector",
+        ]);
+}
+
+#[test]
 fn panic_gives_a_full_report_and_failure() {
     boot(qemu("test=deliberate_panic"))
         .expect_outcome(Outcome::KernelFailure)
