@@ -59,7 +59,8 @@ qemu:
 	        echo "qemu-system-x86_64 is missing: install QEMU 7.2 or newer with your package manager"; exit 1; \
 	    fi; \
 	    SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	    echo "installing QEMU ($$SUDO apt-get install -y qemu-system-x86)"; \
+	    echo "installing QEMU: $${SUDO:+$$SUDO }apt-get install -y qemu-system-x86"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-system-x86 >/dev/null || { \
 	        echo "could not install QEMU; run: sudo apt-get install -y qemu-system-x86"; exit 1; }; \
 	}
