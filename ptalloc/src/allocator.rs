@@ -1,0 +1,417 @@
+//! [`PageAllocator`]: the locked core behind per-CPU caches.
+//!
+//! Order-0 pages go through a cache per CPU and freetype, refilled from and
+//! drained to the core in batches of [`CACHE_BATCH`], so the common case
+//! takes no shared lock. Everything else takes the core lock. Lock order is
+//! always cache, then core.
+//!
+//! `cpu` arguments name the calling CPU. The kernel passes its own CPU
+//! number with preemption off; host tests pass a thread's number. Using
+//! another CPU's cache is safe (each cache has its own lock), only slower.
+
+use crate::backend::{DirectMap, SplitPages};
+use crate::core::{Core, RESERVE_CAPACITY};
+use crate::error::{AllocError, FreeError, InitError};
+use crate::freetype::{Freetype, NR_FREETYPES, Protection};
+use crate::meta::{FrameMeta, State};
+use crate::stats::Stats;
+use crate::sync::Lock;
+use crate::{MAX_ORDER, PAGEBLOCK_ORDER, Pfn};
+
+/// Pages a per-CPU cache holds per freetype.
+pub const CACHE_CAPACITY: usize = 64;
+/// Pages moved between a cache and the core at a time.
+pub const CACHE_BATCH: usize = 32;
+
+bitflags::bitflags! {
+    /// How an allocation may be served.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct AllocFlags: u8 {
+        /// Zero the pages (the backend does it, in a write window or
+        /// through a temporary mapping as the protection requires).
+        const ZERO = 1 << 0;
+        /// The caller cannot wait for a conversion or a flush: fail with
+        /// [`AllocError::WouldBlock`] rather than convert.
+        const NO_BLOCK = 1 << 1;
+        /// Page-table pages only: if nothing else is free, take one from
+        /// the split reserve.
+        const USE_RESERVE = 1 << 2;
+    }
+}
+
+/// Set-up choices.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// The freetype page tables (and the split reserve) use. Must be
+    /// key-protected.
+    pub page_table: Freetype,
+    /// Pages the split reserve is kept at (at most 64). One conversion
+    /// splits at most one 1 GiB mapping (one page); protecting a 4 KiB
+    /// page inside a 1 GiB mapping costs two (1 GiB -> 2 MiB -> 4 KiB).
+    pub reserve_target: usize,
+}
+
+struct CpuCache {
+    pages: [heapless::Vec<u32, CACHE_CAPACITY>; NR_FREETYPES],
+}
+
+impl CpuCache {
+    fn new() -> Self {
+        Self { pages: core::array::from_fn(|_| heapless::Vec::new()) }
+    }
+}
+
+/// The freetype buddy allocator. `CPUS` is the number of per-CPU caches.
+pub struct PageAllocator<'m, D: DirectMap, const CPUS: usize> {
+    meta: &'m [FrameMeta],
+    base: Pfn,
+    core: Lock<Core>,
+    caches: [Lock<CpuCache>; CPUS],
+    backend: D,
+}
+
+impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
+    /// An allocator for frames `base .. base + meta.len()`, all holes until
+    /// given with [`add_memory`](Self::add_memory).
+    pub fn new(meta: &'m [FrameMeta], base: Pfn, config: Config, backend: D) -> Result<Self, InitError> {
+        if !base.0.is_multiple_of(1 << MAX_ORDER) {
+            return Err(InitError::MisalignedBase(base));
+        }
+        if meta.len() as u64 >= u64::from(u32::MAX) {
+            return Err(InitError::TooManyFrames(meta.len() as u64));
+        }
+        if !matches!(config.page_table.protection, Protection::Pkey(_)) {
+            return Err(InitError::PageTableFreetype(config.page_table));
+        }
+        Ok(Self {
+            meta,
+            base,
+            core: Lock::new(Core::new(base.0, config.page_table, config.reserve_target.min(RESERVE_CAPACITY))),
+            caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
+            backend,
+        })
+    }
+
+    /// The direct-map backend.
+    pub fn backend(&self) -> &D {
+        &self.backend
+    }
+
+    /// First managed frame.
+    pub fn base(&self) -> Pfn {
+        self.base
+    }
+
+    /// Number of frames the metadata covers.
+    pub fn frames(&self) -> u64 {
+        self.meta.len() as u64
+    }
+
+    /// Gives the allocator the free frames `[start, end)`, whose direct-map
+    /// mapping has `freetype`'s protection now. Partial pageblocks are
+    /// fine: a pageblock with holes is never converted, so its frames stay
+    /// with `freetype`.
+    pub fn add_memory(&self, start: Pfn, end: Pfn, freetype: Freetype) -> Result<(), InitError> {
+        let bad = InitError::BadRange { start, end };
+        let first = start.0.checked_sub(self.base.0).ok_or(bad)?;
+        let last = end.0.checked_sub(self.base.0).ok_or(bad)?;
+        if first >= last || last > self.frames() {
+            return Err(bad);
+        }
+        let (first, last) = (first as u32, last as u32);
+        let mut core = self.core.lock();
+        // Check everything before changing anything.
+        for index in first..last {
+            if self.meta[index as usize].state() != State::Hole {
+                return Err(InitError::Overlap(Pfn(self.base.0 + u64::from(index))));
+            }
+        }
+        let pageblock_size = 1u32 << PAGEBLOCK_ORDER;
+        let mut pageblock = first & !(pageblock_size - 1);
+        while pageblock < last {
+            let block_end = pageblock.saturating_add(pageblock_size).min(self.frames() as u32);
+            let given_before = (pageblock..block_end)
+                .filter(|&i| !(first..last).contains(&i))
+                .any(|i| self.meta[i as usize].state() != State::Hole);
+            if given_before && self.meta[pageblock as usize].pageblock_freetype() != Some(freetype) {
+                return Err(InitError::MixedPageblock(Pfn(self.base.0 + u64::from(pageblock))));
+            }
+            pageblock = block_end;
+        }
+        let mut pageblock = first & !(pageblock_size - 1);
+        while pageblock < last {
+            let head = &self.meta[pageblock as usize];
+            let new_pageblock = (pageblock..(pageblock + pageblock_size).min(self.frames() as u32))
+                .all(|i| self.meta[i as usize].state() == State::Hole);
+            if new_pageblock {
+                head.set_pageblock_freetype(freetype);
+                core.add_pageblock(freetype);
+            }
+            pageblock += pageblock_size;
+        }
+        for index in first..last {
+            self.meta[index as usize].set_state(State::Tail);
+        }
+        core.release_range(self.meta, first, last, freetype);
+        Ok(())
+    }
+
+    fn index_of(&self, pfn: Pfn) -> Option<u32> {
+        let index = pfn.0.checked_sub(self.base.0)?;
+        (index < self.frames()).then_some(index as u32)
+    }
+
+    fn pfn_of(&self, index: u32) -> Pfn {
+        Pfn(self.base.0 + u64::from(index))
+    }
+
+    /// Allocates `1 << order` contiguous frames of `freetype`.
+    pub fn alloc(&self, cpu: usize, order: u32, freetype: Freetype, flags: AllocFlags) -> Result<Pfn, AllocError> {
+        if order > MAX_ORDER {
+            return Err(AllocError::InvalidOrder(order));
+        }
+        if cpu >= CPUS {
+            return Err(AllocError::InvalidCpu(cpu));
+        }
+        let page_table = self.core.lock().page_table_freetype();
+        if flags.contains(AllocFlags::USE_RESERVE) && (freetype != page_table || order != 0) {
+            return Err(AllocError::ReserveNotForFreetype(freetype));
+        }
+        let result = if order == 0 {
+            self.alloc_cached(cpu, freetype, flags)
+        } else {
+            self.alloc_core(order, freetype, flags)
+        };
+        let pfn = match result {
+            Ok(pfn) => pfn,
+            Err(error) => {
+                self.core.lock().stats.failed_allocations += 1;
+                return Err(error);
+            }
+        };
+        if flags.contains(AllocFlags::ZERO) {
+            if let Err(error) = self.backend.zero(pfn, order, freetype.protection) {
+                // Give it back, so the failed call keeps no memory.
+                if let Err(free_error) = self.free(cpu, pfn, order) {
+                    unreachable!("freeing a block just allocated failed: {free_error}");
+                }
+                self.core.lock().stats.failed_allocations += 1;
+                return Err(AllocError::Backend(error));
+            }
+        }
+        Ok(pfn)
+    }
+
+    fn alloc_core(&self, order: u32, freetype: Freetype, flags: AllocFlags) -> Result<Pfn, AllocError> {
+        let mut core = self.core.lock();
+        let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
+        let index = core.alloc(self.meta, &self.backend, order, freetype, may_convert)?;
+        core.mark_allocated(self.meta, index, order, freetype);
+        Ok(self.pfn_of(index))
+    }
+
+    fn alloc_cached(&self, cpu: usize, freetype: Freetype, flags: AllocFlags) -> Result<Pfn, AllocError> {
+        let mut cache = self.caches[cpu].lock();
+        let stack = &mut cache.pages[freetype.index()];
+        if stack.is_empty() {
+            let mut core = self.core.lock();
+            let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
+            for taken in 0..CACHE_BATCH {
+                // Convert for the first page only; a partial batch is fine.
+                match core.alloc(self.meta, &self.backend, 0, freetype, may_convert && taken == 0) {
+                    Ok(index) => {
+                        let frame = &self.meta[index as usize];
+                        frame.set_order(0);
+                        frame.set_freetype(freetype);
+                        frame.set_state(State::Cached);
+                        // The stack was empty and CACHE_BATCH <= CACHE_CAPACITY.
+                        let _ = stack.push(index);
+                    }
+                    Err(error) if taken == 0 => {
+                        if flags.contains(AllocFlags::USE_RESERVE)
+                            && let Some(index) = core.take_reserve_page()
+                        {
+                            core.mark_allocated(self.meta, index, 0, freetype);
+                            return Ok(self.pfn_of(index));
+                        }
+                        return Err(error);
+                    }
+                    Err(_) => break,
+                }
+            }
+            core.stats.cache_refills += 1;
+        }
+        let Some(index) = stack.pop() else {
+            unreachable!("the cache was refilled above")
+        };
+        let frame = &self.meta[index as usize];
+        assert!(frame.transition(State::Cached, State::AllocatedHead), "a cached page is in state Cached");
+        drop(cache);
+        self.core.lock().stats.allocations += 1;
+        Ok(self.pfn_of(index))
+    }
+
+    /// Frees a block allocated with `order`. Bad input (a frame never
+    /// allocated, a double free, the wrong order) is an error and changes
+    /// nothing.
+    pub fn free(&self, cpu: usize, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        if order > MAX_ORDER {
+            return Err(FreeError::InvalidOrder(order));
+        }
+        if cpu >= CPUS {
+            return Err(FreeError::InvalidCpu(cpu));
+        }
+        let index = self.index_of(pfn).ok_or(FreeError::OutOfRange(pfn))?;
+        let frame = &self.meta[index as usize];
+        if frame.state() != State::AllocatedHead {
+            return Err(FreeError::NotAllocated(pfn));
+        }
+        if frame.order() != order {
+            return Err(FreeError::WrongOrder { pfn, allocated: frame.order(), given: order });
+        }
+        let Some(freetype) = frame.freetype() else {
+            unreachable!("an allocated head records a valid freetype")
+        };
+        if order == 0 {
+            return self.free_cached(cpu, index, pfn, freetype);
+        }
+        let mut core = self.core.lock();
+        // Claim it under the lock: a racing free of the same block fails.
+        if !frame.transition(State::AllocatedHead, State::Tail) {
+            return Err(FreeError::NotAllocated(pfn));
+        }
+        core.free(self.meta, index, order, freetype);
+        Ok(())
+    }
+
+    fn free_cached(&self, cpu: usize, index: u32, pfn: Pfn, freetype: Freetype) -> Result<(), FreeError> {
+        let mut cache = self.caches[cpu].lock();
+        // The atomic claim makes a racing double free fail here.
+        if !self.meta[index as usize].transition(State::AllocatedHead, State::Cached) {
+            return Err(FreeError::NotAllocated(pfn));
+        }
+        let stack = &mut cache.pages[freetype.index()];
+        let mut core = self.core.lock();
+        if stack.is_full() {
+            self.drain(&mut core, stack, freetype, CACHE_BATCH);
+            core.stats.cache_drains += 1;
+        }
+        // A batch was just drained if it was full.
+        let _ = stack.push(index);
+        core.stats.frees += 1;
+        Ok(())
+    }
+
+    fn drain(&self, core: &mut Core, stack: &mut heapless::Vec<u32, CACHE_CAPACITY>, freetype: Freetype, count: usize) {
+        for _ in 0..count {
+            let Some(index) = stack.pop() else { break };
+            let frame = &self.meta[index as usize];
+            frame.set_state(State::Tail);
+            core.free(self.meta, index, 0, freetype);
+            core.stats.frees -= 1; // counted when it entered the cache
+        }
+    }
+
+    /// Returns every cached page to the core (for statistics, tests, and
+    /// before taking a CPU offline).
+    pub fn drain_caches(&self) {
+        for cache in &self.caches {
+            let mut cache = cache.lock();
+            let mut core = self.core.lock();
+            for freetype in Freetype::all() {
+                let stack = &mut cache.pages[freetype.index()];
+                if !stack.is_empty() {
+                    self.drain(&mut core, stack, freetype, CACHE_CAPACITY);
+                    core.stats.cache_drains += 1;
+                }
+            }
+        }
+    }
+
+    /// Tops the split reserve up to its target. Call before an operation
+    /// that may split the direct map outside a conversion.
+    pub fn refill_reserve(&self) -> Result<(), AllocError> {
+        self.core.lock().refill_reserve(self.meta, &self.backend)
+    }
+
+    /// Runs `f` with the split reserve as its only source of page-table
+    /// pages: the kernel's own direct-map splits (protecting single pages)
+    /// go through here, after [`refill_reserve`](Self::refill_reserve).
+    pub fn with_split_reserve<R>(&self, f: impl FnOnce(&D, &mut dyn SplitPages) -> R) -> R {
+        let mut core = self.core.lock();
+        core.with_reserve(|pages| f(&self.backend, pages))
+    }
+
+    /// A snapshot of the counters, including pages in per-CPU caches.
+    pub fn stats(&self) -> Stats {
+        let mut cached = [0u64; NR_FREETYPES];
+        for cache in &self.caches {
+            let cache = cache.lock();
+            for (count, stack) in cached.iter_mut().zip(cache.pages.iter()) {
+                *count += stack.len() as u64;
+            }
+        }
+        let mut stats = self.core.lock().snapshot();
+        stats.cached_pages = cached;
+        stats
+    }
+
+    /// Frame indices held by the split reserve (for checkers).
+    pub fn reserve_frames(&self) -> heapless::Vec<Pfn, RESERVE_CAPACITY> {
+        let core = self.core.lock();
+        core.reserve_pages().iter().map(|&i| self.pfn_of(i)).collect()
+    }
+
+    /// What the allocator believes about one frame, for checkers.
+    pub fn frame_info(&self, pfn: Pfn) -> Option<FrameInfo> {
+        let index = self.index_of(pfn)?;
+        let frame = &self.meta[index as usize];
+        let pageblock = &self.meta[(index & !((1 << PAGEBLOCK_ORDER) - 1)) as usize];
+        Some(FrameInfo {
+            state: match frame.state() {
+                State::Hole => FrameState::Hole,
+                State::FreeHead => FrameState::FreeHead,
+                State::AllocatedHead => FrameState::AllocatedHead,
+                State::Tail => FrameState::Tail,
+                State::Cached => FrameState::Cached,
+                State::Reserve => FrameState::Reserve,
+                State::DirectMapTable => FrameState::DirectMapTable,
+            },
+            order: frame.order(),
+            freetype: frame.freetype(),
+            pageblock_freetype: pageblock.pageblock_freetype(),
+        })
+    }
+}
+
+/// A frame's state as the allocator records it (see [`PageAllocator::frame_info`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameState {
+    /// Not managed.
+    Hole,
+    /// First frame of a free block.
+    FreeHead,
+    /// First frame of an allocated block.
+    AllocatedHead,
+    /// Another frame of a block.
+    Tail,
+    /// In a per-CPU cache.
+    Cached,
+    /// In the split reserve.
+    Reserve,
+    /// A direct-map page table made by a split.
+    DirectMapTable,
+}
+
+/// One frame's metadata, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// State.
+    pub state: FrameState,
+    /// Order, for heads.
+    pub order: u32,
+    /// Freetype, for heads, cached, reserve and table frames.
+    pub freetype: Option<Freetype>,
+    /// Freetype of the frame's pageblock.
+    pub pageblock_freetype: Option<Freetype>,
+}

@@ -1,0 +1,95 @@
+//! The direct-map backend: how the allocator changes and flushes the
+//! mappings of whole pageblocks, and zeroes pages, without knowing x86.
+//!
+//! The kernel implements [`DirectMap`] on its real direct map; the `sim`
+//! module (feature `std`) implements it on a model that checks every call.
+//!
+//! # Contract
+//! - [`DirectMap::protect`] changes the mapping of whole, aligned
+//!   pageblocks. Where the range lies inside a larger mapping (a 1 GiB
+//!   page), the backend splits it, and takes every page-table page it needs
+//!   from the [`SplitPages`] it is given, never from anywhere else: that
+//!   is what keeps splitting from recursing into the allocator. If a page
+//!   is missing it fails with [`DirectMapError::NoSplitPage`] and leaves
+//!   the mapping as it was.
+//! - `protect` does not flush; the allocator calls [`DirectMap::flush`]
+//!   once per batch, and only when permissions were taken away.
+//! - [`DirectMap::zero`] clears pages of any protection: inside a write
+//!   window for key-protected pages, through a temporary mapping for
+//!   unmapped ones.
+
+use crate::freetype::Protection;
+use crate::{PAGEBLOCK_ORDER, Pfn};
+
+/// A run of whole, aligned pageblocks: `count` blocks from `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageblockRange {
+    /// First frame (pageblock aligned).
+    pub start: Pfn,
+    /// Number of pageblocks.
+    pub pageblocks: u64,
+}
+
+impl PageblockRange {
+    /// Number of frames covered.
+    pub fn frames(&self) -> u64 {
+        self.pageblocks << PAGEBLOCK_ORDER
+    }
+
+    /// One past the last frame.
+    pub fn end(&self) -> Pfn {
+        Pfn(self.start.0 + self.frames())
+    }
+}
+
+/// Where a split finds its page-table pages.
+pub trait SplitPages {
+    /// A page-table page, already mapped with the page-table protection,
+    /// or `None` if there is none left.
+    fn take(&mut self) -> Option<Pfn>;
+}
+
+/// What a `protect` call did, for the statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtectReport {
+    /// 1 GiB mappings split into 2 MiB ones.
+    pub splits_1g: u32,
+    /// 2 MiB mappings split into 4 KiB ones.
+    pub splits_2m: u32,
+}
+
+/// What a flush cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Flushes on the calling CPU.
+    pub local: u32,
+    /// CPUs interrupted for a shootdown.
+    pub remote: u32,
+}
+
+/// A backend failure. The mapping is left as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectMapError {
+    /// A split needed a page-table page and the source had none.
+    NoSplitPage,
+    /// The backend refused or failed (fault injection, hardware error).
+    Failed,
+}
+
+/// The kernel's direct map, as the allocator sees it.
+pub trait DirectMap: Sync {
+    /// Gives every frame of `range` the protection `to` (it has `from`).
+    fn protect(
+        &self,
+        range: PageblockRange,
+        from: Protection,
+        to: Protection,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError>;
+
+    /// Flushes stale translations of `range` on every CPU.
+    fn flush(&self, range: PageblockRange) -> FlushReport;
+
+    /// Zeroes the `1 << order` frames from `start`, which have `protection`.
+    fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError>;
+}

@@ -1,0 +1,404 @@
+//! The locked core: free lists per (freetype, order), pageblock
+//! conversion, and the split reserve.
+//!
+//! # Invariants (checked by the simulator after every operation)
+//! - Every frame's state is one of [`State`]; only the first frame of a
+//!   block has a head state, the others are `Tail`.
+//! - A free block of order `k` starts at an index aligned to `2^k`, is on
+//!   exactly one list, `(freetype, k)`, and its freetype is the freetype of
+//!   every pageblock it touches.
+//! - Two free buddies of the same order and freetype never coexist: they
+//!   are merged. Buddies of different freetypes never merge, so no block
+//!   spans pageblocks of different freetypes.
+//! - A pageblock's freetype changes only while the whole pageblock is
+//!   owned by the converting code (taken off the free lists), and its
+//!   direct-map protection is changed in the same step.
+//! - Reserve pages are page-table-freetype frames, already protected.
+
+use crate::backend::{DirectMap, DirectMapError, PageblockRange, SplitPages};
+use crate::error::AllocError;
+use crate::freetype::{Freetype, NR_FREETYPES};
+use crate::meta::{FrameMeta, NIL, State};
+use crate::stats::Stats;
+use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
+
+/// Most pages the split reserve holds.
+pub const RESERVE_CAPACITY: usize = 64;
+
+/// The allocator state behind the lock. Frame numbers here are indices
+/// into the metadata array (frame minus base).
+pub(crate) struct Core {
+    heads: [[u32; NR_ORDERS]; NR_FREETYPES],
+    free_blocks: [[u64; NR_ORDERS]; NR_FREETYPES],
+    pageblocks: [u64; NR_FREETYPES],
+    reserve: heapless::Vec<u32, RESERVE_CAPACITY>,
+    reserve_target: usize,
+    reserve_ever_filled: bool,
+    page_table: Freetype,
+    base: u64,
+    pub(crate) stats: Stats,
+}
+
+/// The frames one conversion may use for its split: the reserve, or, for
+/// a conversion *to* the page-table freetype, the first frames of the very
+/// block being converted (they end up protected like the rest of it).
+enum SplitSource<'a> {
+    Reserve { reserve: &'a mut heapless::Vec<u32, RESERVE_CAPACITY>, base: u64, taken: u64 },
+    SelfHosted { next: u32, end: u32, base: u64 },
+}
+
+impl SplitPages for SplitSource<'_> {
+    fn take(&mut self) -> Option<Pfn> {
+        match self {
+            Self::Reserve { reserve, base, taken } => {
+                let index = reserve.pop()?;
+                *taken += 1;
+                Some(Pfn(*base + u64::from(index)))
+            }
+            Self::SelfHosted { next, end, base } => {
+                if *next >= *end {
+                    return None;
+                }
+                *next += 1;
+                Some(Pfn(*base + u64::from(*next - 1)))
+            }
+        }
+    }
+}
+
+impl Core {
+    pub(crate) fn new(base: u64, page_table: Freetype, reserve_target: usize) -> Self {
+        Self {
+            heads: [[NIL; NR_ORDERS]; NR_FREETYPES],
+            free_blocks: [[0; NR_ORDERS]; NR_FREETYPES],
+            pageblocks: [0; NR_FREETYPES],
+            reserve: heapless::Vec::new(),
+            reserve_target: reserve_target.min(RESERVE_CAPACITY),
+            reserve_ever_filled: false,
+            page_table,
+            base,
+            stats: Stats::new(),
+        }
+    }
+
+    pub(crate) fn page_table_freetype(&self) -> Freetype {
+        self.page_table
+    }
+
+    fn pfn(&self, index: u32) -> Pfn {
+        Pfn(self.base + u64::from(index))
+    }
+
+    // ---- free lists ----
+
+    fn push_free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+        let frame = &meta[index as usize];
+        let head = &mut self.heads[ft.index()][order as usize];
+        frame.set_state(State::FreeHead);
+        frame.set_order(order);
+        frame.set_freetype(ft);
+        frame.set_prev(NIL);
+        frame.set_next(*head);
+        if *head != NIL {
+            meta[*head as usize].set_prev(index);
+        }
+        *head = index;
+        self.free_blocks[ft.index()][order as usize] += 1;
+    }
+
+    fn unlink_free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+        let frame = &meta[index as usize];
+        let (prev, next) = (frame.prev(), frame.next());
+        if prev == NIL {
+            self.heads[ft.index()][order as usize] = next;
+        } else {
+            meta[prev as usize].set_next(next);
+        }
+        if next != NIL {
+            meta[next as usize].set_prev(prev);
+        }
+        self.free_blocks[ft.index()][order as usize] -= 1;
+    }
+
+    fn pop_free(&mut self, meta: &[FrameMeta], order: u32, ft: Freetype) -> Option<u32> {
+        let index = self.heads[ft.index()][order as usize];
+        if index == NIL {
+            return None;
+        }
+        self.unlink_free(meta, index, order, ft);
+        Some(index)
+    }
+
+    /// Takes a free block of exactly `order` and `ft`, splitting a larger
+    /// one if needed. The block's head is left for the caller to mark.
+    fn take_block(&mut self, meta: &[FrameMeta], order: u32, ft: Freetype) -> Option<u32> {
+        let found = (order..=MAX_ORDER).find(|&k| self.heads[ft.index()][k as usize] != NIL)?;
+        let index = self.pop_free(meta, found, ft)?;
+        for k in (order..found).rev() {
+            self.push_free(meta, index + (1 << k), k, ft);
+        }
+        Some(index)
+    }
+
+    /// Returns a block to the free lists, merging it with free buddies of
+    /// the same freetype. The caller has validated it.
+    fn release_block(&mut self, meta: &[FrameMeta], mut index: u32, mut order: u32, ft: Freetype) {
+        while order < MAX_ORDER {
+            let buddy = index ^ (1 << order);
+            let Some(buddy_meta) = meta.get(buddy as usize) else { break };
+            let mergeable = buddy_meta.state() == State::FreeHead
+                && buddy_meta.order() == order
+                && buddy_meta.freetype() == Some(ft);
+            if !mergeable {
+                break;
+            }
+            self.unlink_free(meta, buddy, order, ft);
+            // The higher of the two stops being a head.
+            meta[index.max(buddy) as usize].set_state(State::Tail);
+            index = index.min(buddy);
+            order += 1;
+        }
+        self.push_free(meta, index, order, ft);
+    }
+
+    /// Frees every frame of `[start, end)` as maximal aligned blocks.
+    pub(crate) fn release_range(&mut self, meta: &[FrameMeta], start: u32, end: u32, ft: Freetype) {
+        let mut at = start;
+        while at < end {
+            let align = if at == 0 { MAX_ORDER } else { at.trailing_zeros().min(MAX_ORDER) };
+            let fits = (end - at).ilog2();
+            let order = align.min(fits);
+            self.release_block(meta, at, order, ft);
+            at += 1 << order;
+        }
+    }
+
+    // ---- allocation ----
+
+    /// Allocates a block: from the free lists, else (if `may_convert`) by
+    /// converting a free pageblock from another freetype.
+    pub(crate) fn alloc(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+        order: u32,
+        ft: Freetype,
+        may_convert: bool,
+    ) -> Result<u32, AllocError> {
+        if let Some(index) = self.take_block(meta, order, ft) {
+            return Ok(index);
+        }
+        if !may_convert {
+            return Err(AllocError::WouldBlock);
+        }
+        self.convert(meta, backend, order, ft)?;
+        self.take_block(meta, order, ft).ok_or(AllocError::OutOfMemory)
+    }
+
+    /// Marks a taken block as allocated.
+    pub(crate) fn mark_allocated(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+        let frame = &meta[index as usize];
+        frame.set_order(order);
+        frame.set_freetype(ft);
+        frame.set_state(State::AllocatedHead);
+        self.stats.allocations += 1;
+    }
+
+    /// Frees a block the caller has validated (an allocated or cached head).
+    pub(crate) fn free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+        self.release_block(meta, index, order, ft);
+        self.stats.frees += 1;
+    }
+
+    // ---- conversion ----
+
+    /// Makes at least one free block of `order` available in `target` by
+    /// taking a wholly free run of pageblocks from another freetype and
+    /// changing its direct-map protection as one batch.
+    fn convert(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+        order: u32,
+        target: Freetype,
+    ) -> Result<(), AllocError> {
+        let need = order.max(PAGEBLOCK_ORDER);
+        let source = self.pick_source(need, target).ok_or(AllocError::OutOfMemory)?;
+        // Only a protection change can split, and a conversion to the
+        // page-table freetype hosts its own split page: for the others,
+        // refill the reserve now, outside the split path.
+        if source.protection != target.protection && target != self.page_table {
+            // Best effort: an empty reserve only matters if a split happens,
+            // and then the backend reports it.
+            let _ = self.refill_reserve(meta, backend);
+        }
+        // Refilling may have converted or used the block picked: pick again.
+        let source = self.pick_source(need, target).ok_or(AllocError::OutOfMemory)?;
+        let changes_protection = source.protection != target.protection;
+        let largest = (need..=MAX_ORDER)
+            .rev()
+            .find(|&k| self.heads[source.index()][k as usize] != NIL)
+            .ok_or(AllocError::OutOfMemory)?;
+        let index = self.pop_free(meta, largest, source).ok_or(AllocError::OutOfMemory)?;
+        // Keep only what is needed; the upper halves stay with the source.
+        for k in (need..largest).rev() {
+            self.push_free(meta, index + (1 << k), k, source);
+        }
+
+        let range = PageblockRange { start: self.pfn(index), pageblocks: 1 << (need - PAGEBLOCK_ORDER) };
+        let mut self_hosted = 0;
+        if changes_protection {
+            let result = if target == self.page_table {
+                let mut pages = SplitSource::SelfHosted { next: index, end: index + (1 << need), base: self.base };
+                let result = backend.protect(range, source.protection, target.protection, &mut pages);
+                if let SplitSource::SelfHosted { next, .. } = pages {
+                    self_hosted = next - index;
+                }
+                result
+            } else {
+                let mut pages = SplitSource::Reserve { reserve: &mut self.reserve, base: self.base, taken: 0 };
+                let result = backend.protect(range, source.protection, target.protection, &mut pages);
+                if let SplitSource::Reserve { taken, .. } = pages {
+                    self.stats.reserve_taken += taken;
+                }
+                result
+            };
+            self.note_reserve_level();
+            let report = match result {
+                Ok(report) => report,
+                Err(error) => {
+                    // The backend left the mapping unchanged: give the block back.
+                    self.release_block(meta, index, need, source);
+                    return Err(match error {
+                        DirectMapError::NoSplitPage => AllocError::ReserveExhausted,
+                        other => AllocError::Backend(other),
+                    });
+                }
+            };
+            self.stats.splits_1g += u64::from(report.splits_1g);
+            self.stats.splits_2m += u64::from(report.splits_2m);
+            if source.protection.needs_flush_to(target.protection) {
+                let flush = backend.flush(range);
+                self.stats.flushes_local += u64::from(flush.local);
+                self.stats.flushes_remote += u64::from(flush.remote);
+            }
+        }
+
+        for pageblock in 0..range.pageblocks as u32 {
+            meta[(index + (pageblock << PAGEBLOCK_ORDER)) as usize].set_pageblock_freetype(target);
+        }
+        self.pageblocks[source.index()] -= range.pageblocks;
+        self.pageblocks[target.index()] += range.pageblocks;
+        self.stats.conversions[source.index()][target.index()] += range.pageblocks;
+        self.stats.conversion_batches += 1;
+
+        // Frames a self-hosted split used are direct-map page tables now.
+        self.stats.direct_map_tables += u64::from(self_hosted);
+        for table in index..index + self_hosted {
+            let frame = &meta[table as usize];
+            frame.set_freetype(target);
+            frame.set_order(0);
+            frame.set_state(State::DirectMapTable);
+        }
+        self.release_range(meta, index + self_hosted, index + (1 << need), target);
+        Ok(())
+    }
+
+    /// The freetype to convert from: among those (other than `target`)
+    /// with a free block of at least `order`, the one with most free memory.
+    fn pick_source(&self, order: u32, target: Freetype) -> Option<Freetype> {
+        Freetype::all()
+            .filter(|&ft| ft != target)
+            .filter(|ft| (order..=MAX_ORDER).any(|k| self.heads[ft.index()][k as usize] != NIL))
+            .max_by_key(|ft| {
+                let free: u64 = (0..NR_ORDERS).map(|k| self.free_blocks[ft.index()][k] << k).sum();
+                (free, core::cmp::Reverse(ft.index()))
+            })
+    }
+
+    // ---- split reserve ----
+
+    /// Tops the reserve up to its target with page-table pages. Never called
+    /// from the split path: a conversion to the page-table freetype hosts
+    /// its own split, so refilling cannot recurse.
+    pub(crate) fn refill_reserve(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+    ) -> Result<(), AllocError> {
+        let mut added = false;
+        let result = loop {
+            if self.reserve.len() >= self.reserve_target {
+                break Ok(());
+            }
+            let page_table = self.page_table;
+            match self.alloc(meta, backend, 0, page_table, true) {
+                Ok(index) => {
+                    let frame = &meta[index as usize];
+                    frame.set_order(0);
+                    frame.set_freetype(page_table);
+                    frame.set_state(State::Reserve);
+                    // Capacity was checked against reserve_target above.
+                    let _ = self.reserve.push(index);
+                    added = true;
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        if added {
+            self.stats.reserve_refills += 1;
+        }
+        if self.reserve.len() >= self.reserve_target && !self.reserve_ever_filled {
+            self.reserve_ever_filled = true;
+            self.stats.reserve_low_water = self.reserve.len() as u64;
+        }
+        self.note_reserve_level();
+        result
+    }
+
+    /// Takes a page from the reserve for a caller allowed to (`USE_RESERVE`).
+    pub(crate) fn take_reserve_page(&mut self) -> Option<u32> {
+        let index = self.reserve.pop()?;
+        self.stats.reserve_taken += 1;
+        self.note_reserve_level();
+        Some(index)
+    }
+
+    /// The reserve as a split source, for kernel code that splits the
+    /// direct map outside a conversion (sub-pageblock protection).
+    pub(crate) fn with_reserve<R>(&mut self, f: impl FnOnce(&mut dyn SplitPages) -> R) -> R {
+        let mut pages = SplitSource::Reserve { reserve: &mut self.reserve, base: self.base, taken: 0 };
+        let result = f(&mut pages);
+        if let SplitSource::Reserve { taken, .. } = pages {
+            self.stats.reserve_taken += taken;
+        }
+        self.note_reserve_level();
+        result
+    }
+
+    fn note_reserve_level(&mut self) {
+        let level = self.reserve.len() as u64;
+        self.stats.reserve_level = level;
+        if self.reserve_ever_filled && level < self.stats.reserve_low_water {
+            self.stats.reserve_low_water = level;
+        }
+    }
+
+    pub(crate) fn reserve_pages(&self) -> &[u32] {
+        &self.reserve
+    }
+
+    // ---- bookkeeping for init and statistics ----
+
+    pub(crate) fn add_pageblock(&mut self, ft: Freetype) {
+        self.pageblocks[ft.index()] += 1;
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.free_blocks = self.free_blocks;
+        stats.pageblocks = self.pageblocks;
+        stats.reserve_level = self.reserve.len() as u64;
+        stats
+    }
+}

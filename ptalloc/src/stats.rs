@@ -1,0 +1,93 @@
+//! Counters for every mechanism whose cost the design argues about.
+
+use crate::freetype::{Freetype, NR_FREETYPES};
+use crate::NR_ORDERS;
+
+/// A snapshot of the allocator's counters ([`PageAllocator::stats`](crate::PageAllocator::stats)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Free blocks by freetype index and order (excluding per-CPU caches).
+    pub free_blocks: [[u64; NR_ORDERS]; NR_FREETYPES],
+    /// Order-0 pages parked in per-CPU caches, by freetype index.
+    pub cached_pages: [u64; NR_FREETYPES],
+    /// Pageblocks by freetype index.
+    pub pageblocks: [u64; NR_FREETYPES],
+    /// Pageblocks converted, by source and target freetype index.
+    pub conversions: [[u64; NR_FREETYPES]; NR_FREETYPES],
+    /// Conversion batches (each at most one flush).
+    pub conversion_batches: u64,
+    /// TLB flushes on the converting CPU.
+    pub flushes_local: u64,
+    /// CPUs interrupted by shootdowns.
+    pub flushes_remote: u64,
+    /// 1 GiB direct-map mappings split into 2 MiB ones.
+    pub splits_1g: u64,
+    /// 2 MiB direct-map mappings split into 4 KiB ones.
+    pub splits_2m: u64,
+    /// Frames a conversion to the page-table freetype used for its own
+    /// direct-map split (they became direct-map page tables).
+    pub direct_map_tables: u64,
+    /// Pages in the split reserve now.
+    pub reserve_level: u64,
+    /// Lowest the reserve has been since it was first filled.
+    pub reserve_low_water: u64,
+    /// Refill passes that added pages to the reserve.
+    pub reserve_refills: u64,
+    /// Reserve pages taken by splits or `USE_RESERVE` allocations.
+    pub reserve_taken: u64,
+    /// Successful allocations.
+    pub allocations: u64,
+    /// Successful frees.
+    pub frees: u64,
+    /// Allocations that failed for lack of memory, reserve or backend.
+    pub failed_allocations: u64,
+    /// Per-CPU cache refills from the locked core.
+    pub cache_refills: u64,
+    /// Per-CPU cache drains to the locked core.
+    pub cache_drains: u64,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Self {
+            free_blocks: [[0; NR_ORDERS]; NR_FREETYPES],
+            cached_pages: [0; NR_FREETYPES],
+            pageblocks: [0; NR_FREETYPES],
+            conversions: [[0; NR_FREETYPES]; NR_FREETYPES],
+            conversion_batches: 0,
+            flushes_local: 0,
+            flushes_remote: 0,
+            splits_1g: 0,
+            splits_2m: 0,
+            direct_map_tables: 0,
+            reserve_level: 0,
+            reserve_low_water: 0,
+            reserve_refills: 0,
+            reserve_taken: 0,
+            allocations: 0,
+            frees: 0,
+            failed_allocations: 0,
+            cache_refills: 0,
+            cache_drains: 0,
+        }
+    }
+
+    /// Free pages of a freetype in the core's free lists.
+    pub fn free_pages(&self, freetype: Freetype) -> u64 {
+        self.free_blocks[freetype.index()]
+            .iter()
+            .enumerate()
+            .map(|(order, blocks)| blocks << order)
+            .sum()
+    }
+
+    /// Pageblocks converted from `from` to `to`.
+    pub fn converted(&self, from: Freetype, to: Freetype) -> u64 {
+        self.conversions[from.index()][to.index()]
+    }
+
+    /// Pageblocks converted in all.
+    pub fn total_conversions(&self) -> u64 {
+        self.conversions.iter().flatten().sum()
+    }
+}
