@@ -51,13 +51,17 @@ pub struct Config {
     pub reserve_target: usize,
 }
 
+/// One CPU's cache. Its counters live here, not in the core, so the fast
+/// path never touches the core lock.
 struct CpuCache {
     pages: [heapless::Vec<u32, CACHE_CAPACITY>; NR_FREETYPES],
+    allocations: u64,
+    frees: u64,
 }
 
 impl CpuCache {
     fn new() -> Self {
-        Self { pages: core::array::from_fn(|_| heapless::Vec::new()) }
+        Self { pages: core::array::from_fn(|_| heapless::Vec::new()), allocations: 0, frees: 0 }
     }
 }
 
@@ -65,6 +69,7 @@ impl CpuCache {
 pub struct PageAllocator<'m, D: DirectMap, const CPUS: usize> {
     meta: &'m [FrameMeta],
     base: Pfn,
+    page_table: Freetype,
     core: Lock<Core>,
     caches: [Lock<CpuCache>; CPUS],
     backend: D,
@@ -86,6 +91,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(Self {
             meta,
             base,
+            page_table: config.page_table,
             core: Lock::new(Core::new(base.0, config.page_table, config.reserve_target.min(RESERVE_CAPACITY))),
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
@@ -173,8 +179,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if cpu >= CPUS {
             return Err(AllocError::InvalidCpu(cpu));
         }
-        let page_table = self.core.lock().page_table_freetype();
-        if flags.contains(AllocFlags::USE_RESERVE) && (freetype != page_table || order != 0) {
+        if flags.contains(AllocFlags::USE_RESERVE) && (freetype != self.page_table || order != 0) {
             return Err(AllocError::ReserveNotForFreetype(freetype));
         }
         let result = if order == 0 {
@@ -189,15 +194,15 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 return Err(error);
             }
         };
-        if flags.contains(AllocFlags::ZERO) {
-            if let Err(error) = self.backend.zero(pfn, order, freetype.protection) {
-                // Give it back, so the failed call keeps no memory.
-                if let Err(free_error) = self.free(cpu, pfn, order) {
-                    unreachable!("freeing a block just allocated failed: {free_error}");
-                }
-                self.core.lock().stats.failed_allocations += 1;
-                return Err(AllocError::Backend(error));
+        if flags.contains(AllocFlags::ZERO)
+            && let Err(error) = self.backend.zero(pfn, order, freetype.protection)
+        {
+            // Give it back, so the failed call keeps no memory.
+            if let Err(free_error) = self.free(cpu, pfn, order) {
+                unreachable!("freeing a block just allocated failed: {free_error}");
             }
+            self.core.lock().stats.failed_allocations += 1;
+            return Err(AllocError::Backend(error));
         }
         Ok(pfn)
     }
@@ -246,8 +251,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         };
         let frame = &self.meta[index as usize];
         assert!(frame.transition(State::Cached, State::AllocatedHead), "a cached page is in state Cached");
-        drop(cache);
-        self.core.lock().stats.allocations += 1;
+        cache.allocations += 1;
         Ok(self.pfn_of(index))
     }
 
@@ -290,15 +294,15 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if !self.meta[index as usize].transition(State::AllocatedHead, State::Cached) {
             return Err(FreeError::NotAllocated(pfn));
         }
+        cache.frees += 1;
         let stack = &mut cache.pages[freetype.index()];
-        let mut core = self.core.lock();
         if stack.is_full() {
+            let mut core = self.core.lock();
             self.drain(&mut core, stack, freetype, CACHE_BATCH);
             core.stats.cache_drains += 1;
         }
         // A batch was just drained if it was full.
         let _ = stack.push(index);
-        core.stats.frees += 1;
         Ok(())
     }
 
@@ -307,8 +311,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             let Some(index) = stack.pop() else { break };
             let frame = &self.meta[index as usize];
             frame.set_state(State::Tail);
-            core.free(self.meta, index, 0, freetype);
-            core.stats.frees -= 1; // counted when it entered the cache
+            core.release(self.meta, index, 0, freetype);
         }
     }
 
@@ -345,14 +348,19 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// A snapshot of the counters, including pages in per-CPU caches.
     pub fn stats(&self) -> Stats {
         let mut cached = [0u64; NR_FREETYPES];
+        let (mut allocations, mut frees) = (0, 0);
         for cache in &self.caches {
             let cache = cache.lock();
             for (count, stack) in cached.iter_mut().zip(cache.pages.iter()) {
                 *count += stack.len() as u64;
             }
+            allocations += cache.allocations;
+            frees += cache.frees;
         }
         let mut stats = self.core.lock().snapshot();
         stats.cached_pages = cached;
+        stats.allocations += allocations;
+        stats.frees += frees;
         stats
     }
 

@@ -81,10 +81,6 @@ impl Core {
         }
     }
 
-    pub(crate) fn page_table_freetype(&self) -> Freetype {
-        self.page_table
-    }
-
     fn pfn(&self, index: u32) -> Pfn {
         Pfn(self.base + u64::from(index))
     }
@@ -204,10 +200,15 @@ impl Core {
         self.stats.allocations += 1;
     }
 
-    /// Frees a block the caller has validated (an allocated or cached head).
+    /// Frees an allocated block the caller has validated and claimed.
     pub(crate) fn free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
         self.release_block(meta, index, order, ft);
         self.stats.frees += 1;
+    }
+
+    /// Takes back a page from a per-CPU cache (its free was counted there).
+    pub(crate) fn release(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+        self.release_block(meta, index, order, ft);
     }
 
     // ---- conversion ----
