@@ -9,7 +9,7 @@
 //! number with preemption off; host tests pass a thread's number. Using
 //! another CPU's cache is safe (each cache has its own lock), only slower.
 
-use crate::backend::{DirectMap, SplitPages};
+use crate::backend::{DirectMap, DirectMapError, SplitPages};
 use crate::core::{Core, RESERVE_CAPACITY};
 use crate::error::{AllocError, FreeError, InitError};
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
@@ -337,12 +337,18 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         self.core.lock().refill_reserve(self.meta, &self.backend)
     }
 
-    /// Runs `f` with the split reserve as its only source of page-table
-    /// pages: the kernel's own direct-map splits (protecting single pages)
-    /// go through here, after [`refill_reserve`](Self::refill_reserve).
-    pub fn with_split_reserve<R>(&self, f: impl FnOnce(&D, &mut dyn SplitPages) -> R) -> R {
+    /// Runs a direct-map change with the split reserve as its only source
+    /// of page-table pages: the kernel's own splits (protecting single
+    /// pages) go through here, after [`refill_reserve`](Self::refill_reserve).
+    /// Pages the call used become direct-map page tables; if it fails, they
+    /// return to the reserve. It may take at most
+    /// [`MAX_SPLIT_PAGES_PER_CALL`](crate::MAX_SPLIT_PAGES_PER_CALL) pages.
+    pub fn with_split_reserve<R>(
+        &self,
+        f: impl FnOnce(&D, &mut dyn SplitPages) -> Result<R, DirectMapError>,
+    ) -> Result<R, DirectMapError> {
         let mut core = self.core.lock();
-        core.with_reserve(|pages| f(&self.backend, pages))
+        core.split_with_reserve(self.meta, |pages| f(&self.backend, pages))
     }
 
     /// A snapshot of the counters, including pages in per-CPU caches.

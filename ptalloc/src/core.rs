@@ -39,30 +39,46 @@ pub(crate) struct Core {
     pub(crate) stats: Stats,
 }
 
-/// The frames one conversion may use for its split: the reserve, or, for
-/// a conversion *to* the page-table freetype, the first frames of the very
-/// block being converted (they end up protected like the rest of it).
-enum SplitSource<'a> {
-    Reserve { reserve: &'a mut heapless::Vec<u32, RESERVE_CAPACITY>, base: u64, taken: u64 },
-    SelfHosted { next: u32, end: u32, base: u64 },
+/// Most page-table pages one backend call may take from the reserve: a
+/// 4 KiB change inside a 1 GiB mapping needs two (1 GiB -> 2 MiB -> 4 KiB).
+pub const MAX_SPLIT_PAGES_PER_CALL: usize = 4;
+
+/// Split pages from the reserve, remembering what was taken so a failed
+/// call can put them back.
+struct ReservePages<'a> {
+    reserve: &'a mut heapless::Vec<u32, RESERVE_CAPACITY>,
+    base: u64,
+    taken: heapless::Vec<u32, MAX_SPLIT_PAGES_PER_CALL>,
 }
 
-impl SplitPages for SplitSource<'_> {
+impl SplitPages for ReservePages<'_> {
     fn take(&mut self) -> Option<Pfn> {
-        match self {
-            Self::Reserve { reserve, base, taken } => {
-                let index = reserve.pop()?;
-                *taken += 1;
-                Some(Pfn(*base + u64::from(index)))
-            }
-            Self::SelfHosted { next, end, base } => {
-                if *next >= *end {
-                    return None;
-                }
-                *next += 1;
-                Some(Pfn(*base + u64::from(*next - 1)))
-            }
+        if self.taken.is_full() {
+            return None;
         }
+        let index = self.reserve.pop()?;
+        // Not full: checked above.
+        let _ = self.taken.push(index);
+        Some(Pfn(self.base + u64::from(index)))
+    }
+}
+
+/// Split pages for a conversion *to* the page-table freetype: the first
+/// frames of the very block being converted, which end up protected like
+/// the rest of it. Such a conversion never needs the reserve.
+struct SelfHostedPages {
+    next: u32,
+    end: u32,
+    base: u64,
+}
+
+impl SplitPages for SelfHostedPages {
+    fn take(&mut self) -> Option<Pfn> {
+        if self.next >= self.end {
+            return None;
+        }
+        self.next += 1;
+        Some(Pfn(self.base + u64::from(self.next - 1)))
     }
 }
 
@@ -249,22 +265,15 @@ impl Core {
         let range = PageblockRange { start: self.pfn(index), pageblocks: 1 << (need - PAGEBLOCK_ORDER) };
         let mut self_hosted = 0;
         if changes_protection {
+            let (from, to) = (source.protection, target.protection);
             let result = if target == self.page_table {
-                let mut pages = SplitSource::SelfHosted { next: index, end: index + (1 << need), base: self.base };
-                let result = backend.protect(range, source.protection, target.protection, &mut pages);
-                if let SplitSource::SelfHosted { next, .. } = pages {
-                    self_hosted = next - index;
-                }
+                let mut pages = SelfHostedPages { next: index, end: index + (1 << need), base: self.base };
+                let result = backend.protect(range, from, to, &mut pages);
+                self_hosted = pages.next - index;
                 result
             } else {
-                let mut pages = SplitSource::Reserve { reserve: &mut self.reserve, base: self.base, taken: 0 };
-                let result = backend.protect(range, source.protection, target.protection, &mut pages);
-                if let SplitSource::Reserve { taken, .. } = pages {
-                    self.stats.reserve_taken += taken;
-                }
-                result
+                self.split_with_reserve(meta, |pages| backend.protect(range, from, to, pages))
             };
-            self.note_reserve_level();
             let report = match result {
                 Ok(report) => report,
                 Err(error) => {
@@ -365,13 +374,30 @@ impl Core {
         Some(index)
     }
 
-    /// The reserve as a split source, for kernel code that splits the
-    /// direct map outside a conversion (sub-pageblock protection).
-    pub(crate) fn with_reserve<R>(&mut self, f: impl FnOnce(&mut dyn SplitPages) -> R) -> R {
-        let mut pages = SplitSource::Reserve { reserve: &mut self.reserve, base: self.base, taken: 0 };
-        let result = f(&mut pages);
-        if let SplitSource::Reserve { taken, .. } = pages {
-            self.stats.reserve_taken += taken;
+    /// Runs a backend call with the reserve as its only source of split
+    /// pages. Pages it used become direct-map page tables; if it fails,
+    /// they go back to the reserve, so a failed call changes nothing.
+    pub(crate) fn split_with_reserve<R>(
+        &mut self,
+        meta: &[FrameMeta],
+        call: impl FnOnce(&mut dyn SplitPages) -> Result<R, DirectMapError>,
+    ) -> Result<R, DirectMapError> {
+        let mut pages = ReservePages { reserve: &mut self.reserve, base: self.base, taken: heapless::Vec::new() };
+        let result = call(&mut pages);
+        let taken = pages.taken;
+        match result {
+            Ok(_) => {
+                for &index in &taken {
+                    meta[index as usize].set_state(State::DirectMapTable);
+                }
+                self.stats.reserve_taken += taken.len() as u64;
+            }
+            Err(_) => {
+                for &index in taken.iter().rev() {
+                    // They were in the reserve a moment ago: there is room.
+                    let _ = self.reserve.push(index);
+                }
+            }
         }
         self.note_reserve_level();
         result
