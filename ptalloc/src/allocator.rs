@@ -249,8 +249,11 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         let Some(index) = stack.pop() else {
             unreachable!("the cache was refilled above")
         };
+        // Only this cache holds the page, and we hold the cache: a plain
+        // store suffices (frees are what race, and they use a CAS).
         let frame = &self.meta[index as usize];
-        assert!(frame.transition(State::Cached, State::AllocatedHead), "a cached page is in state Cached");
+        debug_assert_eq!(frame.state(), State::Cached);
+        frame.set_state(State::AllocatedHead);
         cache.allocations += 1;
         Ok(self.pfn_of(index))
     }

@@ -103,58 +103,71 @@ impl FrameMeta {
         }
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> State {
         State::from_byte(self.state.load(Ordering::Acquire))
     }
 
+    #[inline]
     pub(crate) fn set_state(&self, state: State) {
         self.state.store(state as u8, Ordering::Release);
     }
 
     /// Atomically moves `from` -> `to`; false (and no change) if the frame
     /// was not in `from`. The fast path's double-free check.
+    #[inline]
     pub(crate) fn transition(&self, from: State, to: State) -> bool {
         self.state
             .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
+    #[inline]
     pub(crate) fn order(&self) -> u32 {
         u32::from(self.order.load(Ordering::Relaxed))
     }
 
+    #[inline]
     pub(crate) fn set_order(&self, order: u32) {
         self.order.store(order as u8, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn freetype(&self) -> Option<Freetype> {
         Freetype::from_index(usize::from(self.freetype.load(Ordering::Relaxed)))
     }
 
+    #[inline]
     pub(crate) fn set_freetype(&self, freetype: Freetype) {
         self.freetype.store(freetype.index() as u8, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn pageblock_freetype(&self) -> Option<Freetype> {
         Freetype::from_index(usize::from(self.pageblock.load(Ordering::Relaxed)))
     }
 
+    #[inline]
     pub(crate) fn set_pageblock_freetype(&self, freetype: Freetype) {
         self.pageblock.store(freetype.index() as u8, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn next(&self) -> u32 {
         self.next.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn set_next(&self, next: u32) {
         self.next.store(next, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn prev(&self) -> u32 {
         self.prev.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn set_prev(&self, prev: u32) {
         self.prev.store(prev, Ordering::Relaxed);
     }
