@@ -14,6 +14,15 @@
 //!   owned by the converting code (taken off the free lists), and its
 //!   direct-map protection is changed in the same step.
 //! - Reserve pages are page-table-freetype frames, already protected.
+//!
+//! # Limits, by design
+//! - A conversion takes one free block from one other freetype. A large
+//!   request (order > 9) fails if the pageblocks it needs are free but
+//!   split between freetypes; merging across freetypes would need a
+//!   conversion of each part first, which is left for when it matters.
+//! - A pageblock holding a direct-map page table (made by a self-hosted
+//!   split) or a reserve page never becomes wholly free, so never converts
+//!   back: at most a few pageblocks stay page-table pageblocks for good.
 
 use crate::backend::{DirectMap, DirectMapError, PageblockRange, SplitPages};
 use crate::error::AllocError;
