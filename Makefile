@@ -5,6 +5,8 @@
 #   make run    boot the kernel under QEMU (TCG, -cpu max) and show its report
 #   make test   host tests, then QEMU integration tests
 #   make gdb    boot paused with the gdbstub and print the gdb command
+#   make bench  ptalloc benchmarks: criterion timings, then a summary table
+#               (also written as JSON to target/bench/ptalloc.json)
 #
 # Variables for run and gdb: APPEND="test=all", CPU=qemu64, MEM=4G, SMP=2,
 # TIMEOUT=60 (seconds).
@@ -17,15 +19,20 @@ APPEND  ?=
 TIMEOUT ?= 60
 RUNNER  := cargo run --quiet --package tools --bin runner --
 
-.PHONY: run test gdb kernel host-test qemu-test deps toolchain qemu check
+.PHONY: run test gdb kernel host-test loom-test qemu-test deps toolchain qemu check bench
 
 run: deps kernel
 	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)"
 
-test: deps host-test qemu-test
+test: deps host-test loom-test qemu-test
 
 host-test: toolchain
 	cargo test
+
+# The loom model of ptalloc's per-CPU caches. --cfg loom swaps in loom's
+# locks and atomics, so it builds in its own target directory.
+loom-test: toolchain
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --package ptalloc --test loom
 
 qemu-test: deps kernel
 	cargo test --package qemu-tests
@@ -41,6 +48,11 @@ check: toolchain
 	cargo fmt --all --check
 	cargo clippy --workspace --exclude kernel --all-targets -- -D warnings
 	cargo clippy --package kernel --target $(TARGET) -- -D warnings
+
+# Host benchmarks of ptalloc (release build; a few minutes on 2 cores). The
+# summary runs last and prints the table that the README quotes.
+bench: toolchain
+	cargo bench --package ptalloc
 
 deps: toolchain qemu
 

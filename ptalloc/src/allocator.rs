@@ -9,7 +9,7 @@
 //! number with preemption off; host tests pass a thread's number. Using
 //! another CPU's cache is safe (each cache has its own lock), only slower.
 
-use crate::backend::{DirectMap, DirectMapError, SplitPages};
+use crate::backend::{DirectMap, DirectMapError, ProtectReport, SplitPages};
 use crate::core::{Core, RESERVE_CAPACITY};
 use crate::error::{AllocError, FreeError, InitError};
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
@@ -61,7 +61,11 @@ struct CpuCache {
 
 impl CpuCache {
     fn new() -> Self {
-        Self { pages: core::array::from_fn(|_| heapless::Vec::new()), allocations: 0, frees: 0 }
+        Self {
+            pages: core::array::from_fn(|_| heapless::Vec::new()),
+            allocations: 0,
+            frees: 0,
+        }
     }
 }
 
@@ -78,7 +82,12 @@ pub struct PageAllocator<'m, D: DirectMap, const CPUS: usize> {
 impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// An allocator for frames `base .. base + meta.len()`, all holes until
     /// given with [`add_memory`](Self::add_memory).
-    pub fn new(meta: &'m [FrameMeta], base: Pfn, config: Config, backend: D) -> Result<Self, InitError> {
+    pub fn new(
+        meta: &'m [FrameMeta],
+        base: Pfn,
+        config: Config,
+        backend: D,
+    ) -> Result<Self, InitError> {
         if !base.0.is_multiple_of(1 << MAX_ORDER) {
             return Err(InitError::MisalignedBase(base));
         }
@@ -92,7 +101,11 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             meta,
             base,
             page_table: config.page_table,
-            core: Lock::new(Core::new(base.0, config.page_table, config.reserve_target.min(RESERVE_CAPACITY))),
+            core: Lock::new(Core::new(
+                base.0,
+                config.page_table,
+                config.reserve_target.min(RESERVE_CAPACITY),
+            )),
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
         })
@@ -135,12 +148,17 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         let pageblock_size = 1u32 << PAGEBLOCK_ORDER;
         let mut pageblock = first & !(pageblock_size - 1);
         while pageblock < last {
-            let block_end = pageblock.saturating_add(pageblock_size).min(self.frames() as u32);
+            let block_end = pageblock
+                .saturating_add(pageblock_size)
+                .min(self.frames() as u32);
             let given_before = (pageblock..block_end)
                 .filter(|&i| !(first..last).contains(&i))
                 .any(|i| self.meta[i as usize].state() != State::Hole);
-            if given_before && self.meta[pageblock as usize].pageblock_freetype() != Some(freetype) {
-                return Err(InitError::MixedPageblock(Pfn(self.base.0 + u64::from(pageblock))));
+            if given_before && self.meta[pageblock as usize].pageblock_freetype() != Some(freetype)
+            {
+                return Err(InitError::MixedPageblock(Pfn(
+                    self.base.0 + u64::from(pageblock)
+                )));
             }
             pageblock = block_end;
         }
@@ -172,7 +190,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     }
 
     /// Allocates `1 << order` contiguous frames of `freetype`.
-    pub fn alloc(&self, cpu: usize, order: u32, freetype: Freetype, flags: AllocFlags) -> Result<Pfn, AllocError> {
+    pub fn alloc(
+        &self,
+        cpu: usize,
+        order: u32,
+        freetype: Freetype,
+        flags: AllocFlags,
+    ) -> Result<Pfn, AllocError> {
         if order > MAX_ORDER {
             return Err(AllocError::InvalidOrder(order));
         }
@@ -186,9 +210,10 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             self.alloc_cached(cpu, freetype, flags)
         } else {
             self.alloc_core(order, freetype, flags)
+                .map(|pfn| (pfn, false))
         };
-        let pfn = match result {
-            Ok(pfn) => pfn,
+        let (pfn, from_reserve) = match result {
+            Ok(found) => found,
             Err(error) => {
                 self.core.lock().stats.failed_allocations += 1;
                 return Err(error);
@@ -197,8 +222,14 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if flags.contains(AllocFlags::ZERO)
             && let Err(error) = self.backend.zero(pfn, order, freetype.protection)
         {
-            // Give it back, so the failed call keeps no memory.
-            if let Err(free_error) = self.free(cpu, pfn, order) {
+            // Give it back where it came from, so the failed call keeps no
+            // memory (and the reserve keeps its page).
+            if from_reserve {
+                let mut core = self.core.lock();
+                if let Some(index) = self.index_of(pfn) {
+                    core.return_reserve_page(self.meta, index);
+                }
+            } else if let Err(free_error) = self.free(cpu, pfn, order) {
                 unreachable!("freeing a block just allocated failed: {free_error}");
             }
             self.core.lock().stats.failed_allocations += 1;
@@ -207,7 +238,12 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(pfn)
     }
 
-    fn alloc_core(&self, order: u32, freetype: Freetype, flags: AllocFlags) -> Result<Pfn, AllocError> {
+    fn alloc_core(
+        &self,
+        order: u32,
+        freetype: Freetype,
+        flags: AllocFlags,
+    ) -> Result<Pfn, AllocError> {
         let mut core = self.core.lock();
         let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
         let index = core.alloc(self.meta, &self.backend, order, freetype, may_convert)?;
@@ -215,7 +251,14 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(self.pfn_of(index))
     }
 
-    fn alloc_cached(&self, cpu: usize, freetype: Freetype, flags: AllocFlags) -> Result<Pfn, AllocError> {
+    /// An order-0 page through the CPU's cache; the flag says whether it
+    /// came from the split reserve (`USE_RESERVE`).
+    fn alloc_cached(
+        &self,
+        cpu: usize,
+        freetype: Freetype,
+        flags: AllocFlags,
+    ) -> Result<(Pfn, bool), AllocError> {
         let mut cache = self.caches[cpu].lock();
         let stack = &mut cache.pages[freetype.index()];
         if stack.is_empty() {
@@ -223,7 +266,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
             for taken in 0..CACHE_BATCH {
                 // Convert for the first page only; a partial batch is fine.
-                match core.alloc(self.meta, &self.backend, 0, freetype, may_convert && taken == 0) {
+                match core.alloc(
+                    self.meta,
+                    &self.backend,
+                    0,
+                    freetype,
+                    may_convert && taken == 0,
+                ) {
                     Ok(index) => {
                         let frame = &self.meta[index as usize];
                         frame.set_order(0);
@@ -237,7 +286,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                             && let Some(index) = core.take_reserve_page()
                         {
                             core.mark_allocated(self.meta, index, 0, freetype);
-                            return Ok(self.pfn_of(index));
+                            return Ok((self.pfn_of(index), true));
                         }
                         return Err(error);
                     }
@@ -255,7 +304,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         debug_assert_eq!(frame.state(), State::Cached);
         frame.set_state(State::AllocatedHead);
         cache.allocations += 1;
-        Ok(self.pfn_of(index))
+        Ok((self.pfn_of(index), false))
     }
 
     /// Frees a block allocated with `order`. Bad input (a frame never
@@ -274,7 +323,11 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             return Err(FreeError::NotAllocated(pfn));
         }
         if frame.order() != order {
-            return Err(FreeError::WrongOrder { pfn, allocated: frame.order(), given: order });
+            return Err(FreeError::WrongOrder {
+                pfn,
+                allocated: frame.order(),
+                given: order,
+            });
         }
         let Some(freetype) = frame.freetype() else {
             unreachable!("an allocated head records a valid freetype")
@@ -291,7 +344,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(())
     }
 
-    fn free_cached(&self, cpu: usize, index: u32, pfn: Pfn, freetype: Freetype) -> Result<(), FreeError> {
+    fn free_cached(
+        &self,
+        cpu: usize,
+        index: u32,
+        pfn: Pfn,
+        freetype: Freetype,
+    ) -> Result<(), FreeError> {
         let mut cache = self.caches[cpu].lock();
         // The atomic claim makes a racing double free fail here.
         if !self.meta[index as usize].transition(State::AllocatedHead, State::Cached) {
@@ -309,7 +368,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(())
     }
 
-    fn drain(&self, core: &mut Core, stack: &mut heapless::Vec<u32, CACHE_CAPACITY>, freetype: Freetype, count: usize) {
+    fn drain(
+        &self,
+        core: &mut Core,
+        stack: &mut heapless::Vec<u32, CACHE_CAPACITY>,
+        freetype: Freetype,
+        count: usize,
+    ) {
         for _ in 0..count {
             let Some(index) = stack.pop() else { break };
             let frame = &self.meta[index as usize];
@@ -346,10 +411,10 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// Pages the call used become direct-map page tables; if it fails, they
     /// return to the reserve. It may take at most
     /// [`MAX_SPLIT_PAGES_PER_CALL`](crate::MAX_SPLIT_PAGES_PER_CALL) pages.
-    pub fn with_split_reserve<R>(
+    pub fn with_split_reserve(
         &self,
-        f: impl FnOnce(&D, &mut dyn SplitPages) -> Result<R, DirectMapError>,
-    ) -> Result<R, DirectMapError> {
+        f: impl FnOnce(&D, &mut dyn SplitPages) -> Result<ProtectReport, DirectMapError>,
+    ) -> Result<ProtectReport, DirectMapError> {
         let mut core = self.core.lock();
         core.split_with_reserve(self.meta, |pages| f(&self.backend, pages))
     }
@@ -376,7 +441,10 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// Frame indices held by the split reserve (for checkers).
     pub fn reserve_frames(&self) -> heapless::Vec<Pfn, RESERVE_CAPACITY> {
         let core = self.core.lock();
-        core.reserve_pages().iter().map(|&i| self.pfn_of(i)).collect()
+        core.reserve_pages()
+            .iter()
+            .map(|&i| self.pfn_of(i))
+            .collect()
     }
 
     /// What the allocator believes about one frame, for checkers.

@@ -24,7 +24,7 @@
 //!   split) or a reserve page never becomes wholly free, so never converts
 //!   back: at most a few pageblocks stay page-table pageblocks for good.
 
-use crate::backend::{DirectMap, DirectMapError, PageblockRange, SplitPages};
+use crate::backend::{DirectMap, DirectMapError, PageblockRange, ProtectReport, SplitPages};
 use crate::error::AllocError;
 use crate::freetype::{Freetype, NR_FREETYPES};
 use crate::meta::{FrameMeta, NIL, State};
@@ -166,7 +166,9 @@ impl Core {
     fn release_block(&mut self, meta: &[FrameMeta], mut index: u32, mut order: u32, ft: Freetype) {
         while order < MAX_ORDER {
             let buddy = index ^ (1 << order);
-            let Some(buddy_meta) = meta.get(buddy as usize) else { break };
+            let Some(buddy_meta) = meta.get(buddy as usize) else {
+                break;
+            };
             let mergeable = buddy_meta.state() == State::FreeHead
                 && buddy_meta.order() == order
                 && buddy_meta.freetype() == Some(ft);
@@ -186,7 +188,11 @@ impl Core {
     pub(crate) fn release_range(&mut self, meta: &[FrameMeta], start: u32, end: u32, ft: Freetype) {
         let mut at = start;
         while at < end {
-            let align = if at == 0 { MAX_ORDER } else { at.trailing_zeros().min(MAX_ORDER) };
+            let align = if at == 0 {
+                MAX_ORDER
+            } else {
+                at.trailing_zeros().min(MAX_ORDER)
+            };
             let fits = (end - at).ilog2();
             let order = align.min(fits);
             self.release_block(meta, at, order, ft);
@@ -212,12 +218,27 @@ impl Core {
         if !may_convert {
             return Err(AllocError::WouldBlock);
         }
-        self.convert(meta, backend, order, ft)?;
-        self.take_block(meta, order, ft).ok_or(AllocError::OutOfMemory)
+        // A conversion to the page-table freetype may keep its first frame
+        // for its own split, leaving a block one frame short of an order-9+
+        // request. Convert again until a whole block is there: each round
+        // either splits a gigabyte not split before or yields a whole
+        // block, and converting stops with OutOfMemory when nothing is left.
+        loop {
+            self.convert(meta, backend, order, ft)?;
+            if let Some(index) = self.take_block(meta, order, ft) {
+                return Ok(index);
+            }
+        }
     }
 
     /// Marks a taken block as allocated.
-    pub(crate) fn mark_allocated(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+    pub(crate) fn mark_allocated(
+        &mut self,
+        meta: &[FrameMeta],
+        index: u32,
+        order: u32,
+        ft: Freetype,
+    ) {
         let frame = &meta[index as usize];
         frame.set_order(order);
         frame.set_freetype(ft);
@@ -249,7 +270,9 @@ impl Core {
         target: Freetype,
     ) -> Result<(), AllocError> {
         let need = order.max(PAGEBLOCK_ORDER);
-        let source = self.pick_source(need, target).ok_or(AllocError::OutOfMemory)?;
+        let source = self
+            .pick_source(need, target)
+            .ok_or(AllocError::OutOfMemory)?;
         // Only a protection change can split, and a conversion to the
         // page-table freetype hosts its own split page: for the others,
         // refill the reserve now, outside the split path.
@@ -259,43 +282,53 @@ impl Core {
             let _ = self.refill_reserve(meta, backend);
         }
         // Refilling may have converted or used the block picked: pick again.
-        let source = self.pick_source(need, target).ok_or(AllocError::OutOfMemory)?;
+        let source = self
+            .pick_source(need, target)
+            .ok_or(AllocError::OutOfMemory)?;
         let changes_protection = source.protection != target.protection;
         let largest = (need..=MAX_ORDER)
             .rev()
             .find(|&k| self.heads[source.index()][k as usize] != NIL)
             .ok_or(AllocError::OutOfMemory)?;
-        let index = self.pop_free(meta, largest, source).ok_or(AllocError::OutOfMemory)?;
+        let index = self
+            .pop_free(meta, largest, source)
+            .ok_or(AllocError::OutOfMemory)?;
         // Keep only what is needed; the upper halves stay with the source.
         for k in (need..largest).rev() {
             self.push_free(meta, index + (1 << k), k, source);
         }
 
-        let range = PageblockRange { start: self.pfn(index), pageblocks: 1 << (need - PAGEBLOCK_ORDER) };
+        let range = PageblockRange {
+            start: self.pfn(index),
+            pageblocks: 1 << (need - PAGEBLOCK_ORDER),
+        };
         let mut self_hosted = 0;
         if changes_protection {
             let (from, to) = (source.protection, target.protection);
             let result = if target == self.page_table {
-                let mut pages = SelfHostedPages { next: index, end: index + (1 << need), base: self.base };
+                let mut pages = SelfHostedPages {
+                    next: index,
+                    end: index + (1 << need),
+                    base: self.base,
+                };
                 let result = backend.protect(range, from, to, &mut pages);
                 self_hosted = pages.next - index;
+                if let Ok(report) = result {
+                    self.count_splits(report);
+                }
                 result
             } else {
+                // Counts the splits itself.
                 self.split_with_reserve(meta, |pages| backend.protect(range, from, to, pages))
             };
-            let report = match result {
-                Ok(report) => report,
-                Err(error) => {
-                    // The backend left the mapping unchanged: give the block back.
-                    self.release_block(meta, index, need, source);
-                    return Err(match error {
-                        DirectMapError::NoSplitPage => AllocError::ReserveExhausted,
-                        other => AllocError::Backend(other),
-                    });
-                }
-            };
-            self.stats.splits_1g += u64::from(report.splits_1g);
-            self.stats.splits_2m += u64::from(report.splits_2m);
+            if let Err(error) = result {
+                // The backend left the mapping unchanged: give the block back.
+                self.release_block(meta, index, need, source);
+                return Err(match error {
+                    DirectMapError::NoSplitPage => AllocError::ReserveExhausted,
+                    other => AllocError::Backend(other),
+                });
+            }
             if source.protection.needs_flush_to(target.protection) {
                 let flush = backend.flush(range);
                 self.stats.flushes_local += u64::from(flush.local);
@@ -330,7 +363,9 @@ impl Core {
             .filter(|&ft| ft != target)
             .filter(|ft| (order..=MAX_ORDER).any(|k| self.heads[ft.index()][k as usize] != NIL))
             .max_by_key(|ft| {
-                let free: u64 = (0..NR_ORDERS).map(|k| self.free_blocks[ft.index()][k] << k).sum();
+                let free: u64 = (0..NR_ORDERS)
+                    .map(|k| self.free_blocks[ft.index()][k] << k)
+                    .sum();
                 (free, core::cmp::Reverse(ft.index()))
             })
     }
@@ -383,23 +418,40 @@ impl Core {
         Some(index)
     }
 
+    /// Puts back a page [`take_reserve_page`](Self::take_reserve_page) gave
+    /// out, when the allocation it served failed after all.
+    pub(crate) fn return_reserve_page(&mut self, meta: &[FrameMeta], index: u32) {
+        meta[index as usize].set_state(State::Reserve);
+        // It was in the reserve a moment ago, under this same lock.
+        let _ = self.reserve.push(index);
+        // The allocation it served failed: it counts as neither.
+        self.stats.reserve_taken -= 1;
+        self.stats.allocations -= 1;
+        self.note_reserve_level();
+    }
+
     /// Runs a backend call with the reserve as its only source of split
     /// pages. Pages it used become direct-map page tables; if it fails,
     /// they go back to the reserve, so a failed call changes nothing.
-    pub(crate) fn split_with_reserve<R>(
+    pub(crate) fn split_with_reserve(
         &mut self,
         meta: &[FrameMeta],
-        call: impl FnOnce(&mut dyn SplitPages) -> Result<R, DirectMapError>,
-    ) -> Result<R, DirectMapError> {
-        let mut pages = ReservePages { reserve: &mut self.reserve, base: self.base, taken: heapless::Vec::new() };
+        call: impl FnOnce(&mut dyn SplitPages) -> Result<ProtectReport, DirectMapError>,
+    ) -> Result<ProtectReport, DirectMapError> {
+        let mut pages = ReservePages {
+            reserve: &mut self.reserve,
+            base: self.base,
+            taken: heapless::Vec::new(),
+        };
         let result = call(&mut pages);
         let taken = pages.taken;
         match result {
-            Ok(_) => {
+            Ok(report) => {
                 for &index in &taken {
                     meta[index as usize].set_state(State::DirectMapTable);
                 }
                 self.stats.reserve_taken += taken.len() as u64;
+                self.count_splits(report);
             }
             Err(_) => {
                 for &index in taken.iter().rev() {
@@ -410,6 +462,11 @@ impl Core {
         }
         self.note_reserve_level();
         result
+    }
+
+    fn count_splits(&mut self, report: ProtectReport) {
+        self.stats.splits_1g += u64::from(report.splits_1g);
+        self.stats.splits_2m += u64::from(report.splits_2m);
     }
 
     fn note_reserve_level(&mut self) {

@@ -1,8 +1,8 @@
 //! Typed errors. A call that returns an error has changed nothing.
 
+use crate::Pfn;
 use crate::backend::DirectMapError;
 use crate::freetype::Freetype;
-use crate::Pfn;
 use core::fmt;
 
 /// Why an allocation failed.
@@ -36,10 +36,18 @@ impl fmt::Display for AllocError {
             Self::ReserveNotForFreetype(ft) => {
                 write!(f, "the split reserve holds page-table pages, not {ft}")
             }
-            Self::WouldBlock => write!(f, "no free page without converting, and NO_BLOCK was given"),
-            Self::OutOfMemory => write!(f, "out of memory: no free block and no free pageblock to convert"),
+            Self::WouldBlock => {
+                write!(f, "no free page without converting, and NO_BLOCK was given")
+            }
+            Self::OutOfMemory => write!(
+                f,
+                "out of memory: no free block and no free pageblock to convert"
+            ),
             Self::ReserveExhausted => {
-                write!(f, "the split reserve is empty: refusing to split with an unprotected page table")
+                write!(
+                    f,
+                    "the split reserve is empty: refusing to split with an unprotected page table"
+                )
             }
             Self::Backend(e) => write!(f, "direct-map backend failed: {e:?}"),
         }
@@ -82,7 +90,11 @@ impl fmt::Display for FreeError {
                 "frame {:#x} is not the start of an allocated block (double free or never allocated)",
                 pfn.0
             ),
-            Self::WrongOrder { pfn, allocated, given } => write!(
+            Self::WrongOrder {
+                pfn,
+                allocated,
+                given,
+            } => write!(
                 f,
                 "frame {:#x} was allocated with order {allocated}, freed with order {given}",
                 pfn.0
@@ -117,15 +129,29 @@ impl fmt::Display for InitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::MisalignedBase(pfn) => {
-                write!(f, "base frame {:#x} is not aligned to the largest block", pfn.0)
+                write!(
+                    f,
+                    "base frame {:#x} is not aligned to the largest block",
+                    pfn.0
+                )
             }
             Self::TooManyFrames(n) => write!(f, "{n} frames is more than 32-bit indices can name"),
             Self::BadRange { start, end } => {
-                write!(f, "range [{:#x}, {:#x}) is empty or outside the metadata", start.0, end.0)
+                write!(
+                    f,
+                    "range [{:#x}, {:#x}) is empty or outside the metadata",
+                    start.0, end.0
+                )
             }
-            Self::Overlap(pfn) => write!(f, "frame {:#x} was already given to the allocator", pfn.0),
+            Self::Overlap(pfn) => {
+                write!(f, "frame {:#x} was already given to the allocator", pfn.0)
+            }
             Self::MixedPageblock(pfn) => {
-                write!(f, "frame {:#x} shares a pageblock with memory of another freetype", pfn.0)
+                write!(
+                    f,
+                    "frame {:#x} shares a pageblock with memory of another freetype",
+                    pfn.0
+                )
             }
             Self::PageTableFreetype(ft) => {
                 write!(f, "the page-table freetype must be key-protected, not {ft}")

@@ -36,7 +36,11 @@ pub enum Protection {
 impl Protection {
     /// `Pkey(key)` if `key` is a non-default key (1..=15).
     pub const fn pkey(key: u8) -> Option<Self> {
-        if key >= 1 && key <= MAX_PKEY { Some(Self::Pkey(key)) } else { None }
+        if key >= 1 && key <= MAX_PKEY {
+            Some(Self::Pkey(key))
+        } else {
+            None
+        }
     }
 
     /// True if moving a frame's direct-map mapping from `self` to `to` takes
@@ -99,12 +103,18 @@ impl Freetype {
     pub const fn new(mobility: Mobility, protection: Protection) -> Option<Self> {
         match protection {
             Protection::Pkey(k) if k == 0 || k > MAX_PKEY => None,
-            _ => Some(Self { mobility, protection }),
+            _ => Some(Self {
+                mobility,
+                protection,
+            }),
         }
     }
 
     /// Normal kernel memory.
-    pub const KERNEL: Freetype = Freetype { mobility: Mobility::Unmovable, protection: Protection::Mapped };
+    pub const KERNEL: Freetype = Freetype {
+        mobility: Mobility::Unmovable,
+        protection: Protection::Mapped,
+    };
 
     /// Dense index in `0..NR_FREETYPES`, for per-freetype tables.
     pub fn index(self) -> usize {
@@ -122,7 +132,10 @@ impl Freetype {
             1 => Mobility::Movable,
             _ => return None,
         };
-        Some(Self { mobility, protection: Protection::from_index(index % PROTECTIONS)? })
+        Some(Self {
+            mobility,
+            protection: Protection::from_index(index % PROTECTIONS)?,
+        })
     }
 
     /// Every freetype, in index order.
@@ -161,7 +174,10 @@ mod tests {
         assert_eq!(Protection::pkey(0), None);
         assert_eq!(Protection::pkey(16), None);
         assert_eq!(Protection::pkey(1), Some(Protection::Pkey(1)));
-        assert_eq!(Freetype::new(Mobility::Unmovable, Protection::Pkey(0)), None);
+        assert_eq!(
+            Freetype::new(Mobility::Unmovable, Protection::Pkey(0)),
+            None
+        );
     }
 
     #[test]

@@ -42,9 +42,13 @@ pub mod sim;
 pub mod stats;
 mod sync;
 
-pub use allocator::{AllocFlags, CACHE_BATCH, CACHE_CAPACITY, Config, FrameInfo, FrameState, PageAllocator};
-pub use backend::{DirectMap, DirectMapError, FlushReport, PageblockRange, ProtectReport, SplitPages};
 pub use crate::core::{MAX_SPLIT_PAGES_PER_CALL, RESERVE_CAPACITY};
+pub use allocator::{
+    AllocFlags, CACHE_BATCH, CACHE_CAPACITY, Config, FrameInfo, FrameState, PageAllocator,
+};
+pub use backend::{
+    DirectMap, DirectMapError, FlushReport, PageblockRange, ProtectReport, SplitPages,
+};
 pub use error::{AllocError, FreeError, InitError};
 pub use freetype::{Freetype, Mobility, NR_FREETYPES, Protection};
 pub use meta::{FrameMeta, METADATA_BYTES_PER_FRAME};

@@ -139,7 +139,8 @@ impl FrameMeta {
 
     #[inline]
     pub(crate) fn set_freetype(&self, freetype: Freetype) {
-        self.freetype.store(freetype.index() as u8, Ordering::Relaxed);
+        self.freetype
+            .store(freetype.index() as u8, Ordering::Relaxed);
     }
 
     #[inline]
@@ -149,7 +150,8 @@ impl FrameMeta {
 
     #[inline]
     pub(crate) fn set_pageblock_freetype(&self, freetype: Freetype) {
-        self.pageblock.store(freetype.index() as u8, Ordering::Relaxed);
+        self.pageblock
+            .store(freetype.index() as u8, Ordering::Relaxed);
     }
 
     #[inline]

@@ -1,7 +1,7 @@
 //! Counters for every mechanism whose cost the design argues about.
 
-use crate::freetype::{Freetype, NR_FREETYPES};
 use crate::NR_ORDERS;
+use crate::freetype::{Freetype, NR_FREETYPES};
 
 /// A snapshot of the allocator's counters ([`PageAllocator::stats`](crate::PageAllocator::stats)).
 #[derive(Clone, Debug, PartialEq, Eq)]

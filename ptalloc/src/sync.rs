@@ -33,6 +33,9 @@ impl<T> Lock<T> {
         return self.inner.lock();
         #[cfg(loom)]
         // A poisoned lock means a model thread panicked: the model failed.
-        return self.inner.lock().expect("lock poisoned by a failed model thread");
+        return self
+            .inner
+            .lock()
+            .expect("lock poisoned by a failed model thread");
     }
 }
