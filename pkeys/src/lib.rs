@@ -8,9 +8,16 @@
 //! PKS CPUID bit, CR4.PKS, the IA32_PKRS MSR number, and the PK bit of the
 //! page-fault error code.
 //!
-//! Today it holds detection ([`cpu`]), page-fault decoding ([`fault`]) and
-//! the policies chosen on the command line ([`policy`]). PKRS state and
-//! write windows join it with the PKS mechanism work.
+//! Modules:
+//! - [`cpu`]: detection, CR4.PKS and the PKRS MSR number;
+//! - [`key`]: [`Pkey`], the [`Pkrs`] value type, key bits in page-table
+//!   entries;
+//! - [`keys`]: the static table of key consumers and the default PKRS;
+//! - [`window`]: per-CPU protection state, write windows, and the
+//!   save/restore around exceptions, over a [`ProtectionRegisters`]
+//!   backend (the kernel's writes MSRs and CR0; the tests' records);
+//! - [`fault`]: page-fault decoding and the `pkfault=` policy's decisions;
+//! - [`policy`]: the `ptprot=` and `pkfault=` options.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -19,7 +26,13 @@
 
 pub mod cpu;
 pub mod fault;
+pub mod key;
+pub mod keys;
 pub mod policy;
+pub mod window;
 
-pub use fault::PageFaultError;
+pub use fault::{Access, FaultAction, FaultHandler, PageFaultError, PkFault};
+pub use key::{Pkey, Pkrs, Rights};
+pub use keys::{PAGE_TABLE_KEY, default_pkrs};
 pub use policy::{FaultPolicy, ProtectionPolicy};
+pub use window::{CpuProtection, Mechanism, ProtectionRegisters, SavedProtection, WriteWindow};
