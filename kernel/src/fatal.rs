@@ -43,7 +43,8 @@ fn end_report() -> ! {
 }
 
 /// Reports an exception the kernel cannot handle and stops.
-pub fn exception(frame: &TrapFrame) -> ! {
+/// `interrupted_pkrs` is the PKRS the faulting code ran with, if PKS is on.
+pub fn exception(frame: &TrapFrame, interrupted_pkrs: Option<pkeys::Pkrs>) -> ! {
     begin_report();
     let (mnemonic, name) = exception_name(frame.vector);
     fatal_println!(
@@ -66,6 +67,16 @@ pub fn exception(frame: &TrapFrame) -> ! {
                     "    the address is the boot stack's guard page: kernel stack overflow"
                 );
             }
+            if let Some(fault) = crate::pkfault::decode(frame) {
+                fatal_println!("    protection key fault: {}", fault);
+                match crate::pkfault::policy() {
+                    Some(pkeys::FaultPolicy::Report) => fatal_println!(
+                        "    fault policy: pkfault=report, but this access has no recovery point, so the machine stops"
+                    ),
+                    Some(policy) => fatal_println!("    fault policy: pkfault={}", policy.name()),
+                    None => {}
+                }
+            }
         }
         10..=13 if frame.error_code != 0 => {
             fatal_println!(
@@ -84,6 +95,9 @@ pub fn exception(frame: &TrapFrame) -> ! {
     );
     fatal_println!("    CS: {:#x}  SS: {:#x}", frame.cs, frame.ss);
     print_control_registers();
+    if let Some(pkrs) = interrupted_pkrs {
+        fatal_println!("    PKRS of the faulting code: {}", pkrs);
+    }
     let regs = [
         ("RAX", frame.rax),
         ("RBX", frame.rbx),
@@ -139,7 +153,7 @@ fn print_control_registers() {
         cpu::read_cr4()
     );
     match cpu::read_pkrs_if_enabled() {
-        Some(pkrs) => fatal_println!("    PKRS: {:#010x}", pkrs),
+        Some(pkrs) => fatal_println!("    PKRS: {}", pkeys::Pkrs::from_bits(pkrs as u32)),
         None => fatal_println!("    PKRS: - (PKS not enabled)"),
     }
 }

@@ -15,6 +15,7 @@ mod console;
 mod fatal;
 mod log;
 mod memory;
+mod pkfault;
 mod report;
 mod testing;
 
@@ -103,6 +104,12 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         },
         None => None,
     };
+    let protection = arch::pks::init(ptprot);
+    pkfault::init(config.pkfault);
+    defmt::info!(
+        "protection windows: {=str}",
+        report::mechanism_name(protection.mechanism())
+    );
     if let Err(error) = memory::record_boot_stub_tables() {
         panic!("recording the boot stub's page tables failed: {error:?}");
     }

@@ -38,14 +38,16 @@ pub fn print_boot_report(boot: &BootState) {
         on_off(e.nx),
         on_off(e.wp)
     );
-    println!(
-        "PKS: {}",
-        if boot.features.pks {
-            "present"
-        } else {
-            "absent"
+    match cpu::read_pkrs_if_enabled() {
+        Some(pkrs) => println!(
+            "PKS: present, CR4.PKS on, PKRS {}",
+            pkeys::Pkrs::from_bits(pkrs as u32)
+        ),
+        None if boot.features.pks => {
+            println!("PKS: present, not enabled (the policy does not use it)")
         }
-    );
+        None => println!("PKS: absent"),
+    }
 
     let requested = boot.config.ptprot;
     let how = match (requested, boot.features.pks) {
@@ -53,13 +55,21 @@ pub fn print_boot_report(boot: &BootState) {
         (ProtectionPolicy::Auto, false) => " (auto: PKS absent)",
         _ => "",
     };
-    // Honest about the stage we are at: nothing allocates page tables from
-    // a protected freetype yet, so the policy is chosen but not enforced.
+    let mechanism = crate::arch::pks::current().map(|p| p.mechanism());
+    // Honest about the stage we are at: page tables are not yet allocated
+    // from the protected freetype, so the windows exist but guard nothing.
     println!(
-        "protection policy: ptprot={}{}; page-table protection not yet enforced",
+        "protection policy: ptprot={}{}, write windows by {}; page tables not yet protected",
         boot.ptprot.name(),
-        how
+        how,
+        mechanism.map_or("nothing", mechanism_name)
     );
+    for consumer in pkeys::keys::KEY_TABLE {
+        println!(
+            "    {}: {}, {:?} outside windows",
+            consumer.key, consumer.name, consumer.rights
+        );
+    }
     println!("pk fault policy: pkfault={}", boot.config.pkfault.name());
     println!("command line: \"{}\"", boot.info.command_line);
 
@@ -111,6 +121,15 @@ pub fn print_boot_report(boot: &BootState) {
         boot.features.pks,
         boot.ptprot.name()
     );
+}
+
+/// How write windows work under a mechanism, for reports.
+pub fn mechanism_name(mechanism: pkeys::Mechanism) -> &'static str {
+    match mechanism {
+        pkeys::Mechanism::Pks => "PKRS (PKS key write-disable)",
+        pkeys::Mechanism::WriteProtect => "CR0.WP (read-only alias)",
+        pkeys::Mechanism::None => "nothing (no protection)",
+    }
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -7,10 +7,11 @@
 //! `test=a,b` runs those, in that order, including tests that deliberately
 //! end the machine (faults, panics, hangs), which `all` skips.
 //!
-//! Protocol, one line per test: `test NAME ... ok` or `test NAME ... FAILED`
-//! (a failure's reason follows on indented lines), then a closing
-//! `tests: N passed, M failed`. The exit status is success only if every
-//! selected test passed.
+//! Protocol, one line per test: `test NAME ... ok`, `test NAME ... FAILED`
+//! (a failure's reason follows on indented lines), or `test NAME ...
+//! skipped (REASON)` for a test this machine cannot run (a CPU without
+//! PKS); then a closing `tests: N passed, M failed, K skipped`. The exit
+//! status is success only if no selected test failed.
 
 use crate::arch::exit::ExitCode;
 use crate::{print, println};
@@ -31,7 +32,7 @@ pub struct KernelTest {
 /// What a test returns: `Err` carries the reason it failed.
 pub type TestResult = Result<(), TestFailure>;
 
-/// Why a test failed, and where.
+/// Why a test failed (or could not run), and where.
 pub struct TestFailure {
     /// Source file of the failed check.
     pub file: &'static str,
@@ -39,6 +40,9 @@ pub struct TestFailure {
     pub line: u32,
     /// What was expected and what was found.
     pub message: heapless::String<192>,
+    /// The test could not run here (say, a CPU without PKS): reported as
+    /// `skipped`, neither passed nor failed.
+    pub skipped: bool,
 }
 
 impl TestFailure {
@@ -51,7 +55,17 @@ impl TestFailure {
             file,
             line,
             message: text,
+            skipped: false,
         }
+    }
+
+    /// The test cannot run on this machine, for `reason`.
+    #[track_caller]
+    pub fn skipped(reason: &str) -> Self {
+        let at = core::panic::Location::caller();
+        let mut failure = Self::new(at.file(), at.line(), format_args!("{reason}"));
+        failure.skipped = true;
+        failure
     }
 }
 
@@ -71,15 +85,19 @@ macro_rules! check {
 /// Fails the test unless the two values are equal, showing both.
 #[macro_export]
 macro_rules! check_eq {
-    ($left:expr, $right:expr) => {{
+    ($left:expr, $right:expr) => {
+        $crate::check_eq!($left, $right, "")
+    };
+    ($left:expr, $right:expr, $why:literal) => {{
         let (left, right) = (&$left, &$right);
         $crate::check!(
             left == right,
-            "{} == {} failed: {:?} != {:?}",
+            "{} == {} failed: {:?} != {:?} {}",
             stringify!($left),
             stringify!($right),
             left,
-            right
+            right,
+            $why
         );
     }};
 }
@@ -195,7 +213,7 @@ pub fn plan(selection: &TestSelection) -> Result<Plan, UnknownTest<'_>> {
 /// Runs the planned tests and returns the exit code to stop with.
 pub fn run(chosen: Plan) -> ExitCode {
     println!("running {} kernel tests", chosen.len());
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for test in chosen {
         print!("test {} ... ", test.name);
         CURRENT.store(core::ptr::from_ref(test).cast_mut(), Ordering::SeqCst);
@@ -206,6 +224,10 @@ pub fn run(chosen: Plan) -> ExitCode {
                 passed += 1;
                 println!("ok");
             }
+            Err(failure) if failure.skipped => {
+                skipped += 1;
+                println!("skipped ({})", failure.message);
+            }
             Err(failure) => {
                 failed += 1;
                 println!("FAILED");
@@ -213,8 +235,16 @@ pub fn run(chosen: Plan) -> ExitCode {
             }
         }
     }
-    println!("tests: {} passed, {} failed", passed, failed);
-    defmt::info!("kernel tests: {=u32} passed, {=u32} failed", passed, failed);
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        passed, failed, skipped
+    );
+    defmt::info!(
+        "kernel tests: {=u32} passed, {=u32} failed, {=u32} skipped",
+        passed,
+        failed,
+        skipped
+    );
     if failed == 0 {
         ExitCode::Success
     } else {

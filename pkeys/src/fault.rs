@@ -148,13 +148,20 @@ impl PkFault {
     }
 }
 
-impl fmt::Display for PkFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let access = match self.access {
+impl Access {
+    /// `read`, `write` or `fetch`.
+    pub fn name(self) -> &'static str {
+        match self {
             Access::Read => "read",
             Access::Write => "write",
             Access::Fetch => "fetch",
-        };
+        }
+    }
+}
+
+impl fmt::Display for PkFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let access = self.access.name();
         match self.key {
             Some(key) => write!(f, "{access} of {:#x} denied by {key}", self.address)?,
             None => write!(

@@ -160,12 +160,20 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
 
     /// Opens a write window for `key` on this CPU.
     pub fn open_write(&self, key: Pkey) -> WriteWindow<'_, R> {
+        self.open(key, Rights::ReadWrite)
+    }
+
+    /// Gives `key` other `rights` until the returned guard drops: a write
+    /// window, or (for experiments and tests) a tighter restriction such as
+    /// access-disable. Under the CR0.WP mechanism only write windows mean
+    /// anything; under `None`, nothing does.
+    pub fn open(&self, key: Pkey, rights: Rights) -> WriteWindow<'_, R> {
         let previous = self.pkrs();
         let previous_wp = self.write_protect.load(Ordering::Relaxed);
         match self.mechanism {
-            Mechanism::Pks => self.set_pkrs(previous.with_rights(key, Rights::ReadWrite)),
-            Mechanism::WriteProtect => self.set_write_protect(false),
-            Mechanism::None => {}
+            Mechanism::Pks => self.set_pkrs(previous.with_rights(key, rights)),
+            Mechanism::WriteProtect if rights == Rights::ReadWrite => self.set_write_protect(false),
+            Mechanism::WriteProtect | Mechanism::None => {}
         }
         let level = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
         self.windows_opened.fetch_add(1, Ordering::Relaxed);
@@ -400,6 +408,18 @@ mod tests {
         let window = cpu.open_write(PAGE_TABLE_KEY);
         core::mem::forget(window);
         cpu.exit_exception(saved);
+    }
+
+    #[test]
+    fn access_disable_restriction_nests_like_a_window() {
+        let cpu = pks_cpu();
+        let key = Pkey::new(15).unwrap();
+        {
+            let _no_access = cpu.open(key, Rights::NoAccess);
+            assert_eq!(cpu.pkrs().rights(key), Rights::NoAccess);
+        }
+        assert_eq!(cpu.pkrs(), default_pkrs());
+        assert_eq!(cpu.pkrs_writes(), 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ const CR4_SMEP: u64 = 1 << 20;
 /// CR4.SMAP: the kernel cannot touch user pages unless RFLAGS.AC is set.
 const CR4_SMAP: u64 = 1 << 21;
 /// CR0.WP: write protection applies to the kernel (PKS write-disable needs it).
-const CR0_WP: u64 = 1 << 16;
+pub(super) const CR0_WP: u64 = 1 << 16;
 /// EFER.NXE: the no-execute bit in page-table entries is honoured.
 const EFER_NXE: u64 = 1 << 11;
 
@@ -172,7 +172,7 @@ pub fn read_cr0() -> u64 {
 /// # Safety
 /// The value must keep the kernel running: paging, protected mode and the
 /// caching bits as the kernel set them up.
-unsafe fn write_cr0(value: u64) {
+pub(super) unsafe fn write_cr0(value: u64) {
     // SAFETY: the caller keeps paging and protection consistent.
     unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
 }

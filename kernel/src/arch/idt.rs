@@ -13,8 +13,9 @@
 //! other than `panic`, user faults) must move off the IST or switch stacks
 //! before anything can fault again.
 //!
-//! Breakpoints (#BP) return; every other exception is fatal for now and
-//! ends in [`crate::fatal::exception`].
+//! Breakpoints (#BP) return; protection-key page faults and the #DB of a
+//! `soft` retry go to [`crate::pkfault`], which may resume them; every
+//! other exception is fatal for now and ends in [`crate::fatal::exception`].
 
 use super::gdt::{IstSlot, KERNEL_CODE};
 use core::cell::UnsafeCell;
@@ -268,13 +269,48 @@ pub unsafe fn init() {
     unsafe { lidt(&DescriptorTablePointer::new(&*idt)) };
 }
 
-/// Called by `exception_common` with the saved frame.
+/// PKRS as the last #BP handler saw it (raw register, 0 without PKS).
+static PKRS_AT_BREAKPOINT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// CR0 as the last #BP handler saw it.
+static CR0_AT_BREAKPOINT: AtomicU64 = AtomicU64::new(0);
+
+/// The CR0 value the last #BP handler ran with.
+pub fn cr0_at_last_breakpoint() -> u64 {
+    CR0_AT_BREAKPOINT.load(Ordering::Relaxed)
+}
+
+/// The PKRS value the last #BP handler ran with, if PKS is on.
+pub fn pkrs_at_last_breakpoint() -> Option<pkeys::Pkrs> {
+    match PKRS_AT_BREAKPOINT.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        raw => Some(pkeys::Pkrs::from_bits(raw as u32)),
+    }
+}
+
+/// Called by `exception_common` with the saved frame. Switches to the
+/// default protection state for the handler (a window the interrupted code
+/// had open never leaks into it) and restores the interrupted state after.
 extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
-    match frame.vector {
+    let protection = super::pks::current();
+    let mut saved = protection.map(|p| p.enter_exception(super::pks::register_value(p)));
+    let handled = match frame.vector {
+        1 => crate::pkfault::single_step(frame, saved.as_mut()),
         3 => {
             BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+            let pkrs = super::cpu::read_pkrs_if_enabled().unwrap_or(u64::MAX);
+            PKRS_AT_BREAKPOINT.store(pkrs, Ordering::Relaxed);
+            CR0_AT_BREAKPOINT.store(super::cpu::read_cr0(), Ordering::Relaxed);
+            true
         }
-        _ => crate::fatal::exception(frame),
+        14 => crate::pkfault::page_fault(frame, saved.as_mut()),
+        _ => false,
+    };
+    if !handled {
+        crate::fatal::exception(frame, saved.map(|s| s.pkrs()));
+    }
+    if let (Some(protection), Some(saved)) = (protection, saved) {
+        protection.exit_exception(saved);
     }
 }
 

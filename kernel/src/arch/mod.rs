@@ -8,3 +8,5 @@ pub mod cpu;
 pub mod exit;
 pub mod gdt;
 pub mod idt;
+pub mod pks;
+pub mod recovery;

@@ -11,6 +11,9 @@ use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
 use core::ops::Range;
 use spin::Mutex;
 
+pub mod boot_tables;
+pub mod walk;
+
 /// Reads physical memory through the boot window.
 pub struct BootWindow;
 

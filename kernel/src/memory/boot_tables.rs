@@ -1,0 +1,56 @@
+//! Changes to the boot stub's page tables: giving a 4 KiB page of the
+//! image a protection key, or making it read-only. Until the page-table
+//! module exists this is the only code that writes a page-table entry, and
+//! it does so inside a page-table write window, as all such writes must.
+
+use super::walk::{self, LeafSize};
+use crate::arch::{cpu, pks};
+use boot::layout::KERNEL_VIRT;
+use pkeys::{PAGE_TABLE_KEY, Pkey};
+
+/// Why a page's key cannot be set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// The address is not mapped.
+    NotMapped(u64),
+    /// It is mapped by a large page, not by the stub's 4 KiB table.
+    NotA4KibPage(u64),
+}
+
+const WRITABLE: u64 = 1 << 1;
+
+/// Gives the 4 KiB page at `vaddr` (in the image's first 2 MiB, which the
+/// boot stub maps with 4 KiB pages) the protection key `key`.
+pub fn set_page_key(vaddr: u64, key: Pkey) -> Result<(), KeyError> {
+    update_page(vaddr, |entry| pkeys::key::pte_with_key(entry, key))
+}
+
+/// Makes the 4 KiB page at `vaddr` writable or read-only.
+pub fn set_page_writable(vaddr: u64, writable: bool) -> Result<(), KeyError> {
+    update_page(vaddr, |entry| {
+        if writable {
+            entry | WRITABLE
+        } else {
+            entry & !WRITABLE
+        }
+    })
+}
+
+/// Rewrites the leaf entry of a 4 KiB page of the image; `change` must keep
+/// it mapping the same frame.
+fn update_page(vaddr: u64, change: impl FnOnce(u64) -> u64) -> Result<(), KeyError> {
+    let leaf = walk::leaf(cpu::read_cr3(), vaddr).ok_or(KeyError::NotMapped(vaddr))?;
+    if leaf.size != LeafSize::Page {
+        return Err(KeyError::NotA4KibPage(vaddr));
+    }
+    let entry = (KERNEL_VIRT + leaf.entry_phys) as *mut u64;
+    let window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+    // SAFETY: `entry` is the live PTE for `vaddr`, reached through the
+    // boot window (the stub's tables are in the image, below 1 GiB); only
+    // attribute bits change, so the page stays mapped to the same frame.
+    unsafe { entry.write_volatile(change(leaf.entry)) };
+    drop(window);
+    // SAFETY: invalidating one translation is always safe.
+    unsafe { x86::tlb::flush(vaddr as usize) };
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! What the kernel does when a protection key denies one of its accesses,
+//! as `pkfault=` chose (see `pkeys::fault` for the decisions):
+//! - `panic`: the fault report names the key, then the machine stops;
+//! - `report`: the fault is logged and the faulting operation stopped: the
+//!   kernel resumes at its recovery point (`arch::recovery`), or stops the
+//!   machine if the operation has none;
+//! - `soft`: the fault is logged once per site, the key is opened in the
+//!   interrupted context's PKRS for one instruction (single-stepped with
+//!   RFLAGS.TF), and the #DB that follows closes it again.
+//!
+//! Faults the kernel survives are logged through defmt (COM2), not on the
+//! console: they can strike in the middle of a test's protocol line.
+
+use crate::arch::idt::TrapFrame;
+use crate::arch::{cpu, pks, recovery};
+use crate::memory::walk;
+use core::sync::atomic::{AtomicU64, Ordering};
+use pkeys::{
+    FaultAction, FaultHandler, FaultPolicy, PageFaultError, PkFault, Pkrs, Rights, SavedProtection,
+};
+use spin::Mutex;
+
+static HANDLER: Mutex<FaultHandler> = Mutex::new(FaultHandler::new(FaultPolicy::Panic));
+static LAST_FAULT: Mutex<Option<PkFault>> = Mutex::new(None);
+
+/// `soft`: the PKRS to restore after the single-stepped instruction, plus
+/// one (0: nothing pending).
+static SOFT_REOPEN_PENDING: AtomicU64 = AtomicU64::new(0);
+
+const RFLAGS_TF: u64 = 1 << 8;
+
+/// Applies the command line's fault policy.
+pub fn init(policy: FaultPolicy) {
+    *HANDLER.lock() = FaultHandler::new(policy);
+}
+
+/// The policy in force; `None` if the handler is busy (a fault struck
+/// while it decided), which only the fatal report can see.
+pub fn policy() -> Option<FaultPolicy> {
+    HANDLER.try_lock().map(|handler| handler.policy())
+}
+
+/// Runs `f` under another fault policy (tests exercise `report` and `soft`
+/// whatever the command line chose), then restores the previous one.
+pub fn with_policy<R>(policy: FaultPolicy, f: impl FnOnce() -> R) -> R {
+    let previous = core::mem::replace(&mut *HANDLER.lock(), FaultHandler::new(policy));
+    let result = f();
+    let faults = core::mem::replace(&mut *HANDLER.lock(), previous);
+    drop(faults);
+    result
+}
+
+/// The last protection-key fault seen, for tests and reports.
+pub fn last_fault() -> Option<PkFault> {
+    *LAST_FAULT.lock()
+}
+
+/// Faults counted for `key` under the current handler.
+pub fn faults(key: pkeys::Pkey) -> u64 {
+    HANDLER.lock().faults(key)
+}
+
+/// Decodes a #PF as a protection-key fault, finding the page's key.
+pub fn decode(frame: &TrapFrame) -> Option<PkFault> {
+    let error = PageFaultError::from_bits_retain(frame.error_code);
+    let address = cpu::read_cr2();
+    let leaf = walk::leaf(cpu::read_cr3(), address).map(|leaf| leaf.entry);
+    PkFault::decode(error, address, frame.rip, leaf)
+}
+
+/// Handles a #PF if it is a protection-key fault the policy lets the
+/// kernel survive; false sends it to the fatal report.
+pub fn page_fault(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -> bool {
+    let Some(fault) = decode(frame) else {
+        return false;
+    };
+    *LAST_FAULT.lock() = Some(fault);
+    let action = HANDLER.lock().handle(&fault);
+    let key = fault.key.map_or(u8::MAX, |k| k.index());
+    match action {
+        FaultAction::Panic => false,
+        FaultAction::StopContext => match recovery::recovery_point(frame.rip) {
+            Some(resume) => {
+                defmt::warn!(
+                    "pk fault (pkfault=report): {=str} of {=u64:#x} denied by key {=u8} at RIP {=u64:#x}; operation stopped",
+                    fault.access.name(),
+                    fault.address,
+                    key,
+                    fault.rip
+                );
+                frame.rip = resume;
+                true
+            }
+            // Nothing smaller than the machine can be stopped; the fatal
+            // report says so.
+            None => false,
+        },
+        FaultAction::AllowOnce { log } => {
+            let (Some(saved), Some(key), Some(protection)) = (saved, fault.key, pks::current())
+            else {
+                return false;
+            };
+            if log {
+                defmt::warn!(
+                    "pk fault (pkfault=soft): {=str} of {=u64:#x} denied by key {=u8} at RIP {=u64:#x}; allowed (logged once per site)",
+                    fault.access.name(),
+                    fault.address,
+                    key.index(),
+                    fault.rip
+                );
+            }
+            let original = saved.pkrs();
+            protection.resume_with(saved, original.with_rights(key, Rights::ReadWrite));
+            SOFT_REOPEN_PENDING.store(u64::from(original.bits()) + 1, Ordering::Relaxed);
+            frame.rflags |= RFLAGS_TF;
+            true
+        }
+    }
+}
+
+/// Handles the #DB that ends a `soft` retry: restores the PKRS the
+/// interrupted code had before the fault. False if no retry was pending.
+pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -> bool {
+    let pending = SOFT_REOPEN_PENDING.swap(0, Ordering::Relaxed);
+    let (Some(saved), Some(protection)) = (saved, pks::current()) else {
+        return false;
+    };
+    if pending == 0 {
+        return false;
+    }
+    protection.resume_with(saved, Pkrs::from_bits((pending - 1) as u32));
+    frame.rflags &= !RFLAGS_TF;
+    true
+}
+
+/// QEMU tests of the mechanism on real (emulated) hardware. They need PKS
+/// and skip themselves without it.
+// Test helpers return the test's own failure type, message inline (no heap).
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use crate::arch::recovery::{Faulted, read_u64, write_u64};
+    use crate::memory::boot_tables::set_page_key;
+    use crate::testing::TestFailure;
+    use core::cell::UnsafeCell;
+    use pkeys::{Mechanism, PAGE_TABLE_KEY, Pkey, default_pkrs};
+
+    /// A page-aligned static page that a test gives a key.
+    #[repr(C, align(4096))]
+    struct KeyedPage(UnsafeCell<[u64; 512]>);
+
+    // SAFETY: only the test code on the boot CPU touches it, through raw
+    // pointers.
+    unsafe impl Sync for KeyedPage {}
+
+    /// Stands in for a page-table frame: given the page-table key.
+    static PT_KEY_PAGE: KeyedPage = KeyedPage(UnsafeCell::new([0; 512]));
+    /// Given an otherwise unused key, for access-disable.
+    static SPARE_KEY_PAGE: KeyedPage = KeyedPage(UnsafeCell::new([0; 512]));
+    const SPARE_KEY: Pkey = match Pkey::new(15) {
+        Some(key) => key,
+        None => panic!("key 15 exists"),
+    };
+
+    fn word(page: &KeyedPage, index: usize) -> *mut u64 {
+        page.0.get().cast::<u64>().wrapping_add(index)
+    }
+
+    /// The CPU's protection state if PKS is what protects page tables.
+    fn pks_or_skip() -> Result<&'static pkeys::CpuProtection<pks::Registers>, TestFailure> {
+        match pks::current() {
+            Some(protection) if protection.mechanism() == Mechanism::Pks => Ok(protection),
+            _ => Err(TestFailure::skipped("needs PKS (ptprot=pks)")),
+        }
+    }
+
+    fn keyed(page: &KeyedPage, key: Pkey) -> Result<*mut u64, TestFailure> {
+        let address = word(page, 0);
+        set_page_key(address as u64, key).map_err(|e| {
+            TestFailure::new(
+                file!(),
+                line!(),
+                format_args!("cannot key the test page: {e:?}"),
+            )
+        })?;
+        Ok(address)
+    }
+
+    crate::kernel_test! {
+        /// A stray write to a page-table-key page outside a window faults
+        /// with the PK bit, is reported with its key, and is stopped.
+        fn stray_write_to_page_table_key_faults() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            crate::check_eq!(protection.pkrs(), default_pkrs());
+            let (result, counted) = with_policy(FaultPolicy::Report, || {
+                // SAFETY: the page is ours; the write either faults
+                // (expected) and is stopped, or lands in our own page.
+                let result = unsafe { write_u64(page, 0xbad) };
+                (result, faults(PAGE_TABLE_KEY))
+            });
+            crate::check_eq!(result, Err(Faulted));
+            crate::check_eq!(counted, 1);
+            let fault = last_fault().map(|f| (f.key, f.address, f.access));
+            crate::check_eq!(fault, Some((Some(PAGE_TABLE_KEY), page as u64, pkeys::Access::Write)));
+            // SAFETY: reading our own page.
+            crate::check_eq!(unsafe { page.read_volatile() }, 0, "the stray write did not land");
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// The same write inside a write window succeeds; reads need none.
+        fn write_inside_a_window_succeeds_and_reads_are_allowed() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            {
+                let _window = protection.open_write(PAGE_TABLE_KEY);
+                // SAFETY: our page, writable inside the window.
+                let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 0x600d) });
+                crate::check_eq!(written, Ok(()));
+            }
+            // SAFETY: our page; WD does not stop reads.
+            let read = with_policy(FaultPolicy::Report, || unsafe { read_u64(page) });
+            crate::check_eq!(read, Ok(0x600d));
+            {
+                let _window = protection.open_write(PAGE_TABLE_KEY);
+                // SAFETY: as above.
+                unsafe { page.write_volatile(0) };
+            }
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// Access-disable stops reads too.
+        fn access_disable_blocks_reads() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&SPARE_KEY_PAGE, SPARE_KEY)?;
+            let read = {
+                let _no_access = protection.open(SPARE_KEY, Rights::NoAccess);
+                // SAFETY: our page; the read faults and is stopped.
+                with_policy(FaultPolicy::Report, || unsafe { read_u64(page) })
+            };
+            crate::check_eq!(read, Err(Faulted));
+            crate::check_eq!(last_fault().map(|f| (f.key, f.access)), Some((Some(SPARE_KEY), pkeys::Access::Read)));
+            // SAFETY: as above; readable again.
+            crate::check_eq!(with_policy(FaultPolicy::Report, || unsafe { read_u64(page) }), Ok(0));
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// Nested windows: the inner one costs no PKRS write, the outer
+        /// one stays open after the inner closes.
+        fn nested_windows_keep_the_outer_open() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let before = protection.pkrs_writes();
+            let outer = protection.open_write(PAGE_TABLE_KEY);
+            {
+                let _inner = protection.open_write(PAGE_TABLE_KEY);
+            }
+            // SAFETY: our page, inside the outer window.
+            let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 1) });
+            drop(outer);
+            crate::check_eq!(written, Ok(()));
+            crate::check_eq!(protection.pkrs_writes() - before, 2);
+            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
+            // SAFETY: as above.
+            unsafe { page.write_volatile(0) };
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// An exception taken inside a window runs with the default PKRS,
+        /// and the window is intact when it returns.
+        fn exception_inside_a_window_runs_with_the_default() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let window = protection.open_write(PAGE_TABLE_KEY);
+            // SAFETY: int3 traps to the #BP handler, which records PKRS and returns.
+            unsafe { core::arch::asm!("int3") };
+            let in_handler = crate::arch::idt::pkrs_at_last_breakpoint();
+            // SAFETY: our page, inside the window.
+            let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 2) });
+            let register = cpu::read_pkrs_if_enabled();
+            drop(window);
+            crate::check_eq!(in_handler, Some(default_pkrs()));
+            crate::check_eq!(written, Ok(()));
+            crate::check_eq!(register.map(|r| Pkrs::from_bits(r as u32).allows_write(PAGE_TABLE_KEY)), Some(true));
+            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
+            // SAFETY: as above.
+            unsafe { page.write_volatile(0) };
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// One window around many page-table-key writes costs two PKRS
+        /// writes, not two per write.
+        fn batch_of_writes_costs_two_pkrs_writes() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            const ENTRIES: usize = 512;
+            let before = protection.pkrs_writes();
+            {
+                let _window = protection.open_write(PAGE_TABLE_KEY);
+                for i in 0..ENTRIES {
+                    // SAFETY: our page, inside the window.
+                    unsafe { page.wrapping_add(i).write_volatile(i as u64) };
+                }
+            }
+            let cost = protection.pkrs_writes() - before;
+            defmt::info!("pkrs writes for a batch of {=usize} page-table-key writes: {=u64}", ENTRIES, cost);
+            crate::check_eq!(cost, 2);
+            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
+            for i in 0..ENTRIES {
+                // SAFETY: as above.
+                unsafe { page.wrapping_add(i).write_volatile(0) };
+            }
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// `pkfault=soft` lets the write happen, logs the site once, and
+        /// closes the key again after the one instruction.
+        fn soft_policy_allows_once_and_recloses() -> TestResult {
+            let protection = pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let written = with_policy(FaultPolicy::Soft, || {
+                // SAFETY: our page; the soft policy lets the write through.
+                let first = unsafe { write_u64(page, 7) };
+                // SAFETY: as above.
+                let second = unsafe { write_u64(page, 8) };
+                (first, second)
+            });
+            crate::check_eq!(written, (Ok(()), Ok(())));
+            // SAFETY: reading our page.
+            crate::check_eq!(unsafe { page.read_volatile() }, 8);
+            crate::check_eq!(protection.pkrs(), default_pkrs());
+            crate::check_eq!(cpu::read_pkrs_if_enabled(), Some(u64::from(default_pkrs().bits())));
+            let again = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 9) });
+            crate::check_eq!(again, Err(Faulted), "the key was left open");
+            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
+            // SAFETY: as above.
+            unsafe { page.write_volatile(0) };
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// A stray write to a page-table-key page with no recovery point,
+        /// under the command line's `pkfault=`: `panic` and `report` end
+        /// the machine (the report names the key); `soft` lets it through.
+        by_name fn deliberate_pk_fault() -> TestResult {
+            pks_or_skip()?;
+            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            // SAFETY: not safe, on purpose: the write faults and the
+            // command line's policy decides what happens.
+            unsafe { page.write_volatile(0xbad) };
+            crate::check_eq!(policy(), Some(FaultPolicy::Soft), "the write went through");
+            crate::check_eq!(cpu::read_pkrs_if_enabled(), Some(u64::from(default_pkrs().bits())));
+            Ok(())
+        }
+    }
+
+    /// A page made read-only, for the `ro` policy's window.
+    static READ_ONLY_PAGE: KeyedPage = KeyedPage(UnsafeCell::new([0; 512]));
+
+    crate::kernel_test! {
+        /// Under `ptprot=ro`, a window clears CR0.WP on this CPU so a
+        /// read-only page can be written, and an exception inside the
+        /// window runs with WP set again.
+        fn read_only_window_toggles_write_protect() -> TestResult {
+            let protection = match pks::current() {
+                Some(p) if p.mechanism() == Mechanism::WriteProtect => p,
+                _ => return Err(TestFailure::skipped("needs the CR0.WP mechanism (ptprot=ro)")),
+            };
+            let page = word(&READ_ONLY_PAGE, 0);
+            crate::memory::boot_tables::set_page_writable(page as u64, false)
+                .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+            const WP: u64 = 1 << 16;
+            crate::check!(cpu::read_cr0() & WP != 0, "WP is clear outside windows");
+            {
+                let _window = protection.open_write(PAGE_TABLE_KEY);
+                crate::check!(cpu::read_cr0() & WP == 0, "the window did not clear WP");
+                // SAFETY: our page; WP is clear inside the window.
+                unsafe { page.write_volatile(3) };
+                // SAFETY: int3 returns; the handler records CR0.
+                unsafe { core::arch::asm!("int3") };
+                crate::check!(cpu::read_cr0() & WP == 0, "the exception closed the window");
+            }
+            crate::check!(crate::arch::idt::cr0_at_last_breakpoint() & WP != 0, "the handler ran with WP clear");
+            crate::check!(cpu::read_cr0() & WP != 0, "the window left WP clear");
+            // SAFETY: reading our page.
+            crate::check_eq!(unsafe { page.read_volatile() }, 3);
+            crate::check_eq!(protection.write_protect_writes() >= 2, true);
+            Ok(())
+        }
+    }
+}
