@@ -23,11 +23,17 @@ use spin::Mutex;
 static HANDLER: Mutex<FaultHandler> = Mutex::new(FaultHandler::new(FaultPolicy::Panic));
 static LAST_FAULT: Mutex<Option<PkFault>> = Mutex::new(None);
 
-/// `soft`: the PKRS to restore after the single-stepped instruction, plus
-/// one (0: nothing pending).
-static SOFT_REOPEN_PENDING: AtomicU64 = AtomicU64::new(0);
+/// `soft`: what the #DB after the retried instruction must restore: the
+/// original PKRS (low 32 bits), whether the interrupted code had TF set
+/// itself (TF_WAS_SET), and PENDING. Zero: nothing pending. One slot: the
+/// boot CPU is the only CPU; SMP makes it per CPU.
+static SOFT_RETRY: AtomicU64 = AtomicU64::new(0);
+const PENDING: u64 = 1 << 32;
+const TF_WAS_SET: u64 = 1 << 33;
 
 const RFLAGS_TF: u64 = 1 << 8;
+/// DR6.BS: the #DB came from single-stepping.
+const DR6_SINGLE_STEP: u64 = 1 << 14;
 
 /// Applies the command line's fault policy.
 pub fn init(policy: FaultPolicy) {
@@ -74,8 +80,16 @@ pub fn page_fault(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) ->
     let Some(fault) = decode(frame) else {
         return false;
     };
-    *LAST_FAULT.lock() = Some(fault);
-    let action = HANDLER.lock().handle(&fault);
+    // A fault while either lock is held (the handler itself faulted) goes
+    // to the fatal report rather than spinning forever.
+    let Some(mut last) = LAST_FAULT.try_lock() else {
+        return false;
+    };
+    *last = Some(fault);
+    drop(last);
+    let Some(action) = HANDLER.try_lock().map(|mut handler| handler.handle(&fault)) else {
+        return false;
+    };
     let key = fault.key.map_or(u8::MAX, |k| k.index());
     match action {
         FaultAction::Panic => false,
@@ -109,9 +123,18 @@ pub fn page_fault(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) ->
                     fault.rip
                 );
             }
-            let original = saved.pkrs();
-            protection.resume_with(saved, original.with_rights(key, Rights::ReadWrite));
-            SOFT_REOPEN_PENDING.store(u64::from(original.bits()) + 1, Ordering::Relaxed);
+            let current = saved.pkrs();
+            // Remember the original only for the first fault of a retry: if
+            // the retried instruction faults again on another key, it only
+            // widens the resume PKRS, and the #DB still restores the first.
+            let tf_was_set = if frame.rflags & RFLAGS_TF != 0 {
+                TF_WAS_SET
+            } else {
+                0
+            };
+            let retry = PENDING | tf_was_set | u64::from(current.bits());
+            let _ = SOFT_RETRY.compare_exchange(0, retry, Ordering::Relaxed, Ordering::Relaxed);
+            protection.resume_with(saved, current.with_rights(key, Rights::ReadWrite));
             frame.rflags |= RFLAGS_TF;
             true
         }
@@ -119,17 +142,27 @@ pub fn page_fault(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) ->
 }
 
 /// Handles the #DB that ends a `soft` retry: restores the PKRS the
-/// interrupted code had before the fault. False if no retry was pending.
+/// interrupted code had before the fault, and its TF. False (a fatal #DB)
+/// if no retry was pending or the #DB is not a single step.
 pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -> bool {
-    let pending = SOFT_REOPEN_PENDING.swap(0, Ordering::Relaxed);
     let (Some(saved), Some(protection)) = (saved, pks::current()) else {
         return false;
     };
-    if pending == 0 {
+    // SAFETY: reading DR6 has no side effects.
+    let dr6 = unsafe { x86::debugregs::dr6() }.bits() as u64;
+    if dr6 & DR6_SINGLE_STEP == 0 {
         return false;
     }
-    protection.resume_with(saved, Pkrs::from_bits((pending - 1) as u32));
-    frame.rflags &= !RFLAGS_TF;
+    let retry = SOFT_RETRY.swap(0, Ordering::Relaxed);
+    if retry & PENDING == 0 {
+        return false;
+    }
+    protection.resume_with(saved, Pkrs::from_bits(retry as u32));
+    if retry & TF_WAS_SET == 0 {
+        frame.rflags &= !RFLAGS_TF;
+    }
+    // SAFETY: clearing DR6's status bits only acknowledges this #DB.
+    unsafe { x86::debugregs::dr6_write(x86::debugregs::Dr6::empty()) };
     true
 }
 
@@ -338,6 +371,7 @@ mod tests {
                 (first, second)
             });
             crate::check_eq!(written, (Ok(()), Ok(())));
+            crate::check_eq!(last_fault().map(|f| f.key), Some(Some(PAGE_TABLE_KEY)));
             // SAFETY: reading our page.
             crate::check_eq!(unsafe { page.read_volatile() }, 8);
             crate::check_eq!(protection.pkrs(), default_pkrs());
@@ -382,6 +416,8 @@ mod tests {
             let page = word(&READ_ONLY_PAGE, 0);
             crate::memory::boot_tables::set_page_writable(page as u64, false)
                 .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+            let entry = walk::leaf(cpu::read_cr3(), page as u64).map(|leaf| leaf.entry);
+            crate::check_eq!(entry.map(|e| e & 0b10), Some(0), "the test page is not read-only");
             const WP: u64 = 1 << 16;
             crate::check!(cpu::read_cr0() & WP != 0, "WP is clear outside windows");
             {

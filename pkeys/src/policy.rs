@@ -14,8 +14,9 @@ pub enum ProtectionPolicy {
     /// PKS: page tables carry the page-table key, write-disabled in PKRS
     /// outside write windows.
     Pks,
-    /// No PKS: page tables are mapped read-only in the direct map and
-    /// written through a separate writable mapping.
+    /// No PKS: page tables are mapped read-only, and write windows clear
+    /// CR0.WP on the writing CPU (so, inside a window, every read-only page
+    /// is writable by that CPU: the policy's weakness).
     ReadOnlyAlias,
     /// No protection: the measurement baseline.
     None,

@@ -141,21 +141,25 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         self.depth.load(Ordering::Relaxed)
     }
 
-    // The cache is updated before the register: an exception arriving in
-    // between saves the new value and its exit writes it, so the two
-    // never disagree once the writer continues.
+    // The register is written before the cache. An exception arriving in
+    // between reads the register (see `enter_exception`), so it saves and
+    // restores the new value; one arriving before the write saves the old
+    // value, which the writer then overwrites. Either way register and
+    // cache agree once the writer has stored the cache.
     fn set_pkrs(&self, value: Pkrs) {
-        if self.pkrs.swap(value.bits(), Ordering::Relaxed) != value.bits() {
+        if self.pkrs.load(Ordering::Relaxed) != value.bits() {
             self.regs.write_pkrs(value);
             self.pkrs_writes.fetch_add(1, Ordering::Relaxed);
         }
+        self.pkrs.store(value.bits(), Ordering::Relaxed);
     }
 
     fn set_write_protect(&self, enabled: bool) {
-        if self.write_protect.swap(enabled, Ordering::Relaxed) != enabled {
+        if self.write_protect.load(Ordering::Relaxed) != enabled {
             self.regs.set_write_protect(enabled);
             self.wp_writes.fetch_add(1, Ordering::Relaxed);
         }
+        self.write_protect.store(enabled, Ordering::Relaxed);
     }
 
     /// Opens a write window for `key` on this CPU.
@@ -186,19 +190,20 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         }
     }
 
-    /// Exception entry: records the interrupted state (`found` is the PKRS
-    /// value the entry path read from the register) and switches to the
-    /// default state for the handler.
-    pub fn enter_exception(&self, found: Pkrs) -> SavedProtection {
+    /// Exception entry: records the interrupted state and switches to the
+    /// default state for the handler. `found_pkrs` and `found_wp` are what
+    /// the entry path read from PKRS and CR0.WP: the registers, not the
+    /// cache, because the exception may have struck between a register
+    /// write and its cache update.
+    pub fn enter_exception(&self, found_pkrs: Pkrs, found_wp: bool) -> SavedProtection {
         let saved = SavedProtection {
-            pkrs: found,
-            write_protect: self.write_protect.load(Ordering::Relaxed),
+            pkrs: found_pkrs,
+            write_protect: found_wp,
             depth: self.depth.load(Ordering::Relaxed),
         };
+        self.pkrs.store(found_pkrs.bits(), Ordering::Relaxed);
+        self.write_protect.store(found_wp, Ordering::Relaxed);
         if self.mechanism == Mechanism::Pks {
-            // Trust the register over the cache: the exception may have
-            // struck between a cache update and its register write.
-            self.pkrs.store(found.bits(), Ordering::Relaxed);
             self.set_pkrs(default_pkrs());
         }
         self.set_write_protect(true);
@@ -350,7 +355,7 @@ mod tests {
         let cpu = pks_cpu();
         let window = cpu.open_write(PAGE_TABLE_KEY);
         // Entry finds the window's value in the register.
-        let saved = cpu.enter_exception(cpu.pkrs());
+        let saved = cpu.enter_exception(cpu.pkrs(), true);
         assert_eq!(
             cpu.pkrs(),
             default_pkrs(),
@@ -383,28 +388,89 @@ mod tests {
     #[test]
     fn exception_outside_a_window_writes_nothing() {
         let cpu = pks_cpu();
-        let saved = cpu.enter_exception(cpu.pkrs());
+        let saved = cpu.enter_exception(cpu.pkrs(), true);
         cpu.exit_exception(saved);
         assert_eq!(cpu.pkrs_writes(), 0);
     }
 
+    /// Replays an exception striking after `set_pkrs` wrote the register
+    /// and before it stored the cache, then lets the writer finish: register
+    /// and cache must agree, and the window must close for real.
     #[test]
-    fn exception_between_cache_and_register_update_is_repaired() {
-        // The register still holds the default although the cache says the
-        // window is open: entry trusts the register, exit restores it.
+    fn exception_between_register_write_and_cache_update_is_consistent() {
         let cpu = pks_cpu();
-        let _window = cpu.open_write(PAGE_TABLE_KEY);
-        let saved = cpu.enter_exception(default_pkrs());
-        assert_eq!(saved.pkrs(), default_pkrs());
+        let open = default_pkrs().with_rights(PAGE_TABLE_KEY, Rights::ReadWrite);
+        // Opening: the register holds `open`, the cache still the default.
+        cpu.regs.write_pkrs(open);
+        let saved = cpu.enter_exception(open, true);
         cpu.exit_exception(saved);
+        cpu.pkrs.store(open.bits(), Ordering::Relaxed); // the writer resumes
+        cpu.depth.store(1, Ordering::Relaxed);
+        let window = WriteWindow {
+            cpu: &cpu,
+            previous: default_pkrs(),
+            previous_wp: true,
+            level: 1,
+            _not_send: PhantomData,
+        };
+        assert_eq!(last_pkrs(&cpu), open.bits());
+        drop(window);
+        assert_eq!(
+            last_pkrs(&cpu),
+            DEFAULT,
+            "the window closed in the register"
+        );
         assert_eq!(cpu.pkrs(), default_pkrs());
+
+        // Closing: the register holds the default, the cache still `open`.
+        let window = cpu.open_write(PAGE_TABLE_KEY);
+        core::mem::forget(window);
+        cpu.regs.write_pkrs(default_pkrs());
+        let saved = cpu.enter_exception(default_pkrs(), true);
+        cpu.exit_exception(saved);
+        cpu.pkrs.store(DEFAULT, Ordering::Relaxed); // the writer resumes
+        cpu.depth.store(0, Ordering::Relaxed);
+        drop(cpu.open_write(PAGE_TABLE_KEY));
+        assert_eq!(last_pkrs(&cpu), DEFAULT);
+        assert!(
+            writes(&cpu).contains(&Write::Pkrs(0)),
+            "the next window really opened"
+        );
+    }
+
+    /// The last PKRS value the mock register received.
+    fn last_pkrs(cpu: &CpuProtection<Mock>) -> u32 {
+        writes(cpu)
+            .iter()
+            .rev()
+            .find_map(|w| match w {
+                Write::Pkrs(v) => Some(*v),
+                Write::Wp(_) => None,
+            })
+            .unwrap_or(DEFAULT)
+    }
+
+    #[test]
+    fn exception_reads_write_protect_from_the_register() {
+        let cpu = CpuProtection::new(Mock::default(), Mechanism::WriteProtect, Pkrs::ALL_ACCESS);
+        let window = cpu.open_write(PAGE_TABLE_KEY);
+        // The window is closing: CR0.WP is set again, the cache not yet.
+        cpu.regs.set_write_protect(true);
+        let saved = cpu.enter_exception(Pkrs::ALL_ACCESS, true);
+        cpu.exit_exception(saved);
+        core::mem::forget(window);
+        cpu.depth.store(0, Ordering::Relaxed);
+        // The handler ran with WP set (nothing to write), and the exit left
+        // WP set, as the register had it.
+        assert_eq!(writes(&cpu), [Write::Wp(false), Write::Wp(true)]);
+        assert!(cpu.write_protect.load(Ordering::Relaxed));
     }
 
     #[test]
     #[should_panic(expected = "left a write window open")]
     fn handler_leaving_a_window_open_is_a_bug() {
         let cpu = pks_cpu();
-        let saved = cpu.enter_exception(cpu.pkrs());
+        let saved = cpu.enter_exception(cpu.pkrs(), true);
         let window = cpu.open_write(PAGE_TABLE_KEY);
         core::mem::forget(window);
         cpu.exit_exception(saved);

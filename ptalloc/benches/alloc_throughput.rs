@@ -13,13 +13,7 @@ use common::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::time::Duration;
 
-const MIX_LIVE: usize = 50_000;
-const MIX_STEPS: usize = 500_000;
-const MIX_SEED: u64 = 0x5eed_0001;
-const N_THEN_N: usize = 100_000;
 const PAIRS: usize = 100_000;
-const BATCH: usize = 256;
-const BATCH_ROUNDS: usize = 200;
 
 fn order0(c: &mut Criterion) {
     let meta = new_meta(FRAMES);
@@ -30,56 +24,25 @@ fn order0(c: &mut Criterion) {
     };
     let mut peer = PeerFrames(peer(FRAMES));
     let mut locked = LockedPeerFrames::new(FRAMES);
-    let mut held = Vec::with_capacity(MIX_LIVE * 2);
+    let mut held = held_buffer();
 
-    let ops = random_mix(
-        &mut CountFrames::new(),
-        MIX_LIVE,
-        MIX_STEPS,
-        MIX_SEED,
-        &mut held,
-    );
-    let mut group = c.benchmark_group("order0_random_mix");
-    group.throughput(Throughput::Elements(ops));
-    group.bench_function("ours", |b| {
-        b.iter(|| random_mix(&mut ours, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held))
-    });
-    group.bench_function("peer", |b| {
-        b.iter(|| random_mix(&mut peer, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held))
-    });
-    group.bench_function("peer_locked", |b| {
-        b.iter(|| random_mix(&mut locked, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held))
-    });
-    group.finish();
-
-    let mut group = c.benchmark_group("order0_alloc_n_free_n");
-    group.throughput(Throughput::Elements(2 * N_THEN_N as u64));
-    group.bench_function("ours", |b| {
-        b.iter(|| alloc_n_free_n(&mut ours, N_THEN_N, &mut held))
-    });
-    group.bench_function("peer", |b| {
-        b.iter(|| alloc_n_free_n(&mut peer, N_THEN_N, &mut held))
-    });
-    group.bench_function("peer_locked", |b| {
-        b.iter(|| alloc_n_free_n(&mut locked, N_THEN_N, &mut held))
-    });
-    group.finish();
+    for workload in Order0::ALL {
+        let mut group = c.benchmark_group(workload.group());
+        group.throughput(Throughput::Elements(workload.ops()));
+        group.bench_function("ours", |b| b.iter(|| workload.run(&mut ours, &mut held)));
+        group.bench_function("peer", |b| b.iter(|| workload.run(&mut peer, &mut held)));
+        group.bench_function("peer_locked", |b| {
+            b.iter(|| workload.run(&mut locked, &mut held))
+        });
+        group.finish();
+    }
 }
 
 fn fast_path(c: &mut Criterion) {
     let meta = new_meta(FRAMES);
     let alloc = ours(&meta);
-    let mut pt = OursFrames {
-        alloc: &alloc,
-        freetype: PT,
-    };
-    let mut mapped = OursFrames {
-        alloc: &alloc,
-        freetype: MAPPED,
-    };
+    let (mut pt, mut mapped) = warm_fast_path(&alloc);
     let mut held = Vec::with_capacity(BATCH);
-    // Warm: the first page-table allocation converts a pageblock.
-    batches(&mut pt, BATCH, 1, &mut held);
 
     let mut group = c.benchmark_group("fast_path_alloc_free_pair");
     group.throughput(Throughput::Elements(PAIRS as u64));
@@ -92,11 +55,9 @@ fn fast_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("fast_path_batch_256");
     group.throughput(Throughput::Elements((BATCH * BATCH_ROUNDS) as u64));
     group.bench_function("mapped", |b| {
-        b.iter(|| batches(&mut mapped, BATCH, BATCH_ROUNDS, &mut held))
+        b.iter(|| fast_batches(&mut mapped, &mut held))
     });
-    group.bench_function("pkey1", |b| {
-        b.iter(|| batches(&mut pt, BATCH, BATCH_ROUNDS, &mut held))
-    });
+    group.bench_function("pkey1", |b| b.iter(|| fast_batches(&mut pt, &mut held)));
     group.finish();
 }
 

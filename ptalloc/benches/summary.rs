@@ -6,11 +6,12 @@
 //!    the per-CPU cache, CPU 0) against `buddy_system_allocator`'s
 //!    `FrameAllocator` on the same workloads: ns per operation and the
 //!    ratio peer/ours (goal >= 1).
-//! b. Page-table churn, counted on the same direct-map model for ptalloc
-//!    and for a naive baseline that protects page by page: flushes per
-//!    1,000 page-table allocations (goal <= 1000/512), 2 MiB -> 4 KiB
-//!    splits (goal 0), 1 GiB -> 2 MiB splits, conversions, reserve
-//!    low-water mark.
+//! b. Page-table churn, counted on the crate's simulated direct map
+//!    (`ptalloc::sim`) for ptalloc and for a naive baseline that protects
+//!    page by page: flushes per 1,000 page-table allocations (goal <=
+//!    1000/512), 2 MiB -> 4 KiB splits (goal 0), 1 GiB -> 2 MiB splits,
+//!    conversions, reserve low-water mark, and the simulator's violations
+//!    plus failed `sim::check` runs (goal 0).
 //! c. The warm fast path of a `Pkey(1)` page against a `Mapped` one, as a
 //!    ratio of ns per alloc+free pair (goal <= 1.10).
 //!
@@ -31,16 +32,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Rounds of the order-0 workloads (a).
 const ROUNDS: usize = 21;
-const MIX_LIVE: usize = 50_000;
-const MIX_STEPS: usize = 500_000;
-const MIX_SEED: u64 = 0x5eed_0001;
-const N_THEN_N: usize = 100_000;
 /// Rounds of the fast-path loops (c): short, so that both sides of a
 /// round see the same machine.
 const FAST_ROUNDS: usize = 81;
 const PAIRS: usize = 50_000;
-const BATCH: usize = 256;
-const BATCH_ROUNDS: usize = 200;
 
 const CHURN: ChurnParams = ChurnParams {
     pt_allocs: 150_000,
@@ -155,24 +150,35 @@ impl Comparison {
     }
 }
 
-struct Throughput {
-    mix_ops: u64,
-    /// ptalloc against the unlocked peer.
-    mix: Comparison,
-    n_then_n: Comparison,
-    /// ptalloc against the peer behind its spin lock (information).
-    mix_locked: Comparison,
-    n_then_n_locked: Comparison,
+/// ptalloc against the peer, unlocked (the goal) and behind its spin lock
+/// (information).
+#[derive(Default)]
+struct PeerComparison {
+    unlocked: Comparison,
+    locked: Comparison,
 }
 
-fn time_ours(workload: impl FnOnce(&mut OursFrames<'_, '_>) -> u64) -> f64 {
+struct Throughput {
+    mix_ops: u64,
+    mix: PeerComparison,
+    n_then_n: PeerComparison,
+    /// Simulated direct-map calls while ptalloc was timed (0: the
+    /// simulator's checks cost the timings nothing).
+    backend_calls_while_timed: u64,
+}
+
+/// Times `workload` on a fresh ptalloc; counts its direct-map calls.
+fn time_ours(calls: &mut u64, workload: impl FnOnce(&mut OursFrames<'_, '_>) -> u64) -> f64 {
     let meta = new_meta(FRAMES);
     let alloc = ours(&meta);
     let mut frames = OursFrames {
         alloc: &alloc,
         freetype: MAPPED,
     };
-    ns_per_op(|| workload(&mut frames))
+    let before = backend_calls(&alloc);
+    let ns = ns_per_op(|| workload(&mut frames));
+    *calls += backend_calls(&alloc) - before;
+    ns
 }
 
 fn time_peer(workload: impl FnOnce(&mut PeerFrames) -> u64) -> f64 {
@@ -186,49 +192,35 @@ fn time_locked(workload: impl FnOnce(&mut LockedPeerFrames) -> u64) -> f64 {
 }
 
 fn measure_throughput() -> Throughput {
-    let mut held_ours = Vec::with_capacity(MIX_LIVE * 2);
-    let mut held_peer = Vec::with_capacity(MIX_LIVE * 2);
-    let mix_ops = random_mix(
-        &mut CountFrames::new(),
-        MIX_LIVE,
-        MIX_STEPS,
-        MIX_SEED,
-        &mut held_ours,
-    );
+    let mut held_ours = held_buffer();
+    let mut held_peer = held_buffer();
     let mut t = Throughput {
-        mix_ops,
-        mix: Comparison::default(),
-        n_then_n: Comparison::default(),
-        mix_locked: Comparison::default(),
-        n_then_n_locked: Comparison::default(),
+        mix_ops: Order0::RandomMix.ops(),
+        mix: PeerComparison::default(),
+        n_then_n: PeerComparison::default(),
+        backend_calls_while_timed: 0,
     };
+    let calls = &mut t.backend_calls_while_timed;
     for round in 0..=ROUNDS {
-        let mix = back_to_back(
-            round,
-            || time_ours(|a| random_mix(a, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held_ours)),
-            || time_peer(|a| random_mix(a, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held_peer)),
-        );
-        let mix_locked = back_to_back(
-            round,
-            || time_ours(|a| random_mix(a, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held_ours)),
-            || time_locked(|a| random_mix(a, MIX_LIVE, MIX_STEPS, MIX_SEED, &mut held_peer)),
-        );
-        let n_then_n = back_to_back(
-            round,
-            || time_ours(|a| alloc_n_free_n(a, N_THEN_N, &mut held_ours)),
-            || time_peer(|a| alloc_n_free_n(a, N_THEN_N, &mut held_peer)),
-        );
-        let n_then_n_locked = back_to_back(
-            round,
-            || time_ours(|a| alloc_n_free_n(a, N_THEN_N, &mut held_ours)),
-            || time_locked(|a| alloc_n_free_n(a, N_THEN_N, &mut held_peer)),
-        );
-        // Round 0 warms caches and code paths: not kept.
-        if round > 0 {
-            t.mix.push(mix);
-            t.mix_locked.push(mix_locked);
-            t.n_then_n.push(n_then_n);
-            t.n_then_n_locked.push(n_then_n_locked);
+        for (w, sides) in [
+            (Order0::RandomMix, &mut t.mix),
+            (Order0::NThenN, &mut t.n_then_n),
+        ] {
+            let unlocked = back_to_back(
+                round,
+                || time_ours(calls, |a| w.run(a, &mut held_ours)),
+                || time_peer(|a| w.run(a, &mut held_peer)),
+            );
+            let locked = back_to_back(
+                round,
+                || time_ours(calls, |a| w.run(a, &mut held_ours)),
+                || time_locked(|a| w.run(a, &mut held_peer)),
+            );
+            // Round 0 warms caches and code paths: not kept.
+            if round > 0 {
+                sides.unlocked.push(unlocked);
+                sides.locked.push(locked);
+            }
         }
     }
     t
@@ -240,29 +232,23 @@ struct FastPath {
     batches: Comparison,
     /// Conversions during the timed loops (0: every timed allocation was warm).
     conversions_while_timed: u64,
+    /// Simulated direct-map calls during the timed loops.
+    backend_calls_while_timed: u64,
 }
 
 fn measure_fast_path() -> FastPath {
     let meta = new_meta(FRAMES);
     let alloc = ours(&meta);
-    let mut pt = OursFrames {
-        alloc: &alloc,
-        freetype: PT,
-    };
-    let mut mapped = OursFrames {
-        alloc: &alloc,
-        freetype: MAPPED,
-    };
+    let (mut pt, mut mapped) = warm_fast_path(&alloc);
     let mut held_pt = Vec::with_capacity(BATCH);
     let mut held_mapped = Vec::with_capacity(BATCH);
-    // Warm: the first page-table allocation converts a pageblock.
-    batches(&mut pt, BATCH, 10, &mut held_pt);
-    batches(&mut mapped, BATCH, 10, &mut held_mapped);
     let converted_before = alloc.stats().total_conversions();
+    let calls_before = backend_calls(&alloc);
     let mut fast = FastPath {
         pairs: Comparison::default(),
         batches: Comparison::default(),
         conversions_while_timed: 0,
+        backend_calls_while_timed: 0,
     };
     for round in 0..=FAST_ROUNDS {
         let pairs = back_to_back(
@@ -272,8 +258,8 @@ fn measure_fast_path() -> FastPath {
         );
         let batch = back_to_back(
             round,
-            || ns_per_op(|| batches(&mut pt, BATCH, BATCH_ROUNDS, &mut held_pt)),
-            || ns_per_op(|| batches(&mut mapped, BATCH, BATCH_ROUNDS, &mut held_mapped)),
+            || ns_per_op(|| fast_batches(&mut pt, &mut held_pt)),
+            || ns_per_op(|| fast_batches(&mut mapped, &mut held_mapped)),
         );
         if round > 0 {
             fast.pairs.push(pairs);
@@ -281,6 +267,7 @@ fn measure_fast_path() -> FastPath {
         }
     }
     fast.conversions_while_timed = alloc.stats().total_conversions() - converted_before;
+    fast.backend_calls_while_timed = backend_calls(&alloc) - calls_before;
     fast
 }
 
@@ -317,11 +304,11 @@ struct Row {
 
 impl Figures {
     fn mix_ratio(&self) -> f64 {
-        self.throughput.mix.other_over_ours()
+        self.throughput.mix.unlocked.other_over_ours()
     }
 
     fn n_then_n_ratio(&self) -> f64 {
-        self.throughput.n_then_n.other_over_ours()
+        self.throughput.n_then_n.unlocked.other_over_ours()
     }
 
     fn pair_ratio(&self) -> f64 {
@@ -339,7 +326,6 @@ impl Figures {
             &self.churn_ours,
             &self.churn_naive,
         );
-        let violations = |r: &ChurnReport| r.all.mismatches + r.all.unprotected_tables;
         let row =
             |figure: String, ours: String, baseline: String, measured: String, goal, met| Row {
                 figure,
@@ -366,8 +352,8 @@ impl Figures {
                     MIX_LIVE / 1000,
                     MIX_STEPS / 1000
                 ),
-                format!("{:.1}", t.mix.ours_ns()),
-                format!("{:.1}", t.mix.other_ns()),
+                format!("{:.1}", t.mix.unlocked.ours_ns()),
+                format!("{:.1}", t.mix.unlocked.other_ns()),
                 format!("peer/ours {:.2}", self.mix_ratio()),
                 ">= 1.00",
                 Some(self.mix_ratio() >= GOAL_PEER_RATIO),
@@ -377,8 +363,8 @@ impl Figures {
                     "a. order-0 alloc {0}k then free {0}k, ns/op",
                     N_THEN_N / 1000
                 ),
-                format!("{:.1}", t.n_then_n.ours_ns()),
-                format!("{:.1}", t.n_then_n.other_ns()),
+                format!("{:.1}", t.n_then_n.unlocked.ours_ns()),
+                format!("{:.1}", t.n_then_n.unlocked.other_ns()),
                 format!("peer/ours {:.2}", self.n_then_n_ratio()),
                 ">= 1.00",
                 Some(self.n_then_n_ratio() >= GOAL_PEER_RATIO),
@@ -387,18 +373,18 @@ impl Figures {
                 "a. (info) same two, peer behind its spin lock, ns/op".to_owned(),
                 format!(
                     "{:.1}, {:.1}",
-                    t.mix_locked.ours_ns(),
-                    t.n_then_n_locked.ours_ns()
+                    t.mix.locked.ours_ns(),
+                    t.n_then_n.locked.ours_ns()
                 ),
                 format!(
                     "{:.1}, {:.1}",
-                    t.mix_locked.other_ns(),
-                    t.n_then_n_locked.other_ns()
+                    t.mix.locked.other_ns(),
+                    t.n_then_n.locked.other_ns()
                 ),
                 format!(
                     "peer/ours {:.2}, {:.2}",
-                    t.mix_locked.other_over_ours(),
-                    t.n_then_n_locked.other_over_ours()
+                    t.mix.locked.other_over_ours(),
+                    t.n_then_n.locked.other_over_ours()
                 ),
                 "-",
                 None,
@@ -456,12 +442,15 @@ impl Figures {
                 n.shape.pmds_split,
             ),
             row(
-                "b. model violations (wrong 'from', unprotected split table)".to_owned(),
-                violations(o).to_string(),
-                violations(n).to_string(),
-                violations(o).to_string(),
+                format!(
+                    "b. model violations (sim's per-call checks; ours + {} sim::check)",
+                    o.checks_run
+                ),
+                o.model_violations().to_string(),
+                n.model_violations().to_string(),
+                o.model_violations().to_string(),
                 "0",
-                Some(violations(o) == 0),
+                Some(o.model_violations() == 0),
             ),
             row(
                 "c. warm alloc+free pair, ns: Pkey(1) vs Mapped".to_owned(),
@@ -489,7 +478,8 @@ impl Figures {
             &self.churn_ours,
             &self.churn_naive,
         );
-        let peer_side = |c: &Comparison, locked: &Comparison, ratio: f64| {
+        let peer_side = |sides: &PeerComparison, ratio: f64| {
+            let (c, locked) = (&sides.unlocked, &sides.locked);
             vec![
                 ("ours_ns_per_op", Json::Num(c.ours_ns())),
                 ("peer_ns_per_op", Json::Num(c.other_ns())),
@@ -525,16 +515,12 @@ impl Figures {
             ("steps", Json::Int(MIX_STEPS as u64)),
             ("operations", Json::Int(t.mix_ops)),
         ];
-        mix.extend(peer_side(&t.mix, &t.mix_locked, self.mix_ratio()));
+        mix.extend(peer_side(&t.mix, self.mix_ratio()));
         let mut nn = vec![
             ("n", Json::Int(N_THEN_N as u64)),
             ("operations", Json::Int(2 * N_THEN_N as u64)),
         ];
-        nn.extend(peer_side(
-            &t.n_then_n,
-            &t.n_then_n_locked,
-            self.n_then_n_ratio(),
-        ));
+        nn.extend(peer_side(&t.n_then_n, self.n_then_n_ratio()));
         let mut pairs = vec![("pairs_per_round", Json::Int(PAIRS as u64))];
         pairs.extend(fast_side(&f.pairs, self.pair_ratio()));
         let mut batch = vec![
@@ -543,7 +529,6 @@ impl Figures {
         ];
         batch.extend(fast_side(&f.batches, self.batch_ratio()));
 
-        let violations = o.all.mismatches + o.all.unprotected_tables;
         Json::Obj(vec![
             (
                 "metadata",
@@ -555,6 +540,10 @@ impl Figures {
                     ("managed_frames", Json::Int(FRAMES)),
                     ("managed_gib", Json::Int(FRAMES / FRAMES_1G)),
                     ("cpu_caches", Json::Int(1)),
+                    (
+                        "direct_map",
+                        Json::Str("ptalloc::sim::SimDirectMap: 1 GiB pages at start, 1 CPU".to_owned()),
+                    ),
                     ("rounds_order0", Json::Int(ROUNDS as u64)),
                     ("rounds_fast_path", Json::Int(FAST_ROUNDS as u64)),
                     (
@@ -572,7 +561,11 @@ impl Figures {
             ),
             (
                 "a_order0_throughput",
-                Json::Obj(vec![("random_mix", Json::Obj(mix)), ("alloc_n_then_free_n", Json::Obj(nn))]),
+                Json::Obj(vec![
+                    ("random_mix", Json::Obj(mix)),
+                    ("alloc_n_then_free_n", Json::Obj(nn)),
+                    ("backend_calls_while_timed", Json::Int(t.backend_calls_while_timed)),
+                ]),
             ),
             (
                 "b_page_table_churn",
@@ -599,7 +592,7 @@ impl Figures {
                             ("flushes_met", Json::Bool(o.flushes_per_1000_pt() <= GOAL_FLUSHES_PER_1000)),
                             ("pt_op_flushes_met", Json::Bool(o.pt_flushes_per_1000_pt() <= GOAL_FLUSHES_PER_1000)),
                             ("splits_2m_met", Json::Bool(o.all.splits_2m == 0)),
-                            ("model_violations_met", Json::Bool(violations == 0)),
+                            ("model_violations_met", Json::Bool(o.model_violations() == 0)),
                         ]),
                     ),
                 ]),
@@ -610,6 +603,7 @@ impl Figures {
                     ("alloc_free_pair", Json::Obj(pairs)),
                     ("batch_alloc_then_free", Json::Obj(batch)),
                     ("conversions_while_timed", Json::Int(f.conversions_while_timed)),
+                    ("backend_calls_while_timed", Json::Int(f.backend_calls_while_timed)),
                 ]),
             ),
         ])
@@ -857,12 +851,12 @@ fn counts_json(c: &MapCounts) -> Json {
     Json::Obj(vec![
         ("flushes", Json::Int(c.flushes)),
         ("pageblock_protect_calls", Json::Int(c.protect_calls)),
+        ("failed_protect_calls", Json::Int(c.protect_failures)),
         ("single_page_protect_calls", Json::Int(c.page_protect_calls)),
         ("splits_1g_to_2m", Json::Int(c.splits_1g)),
         ("splits_2m_to_4k", Json::Int(c.splits_2m)),
-        ("split_pages_taken", Json::Int(c.split_pages_taken)),
-        ("wrong_from_protection", Json::Int(c.mismatches)),
-        ("unprotected_split_tables", Json::Int(c.unprotected_tables)),
+        ("split_pages_taken", Json::Int(c.split_pages_used)),
+        ("simulator_violations", Json::Int(c.violations)),
     ])
 }
 
@@ -894,5 +888,11 @@ fn churn_json(r: &ChurnReport) -> Json {
         ("reserve_pages_taken", Json::Int(r.reserve_taken)),
         ("final_1g_entries_split", Json::Int(r.shape.gigs_split)),
         ("final_2m_entries_split", Json::Int(r.shape.pmds_split)),
+        ("invariant_checks_run", Json::Int(r.checks_run)),
+        (
+            "invariant_check_failures",
+            Json::Arr(r.check_failures.iter().cloned().map(Json::Str).collect()),
+        ),
+        ("first_simulator_violation", opt_str(&r.first_violation)),
     ])
 }

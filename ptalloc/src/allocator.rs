@@ -203,8 +203,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if cpu >= CPUS {
             return Err(AllocError::InvalidCpu(cpu));
         }
-        if flags.contains(AllocFlags::USE_RESERVE) && (freetype != self.page_table || order != 0) {
-            return Err(AllocError::ReserveNotForFreetype(freetype));
+        if flags.contains(AllocFlags::USE_RESERVE) {
+            if freetype != self.page_table {
+                return Err(AllocError::ReserveNotForFreetype(freetype));
+            }
+            if order != 0 {
+                return Err(AllocError::ReserveNeedsOrderZero(order));
+            }
         }
         let result = if order == 0 {
             self.alloc_cached(cpu, freetype, flags)
@@ -353,9 +358,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     ) -> Result<(), FreeError> {
         let mut cache = self.caches[cpu].lock();
         // The atomic claim makes a racing double free fail here.
-        if !self.meta[index as usize].transition(State::AllocatedHead, State::Cached) {
+        let frame = &self.meta[index as usize];
+        if !frame.transition(State::AllocatedHead, State::Cached) {
             return Err(FreeError::NotAllocated(pfn));
         }
+        // Read the freetype again now that the page is ours: the one read
+        // before the claim may belong to an earlier life of the frame.
+        let freetype = frame.freetype().unwrap_or(freetype);
         cache.frees += 1;
         let stack = &mut cache.pages[freetype.index()];
         if stack.is_full() {

@@ -44,8 +44,11 @@ impl PageblockRange {
 
 /// Where a split finds its page-table pages.
 pub trait SplitPages {
-    /// A page-table page, already mapped with the page-table protection,
-    /// or `None` if there is none left.
+    /// A page-table page, or `None` if there is none left. It is either
+    /// already mapped with the page-table protection (a reserve page), or,
+    /// for a conversion to the page-table freetype, one of the frames being
+    /// converted: it may then still be `Unmapped`, so the backend must fill
+    /// it through a mapping of its own, not through the direct map.
     fn take(&mut self) -> Option<Pfn>;
 }
 

@@ -1,4 +1,10 @@
-//! Typed errors. A call that returns an error has changed nothing.
+//! Typed errors.
+//!
+//! A call refused for bad input (an invalid order, CPU, flag or frame, a
+//! double free) has changed nothing. A call that fails for lack of memory,
+//! reserve or backend keeps no memory, but may have done useful work on
+//! the way that it does not undo: refilled the split reserve or converted
+//! pageblocks.
 
 use crate::Pfn;
 use crate::backend::DirectMapError;
@@ -15,6 +21,9 @@ pub enum AllocError {
     /// [`AllocFlags::USE_RESERVE`](crate::AllocFlags::USE_RESERVE) asked for
     /// a freetype other than the page-table one.
     ReserveNotForFreetype(Freetype),
+    /// [`AllocFlags::USE_RESERVE`](crate::AllocFlags::USE_RESERVE) asked for
+    /// more than one page: the reserve holds single pages.
+    ReserveNeedsOrderZero(u32),
     /// No free block of this freetype, and `NO_BLOCK` forbids converting.
     WouldBlock,
     /// No free block of this freetype and no wholly free pageblock to
@@ -35,6 +44,9 @@ impl fmt::Display for AllocError {
             Self::InvalidCpu(cpu) => write!(f, "CPU {cpu} is beyond the allocator's CPU count"),
             Self::ReserveNotForFreetype(ft) => {
                 write!(f, "the split reserve holds page-table pages, not {ft}")
+            }
+            Self::ReserveNeedsOrderZero(order) => {
+                write!(f, "the split reserve gives single pages, not order {order}")
             }
             Self::WouldBlock => {
                 write!(f, "no free page without converting, and NO_BLOCK was given")

@@ -316,7 +316,12 @@ impl<'m> World<'m> {
                 };
                 let before = self.everything();
                 let result = self.alloc.alloc(0, order, ft, AllocFlags::USE_RESERVE);
-                prop_assert_eq!(result, Err(AllocError::ReserveNotForFreetype(ft)));
+                let expected = if ft == PT {
+                    AllocError::ReserveNeedsOrderZero(order)
+                } else {
+                    AllocError::ReserveNotForFreetype(ft)
+                };
+                prop_assert_eq!(result, Err(expected));
                 prop_assert!(
                     self.everything() == before,
                     "a refused allocation changed something"

@@ -293,7 +293,10 @@ pub fn pkrs_at_last_breakpoint() -> Option<pkeys::Pkrs> {
 /// had open never leaks into it) and restores the interrupted state after.
 extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
     let protection = super::pks::current();
-    let mut saved = protection.map(|p| p.enter_exception(super::pks::register_value(p)));
+    let mut saved = protection.map(|p| {
+        let (pkrs, write_protect) = super::pks::register_values(p);
+        p.enter_exception(pkrs, write_protect)
+    });
     let handled = match frame.vector {
         1 => crate::pkfault::single_step(frame, saved.as_mut()),
         3 => {

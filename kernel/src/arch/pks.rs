@@ -9,14 +9,18 @@ use super::cpu;
 use pkeys::{CpuProtection, Mechanism, Pkrs, ProtectionPolicy, ProtectionRegisters};
 use x86::msr;
 
-/// Writes the real registers of the CPU it runs on.
-pub struct Registers;
+/// Writes the real registers of the CPU it runs on. Only this module makes
+/// one (its field is private), and only once PKS is known to be on.
+pub struct Registers {
+    _private: (),
+}
 
 impl ProtectionRegisters for Registers {
     fn write_pkrs(&self, value: Pkrs) {
-        // SAFETY: CpuProtection uses the Pks mechanism (and so calls this)
-        // only after `init` turned CR4.PKS on, on a CPU that has PKS; the
-        // value's upper 32 bits are zero by construction.
+        // SAFETY: the only Registers is the one `init` hands to the boot
+        // CPU's CpuProtection, which writes PKRS only under the Pks
+        // mechanism, which `init` sets up only after checking CPUID and
+        // turning CR4.PKS on; the upper 32 bits are zero by construction.
         unsafe { msr::wrmsr(pkeys::cpu::IA32_PKRS, value.msr_value()) };
     }
 
@@ -51,13 +55,15 @@ pub fn init(policy: ProtectionPolicy) -> &'static CpuProtection<Registers> {
     BOOT_CPU.call_once(|| {
         let mut found = Pkrs::ALL_ACCESS;
         if mechanism == Mechanism::Pks {
-            // SAFETY: the policy resolved to pks only because CPUID reports
-            // PKS, so the bit is supported; nothing else in CR4 changes.
+            let has_pks = pkeys::cpu::has_pks(raw_cpuid::cpuid!(7, 0).ecx);
+            assert!(has_pks, "ptprot=pks resolved on a CPU without PKS");
+            // SAFETY: CPUID reports PKS (checked above), so the bit is
+            // supported; nothing else in CR4 changes.
             unsafe { cpu::write_cr4(cpu::read_cr4() | pkeys::cpu::CR4_PKS) };
             // SAFETY: PKS is present and on, so IA32_PKRS exists.
             found = Pkrs::from_bits(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) } as u32);
         }
-        let protection = CpuProtection::new(Registers, mechanism, found);
+        let protection = CpuProtection::new(Registers { _private: () }, mechanism, found);
         protection.init();
         protection
     })
@@ -68,11 +74,12 @@ pub fn current() -> Option<&'static CpuProtection<Registers>> {
     BOOT_CPU.get()
 }
 
-/// What PKRS holds right now, read from the register under PKS (the
-/// exception entry path trusts this over the cache).
-pub fn register_value(protection: &CpuProtection<Registers>) -> Pkrs {
-    match cpu::read_pkrs_if_enabled() {
+/// What PKRS and CR0.WP hold right now, read from the registers (the
+/// exception entry path trusts these over the cache).
+pub fn register_values(protection: &CpuProtection<Registers>) -> (Pkrs, bool) {
+    let pkrs = match cpu::read_pkrs_if_enabled() {
         Some(raw) if protection.mechanism() == Mechanism::Pks => Pkrs::from_bits(raw as u32),
         _ => protection.pkrs(),
-    }
+    };
+    (pkrs, cpu::read_cr0() & cpu::CR0_WP != 0)
 }

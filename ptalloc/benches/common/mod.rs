@@ -1,34 +1,30 @@
-//! Shared by the `alloc_throughput` (criterion) and `summary` benchmarks: a
-//! counting model of the direct map, adapters that give ptalloc and the
-//! peer crate one interface, and the deterministic workloads.
+//! Shared by the `alloc_throughput` (criterion) and `summary` benchmarks:
+//! the set-up, adapters that give ptalloc and the peer crate one
+//! interface, and the deterministic workloads with their sizes.
 //!
-//! Nothing here depends on `ptalloc::sim` (feature `std`): the model below
-//! is deliberately small, so that it costs little in the timed loops, but
-//! it is honest about what the counts measure. It records which 1 GiB
-//! regions are split into 2 MiB entries, which 2 MiB entries are split into
-//! 4 KiB ones, and the protection of every entry; it checks that each
-//! change starts from the protection the caller claims, and that every
-//! page table a split installs ends up key-protected.
+//! The direct map is the crate's own simulator, [`SimDirectMap`] (2 GiB
+//! mapped with 1 GiB pages, one CPU): it counts flushes and splits and
+//! checks every backend call (see `ptalloc/src/sim.rs`). Those checks run
+//! only when the allocator calls the backend, i.e. on conversions; the
+//! order-0 and fast-path workloads never do (the summary counts the calls
+//! made while timed), so the timings are of the allocator alone.
 
 // Each benchmark binary uses part of this module.
 #![allow(dead_code)]
 
 use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
+use ptalloc::sim::{self, LargestPage, SimDirectMap, TableLevel};
 use ptalloc::{
-    AllocFlags, Config, DirectMap, DirectMapError, FlushReport, FrameMeta, Freetype, Mobility,
-    PageAllocator, PageblockRange, Pfn, ProtectReport, Protection, SplitPages,
+    AllocFlags, Config, DirectMap, FrameMeta, Freetype, MAX_ORDER, Mobility, PAGEBLOCK_ORDER,
+    PageAllocator, PageblockRange, Pfn, Protection,
 };
 use std::hint::black_box;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Frames per 2 MiB direct-map entry (one pageblock).
-pub const FRAMES_2M: u64 = 512;
-/// Frames per 1 GiB direct-map entry.
-pub const FRAMES_1G: u64 = 512 * 512;
+/// Frames per 1 GiB direct-map page.
+pub const FRAMES_1G: u64 = 1 << MAX_ORDER;
 
 /// Managed memory in every benchmark: 2 GiB from frame 0 (two 1 GiB
-/// direct-map entries, 6 MiB of metadata).
+/// direct-map pages, 6 MiB of metadata).
 pub const FRAMES: u64 = 2 * FRAMES_1G;
 
 /// The page-table freetype (key 1), as the kernel will configure it.
@@ -51,332 +47,8 @@ pub const RESERVE_TARGET: usize = 16;
 /// same as ptalloc's `MAX_ORDER`.
 pub const PEER_ORDER: usize = 19;
 
-// ---------------------------------------------------------------------------
-// The direct-map model
-
-#[derive(Clone)]
-enum Pmd {
-    /// One 2 MiB mapping.
-    Large(Protection),
-    /// Split into 512 4 KiB mappings.
-    Split(Box<[Protection; 512]>),
-}
-
-enum Gig {
-    /// One 1 GiB mapping.
-    Huge(Protection),
-    /// Split into 512 2 MiB entries.
-    Split(Vec<Pmd>),
-}
-
-struct Model {
-    gigs: Vec<Gig>,
-}
-
-impl Model {
-    fn protection(&self, pfn: u64) -> Protection {
-        match &self.gigs[(pfn / FRAMES_1G) as usize] {
-            Gig::Huge(p) => *p,
-            Gig::Split(pmds) => match &pmds[((pfn % FRAMES_1G) / FRAMES_2M) as usize] {
-                Pmd::Large(p) => *p,
-                Pmd::Split(ptes) => ptes[(pfn % FRAMES_2M) as usize],
-            },
-        }
-    }
-}
-
-/// Counters of the model; [`BenchDirectMap::counts`] takes a snapshot.
-#[derive(Default)]
-struct Counters {
-    flushes: AtomicU64,
-    protect_calls: AtomicU64,
-    page_protect_calls: AtomicU64,
-    splits_1g: AtomicU64,
-    splits_2m: AtomicU64,
-    split_pages_taken: AtomicU64,
-    mismatches: AtomicU64,
-    unprotected_tables: AtomicU64,
-}
-
-/// A snapshot of the model's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MapCounts {
-    /// TLB flushes (pageblock batches and single pages).
-    pub flushes: u64,
-    /// `DirectMap::protect` calls (pageblock batches).
-    pub protect_calls: u64,
-    /// Single-page protection changes (the naive baseline only).
-    pub page_protect_calls: u64,
-    /// 1 GiB entries split into 2 MiB ones.
-    pub splits_1g: u64,
-    /// 2 MiB entries split into 4 KiB ones.
-    pub splits_2m: u64,
-    /// Page-table pages taken from a `SplitPages` source.
-    pub split_pages_taken: u64,
-    /// Changes whose claimed current protection was wrong (allocator bug).
-    pub mismatches: u64,
-    /// Split page tables left without a protection key (allocator bug).
-    pub unprotected_tables: u64,
-}
-
-impl MapCounts {
-    /// Counts accrued since `earlier`.
-    pub fn since(self, earlier: MapCounts) -> MapCounts {
-        MapCounts {
-            flushes: self.flushes - earlier.flushes,
-            protect_calls: self.protect_calls - earlier.protect_calls,
-            page_protect_calls: self.page_protect_calls - earlier.page_protect_calls,
-            splits_1g: self.splits_1g - earlier.splits_1g,
-            splits_2m: self.splits_2m - earlier.splits_2m,
-            split_pages_taken: self.split_pages_taken - earlier.split_pages_taken,
-            mismatches: self.mismatches - earlier.mismatches,
-            unprotected_tables: self.unprotected_tables - earlier.unprotected_tables,
-        }
-    }
-
-    fn add(&mut self, other: MapCounts) {
-        self.flushes += other.flushes;
-        self.protect_calls += other.protect_calls;
-        self.page_protect_calls += other.page_protect_calls;
-        self.splits_1g += other.splits_1g;
-        self.splits_2m += other.splits_2m;
-        self.split_pages_taken += other.split_pages_taken;
-        self.mismatches += other.mismatches;
-        self.unprotected_tables += other.unprotected_tables;
-    }
-}
-
-/// How shattered the direct map is.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MapShape {
-    /// 1 GiB regions mapped with 2 MiB entries.
-    pub gigs_split: u64,
-    /// 2 MiB regions mapped with 4 KiB entries.
-    pub pmds_split: u64,
-}
-
-/// A direct map of `frames` frames from frame 0, all `Mapped` with 1 GiB
-/// entries at first. Splits take their page tables only from the
-/// `SplitPages` source; `zero` does nothing (the peer does not zero).
-pub struct BenchDirectMap {
-    model: Mutex<Model>,
-    counters: Counters,
-}
-
-impl BenchDirectMap {
-    /// A direct map of `frames` frames (a whole number of GiB).
-    pub fn new(frames: u64) -> Self {
-        assert!(
-            frames > 0 && frames.is_multiple_of(FRAMES_1G),
-            "whole GiB only"
-        );
-        let gigs = (0..frames / FRAMES_1G)
-            .map(|_| Gig::Huge(Protection::Mapped))
-            .collect();
-        Self {
-            model: Mutex::new(Model { gigs }),
-            counters: Counters::default(),
-        }
-    }
-
-    /// The counters now.
-    pub fn counts(&self) -> MapCounts {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        MapCounts {
-            flushes: get(&c.flushes),
-            protect_calls: get(&c.protect_calls),
-            page_protect_calls: get(&c.page_protect_calls),
-            splits_1g: get(&c.splits_1g),
-            splits_2m: get(&c.splits_2m),
-            split_pages_taken: get(&c.split_pages_taken),
-            mismatches: get(&c.mismatches),
-            unprotected_tables: get(&c.unprotected_tables),
-        }
-    }
-
-    /// How many 1 GiB and 2 MiB entries are split now.
-    pub fn shape(&self) -> MapShape {
-        let model = self.model.lock().expect("model lock");
-        let mut shape = MapShape::default();
-        for gig in &model.gigs {
-            if let Gig::Split(pmds) = gig {
-                shape.gigs_split += 1;
-                shape.pmds_split +=
-                    pmds.iter().filter(|p| matches!(p, Pmd::Split(_))).count() as u64;
-            }
-        }
-        shape
-    }
-
-    /// The protection frame `pfn` is mapped with.
-    pub fn protection(&self, pfn: Pfn) -> Protection {
-        self.model.lock().expect("model lock").protection(pfn.0)
-    }
-
-    fn bump(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
-    }
-
-    fn take(&self, pages: &mut dyn SplitPages) -> Result<Pfn, DirectMapError> {
-        let page = pages.take().ok_or(DirectMapError::NoSplitPage)?;
-        Self::bump(&self.counters.split_pages_taken, 1);
-        Ok(page)
-    }
-
-    fn check_tables(&self, model: &Model, tables: &[Pfn]) {
-        for table in tables {
-            if !matches!(model.protection(table.0), Protection::Pkey(_)) {
-                Self::bump(&self.counters.unprotected_tables, 1);
-            }
-        }
-    }
-
-    /// Changes the protection of one 4 KiB page, splitting its 1 GiB and
-    /// 2 MiB entries as needed: what a kernel without freetypes does for
-    /// every page-table page. Does not flush (see [`flush_page`](Self::flush_page)).
-    /// Both split pages are taken before anything changes, so a missing one
-    /// leaves the mapping as it was.
-    pub fn protect_page(
-        &self,
-        pfn: Pfn,
-        from: Protection,
-        to: Protection,
-        pages: &mut dyn SplitPages,
-    ) -> Result<ProtectReport, DirectMapError> {
-        let mut model = self.model.lock().expect("model lock");
-        Self::bump(&self.counters.page_protect_calls, 1);
-        let g = (pfn.0 / FRAMES_1G) as usize;
-        let p = ((pfn.0 % FRAMES_1G) / FRAMES_2M) as usize;
-        let (split_gig, split_pmd) = match &model.gigs[g] {
-            Gig::Huge(_) => (true, true),
-            Gig::Split(pmds) => (false, matches!(pmds[p], Pmd::Large(_))),
-        };
-        let mut tables = Vec::new();
-        for _ in 0..u32::from(split_gig) + u32::from(split_pmd) {
-            tables.push(self.take(pages)?);
-        }
-        let mut report = ProtectReport::default();
-        if let Gig::Huge(prot) = model.gigs[g] {
-            model.gigs[g] = Gig::Split(vec![Pmd::Large(prot); 512]);
-            report.splits_1g += 1;
-        }
-        let Gig::Split(pmds) = &mut model.gigs[g] else {
-            unreachable!("split above")
-        };
-        if let Pmd::Large(prot) = pmds[p] {
-            pmds[p] = Pmd::Split(Box::new([prot; 512]));
-            report.splits_2m += 1;
-        }
-        let Pmd::Split(ptes) = &mut pmds[p] else {
-            unreachable!("split above")
-        };
-        let pte = &mut ptes[(pfn.0 % FRAMES_2M) as usize];
-        if *pte != from {
-            Self::bump(&self.counters.mismatches, 1);
-        }
-        *pte = to;
-        self.check_tables(&model, &tables);
-        Self::bump(&self.counters.splits_1g, u64::from(report.splits_1g));
-        Self::bump(&self.counters.splits_2m, u64::from(report.splits_2m));
-        Ok(report)
-    }
-
-    /// Flushes one page's translation (counted like a batch flush).
-    pub fn flush_page(&self, _pfn: Pfn) {
-        Self::bump(&self.counters.flushes, 1);
-    }
-}
-
-impl DirectMap for BenchDirectMap {
-    fn protect(
-        &self,
-        range: PageblockRange,
-        from: Protection,
-        to: Protection,
-        split_pages: &mut dyn SplitPages,
-    ) -> Result<ProtectReport, DirectMapError> {
-        let mut model = self.model.lock().expect("model lock");
-        Self::bump(&self.counters.protect_calls, 1);
-        let (start, end) = (range.start.0, range.end().0);
-        assert!(
-            start.is_multiple_of(FRAMES_2M) && start < end,
-            "whole pageblocks only"
-        );
-        // Check the claimed protection: one entry per pageblock, or all 512
-        // where the pageblock is split.
-        let mut mismatched = false;
-        for block in (start..end).step_by(FRAMES_2M as usize) {
-            match &model.gigs[(block / FRAMES_1G) as usize] {
-                Gig::Huge(p) => mismatched |= *p != from,
-                Gig::Split(pmds) => match &pmds[((block % FRAMES_1G) / FRAMES_2M) as usize] {
-                    Pmd::Large(p) => mismatched |= *p != from,
-                    Pmd::Split(ptes) => mismatched |= ptes.iter().any(|p| *p != from),
-                },
-            }
-        }
-        if mismatched {
-            Self::bump(&self.counters.mismatches, 1);
-        }
-        // A 1 GiB entry the range covers only in part must be split. Take
-        // every page first, so a missing one changes nothing.
-        let gigs = (start / FRAMES_1G) as usize..=((end - 1) / FRAMES_1G) as usize;
-        let mut tables = Vec::new();
-        for g in gigs.clone() {
-            let whole = start <= g as u64 * FRAMES_1G && end >= (g as u64 + 1) * FRAMES_1G;
-            if !whole && matches!(model.gigs[g], Gig::Huge(_)) {
-                tables.push(self.take(split_pages)?);
-            }
-        }
-        let mut report = ProtectReport::default();
-        for g in gigs {
-            let (gig_start, gig_end) = (g as u64 * FRAMES_1G, (g as u64 + 1) * FRAMES_1G);
-            match &mut model.gigs[g] {
-                Gig::Huge(p) if start <= gig_start && end >= gig_end => {
-                    *p = to;
-                    continue;
-                }
-                Gig::Huge(p) => {
-                    let p = *p;
-                    model.gigs[g] = Gig::Split(vec![Pmd::Large(p); 512]);
-                    report.splits_1g += 1;
-                }
-                Gig::Split(_) => {}
-            }
-            let Gig::Split(pmds) = &mut model.gigs[g] else {
-                unreachable!("split above")
-            };
-            for block in (start.max(gig_start)..end.min(gig_end)).step_by(FRAMES_2M as usize) {
-                // A 2 MiB entry split earlier (by single-page changes) stays
-                // split: like a kernel that does not collapse mappings.
-                match &mut pmds[((block % FRAMES_1G) / FRAMES_2M) as usize] {
-                    Pmd::Large(p) => *p = to,
-                    Pmd::Split(ptes) => ptes.fill(to),
-                }
-            }
-        }
-        self.check_tables(&model, &tables);
-        Self::bump(&self.counters.splits_1g, u64::from(report.splits_1g));
-        Ok(report)
-    }
-
-    fn flush(&self, _range: PageblockRange) -> FlushReport {
-        Self::bump(&self.counters.flushes, 1);
-        FlushReport {
-            local: 1,
-            remote: 0,
-        }
-    }
-
-    fn zero(
-        &self,
-        _start: Pfn,
-        _order: u32,
-        _protection: Protection,
-    ) -> Result<(), DirectMapError> {
-        Ok(())
-    }
-}
+/// The allocator every benchmark uses: one CPU cache, on the simulator.
+pub type Ours<'m> = PageAllocator<'m, SimDirectMap, 1>;
 
 // ---------------------------------------------------------------------------
 // Set-up
@@ -386,16 +58,17 @@ pub fn new_meta(frames: u64) -> Vec<FrameMeta> {
     (0..frames).map(|_| FrameMeta::new()).collect()
 }
 
-/// The allocator every benchmark uses: one CPU, all of `meta` given as
-/// `Mapped` memory from frame 0.
-pub fn ours(meta: &[FrameMeta]) -> PageAllocator<'_, BenchDirectMap, 1> {
+/// ptalloc over all of `meta`, given as `Mapped` memory from frame 0, on a
+/// simulated direct map of 1 GiB pages with one CPU (so every flush is one
+/// local flush and none is a shootdown).
+pub fn ours(meta: &[FrameMeta]) -> Ours<'_> {
     let frames = meta.len() as u64;
     let config = Config {
         page_table: PT,
         reserve_target: RESERVE_TARGET,
     };
-    let alloc = PageAllocator::new(meta, Pfn(0), config, BenchDirectMap::new(frames))
-        .expect("allocator set-up");
+    let map = SimDirectMap::new(frames, LargestPage::Giga, 1);
+    let alloc = PageAllocator::new(meta, Pfn(0), config, map).expect("allocator set-up");
     alloc
         .add_memory(Pfn(0), Pfn(frames), MAPPED)
         .expect("add memory");
@@ -407,6 +80,18 @@ pub fn peer(frames: u64) -> FrameAllocator<PEER_ORDER> {
     let mut peer = FrameAllocator::<PEER_ORDER>::new();
     peer.add_frame(0, frames as usize);
     peer
+}
+
+/// Every call the allocator (or anyone) made to the simulated direct map:
+/// its checks cost time only through these.
+pub fn backend_calls(alloc: &Ours<'_>) -> u64 {
+    let c = alloc.backend().counters();
+    c.protect_calls
+        + c.protect_page_calls
+        + c.protect_failures
+        + c.flushes_local
+        + c.zero_calls
+        + c.zero_failures
 }
 
 // ---------------------------------------------------------------------------
@@ -424,7 +109,7 @@ pub trait Frames {
 /// CPU 0, for one freetype.
 pub struct OursFrames<'a, 'm> {
     /// The allocator.
-    pub alloc: &'a PageAllocator<'m, BenchDirectMap, 1>,
+    pub alloc: &'a Ours<'m>,
     /// The freetype allocated.
     pub freetype: Freetype,
 }
@@ -489,14 +174,7 @@ impl Frames for LockedPeerFrames {
 }
 
 /// Hands out numbers and takes them back: counts a workload's operations.
-pub struct CountFrames(usize);
-
-impl CountFrames {
-    /// A counter.
-    pub fn new() -> Self {
-        Self(0)
-    }
-}
+struct CountFrames(usize);
 
 impl Frames for CountFrames {
     fn alloc(&mut self) -> usize {
@@ -609,7 +287,177 @@ pub fn batches(a: &mut impl Frames, batch: usize, rounds: usize, held: &mut Vec<
 }
 
 // ---------------------------------------------------------------------------
+// The workloads of figures a and c, with the sizes both benchmarks use
+
+/// Pages live in the random mix (within 10%).
+pub const MIX_LIVE: usize = 50_000;
+/// Steps of the random mix.
+pub const MIX_STEPS: usize = 500_000;
+/// Seed of the random mix.
+pub const MIX_SEED: u64 = 0x5eed_0001;
+/// Pages of "allocate n, then free them in order".
+pub const N_THEN_N: usize = 100_000;
+/// Pages per batch of the batched fast path (above the cache capacity).
+pub const BATCH: usize = 256;
+/// Batches per timed run of the batched fast path.
+pub const BATCH_ROUNDS: usize = 200;
+
+/// The order-0 throughput workloads (figure a).
+#[derive(Clone, Copy, Debug)]
+pub enum Order0 {
+    /// [`random_mix`] of [`MIX_LIVE`] pages, [`MIX_STEPS`] steps.
+    RandomMix,
+    /// [`alloc_n_free_n`] of [`N_THEN_N`] pages.
+    NThenN,
+}
+
+impl Order0 {
+    /// Both, in the order they are measured.
+    pub const ALL: [Order0; 2] = [Order0::RandomMix, Order0::NThenN];
+
+    /// The criterion group's name.
+    pub fn group(self) -> &'static str {
+        match self {
+            Order0::RandomMix => "order0_random_mix",
+            Order0::NThenN => "order0_alloc_n_free_n",
+        }
+    }
+
+    /// Runs the workload on `a`; returns its allocations plus frees.
+    #[inline]
+    pub fn run(self, a: &mut impl Frames, held: &mut Vec<usize>) -> u64 {
+        match self {
+            Order0::RandomMix => random_mix(a, MIX_LIVE, MIX_STEPS, MIX_SEED, held),
+            Order0::NThenN => alloc_n_free_n(a, N_THEN_N, held),
+        }
+    }
+
+    /// Allocations plus frees of one run (the same for every allocator).
+    pub fn ops(self) -> u64 {
+        self.run(&mut CountFrames(0), &mut Vec::new())
+    }
+}
+
+/// A buffer big enough for any workload's live frames.
+pub fn held_buffer() -> Vec<usize> {
+    Vec::with_capacity(MIX_LIVE * 2)
+}
+
+/// The warm fast path (figure c): a `Pkey(1)` and a `Mapped` order-0 view
+/// of `alloc`, each warmed by 10 batches (the first page-table allocation
+/// converts a pageblock), so no timed allocation converts.
+pub fn warm_fast_path<'a, 'm>(alloc: &'a Ours<'m>) -> (OursFrames<'a, 'm>, OursFrames<'a, 'm>) {
+    let mut pt = OursFrames {
+        alloc,
+        freetype: PT,
+    };
+    let mut mapped = OursFrames {
+        alloc,
+        freetype: MAPPED,
+    };
+    let mut held = Vec::with_capacity(BATCH);
+    batches(&mut pt, BATCH, 10, &mut held);
+    batches(&mut mapped, BATCH, 10, &mut held);
+    (pt, mapped)
+}
+
+/// One timed run of the batched fast path: [`BATCH_ROUNDS`] batches of
+/// [`BATCH`]. Returns the alloc+free pairs.
+#[inline]
+pub fn fast_batches(a: &mut impl Frames, held: &mut Vec<usize>) -> u64 {
+    batches(a, BATCH, BATCH_ROUNDS, held)
+}
+
+// ---------------------------------------------------------------------------
 // Page-table churn: counts, ptalloc against a page-by-page baseline
+
+/// What the simulated direct map did: a reading of its counters, or the
+/// difference of two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapCounts {
+    /// TLB flushes (pageblock batches and single pages; one CPU, so each
+    /// is one local flush).
+    pub flushes: u64,
+    /// Successful `DirectMap::protect` calls (pageblock batches).
+    pub protect_calls: u64,
+    /// Failed `protect` and `protect_page` calls.
+    pub protect_failures: u64,
+    /// Single-page protection changes (`protect_page`; the naive baseline
+    /// only).
+    pub page_protect_calls: u64,
+    /// 1 GiB mappings split into 2 MiB ones.
+    pub splits_1g: u64,
+    /// 2 MiB mappings split into 4 KiB ones.
+    pub splits_2m: u64,
+    /// Pages used as page tables by splits.
+    pub split_pages_used: u64,
+    /// Calls the simulator found breaking a rule (wrong `from`, a split
+    /// table not key-protected, re-entry, ...): see `ptalloc::sim`.
+    pub violations: u64,
+}
+
+impl MapCounts {
+    /// The counters of `map` now.
+    pub fn read(map: &SimDirectMap) -> MapCounts {
+        let c = map.counters();
+        MapCounts {
+            flushes: c.flushes_local + c.flushes_remote,
+            protect_calls: c.protect_calls,
+            protect_failures: c.protect_failures,
+            page_protect_calls: c.protect_page_calls,
+            splits_1g: c.splits_1g,
+            splits_2m: c.splits_2m,
+            split_pages_used: c.split_pages_used,
+            violations: map.violations().len() as u64,
+        }
+    }
+
+    fn zip(self, other: MapCounts, f: impl Fn(u64, u64) -> u64) -> MapCounts {
+        MapCounts {
+            flushes: f(self.flushes, other.flushes),
+            protect_calls: f(self.protect_calls, other.protect_calls),
+            protect_failures: f(self.protect_failures, other.protect_failures),
+            page_protect_calls: f(self.page_protect_calls, other.page_protect_calls),
+            splits_1g: f(self.splits_1g, other.splits_1g),
+            splits_2m: f(self.splits_2m, other.splits_2m),
+            split_pages_used: f(self.split_pages_used, other.split_pages_used),
+            violations: f(self.violations, other.violations),
+        }
+    }
+
+    /// Counts accrued since `earlier`.
+    pub fn since(self, earlier: MapCounts) -> MapCounts {
+        self.zip(earlier, |now, then| now - then)
+    }
+
+    fn add(&mut self, other: MapCounts) {
+        *self = self.zip(other, |a, b| a + b);
+    }
+}
+
+/// How shattered the direct map is: the simulator never merges, so each
+/// page table a split made is one mapping still split.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapShape {
+    /// 1 GiB regions mapped with 2 MiB entries.
+    pub gigs_split: u64,
+    /// 2 MiB regions mapped with 4 KiB entries.
+    pub pmds_split: u64,
+}
+
+impl MapShape {
+    /// The shape of `map` now, from its page tables.
+    pub fn of(map: &SimDirectMap) -> MapShape {
+        let mut shape = MapShape::default();
+        for (_, level) in map.page_tables() {
+            match level {
+                TableLevel::Directory => shape.gigs_split += 1,
+                TableLevel::Table => shape.pmds_split += 1,
+            }
+        }
+        shape
+    }
+}
 
 /// What a churn operation allocates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -622,6 +470,18 @@ pub enum Kind {
     Unmapped,
 }
 
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::PageTable, Kind::Mapped, Kind::Unmapped];
+
+    fn freetype(self) -> Freetype {
+        match self {
+            Kind::PageTable => PT,
+            Kind::Mapped => MAPPED,
+            Kind::Unmapped => UNMAPPED,
+        }
+    }
+}
+
 /// A way of serving protected and unmapped pages.
 pub trait Scheme {
     /// One page of `kind`.
@@ -629,24 +489,20 @@ pub trait Scheme {
     /// Frees a page of `kind`.
     fn free(&mut self, kind: Kind, pfn: Pfn);
     /// The allocator underneath.
-    fn allocator(&self) -> &PageAllocator<'_, BenchDirectMap, 1>;
-}
-
-fn freetype(kind: Kind) -> Freetype {
-    match kind {
-        Kind::PageTable => PT,
-        Kind::Mapped => MAPPED,
-        Kind::Unmapped => UNMAPPED,
-    }
+    fn allocator(&self) -> &Ours<'_>;
+    /// Runs `ptalloc::sim::check` with `live` pages of each kind (indexed
+    /// by `Kind as usize`), or `None` where the scheme breaks the
+    /// allocator's rules by design.
+    fn check(&self, live: &[Vec<Pfn>; 3]) -> Option<Result<(), String>>;
 }
 
 /// ptalloc: each kind is a freetype; protection changes a pageblock at a
 /// time, inside the allocator.
-pub struct Freetypes<'m>(pub PageAllocator<'m, BenchDirectMap, 1>);
+pub struct Freetypes<'m>(pub Ours<'m>);
 
 impl Scheme for Freetypes<'_> {
     fn alloc(&mut self, kind: Kind) -> Pfn {
-        match self.0.alloc(0, 0, freetype(kind), AllocFlags::empty()) {
+        match self.0.alloc(0, 0, kind.freetype(), AllocFlags::empty()) {
             Ok(pfn) => pfn,
             Err(error) => panic!("ptalloc {kind:?} alloc failed: {error}"),
         }
@@ -658,33 +514,59 @@ impl Scheme for Freetypes<'_> {
         }
     }
 
-    fn allocator(&self) -> &PageAllocator<'_, BenchDirectMap, 1> {
+    fn allocator(&self) -> &Ours<'_> {
         &self.0
+    }
+
+    fn check(&self, live: &[Vec<Pfn>; 3]) -> Option<Result<(), String>> {
+        let live: Vec<(Pfn, u32, Freetype)> = Kind::ALL
+            .iter()
+            .zip(live)
+            .flat_map(|(kind, pages)| pages.iter().map(|&pfn| (pfn, 0, kind.freetype())))
+            .collect();
+        let managed = [(self.0.base(), Pfn(self.0.base().0 + self.0.frames()))];
+        Some(sim::check(&self.0, PT, &managed, &live))
     }
 }
 
 /// The naive baseline: every page comes from the plain `Mapped` pool;
 /// page-table and unmapped pages then get their own protection one 4 KiB
-/// page at a time (splitting 1 GiB and 2 MiB entries as needed, one flush
-/// per page where permissions shrink), and get `Mapped` back before they
-/// are freed. Its split page tables come from ptalloc's split reserve,
-/// refilled before every change, as the kernel's own sub-pageblock splits
-/// will (`refill_reserve` + `with_split_reserve`).
-pub struct PageByPage<'m>(pub PageAllocator<'m, BenchDirectMap, 1>);
+/// page at a time (the simulator's `protect_page`, splitting 1 GiB and
+/// 2 MiB mappings as needed; one flush per page where permissions shrink),
+/// and get `Mapped` back before they are freed. Its split page tables come
+/// from ptalloc's split reserve, refilled before every change, as the
+/// kernel's own sub-pageblock splits will (`refill_reserve` +
+/// `with_split_reserve`).
+pub struct PageByPage<'m>(pub Ours<'m>);
 
 impl PageByPage<'_> {
     fn change(&self, pfn: Pfn, from: Protection, to: Protection) {
+        let map = self.0.backend();
+        // `protect_page` takes no `from`; the baseline's own claim is
+        // checked here instead (a wrong one is a bug in this file).
+        assert_eq!(
+            map.protection_of(pfn),
+            from,
+            "baseline page {:#x} is not {from}",
+            pfn.0
+        );
         if let Err(error) = self.0.refill_reserve() {
             panic!("reserve refill failed: {error}");
         }
         let result = self
             .0
-            .with_split_reserve(|map, pages| map.protect_page(pfn, from, to, pages));
+            .with_split_reserve(|map, pages| map.protect_page(pfn, to, pages));
         if let Err(error) = result {
             panic!("single-page protection change failed: {error:?}");
         }
         if from.needs_flush_to(to) {
-            self.0.backend().flush_page(pfn);
+            // The simulator flushes whole pageblocks: one flush, counted
+            // like an `invlpg` of the page.
+            let pageblock = Pfn(pfn.0 & !((1 << PAGEBLOCK_ORDER) - 1));
+            map.flush(PageblockRange {
+                start: pageblock,
+                pageblocks: 1,
+            });
         }
     }
 }
@@ -695,7 +577,7 @@ impl Scheme for PageByPage<'_> {
             Ok(pfn) => pfn,
             Err(error) => panic!("baseline alloc failed: {error}"),
         };
-        let to = freetype(kind).protection;
+        let to = kind.freetype().protection;
         if to != Protection::Mapped {
             self.change(pfn, Protection::Mapped, to);
         }
@@ -703,7 +585,7 @@ impl Scheme for PageByPage<'_> {
     }
 
     fn free(&mut self, kind: Kind, pfn: Pfn) {
-        let from = freetype(kind).protection;
+        let from = kind.freetype().protection;
         if from != Protection::Mapped {
             self.change(pfn, from, Protection::Mapped);
         }
@@ -712,8 +594,14 @@ impl Scheme for PageByPage<'_> {
         }
     }
 
-    fn allocator(&self) -> &PageAllocator<'_, BenchDirectMap, 1> {
+    fn allocator(&self) -> &Ours<'_> {
         &self.0
+    }
+
+    /// Its protected pages lie in `Mapped` pageblocks, and it flushes
+    /// behind the allocator's back: the checker would rightly fail it.
+    fn check(&self, _live: &[Vec<Pfn>; 3]) -> Option<Result<(), String>> {
+        None
     }
 }
 
@@ -735,7 +623,7 @@ pub struct ChurnParams {
 }
 
 /// Counts of one churn run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ChurnReport {
     /// Page-table allocations.
     pub pt_allocs: u64,
@@ -765,6 +653,13 @@ pub struct ChurnReport {
     pub reserve_taken: u64,
     /// The direct map's shape at the end.
     pub shape: MapShape,
+    /// `sim::check` runs (after the waves, and at the end; none for the
+    /// baseline).
+    pub checks_run: u64,
+    /// What the failed ones said.
+    pub check_failures: Vec<String>,
+    /// The simulator's first violation, if any.
+    pub first_violation: Option<String>,
 }
 
 impl ChurnReport {
@@ -777,6 +672,20 @@ impl ChurnReport {
     pub fn pt_flushes_per_1000_pt(&self) -> f64 {
         self.pt_ops.flushes as f64 * 1000.0 / self.pt_allocs as f64
     }
+
+    /// Simulator violations plus failed invariant checks.
+    pub fn model_violations(&self) -> u64 {
+        self.all.violations + self.check_failures.len() as u64
+    }
+
+    fn check(&mut self, scheme: &impl Scheme, live: &[Vec<Pfn>; 3]) {
+        if let Some(result) = scheme.check(live) {
+            self.checks_run += 1;
+            if let Err(failure) = result {
+                self.check_failures.push(failure);
+            }
+        }
+    }
 }
 
 /// One churn operation, with the direct map's counts attributed to its kind.
@@ -788,7 +697,7 @@ fn step(
     alloc: bool,
     at: usize,
 ) {
-    let before = scheme.allocator().backend().counts();
+    let before = MapCounts::read(scheme.allocator().backend());
     if alloc {
         live.push(scheme.alloc(kind));
         match kind {
@@ -804,9 +713,8 @@ fn step(
         }
     }
     if kind == Kind::PageTable {
-        report
-            .pt_ops
-            .add(scheme.allocator().backend().counts().since(before));
+        let after = MapCounts::read(scheme.allocator().backend());
+        report.pt_ops.add(after.since(before));
     }
 }
 
@@ -815,11 +723,12 @@ fn step(
 /// the way up, the reverse on the way down, frees at random positions),
 /// interleaved with `Mapped` and `Unmapped` allocations and frees (50%
 /// page-table, 35% mapped, 15% unmapped operations), then frees everything.
+/// The scheme is checked after the waves and at the end.
 pub fn churn(scheme: &mut impl Scheme, params: ChurnParams) -> ChurnReport {
     let mut rng = Rng::new(params.seed);
     let mut report = ChurnReport::default();
     let mut live: [Vec<Pfn>; 3] = Default::default();
-    let start = scheme.allocator().backend().counts();
+    let start = MapCounts::read(scheme.allocator().backend());
     let slot = |kind: Kind| kind as usize;
 
     let _ = scheme.allocator().refill_reserve();
@@ -867,9 +776,9 @@ pub fn churn(scheme: &mut impl Scheme, params: ChurnParams) -> ChurnReport {
             report.pt_peak_live = report.pt_peak_live.max(live[slot(kind)].len() as u64);
         }
     }
-    for kind in [Kind::PageTable, Kind::Mapped, Kind::Unmapped] {
-        while !live[slot(kind)].is_empty() {
-            let last = live[slot(kind)].len() - 1;
+    report.check(scheme, &live);
+    for kind in Kind::ALL {
+        while let Some(last) = live[slot(kind)].len().checked_sub(1) {
             step(
                 scheme,
                 &mut report,
@@ -880,10 +789,13 @@ pub fn churn(scheme: &mut impl Scheme, params: ChurnParams) -> ChurnReport {
             );
         }
     }
+    report.check(scheme, &live);
 
     let alloc = scheme.allocator();
-    report.all = alloc.backend().counts().since(start);
-    report.shape = alloc.backend().shape();
+    let map = alloc.backend();
+    report.all = MapCounts::read(map).since(start);
+    report.shape = MapShape::of(map);
+    report.first_violation = map.violations().into_iter().next();
     let stats = alloc.stats();
     report.conversions = stats.total_conversions();
     report.conversion_batches = stats.conversion_batches;
