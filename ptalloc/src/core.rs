@@ -152,7 +152,12 @@ impl Core {
 
     /// Takes a free block of exactly `order` and `ft`, splitting a larger
     /// one if needed. The block's head is left for the caller to mark.
-    fn take_block(&mut self, meta: &[FrameMeta], order: u32, ft: Freetype) -> Option<u32> {
+    pub(crate) fn take_block(
+        &mut self,
+        meta: &[FrameMeta],
+        order: u32,
+        ft: Freetype,
+    ) -> Option<u32> {
         let found = (order..=MAX_ORDER).find(|&k| self.heads[ft.index()][k as usize] != NIL)?;
         let index = self.pop_free(meta, found, ft)?;
         for k in (order..found).rev() {
