@@ -36,6 +36,8 @@ pub struct BootState {
     pub features: CpuFeatures,
     /// Protections turned on.
     pub enabled: cpu::Enabled,
+    /// What the direct map covers.
+    pub direct_map: memory::direct_map::DirectMapInfo,
 }
 
 static BOOT: spin::Once<BootState> = spin::Once::new();
@@ -113,6 +115,14 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     if let Err(error) = memory::record_boot_stub_tables() {
         panic!("recording the boot stub's page tables failed: {error:?}");
     }
+    let direct_map = match memory::direct_map::build(&info.memory, features.gib_pages, features.nx)
+    {
+        Ok(direct_map) => direct_map,
+        Err(error) => {
+            println!("boot: cannot build the direct map: {:?}", error);
+            exit_qemu(ExitCode::Failure);
+        }
+    };
 
     let boot = BOOT.call_once(|| BootState {
         info,
@@ -120,6 +130,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         ptprot,
         features,
         enabled,
+        direct_map,
     });
     report::print_boot_report(boot);
 

@@ -105,6 +105,15 @@ pub fn print_boot_report(boot: &BootState) {
         "kernel image: physical [{:#x}, {:#x})",
         image.start, image.end
     );
+    let direct_map = &boot.direct_map;
+    println!(
+        "direct map: {} MiB at {:#x}: {} x 1 GiB + {} x 2 MiB pages, {} page tables",
+        direct_map.bytes() / MIB,
+        memory::direct_map::DIRECT_MAP_BASE,
+        direct_map.giga_pages,
+        direct_map.mega_pages,
+        direct_map.tables
+    );
     println!(
         "early page tables: {} recorded",
         memory::EARLY_PAGE_TABLES.lock().len()

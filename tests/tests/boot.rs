@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 13 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 7 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 6 passed, 0 failed, 8 skipped";
+const ALL_UNDER_PKS: &str = "tests: 14 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 8 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 7 passed, 0 failed, 8 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -23,7 +23,8 @@ fn boots_with_pks_and_reports() {
         "protection policy: ptprot=pks (auto: PKS present), write windows by PKRS",
         "key 1: page tables, ReadOnly outside windows",
         "pk fault policy: pkfault=panic",
-        "early page tables: 4 recorded",
+        "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
+        "early page tables: 6 recorded",
         "boot complete",
     ]);
     // COM2's defmt frames arrive decoded.
@@ -35,7 +36,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(13)
+        .expect_all_tests_passed(14)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -306,16 +307,45 @@ fn expected_usable(ram: u64) -> (u64, usize, u64) {
 }
 
 #[test]
+fn direct_map_without_gigabyte_pages_uses_2_mib_pages() {
+    boot(qemu("test=all").memory("4G").cpu("max,pdpe1gb=off"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "-1GiB-pages",
+            "direct map: 4096 MiB at 0xffff800000000000: 0 x 1 GiB + 2048 x 2 MiB pages, 5 page tables",
+            ALL_UNDER_PKS,
+        ]);
+}
+
+#[test]
 fn memory_maps_of_small_odd_and_large_machines() {
-    for (size, ram) in [
-        ("32M", 32u64 << 20),
-        ("129M", 129 << 20),
-        ("1G", 1 << 30),
-        ("4G", 4 << 30),
+    // The direct map widens usable regions to 2 MiB and uses 1 GiB pages
+    // wherever a whole gigabyte is covered.
+    for (size, ram, direct_map) in [
+        (
+            "32M",
+            32u64 << 20,
+            "direct map: 32 MiB at 0xffff800000000000: 0 x 1 GiB + 16 x 2 MiB",
+        ),
+        (
+            "129M",
+            129 << 20,
+            "direct map: 130 MiB at 0xffff800000000000: 0 x 1 GiB + 65 x 2 MiB",
+        ),
+        (
+            "1G",
+            1 << 30,
+            "direct map: 1024 MiB at 0xffff800000000000: 1 x 1 GiB + 0 x 2 MiB",
+        ),
+        (
+            "4G",
+            4 << 30,
+            "direct map: 4096 MiB at 0xffff800000000000: 4 x 1 GiB + 0 x 2 MiB",
+        ),
     ] {
         let run = boot(qemu("test=all").memory(size));
         run.expect_outcome(Outcome::Success)
-            .expect_console(&[ALL_UNDER_PKS]);
+            .expect_console(&[ALL_UNDER_PKS, direct_map]);
         assert_eq!(
             memory_summary(&run),
             expected_usable(ram),
