@@ -23,9 +23,10 @@ use crate::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
 use crate::layout::{BOOT_WINDOW_SIZE, KERNEL_PHYS, KERNEL_VIRT};
 use core::ops::Range;
 
-/// Size of the stack `kernel_boot_entry` runs on. Unoptimised builds copy
-/// large boot structures around; [`boot_stack_high_water`] measures use.
-pub const BOOT_STACK_SIZE: usize = 256 * 1024;
+/// Size of the stack `kernel_boot_entry` runs on. Boot builds large
+/// structures on it (the page allocator is tens of KiB, copied a few times
+/// before it lands in its static); [`boot_stack_high_water`] measures use.
+pub const BOOT_STACK_SIZE: usize = 512 * 1024;
 
 const PAGE_SIZE: usize = 4096;
 const LARGE_PAGE_SIZE: u64 = 2 << 20;

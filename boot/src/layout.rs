@@ -19,7 +19,7 @@ pub const BOOT_WINDOW_SIZE: u64 = 1 << 30;
 /// covers `len` bytes from it.
 pub fn boot_window_addr(phys: u64, len: u64) -> Option<u64> {
     let end = phys.checked_add(len)?;
-    (end <= BOOT_WINDOW_SIZE).then_some(KERNEL_VIRT + phys)
+    (end <= BOOT_WINDOW_SIZE).then(|| KERNEL_VIRT + phys)
 }
 
 #[cfg(test)]
@@ -35,5 +35,7 @@ mod tests {
         );
         assert_eq!(boot_window_addr(BOOT_WINDOW_SIZE - 8, 9), None);
         assert_eq!(boot_window_addr(u64::MAX, 2), None);
+        // Far above the window: no overflow computing an address.
+        assert_eq!(boot_window_addr(4 << 30, 8), None);
     }
 }

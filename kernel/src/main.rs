@@ -38,6 +38,8 @@ pub struct BootState {
     pub enabled: cpu::Enabled,
     /// What the direct map covers.
     pub direct_map: memory::direct_map::DirectMapInfo,
+    /// How the page allocator was set up.
+    pub frames: memory::frames::FramesInfo,
 }
 
 static BOOT: spin::Once<BootState> = spin::Once::new();
@@ -123,6 +125,16 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             exit_qemu(ExitCode::Failure);
         }
     };
+    if let Err(error) = memory::ephemeral::init() {
+        panic!("recording the ephemeral slot's page tables failed: {error:?}");
+    }
+    let frames = match memory::frames::init(&info.memory, &direct_map, features.nx) {
+        Ok(frames) => frames,
+        Err(error) => {
+            println!("boot: cannot set up the page allocator: {}", error);
+            exit_qemu(ExitCode::Failure);
+        }
+    };
 
     let boot = BOOT.call_once(|| BootState {
         info,
@@ -131,6 +143,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         features,
         enabled,
         direct_map,
+        frames,
     });
     report::print_boot_report(boot);
 

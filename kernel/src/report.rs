@@ -118,6 +118,7 @@ pub fn print_boot_report(boot: &BootState) {
         "early page tables: {} recorded",
         memory::EARLY_PAGE_TABLES.lock().len()
     );
+    print_allocator(boot);
     println!(
         "boot stack: {} KiB of {} KiB used so far",
         boot::entry::boot_stack_high_water() / 1024,
@@ -129,6 +130,41 @@ pub fn print_boot_report(boot: &BootState) {
         summary.usable_bytes / MIB,
         boot.features.pks,
         boot.ptprot.name()
+    );
+}
+
+/// The page allocator: where its metadata is, pageblocks per freetype,
+/// and the counters the design argues about.
+fn print_allocator(boot: &BootState) {
+    let Some(frames) = memory::frames::allocator() else {
+        println!("page allocator: not set up");
+        return;
+    };
+    let info = &boot.frames;
+    let stats = frames.stats();
+    println!(
+        "page allocator: {} frames, metadata {} KiB at {:#x}",
+        info.frames_given,
+        (info.metadata.end - info.metadata.start) / 1024,
+        info.metadata.start
+    );
+    print!("pageblocks:");
+    for freetype in ptalloc::Freetype::all() {
+        let count = stats.pageblocks[freetype.index()];
+        if count > 0 {
+            print!(" {}={}", freetype, count);
+        }
+    }
+    println!();
+    println!(
+        "allocator counters: {} conversions in {} batches, {} flushes, splits 1G->2M {} 2M->4K {}, reserve {} (low-water {})",
+        stats.total_conversions(),
+        stats.conversion_batches,
+        stats.flushes_local,
+        stats.splits_1g,
+        stats.splits_2m,
+        stats.reserve_level,
+        stats.reserve_low_water
     );
 }
 

@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 14 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 8 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 7 passed, 0 failed, 8 skipped";
+const ALL_UNDER_PKS: &str = "tests: 16 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 10 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 9 passed, 0 failed, 8 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -24,7 +24,9 @@ fn boots_with_pks_and_reports() {
         "key 1: page tables, ReadOnly outside windows",
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
-        "early page tables: 6 recorded",
+        "early page tables: 9 recorded",
+        "pageblocks: unmovable/mapped=63 unmovable/pkey1=1",
+        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 0, reserve 8 (low-water 8)",
         "boot complete",
     ]);
     // COM2's defmt frames arrive decoded.
@@ -36,7 +38,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(14)
+        .expect_all_tests_passed(16)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.

@@ -4,8 +4,9 @@
 //! Built once at boot, before the page allocator exists, from the memory
 //! map: each usable region, widened to 2 MiB boundaries, is mapped with
 //! 1 GiB pages where a whole aligned gigabyte is covered (and the CPU has
-//! 1 GiB pages), else with 2 MiB pages. Mappings are writable, global and
-//! non-executable (where NX exists). The page tables come from a small
+//! 1 GiB pages), else with 2 MiB pages. Mappings are writable and
+//! non-executable (where NX exists); not global, so a CR3 reload flushes
+//! them. The page tables come from a small
 //! pool inside the kernel image and are recorded as early page tables, to
 //! be given the page-table key once the split reserve is up.
 //!
@@ -26,19 +27,18 @@ use pkeys::PAGE_TABLE_KEY;
 /// the start of the kernel half).
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8000_0000_0000;
 
-const MIB2: u64 = 2 << 20;
-const GIB: u64 = 1 << 30;
+pub(crate) const MIB2: u64 = 2 << 20;
+pub(crate) const GIB: u64 = 1 << 30;
 /// Highest physical address the direct map covers: one PML4 slot (one
 /// PDPT) for now. A machine with usable RAM above it is refused at boot
 /// with a clear error.
 pub const DIRECT_MAP_LIMIT: u64 = 512 * GIB;
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const LARGE: u64 = 1 << 7;
-const GLOBAL: u64 = 1 << 8;
-const NO_EXECUTE: u64 = 1 << 63;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+pub(crate) const PRESENT: u64 = 1 << 0;
+pub(crate) const WRITABLE: u64 = 1 << 1;
+pub(crate) const LARGE: u64 = 1 << 7;
+pub(crate) const NO_EXECUTE: u64 = 1 << 63;
+pub(crate) const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 /// Page tables the direct map may use before the allocator exists: one
 /// PDPT, plus one page directory per gigabyte not mapped by a 1 GiB page
@@ -66,6 +66,8 @@ pub struct DirectMapInfo {
     pub mega_pages: u64,
     /// Page-table pages used (all recorded as early page tables).
     pub tables: u64,
+    /// Physical address of the direct map's PDPT (0 if nothing is mapped).
+    pub pdpt_phys: u64,
 }
 
 impl DirectMapInfo {
@@ -147,7 +149,7 @@ impl Builder {
             // SAFETY: the PDPT is a pool page only this builder writes.
             let entry = unsafe { &mut (*pdpt)[slot] };
             if gib_pages && at.is_multiple_of(GIB) && at + GIB <= end && *entry == 0 {
-                *entry = at | PRESENT | WRITABLE | LARGE | GLOBAL | self.nx;
+                *entry = at | PRESENT | WRITABLE | LARGE | self.nx;
                 self.info.giga_pages += 1;
                 at += GIB;
                 continue;
@@ -167,13 +169,20 @@ impl Builder {
             // SAFETY: `pd` is a pool page only this builder writes.
             let pde = unsafe { &mut (*pd)[slot] };
             if *pde == 0 {
-                *pde = at | PRESENT | WRITABLE | LARGE | GLOBAL | self.nx;
+                *pde = at | PRESENT | WRITABLE | LARGE | self.nx;
                 self.info.mega_pages += 1;
             }
             at += MIB2;
         }
         Ok(())
     }
+}
+
+static INFO: spin::Once<DirectMapInfo> = spin::Once::new();
+
+/// What the direct map covers, once [`build`] ran.
+pub fn info() -> Option<&'static DirectMapInfo> {
+    INFO.get()
 }
 
 /// Builds the direct map for every usable region of `memory` and links it
@@ -210,8 +219,10 @@ pub fn build(
     }
     builder.info.ranges = ranges;
     if let Some(pdpt) = builder.pdpt {
-        link(pool_page_phys(pdpt));
+        builder.info.pdpt_phys = pool_page_phys(pdpt);
+        link(builder.info.pdpt_phys);
     }
+    INFO.call_once(|| builder.info.clone());
     Ok(builder.info)
 }
 

@@ -11,9 +11,30 @@ use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
 use core::ops::Range;
 use spin::Mutex;
 
+pub mod backend;
 pub mod boot_tables;
 pub mod direct_map;
+pub mod ephemeral;
+pub mod frames;
 pub mod walk;
+
+/// Reads physical memory: below 1 GiB through the boot window, elsewhere
+/// through the direct map once it exists (page tables the allocator makes
+/// can live anywhere in RAM).
+pub struct KernelPhys;
+
+impl PhysMemory for KernelPhys {
+    fn read(&self, phys: u64, buf: &mut [u8]) -> Option<()> {
+        if BootWindow.read(phys, buf).is_some() {
+            return Some(());
+        }
+        let virt = direct_map::phys_to_virt(direct_map::info()?, phys, buf.len() as u64)?;
+        // SAFETY: the direct map covers the range (checked) and maps it
+        // readable; the bytes are copied out, never referenced.
+        unsafe { core::ptr::copy_nonoverlapping(virt as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Some(())
+    }
+}
 
 /// Reads physical memory through the boot window.
 pub struct BootWindow;

@@ -1,10 +1,10 @@
 //! Read-only page-table walks, for fault reports and checks.
 //!
-//! Tables are read through the boot window (physical memory below 1 GiB,
-//! where every table lives today), by copying entries: nothing here holds
-//! a reference into a live table.
+//! Tables are read through the boot window or the direct map
+//! ([`KernelPhys`]), by copying entries: nothing here holds a reference
+//! into a live table.
 
-use super::BootWindow;
+use super::KernelPhys;
 use boot::PhysMemory;
 
 const PRESENT: u64 = 1 << 0;
@@ -36,7 +36,7 @@ pub struct Leaf {
 fn read_entry(table_phys: u64, index: u64) -> Option<(u64, u64)> {
     let at = table_phys + index * 8;
     let mut bytes = [0u8; 8];
-    BootWindow.read(at, &mut bytes)?;
+    KernelPhys.read(at, &mut bytes)?;
     Some((u64::from_le_bytes(bytes), at))
 }
 

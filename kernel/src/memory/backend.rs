@@ -1,0 +1,219 @@
+//! `ptalloc`'s [`DirectMap`] backend on the real direct map.
+//!
+//! - `protect` edits the 2 MiB entries of a pageblock run, splitting the
+//!   1 GiB mapping around it first if there is one (its page directory
+//!   comes from the `SplitPages` source only). A 2 MiB entry that an
+//!   earlier 4 KiB split turned into a page table has all 512 entries
+//!   rewritten instead.
+//! - What a protection looks like in an entry depends on the policy:
+//!   `Pkey(k)` carries key k under `ptprot=pks`, is read-only under `ro`,
+//!   and is a plain mapping under `none`; `Unmapped` is not present.
+//! - `flush` invalidates 2 MiB translations one by one (INVLPG) for up to
+//!   [`INVLPG_LIMIT`] pageblocks, and reloads CR3 beyond. The limit is a
+//!   judgement, not a measurement: QEMU's TCG distorts both costs.
+//! - `zero` writes through the direct map (inside a window for the key of
+//!   a protected page), or through the ephemeral slot for unmapped pages.
+//!
+//! Every page-table write happens inside a page-table write window.
+
+use super::direct_map::{
+    ADDRESS, DIRECT_MAP_BASE, GIB, LARGE, MIB2, NO_EXECUTE, PRESENT, WRITABLE,
+};
+use super::ephemeral;
+use crate::arch::{cpu, pks};
+use boot::layout::KERNEL_VIRT;
+use pkeys::{Mechanism, PAGE_TABLE_KEY, Pkey, Rights};
+use ptalloc::{
+    DirectMap, DirectMapError, FlushReport, PageblockRange, Pfn, ProtectReport, Protection,
+    SplitPages,
+};
+use spin::Mutex;
+
+/// Above this many pageblocks a flush reloads CR3 instead of INVLPG each.
+pub const INVLPG_LIMIT: u64 = 16;
+
+/// The real direct map, as `ptalloc` sees it.
+pub struct KernelDirectMap {
+    /// Physical address of the direct map's PDPT.
+    pdpt_phys: u64,
+    /// NX bit for data mappings (0 on CPUs without NX).
+    nx: u64,
+    /// Serialises edits (ptalloc converts under its lock, but the kernel's
+    /// own sub-pageblock changes come from elsewhere).
+    edits: Mutex<()>,
+}
+
+impl KernelDirectMap {
+    /// The backend for a direct map whose PDPT is at `pdpt_phys`.
+    pub fn new(pdpt_phys: u64, nx: bool) -> Self {
+        Self {
+            pdpt_phys,
+            nx: if nx { NO_EXECUTE } else { 0 },
+            edits: Mutex::new(()),
+        }
+    }
+
+    /// Attribute bits (everything but the address and the page-size bit)
+    /// for a mapping with `protection` under the active mechanism.
+    fn attributes(&self, protection: Protection) -> u64 {
+        let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
+        match (protection, mechanism) {
+            (Protection::Unmapped, _) => 0,
+            (Protection::Mapped, _) | (Protection::Pkey(_), Mechanism::None) => {
+                PRESENT | WRITABLE | self.nx
+            }
+            (Protection::Pkey(_), Mechanism::WriteProtect) => PRESENT | self.nx,
+            (Protection::Pkey(k), Mechanism::Pks) => {
+                let key = Pkey::new(k).unwrap_or(Pkey::DEFAULT);
+                pkeys::key::pte_with_key(PRESENT | WRITABLE | self.nx, key)
+            }
+        }
+    }
+}
+
+/// A table page through the direct map.
+fn table_at(phys: u64) -> *mut u64 {
+    (DIRECT_MAP_BASE + phys) as *mut u64
+}
+
+/// A table page that may be a pool page in the image (early tables) or an
+/// allocator page (through the direct map).
+fn any_table(phys: u64) -> *mut u64 {
+    if phys < boot::layout::BOOT_WINDOW_SIZE && super::kernel_image_phys().contains(&phys) {
+        (KERNEL_VIRT + phys) as *mut u64
+    } else {
+        table_at(phys)
+    }
+}
+
+impl DirectMap for KernelDirectMap {
+    fn protect(
+        &self,
+        range: PageblockRange,
+        _from: Protection,
+        to: Protection,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        let _edits = self.edits.lock();
+        let start = range.start.addr();
+        let end = range.end().addr();
+        if start / GIB != (end - 1) / GIB || self.pdpt_phys == 0 {
+            return Err(DirectMapError::Failed);
+        }
+        let attributes = self.attributes(to);
+        let mut report = ProtectReport::default();
+        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        let pdpt = any_table(self.pdpt_phys);
+        let slot = (start / GIB) as usize;
+        // SAFETY (this block and the writes below): the direct map's tables
+        // are page-table frames only this backend edits, under `edits` and
+        // inside a page-table window; entries are read and written whole.
+        let pdpte = unsafe { pdpt.add(slot).read_volatile() };
+        if pdpte & PRESENT == 0 && pdpte & LARGE == 0 {
+            return Err(DirectMapError::Failed);
+        }
+        let pd_phys = if pdpte & LARGE != 0 {
+            if start.is_multiple_of(GIB) && end - start == GIB {
+                // The whole gigabyte: no split needed.
+                // SAFETY: see above.
+                unsafe {
+                    pdpt.add(slot)
+                        .write_volatile((start & ADDRESS) | LARGE | attributes)
+                };
+                return Ok(report);
+            }
+            let Some(page) = split_pages.take() else {
+                return Err(DirectMapError::NoSplitPage);
+            };
+            let pd = table_at(page.addr());
+            let old_attributes = pdpte & !(ADDRESS | LARGE);
+            let gib_base = pdpte & ADDRESS & !(GIB - 1);
+            for i in 0..512u64 {
+                // SAFETY: the split page is ours (from the source) and mapped
+                // writable in a window: a reserve page carries the page-table
+                // protection; a self-hosted one is still mapped as before.
+                unsafe {
+                    pd.add(i as usize)
+                        .write_volatile((gib_base + i * MIB2) | LARGE | old_attributes)
+                };
+            }
+            // SAFETY: see above; the PD now maps exactly what the 1 GiB page did.
+            unsafe {
+                pdpt.add(slot)
+                    .write_volatile(page.addr() | PRESENT | WRITABLE)
+            };
+            report.splits_1g = 1;
+            page.addr()
+        } else {
+            pdpte & ADDRESS
+        };
+        let pd = any_table(pd_phys);
+        let mut at = start;
+        while at < end {
+            let index = ((at % GIB) / MIB2) as usize;
+            // SAFETY: see above.
+            let pde = unsafe { pd.add(index).read_volatile() };
+            if pde & PRESENT != 0 && pde & LARGE == 0 {
+                // Split to 4 KiB earlier: rewrite every page of it.
+                let pt = any_table(pde & ADDRESS);
+                for i in 0..512u64 {
+                    // SAFETY: see above.
+                    unsafe {
+                        pt.add(i as usize)
+                            .write_volatile((at + i * 4096) | attributes)
+                    };
+                }
+            } else {
+                // SAFETY: see above.
+                unsafe { pd.add(index).write_volatile(at | LARGE | attributes) };
+            }
+            at += MIB2;
+        }
+        Ok(report)
+    }
+
+    fn flush(&self, range: PageblockRange) -> FlushReport {
+        if range.pageblocks <= INVLPG_LIMIT {
+            for block in 0..range.pageblocks {
+                let virt = DIRECT_MAP_BASE + range.start.addr() + block * MIB2;
+                // SAFETY: invalidating a translation is always safe.
+                unsafe { x86::tlb::flush(virt as usize) };
+            }
+        } else {
+            // SAFETY: reloading CR3 with its own value only flushes.
+            unsafe { x86::controlregs::cr3_write(cpu::read_cr3()) };
+        }
+        FlushReport {
+            local: 1,
+            remote: 0,
+        }
+    }
+
+    fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError> {
+        let frames = 1u64 << order;
+        match protection {
+            Protection::Unmapped => {
+                for frame in 0..frames {
+                    let phys = (start.0 + frame) * 4096;
+                    // SAFETY: the slot maps this one frame writable for the
+                    // closure; the frame belongs to the caller.
+                    ephemeral::with_frame(phys, |page| unsafe { page.write_bytes(0, 4096) })
+                        .ok_or(DirectMapError::Failed)?;
+                }
+            }
+            Protection::Mapped | Protection::Pkey(_) => {
+                let window = match protection {
+                    Protection::Pkey(k) => pks::current()
+                        .map(|p| p.open(Pkey::new(k).unwrap_or(Pkey::DEFAULT), Rights::ReadWrite)),
+                    _ => None,
+                };
+                let virt = DIRECT_MAP_BASE + start.addr();
+                // SAFETY: the frames are the caller's, mapped by the direct
+                // map with `protection`, writable inside the window.
+                unsafe { (virt as *mut u8).write_bytes(0, (frames * 4096) as usize) };
+                drop(window);
+            }
+        }
+        Ok(())
+    }
+}

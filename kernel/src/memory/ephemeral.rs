@@ -1,0 +1,101 @@
+//! A temporary mapping of one frame, for touching frames the direct map
+//! does not show (the `Unmapped` freetype): zeroing and copying them.
+//!
+//! One 4 KiB slot at [`EPHEMERAL_BASE`] (PML4 slot 510), reached through a
+//! PDPT, a page directory and a page table from a small pool in the image,
+//! recorded as early page tables. [`with_frame`] maps the frame, runs the
+//! closure, unmaps it and flushes the slot, so the frame is visible only
+//! for the closure's duration and only at that address. One slot: the boot
+//! CPU is the only CPU; SMP gives each CPU its own.
+
+use super::EARLY_PAGE_TABLES;
+use super::direct_map::{ADDRESS, NO_EXECUTE, PRESENT, WRITABLE};
+use crate::arch::{cpu, pks};
+use boot::early_tables::{EarlyPageTable, RecordError, TableLevel, TableOrigin};
+use boot::layout::KERNEL_VIRT;
+use core::cell::UnsafeCell;
+use pkeys::PAGE_TABLE_KEY;
+use spin::Mutex;
+
+/// The slot's virtual address.
+pub const EPHEMERAL_BASE: u64 = 0xffff_ff00_0000_0000;
+
+#[repr(C, align(4096))]
+struct Tables(UnsafeCell<[[u64; 512]; 3]>);
+
+// SAFETY: written by `init` once, then only the slot entry, under SLOT.
+unsafe impl Sync for Tables {}
+
+static TABLES: Tables = Tables(UnsafeCell::new([[0; 512]; 3]));
+/// Serialises use of the slot; holds whether `init` ran.
+static SLOT: Mutex<bool> = Mutex::new(false);
+
+fn table(index: usize) -> *mut [u64; 512] {
+    TABLES.0.get().cast::<[u64; 512]>().wrapping_add(index)
+}
+
+fn phys(table: *mut [u64; 512]) -> u64 {
+    table as u64 - KERNEL_VIRT
+}
+
+/// Builds the slot's tables, records them, and links them into the live
+/// PML4. Call once, at boot.
+pub fn init() -> Result<(), RecordError> {
+    let (pdpt, pd, pt) = (table(0), table(1), table(2));
+    {
+        let mut early = EARLY_PAGE_TABLES.lock();
+        for (table, level) in [
+            (pdpt, TableLevel::Pdpt),
+            (pd, TableLevel::Pd),
+            (pt, TableLevel::Pt),
+        ] {
+            early.record(EarlyPageTable {
+                phys: phys(table),
+                level,
+                origin: TableOrigin::EarlyKernel,
+            })?;
+        }
+    }
+    let root = cpu::read_cr3() & ADDRESS;
+    let slot = ((EPHEMERAL_BASE >> 39) & 0x1ff) as usize;
+    let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+    // SAFETY: the three tables are this module's statics, not yet linked;
+    // the PML4 slot is unused (nothing else lives at EPHEMERAL_BASE); the
+    // live PML4 is in the image, reachable through the boot window.
+    unsafe {
+        (*pdpt)[0] = phys(pd) | PRESENT | WRITABLE;
+        (*pd)[0] = phys(pt) | PRESENT | WRITABLE;
+        ((KERNEL_VIRT + root) as *mut u64)
+            .add(slot)
+            .write_volatile(phys(pdpt) | PRESENT | WRITABLE);
+    }
+    *SLOT.lock() = true;
+    Ok(())
+}
+
+/// Maps the 4 KiB frame at `frame_phys` at the slot, runs `f` on a pointer
+/// to it, then unmaps and flushes it. `None` before [`init`].
+pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
+    let ready = SLOT.lock();
+    if !*ready {
+        return None;
+    }
+    let entry = table(2).cast::<u64>();
+    {
+        let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+        // SAFETY: the slot's PTE, ours under SLOT; NX, kernel-only.
+        unsafe { entry.write_volatile((frame_phys & ADDRESS) | PRESENT | WRITABLE | NO_EXECUTE) };
+    }
+    // SAFETY: invalidating one translation is always safe.
+    unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
+    let result = f(EPHEMERAL_BASE as *mut u8);
+    {
+        let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+        // SAFETY: as above; the frame stops being visible here.
+        unsafe { entry.write_volatile(0) };
+    }
+    // SAFETY: as above.
+    unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
+    drop(ready);
+    Some(result)
+}

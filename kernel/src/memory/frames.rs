@@ -1,0 +1,219 @@
+//! The kernel's page allocator: `ptalloc` over the boot memory map, on the
+//! real direct map.
+//!
+//! Set-up, once at boot after the direct map exists:
+//! - metadata (`ptalloc::METADATA_BYTES_PER_FRAME` per frame up to the
+//!   highest usable address) is carved from the first usable region above
+//!   the kernel image that fits it, zeroed through the direct map;
+//! - every usable frame goes to the allocator as `Mapped` kernel memory,
+//!   except the first MiB (firmware and `hvm_start_info`), the kernel image
+//!   and the metadata;
+//! - the split reserve is filled, which converts the first pageblock to the
+//!   page-table freetype.
+
+use super::backend::KernelDirectMap;
+use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo};
+use boot::memory_map::MemoryMap;
+use core::ops::Range;
+use ptalloc::{
+    AllocError, Config, FrameMeta, Freetype, InitError, METADATA_BYTES_PER_FRAME, Mobility,
+    PageAllocator, Pfn, Protection,
+};
+
+/// CPUs with a per-CPU cache (the boot CPU only, until SMP).
+pub const CPUS: usize = 1;
+/// The page-table freetype: unmovable pages with the page-table key.
+pub const PAGE_TABLES: Freetype = Freetype {
+    mobility: Mobility::Unmovable,
+    protection: Protection::Pkey(pkeys::PAGE_TABLE_KEY.index()),
+};
+/// Pages the split reserve is kept at: a 4 KiB change inside a 1 GiB
+/// mapping takes two, so this covers four such changes between refills.
+pub const RESERVE_TARGET: usize = 8;
+
+/// The kernel's allocator type.
+pub type FrameAllocator = PageAllocator<'static, KernelDirectMap, CPUS>;
+
+static FRAMES: spin::Once<FrameAllocator> = spin::Once::new();
+
+/// Why the allocator could not be set up.
+#[derive(Clone, Copy, Debug)]
+pub enum FramesError {
+    /// No usable region above the image can hold the metadata.
+    NoRoomForMetadata {
+        /// Bytes needed.
+        bytes: u64,
+    },
+    /// `ptalloc` refused its set-up or memory.
+    Init(InitError),
+    /// Filling the split reserve failed.
+    Reserve(AllocError),
+}
+
+impl core::fmt::Display for FramesError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoRoomForMetadata { bytes } => {
+                write!(
+                    f,
+                    "no usable region above the kernel image holds {bytes} bytes of metadata"
+                )
+            }
+            Self::Init(error) => write!(f, "{error}"),
+            Self::Reserve(error) => write!(f, "filling the split reserve: {error}"),
+        }
+    }
+}
+
+/// What the set-up did, for the boot report.
+#[derive(Clone, Debug, Default)]
+pub struct FramesInfo {
+    /// Where the metadata lives.
+    pub metadata: Range<u64>,
+    /// Frames given to the allocator.
+    pub frames_given: u64,
+}
+
+const FIRST_MIB: u64 = 1 << 20;
+
+/// Sets up the allocator. Call once, after the direct map is built.
+pub fn init(
+    memory: &MemoryMap,
+    direct_map: &DirectMapInfo,
+    nx: bool,
+) -> Result<FramesInfo, FramesError> {
+    let highest = memory.summary().highest_usable_end;
+    let frames = highest.div_ceil(ptalloc::PAGE_SIZE);
+    let bytes = frames * METADATA_BYTES_PER_FRAME as u64;
+    let image = super::kernel_image_phys();
+    let metadata = memory
+        .usable()
+        .filter_map(|region| {
+            let start = region
+                .start
+                .max(image.end)
+                .max(FIRST_MIB)
+                .next_multiple_of(ptalloc::PAGE_SIZE);
+            (start + bytes <= region.end && direct_map.covers(start, bytes))
+                .then_some(start..start + bytes)
+        })
+        .next()
+        .ok_or(FramesError::NoRoomForMetadata { bytes })?;
+
+    let virt = DIRECT_MAP_BASE + metadata.start;
+    // SAFETY: the range is usable RAM that nothing else uses (above the
+    // image and the first MiB, before any allocator exists), mapped
+    // writable by the direct map (checked). Zeroed bytes are a valid array
+    // of FrameMeta (all holes), and the slice lives for the kernel's life.
+    let meta: &'static [FrameMeta] = unsafe {
+        (virt as *mut u8).write_bytes(0, bytes as usize);
+        core::slice::from_raw_parts(virt as *const FrameMeta, frames as usize)
+    };
+    let config = Config {
+        page_table: PAGE_TABLES,
+        reserve_target: RESERVE_TARGET,
+    };
+    let allocator = PageAllocator::new(
+        meta,
+        Pfn(0),
+        config,
+        KernelDirectMap::new(direct_map.pdpt_phys, nx),
+    )
+    .map_err(FramesError::Init)?;
+
+    let excluded = [0..FIRST_MIB, image.clone(), metadata.clone()];
+    let mut frames_given = 0;
+    for region in memory.usable() {
+        let mut pieces: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
+        let _ = pieces.push(region.start..region.end);
+        for cut in &excluded {
+            let mut next: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
+            for piece in &pieces {
+                for part in [
+                    piece.start..piece.end.min(cut.start),
+                    piece.start.max(cut.end)..piece.end,
+                ] {
+                    if part.start < part.end {
+                        // At most two parts per piece and three cuts: 8 fit.
+                        let _ = next.push(part);
+                    }
+                }
+            }
+            pieces = next;
+        }
+        for piece in pieces {
+            let first = piece.start.div_ceil(ptalloc::PAGE_SIZE);
+            let last = piece.end / ptalloc::PAGE_SIZE;
+            if first < last {
+                allocator
+                    .add_memory(Pfn(first), Pfn(last), Freetype::KERNEL)
+                    .map_err(FramesError::Init)?;
+                frames_given += last - first;
+            }
+        }
+    }
+    let allocator = FRAMES.call_once(|| allocator);
+    allocator.refill_reserve().map_err(FramesError::Reserve)?;
+    Ok(FramesInfo {
+        metadata,
+        frames_given,
+    })
+}
+
+/// The allocator, once [`init`] ran.
+pub fn allocator() -> Option<&'static FrameAllocator> {
+    FRAMES.get()
+}
+
+crate::kernel_test! {
+    /// Page-table pages come from pageblocks whose direct-map entries carry
+    /// the page-table protection: key 1 under pks, read-only under ro.
+    fn page_table_pages_are_protected_in_the_direct_map() -> TestResult {
+        use crate::memory::walk::leaf;
+        let frames = allocator();
+        crate::check!(frames.is_some(), "no allocator");
+        let Some(frames) = frames else { return Ok(()) };
+        let page = frames.alloc(0, 0, PAGE_TABLES, ptalloc::AllocFlags::ZERO);
+        crate::check!(page.is_ok(), "page-table allocation failed: {:?}", page);
+        let Ok(page) = page else { return Ok(()) };
+        let entry = leaf(crate::arch::cpu::read_cr3(), DIRECT_MAP_BASE + page.addr()).map(|l| l.entry);
+        let mechanism = crate::arch::pks::current().map(|p| p.mechanism());
+        let expected_key = if mechanism == Some(pkeys::Mechanism::Pks) { 1 } else { 0 };
+        crate::check_eq!(entry.map(|e| pkeys::key::pte_key(e).index()), Some(expected_key));
+        if mechanism == Some(pkeys::Mechanism::WriteProtect) {
+            crate::check_eq!(entry.map(|e| e & 0b10), Some(0), "not read-only under ro");
+        }
+        // SAFETY: our page, mapped by the direct map; zeroed on allocation.
+        let first = unsafe { ((DIRECT_MAP_BASE + page.addr()) as *const u64).read_volatile() };
+        crate::check_eq!(first, 0);
+        crate::check_eq!(frames.free(0, page, 0), Ok(()));
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Unmapped pages are absent from the direct map and still get zeroed
+    /// (through the ephemeral slot).
+    fn unmapped_pages_leave_the_direct_map() -> TestResult {
+        use crate::memory::walk::leaf;
+        let Some(frames) = allocator() else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let secret = Freetype { mobility: Mobility::Movable, protection: Protection::Unmapped };
+        let page = frames.alloc(0, 0, secret, ptalloc::AllocFlags::ZERO);
+        crate::check!(page.is_ok(), "unmapped allocation failed: {:?}", page);
+        let Ok(page) = page else { return Ok(()) };
+        let entry = leaf(crate::arch::cpu::read_cr3(), DIRECT_MAP_BASE + page.addr());
+        crate::check!(entry.is_none(), "an unmapped page is in the direct map: {:?}", entry);
+        let zero = crate::memory::ephemeral::with_frame(page.addr(), |p| {
+            // SAFETY: the slot maps the page for the closure.
+            unsafe { (p as *const u64).read_volatile() }
+        });
+        crate::check_eq!(zero, Some(0));
+        crate::check_eq!(frames.free(0, page, 0), Ok(()));
+        let stats = frames.stats();
+        crate::check!(stats.converted(Freetype::KERNEL, secret) >= 1);
+        crate::check!(stats.flushes_local >= 1);
+        Ok(())
+    }
+}
