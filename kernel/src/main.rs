@@ -135,6 +135,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             exit_qemu(ExitCode::Failure);
         }
     };
+    memory::narrow_boot_window();
 
     let boot = BOOT.call_once(|| BootState {
         info,

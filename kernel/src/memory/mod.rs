@@ -9,6 +9,7 @@ use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
 use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
 use core::ops::Range;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 pub mod backend;
@@ -39,9 +40,63 @@ impl PhysMemory for KernelPhys {
 /// Reads physical memory through the boot window.
 pub struct BootWindow;
 
+/// Set once the boot window is cut down to the kernel image.
+static BOOT_WINDOW_NARROWED: AtomicBool = AtomicBool::new(false);
+
+/// The physical range the boot window keeps once narrowed: the 2 MiB
+/// pages holding the kernel image.
+fn image_window() -> Range<u64> {
+    let image = kernel_image_phys();
+    let mib2 = 2 << 20;
+    image.start / mib2 * mib2..image.end.div_ceil(mib2) * mib2
+}
+
+/// Cuts the boot window down to the kernel image. Until now it mapped all
+/// of physical [0, 1 GiB) at `KERNEL_VIRT` with 2 MiB pages: once page
+/// tables come from the allocator anywhere in RAM, that is a second,
+/// unprotected alias of them. The direct map covers RAM from here on.
+pub fn narrow_boot_window() {
+    let Some(pd) = EARLY_PAGE_TABLES
+        .lock()
+        .tables()
+        .iter()
+        .find(|t| {
+            t.origin == boot::early_tables::TableOrigin::BootStub && t.level == boot::TableLevel::Pd
+        })
+        .map(|t| t.phys)
+    else {
+        return;
+    };
+    let keep = image_window();
+    let pd = (KERNEL_VIRT + pd) as *mut u64;
+    {
+        let _window = crate::arch::pks::current().map(|p| p.open_write(pkeys::PAGE_TABLE_KEY));
+        for slot in 0..512u64 {
+            let start = slot << 21;
+            if !(keep.start <= start && start < keep.end) {
+                // SAFETY: the boot stub's page directory (in the image, mapped
+                // by the image's own entries, which stay); clearing an entry
+                // only removes a mapping of memory the kernel reaches through
+                // the direct map from now on.
+                unsafe { pd.add(slot as usize).write_volatile(0) };
+            }
+        }
+    }
+    BOOT_WINDOW_NARROWED.store(true, Ordering::Release);
+    // SAFETY: reloading CR3 with its own value only flushes the TLB.
+    unsafe { x86::controlregs::cr3_write(crate::arch::cpu::read_cr3()) };
+}
+
 impl PhysMemory for BootWindow {
     fn read(&self, phys: u64, buf: &mut [u8]) -> Option<()> {
         let virt = boot_window_addr(phys, buf.len() as u64)?;
+        if BOOT_WINDOW_NARROWED.load(Ordering::Acquire) {
+            let keep = image_window();
+            let end = phys.checked_add(buf.len() as u64)?;
+            if !(keep.start <= phys && end <= keep.end) {
+                return None;
+            }
+        }
         // SAFETY: the boot stub maps all of [0, BOOT_WINDOW_SIZE) readable at
         // KERNEL_VIRT, and boot_window_addr checked that the range lies
         // inside it. The bytes are copied out (never referenced), so memory
