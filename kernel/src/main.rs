@@ -40,6 +40,10 @@ pub struct BootState {
     pub direct_map: memory::direct_map::DirectMapInfo,
     /// How the page allocator was set up.
     pub frames: memory::frames::FramesInfo,
+    /// What reprotecting the early page tables did.
+    pub reprotected: memory::early::Reprotected,
+    /// The verification walk at boot.
+    pub verified: memory::verify::VerifyReport,
 }
 
 static BOOT: spin::Once<BootState> = spin::Once::new();
@@ -136,6 +140,14 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         }
     };
     memory::narrow_boot_window();
+    let reprotected = match memory::early::reprotect() {
+        Ok(done) => done,
+        Err(error) => {
+            println!("boot: cannot reprotect the early page tables: {}", error);
+            exit_qemu(ExitCode::Failure);
+        }
+    };
+    let verified = memory::verify::verify();
 
     let boot = BOOT.call_once(|| BootState {
         info,
@@ -145,8 +157,14 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         enabled,
         direct_map,
         frames,
+        reprotected,
+        verified,
     });
     report::print_boot_report(boot);
+    if !boot.verified.passed() && boot.ptprot != ProtectionPolicy::None {
+        println!("boot: the verification walk failed: page tables are not protected");
+        exit_qemu(ExitCode::Failure);
+    }
 
     let code = match test_plan {
         Some(plan) => testing::run(plan),

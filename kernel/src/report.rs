@@ -119,6 +119,7 @@ pub fn print_boot_report(boot: &BootState) {
         memory::EARLY_PAGE_TABLES.lock().len()
     );
     print_allocator(boot);
+    print_verification(boot);
     println!(
         "boot stack: {} KiB of {} KiB used so far",
         boot::entry::boot_stack_high_water() / 1024,
@@ -166,6 +167,34 @@ fn print_allocator(boot: &BootState) {
         stats.reserve_level,
         stats.reserve_low_water
     );
+}
+
+/// Early-table reprotection and the verification walk.
+fn print_verification(boot: &BootState) {
+    let r = &boot.reprotected;
+    println!(
+        "early page tables reprotected: {} (splits 1G->2M {}, 2M->4K {})",
+        r.tables, r.splits_1g, r.splits_2m
+    );
+    let v = &boot.verified;
+    if boot.ptprot == ProtectionPolicy::None {
+        println!("verification walk: skipped (ptprot=none protects nothing)");
+        return;
+    }
+    match v.first_violation {
+        None if v.passed() => println!(
+            "verification walk: PASS: {} page-table frames, {} leaf mappings, {} aliases of protected frames, all protected",
+            v.tables, v.leaves, v.aliases
+        ),
+        None => println!(
+            "verification walk: FAIL: more than {} tables, walk incomplete",
+            memory::verify::MAX_TABLES
+        ),
+        Some(bad) => println!(
+            "verification walk: FAIL: {} unprotected aliases; first: virtual {:#x} maps frame {:#x} with entry {:#x}",
+            v.violations, bad.virt, bad.phys, bad.entry
+        ),
+    }
 }
 
 /// How write windows work under a mechanism, for reports.

@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 16 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 10 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 9 passed, 0 failed, 8 skipped";
+const ALL_UNDER_PKS: &str = "tests: 17 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 11 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 9 passed, 0 failed, 9 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -26,7 +26,9 @@ fn boots_with_pks_and_reports() {
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
         "early page tables: 9 recorded",
         "pageblocks: unmovable/mapped=63 unmovable/pkey1=1",
-        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 0, reserve 8 (low-water 8)",
+        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7)",
+        "early page tables reprotected: 9 (splits 1G->2M 0, 2M->4K 1)",
+        "verification walk: PASS: 10 page-table frames, 1086 leaf mappings, 19 aliases of protected frames, all protected",
         "boot complete",
     ]);
     // COM2's defmt frames arrive decoded.
@@ -38,7 +40,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(16)
+        .expect_all_tests_passed(17)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -73,6 +75,7 @@ fn cpu_without_pks_falls_back_to_read_only_policy() {
         "PKS: absent",
         "-PKS",
         "protection policy: ptprot=ro (auto: PKS absent), write windows by CR0.WP",
+        "verification walk: PASS",
         "SMEP off (absent)",
         "test read_only_window_toggles_write_protect ... ok",
         "test batch_of_writes_costs_two_pkrs_writes ... skipped (needs PKS",
@@ -315,6 +318,7 @@ fn direct_map_without_gigabyte_pages_uses_2_mib_pages() {
         .expect_console(&[
             "-1GiB-pages",
             "direct map: 4096 MiB at 0xffff800000000000: 0 x 1 GiB + 2048 x 2 MiB pages, 5 page tables",
+            "verification walk: PASS",
             ALL_UNDER_PKS,
         ]);
 }
@@ -346,8 +350,11 @@ fn memory_maps_of_small_odd_and_large_machines() {
         ),
     ] {
         let run = boot(qemu("test=all").memory(size));
-        run.expect_outcome(Outcome::Success)
-            .expect_console(&[ALL_UNDER_PKS, direct_map]);
+        run.expect_outcome(Outcome::Success).expect_console(&[
+            ALL_UNDER_PKS,
+            direct_map,
+            "verification walk: PASS",
+        ]);
         assert_eq!(
             memory_summary(&run),
             expected_usable(ram),

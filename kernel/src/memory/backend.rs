@@ -86,6 +86,109 @@ fn any_table(phys: u64) -> *mut u64 {
     }
 }
 
+impl KernelDirectMap {
+    /// Gives the 4 KiB frame `pfn` the protection `to` in the direct map,
+    /// splitting the 1 GiB and 2 MiB mappings around it as needed with
+    /// pages from `split_pages` only (at most two). All pages are taken
+    /// before anything changes, so a failure leaves the map as it was. The
+    /// caller flushes.
+    pub fn protect_page(
+        &self,
+        pfn: Pfn,
+        to: Protection,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        let _edits = self.edits.lock();
+        let addr = pfn.addr();
+        if self.pdpt_phys == 0 {
+            return Err(DirectMapError::Failed);
+        }
+        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        let pdpt = any_table(self.pdpt_phys);
+        let slot = (addr / GIB) as usize;
+        // SAFETY (reads and writes below): as in `protect`.
+        let pdpte = unsafe { pdpt.add(slot).read_volatile() };
+        if pdpte & (PRESENT | LARGE) == 0 {
+            return Err(DirectMapError::Failed);
+        }
+        let split_gib = pdpte & LARGE != 0;
+        let pd_index = ((addr % GIB) / MIB2) as usize;
+        let pde = if split_gib {
+            None
+        } else {
+            // SAFETY: see above.
+            Some(unsafe { any_table(pdpte & ADDRESS).add(pd_index).read_volatile() })
+        };
+        let split_mib = pde.is_none_or(|pde| pde & LARGE != 0);
+        // Take every page first: all or nothing.
+        let pd_page = if split_gib {
+            Some(split_pages.take().ok_or(DirectMapError::NoSplitPage)?)
+        } else {
+            None
+        };
+        let pt_page = if split_mib {
+            Some(split_pages.take().ok_or(DirectMapError::NoSplitPage)?)
+        } else {
+            None
+        };
+        let mut report = ProtectReport::default();
+
+        let pd = match pd_page {
+            Some(page) => {
+                let pd = table_at(page.addr());
+                let attributes = pdpte & !(ADDRESS | LARGE);
+                let base = pdpte & ADDRESS & !(GIB - 1);
+                for i in 0..512u64 {
+                    // SAFETY: a fresh reserve page, protected, written in a window.
+                    unsafe {
+                        pd.add(i as usize)
+                            .write_volatile((base + i * MIB2) | LARGE | attributes)
+                    };
+                }
+                // SAFETY: see above; the PD maps what the 1 GiB page did.
+                unsafe {
+                    pdpt.add(slot)
+                        .write_volatile(page.addr() | PRESENT | WRITABLE)
+                };
+                report.splits_1g = 1;
+                pd
+            }
+            None => any_table(pdpte & ADDRESS),
+        };
+        // SAFETY: see above.
+        let pde = unsafe { pd.add(pd_index).read_volatile() };
+        let pt = match pt_page {
+            Some(page) => {
+                let pt = table_at(page.addr());
+                let attributes = pde & !(ADDRESS | LARGE);
+                let base = pde & ADDRESS & !(MIB2 - 1);
+                for i in 0..512u64 {
+                    // SAFETY: as above.
+                    unsafe {
+                        pt.add(i as usize)
+                            .write_volatile((base + i * 4096) | attributes)
+                    };
+                }
+                // SAFETY: see above; the PT maps what the 2 MiB page did.
+                unsafe {
+                    pd.add(pd_index)
+                        .write_volatile(page.addr() | PRESENT | WRITABLE)
+                };
+                report.splits_2m = 1;
+                pt
+            }
+            None => any_table(pde & ADDRESS),
+        };
+        let index = ((addr % MIB2) / 4096) as usize;
+        // SAFETY: see above.
+        unsafe {
+            pt.add(index)
+                .write_volatile((addr & ADDRESS) | self.attributes(to))
+        };
+        Ok(report)
+    }
+}
+
 impl DirectMap for KernelDirectMap {
     fn protect(
         &self,

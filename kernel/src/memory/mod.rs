@@ -15,8 +15,10 @@ use spin::Mutex;
 pub mod backend;
 pub mod boot_tables;
 pub mod direct_map;
+pub mod early;
 pub mod ephemeral;
 pub mod frames;
+pub mod verify;
 pub mod walk;
 
 /// Reads physical memory: below 1 GiB through the boot window, elsewhere
