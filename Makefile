@@ -51,8 +51,11 @@ check: toolchain
 
 # Host benchmarks of ptalloc (release build; a few minutes on 2 cores). The
 # summary runs last and prints the table that the README quotes.
-bench: toolchain
+bench: deps kernel
 	cargo bench --package ptalloc
+	@echo "== in the kernel under QEMU: page-table churn through the real direct map"
+	$(RUNNER) --append "test=page_table_churn" --timeout 120 | grep -E "churn|runner"
+
 
 deps: toolchain qemu
 

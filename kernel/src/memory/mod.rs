@@ -18,6 +18,7 @@ pub mod direct_map;
 pub mod early;
 pub mod ephemeral;
 pub mod frames;
+pub mod paging;
 pub mod verify;
 pub mod walk;
 

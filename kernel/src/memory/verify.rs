@@ -8,8 +8,8 @@
 //!    pageblock (reserve pages, tables the allocator made), must carry the
 //!    page-table protection: key 1 under `pks`, read-only under `ro`.
 //!
-//! One address space exists today (the kernel's); user address spaces
-//! join the walk when they exist.
+//! [`verify`] walks the live (kernel) address space; [`verify_root`] any
+//! other, such as a user address space from `paging`.
 
 use super::KernelPhys;
 use super::frames::{self, PAGE_TABLES};
@@ -79,8 +79,13 @@ fn sign_extend(virt: u64) -> u64 {
 
 /// Runs the walk on the live address space.
 pub fn verify() -> VerifyReport {
+    verify_root(cpu::read_cr3())
+}
+
+/// Runs the walk on the address space whose root table is at `root`.
+pub fn verify_root(root: u64) -> VerifyReport {
     let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
-    let root = cpu::read_cr3() & ADDRESS;
+    let root = root & ADDRESS;
     let mut tables: heapless::Vec<u64, MAX_TABLES> = heapless::Vec::new();
     let mut report = VerifyReport::default();
     collect_tables(root, 4, &mut tables, &mut report);
