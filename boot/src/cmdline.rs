@@ -19,7 +19,19 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("ptprot", ProtectionPolicy::ACCEPTED),
     ("pkfault", FaultPolicy::ACCEPTED),
     ("test", "all, or NAME[,NAME...] of in-kernel tests"),
+    ("demo", "none, pte"),
 ];
+
+/// A demonstration to run after the boot report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Demo {
+    /// None (the default).
+    #[default]
+    None,
+    /// A simulated kernel bug writes a live page-table entry
+    /// (write-what-where); the protection policy decides what happens.
+    Pte,
+}
 
 /// Which in-kernel tests to run.
 // Parsed once at boot; the size of the named list does not matter.
@@ -42,6 +54,8 @@ pub struct KernelConfig {
     pub pkfault: FaultPolicy,
     /// `test=`: run in-kernel tests instead of the normal boot (default: none).
     pub test: Option<TestSelection>,
+    /// `demo=`: a demonstration after the boot report (default: none).
+    pub demo: Demo,
 }
 
 /// A command line the kernel refuses.
@@ -111,6 +125,13 @@ impl KernelConfig {
                 "ptprot" => config.ptprot = ProtectionPolicy::parse(value).ok_or(bad_value)?,
                 "pkfault" => config.pkfault = FaultPolicy::parse(value).ok_or(bad_value)?,
                 "test" => config.test = Some(parse_tests(value).ok_or(bad_value)?),
+                "demo" => {
+                    config.demo = match value {
+                        "none" => Demo::None,
+                        "pte" => Demo::Pte,
+                        _ => return Err(bad_value),
+                    }
+                }
                 _ => unreachable!("every entry of OPTIONS is handled"),
             }
         }
@@ -169,6 +190,11 @@ mod tests {
             KernelConfig::parse("test=all").unwrap().test,
             Some(TestSelection::All)
         );
+        assert_eq!(KernelConfig::parse("demo=pte").unwrap().demo, Demo::Pte);
+        assert!(matches!(
+            KernelConfig::parse("demo=all"),
+            Err(CmdlineError::BadValue { option: "demo", .. })
+        ));
     }
 
     #[test]

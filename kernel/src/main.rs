@@ -12,6 +12,7 @@
 
 mod arch;
 mod console;
+mod demo;
 mod fatal;
 mod log;
 mod memory;
@@ -169,6 +170,9 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     let code = match test_plan {
         Some(plan) => testing::run(plan),
         None => {
+            if boot.config.demo == boot::cmdline::Demo::Pte {
+                demo::run();
+            }
             println!("boot complete");
             ExitCode::Success
         }

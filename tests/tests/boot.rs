@@ -119,6 +119,39 @@ fn explicit_policies_are_reported() {
 }
 
 #[test]
+fn write_what_where_on_a_live_pte_faults_under_pks() {
+    boot(qemu("demo=pte pkfault=report"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "demo: target: the entry mapping 0xffffff0000000000",
+            "(a page table with key 1)",
+            "demo: the write faulted: write of 0xffffffff8",
+            "denied by key 1 (page tables)",
+            "demo: the entry is unchanged (0x0): page tables are protected",
+            "verification walk: PASS",
+            "boot complete",
+        ]);
+    boot(qemu("demo=pte"))
+        .expect_outcome(Outcome::KernelFailure)
+        .expect_console(&[
+            "protection key fault: write of",
+            "denied by key 1 (page tables)",
+            "fault policy: pkfault=panic",
+        ]);
+}
+
+#[test]
+fn write_what_where_on_a_live_pte_succeeds_without_protection() {
+    boot(qemu("demo=pte ptprot=none"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "(a page table with key 0)",
+            "demo: the write landed: 0xffffff0000000000 now maps the secret's frame, read-write; it reads \"kernel secret: 0123456789abcdef!\"",
+            "page tables are NOT protected",
+        ]);
+}
+
+#[test]
 fn stray_write_under_panic_policy_reports_the_key() {
     let run = boot(qemu("test=deliberate_pk_fault"));
     run.expect_outcome(Outcome::KernelFailure).expect_console(&[

@@ -99,3 +99,10 @@ pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R>
     drop(ready);
     Some(result)
 }
+
+/// The slot's page-table entry, at its kernel-image address: a live entry
+/// in a live (protected) page table, which the write-what-where demo aims
+/// at.
+pub fn slot_entry() -> *mut u64 {
+    table(2).cast::<u64>()
+}
