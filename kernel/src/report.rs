@@ -56,10 +56,8 @@ pub fn print_boot_report(boot: &BootState) {
         _ => "",
     };
     let mechanism = crate::arch::pks::current().map(|p| p.mechanism());
-    // Honest about the stage we are at: page tables are not yet allocated
-    // from the protected freetype, so the windows exist but guard nothing.
     println!(
-        "protection policy: ptprot={}{}, write windows by {}; page tables not yet protected",
+        "protection policy: ptprot={}{}, write windows by {}",
         boot.ptprot.name(),
         how,
         mechanism.map_or("nothing", mechanism_name)
