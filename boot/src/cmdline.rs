@@ -20,6 +20,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("pkfault", FaultPolicy::ACCEPTED),
     ("test", "all, or NAME[,NAME...] of in-kernel tests"),
     ("demo", "none, pte"),
+    ("inject", "none, empty-reserve"),
 ];
 
 /// A demonstration to run after the boot report.
@@ -56,6 +57,9 @@ pub struct KernelConfig {
     pub test: Option<TestSelection>,
     /// `demo=`: a demonstration after the boot report (default: none).
     pub demo: Demo,
+    /// `inject=empty-reserve`: fault injection, the split reserve gives
+    /// nothing to direct-map splits (default: none).
+    pub inject_empty_reserve: bool,
 }
 
 /// A command line the kernel refuses.
@@ -125,6 +129,13 @@ impl KernelConfig {
                 "ptprot" => config.ptprot = ProtectionPolicy::parse(value).ok_or(bad_value)?,
                 "pkfault" => config.pkfault = FaultPolicy::parse(value).ok_or(bad_value)?,
                 "test" => config.test = Some(parse_tests(value).ok_or(bad_value)?),
+                "inject" => {
+                    config.inject_empty_reserve = match value {
+                        "none" => false,
+                        "empty-reserve" => true,
+                        _ => return Err(bad_value),
+                    }
+                }
                 "demo" => {
                     config.demo = match value {
                         "none" => Demo::None,

@@ -141,6 +141,12 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         }
     };
     memory::narrow_boot_window();
+    if config.inject_empty_reserve
+        && let Some(frames) = memory::frames::allocator()
+    {
+        println!("fault injection: the split reserve gives nothing to direct-map splits");
+        frames.inject_empty_reserve(true);
+    }
     let reprotected = match memory::early::reprotect() {
         Ok(done) => done,
         Err(error) => {

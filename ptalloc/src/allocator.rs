@@ -442,6 +442,14 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         core.split_with_reserve(self.meta, |pages| f(&self.backend, pages))
     }
 
+    /// Fault injection: while `on`, splits find the reserve empty (its
+    /// pages stay put), so an operation that must split fails with
+    /// `NoSplitPage` / [`AllocError::ReserveExhausted`]. For tests and the
+    /// kernel's `inject=` option.
+    pub fn inject_empty_reserve(&self, on: bool) {
+        self.core.lock().reserve_fault = on;
+    }
+
     /// A snapshot of the counters, including pages in per-CPU caches.
     pub fn stats(&self) -> Stats {
         let mut cached = [0u64; NR_FREETYPES];

@@ -43,6 +43,8 @@ pub(crate) struct Core {
     reserve: heapless::Vec<u32, RESERVE_CAPACITY>,
     reserve_target: usize,
     reserve_ever_filled: bool,
+    /// Fault injection: the reserve gives nothing to splits.
+    pub(crate) reserve_fault: bool,
     page_table: Freetype,
     base: u64,
     pub(crate) stats: Stats,
@@ -100,6 +102,7 @@ impl Core {
             reserve: heapless::Vec::new(),
             reserve_target: reserve_target.min(RESERVE_CAPACITY),
             reserve_ever_filled: false,
+            reserve_fault: false,
             page_table,
             base,
             stats: Stats::new(),
@@ -452,8 +455,14 @@ impl Core {
         meta: &[FrameMeta],
         call: impl FnOnce(&mut dyn SplitPages) -> Result<ProtectReport, DirectMapError>,
     ) -> Result<ProtectReport, DirectMapError> {
+        let mut empty = heapless::Vec::new();
+        let reserve = if self.reserve_fault {
+            &mut empty
+        } else {
+            &mut self.reserve
+        };
         let mut pages = ReservePages {
-            reserve: &mut self.reserve,
+            reserve,
             base: self.base,
             taken: heapless::Vec::new(),
         };

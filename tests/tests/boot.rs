@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 19 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 13 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 11 passed, 0 failed, 9 skipped";
+const ALL_UNDER_PKS: &str = "tests: 21 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 15 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 13 passed, 0 failed, 9 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -40,7 +40,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(19)
+        .expect_all_tests_passed(21)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -149,6 +149,21 @@ fn write_what_where_on_a_live_pte_succeeds_without_protection() {
             "demo: the write landed: 0xffffff0000000000 now maps the secret's frame, read-write; it reads \"kernel secret: 0123456789abcdef!\"",
             "page tables are NOT protected",
         ]);
+}
+
+#[test]
+fn empty_split_reserve_at_boot_is_a_clear_error() {
+    // Reprotecting the early tables must split the direct map; with the
+    // reserve forced empty it stops with the reason, never with an
+    // unprotected table.
+    boot(qemu("inject=empty-reserve"))
+        .expect_outcome(Outcome::KernelFailure)
+        .expect_console(&[
+            "fault injection: the split reserve gives nothing to direct-map splits",
+            "boot: cannot reprotect the early page tables: protecting frame 0x",
+            "in the direct map: NoSplitPage",
+        ])
+        .expect_no_console("boot complete");
 }
 
 #[test]

@@ -106,3 +106,27 @@ pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R>
 pub fn slot_entry() -> *mut u64 {
     table(2).cast::<u64>()
 }
+
+/// Copies `data` into the frame at `frame_phys` at `offset`, through the
+/// slot. `None` before [`init`] or if it would cross the frame's end.
+pub fn copy_to(frame_phys: u64, offset: usize, data: &[u8]) -> Option<()> {
+    if offset.checked_add(data.len())? > 4096 {
+        return None;
+    }
+    with_frame(frame_phys, |page| {
+        // SAFETY: the slot maps the whole frame writable for the closure,
+        // and the range lies inside it (checked).
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), page.add(offset), data.len()) }
+    })
+}
+
+/// Copies from the frame at `frame_phys` at `offset` into `out`.
+pub fn copy_from(frame_phys: u64, offset: usize, out: &mut [u8]) -> Option<()> {
+    if offset.checked_add(out.len())? > 4096 {
+        return None;
+    }
+    with_frame(frame_phys, |page| {
+        // SAFETY: as in `copy_to`, reading.
+        unsafe { core::ptr::copy_nonoverlapping(page.add(offset), out.as_mut_ptr(), out.len()) }
+    })
+}

@@ -192,6 +192,81 @@ crate::kernel_test! {
 }
 
 crate::kernel_test! {
+    /// With the split reserve forced empty (fault injection), a change
+    /// that must split fails with a clear error and leaves the map as it
+    /// was: no page table is made from anything but a reserve page.
+    fn empty_split_reserve_is_a_clear_error() -> TestResult {
+        use crate::memory::walk::leaf;
+        let Some(frames) = allocator() else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        // A 4 KiB change in a 2 MiB direct-map page not split before.
+        let target = frames.alloc(0, 9, Freetype::KERNEL, ptalloc::AllocFlags::empty());
+        crate::check!(target.is_ok(), "{:?}", target);
+        let Ok(target) = target else { return Ok(()) };
+        let virt = DIRECT_MAP_BASE + target.addr();
+        let before = leaf(crate::arch::cpu::read_cr3(), virt).map(|l| (l.entry, l.size));
+        let stats_before = frames.stats();
+        frames.inject_empty_reserve(true);
+        let result = frames.with_split_reserve(|backend, pages| {
+            backend.protect_page(target, PAGE_TABLES.protection, pages)
+        });
+        frames.inject_empty_reserve(false);
+        let after = leaf(crate::arch::cpu::read_cr3(), virt).map(|l| (l.entry, l.size));
+        let stats_after = frames.stats();
+        let _ = frames.free(0, target, 9);
+        crate::check_eq!(result, Err(ptalloc::DirectMapError::NoSplitPage));
+        crate::check_eq!(after, before, "the map changed");
+        crate::check_eq!(stats_after.reserve_level, stats_before.reserve_level);
+        crate::check_eq!(stats_after.splits_2m, stats_before.splits_2m);
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Running out of memory for page tables is a clear error, and the
+    /// kernel keeps running (everything is given back and still verified).
+    fn page_table_exhaustion_is_a_clear_error() -> TestResult {
+        let Some(frames) = allocator() else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let mut held = 0u64;
+        let mut first = None;
+        let error = loop {
+            match frames.alloc(0, 9, PAGE_TABLES, ptalloc::AllocFlags::empty()) {
+                Ok(block) => {
+                    first.get_or_insert(block);
+                    held += 1;
+                    // Keep the blocks linked through their first word (they
+                    // are page-table pages: write inside a window).
+                    let _w = crate::arch::pks::current().map(|p| p.open_write(pkeys::PAGE_TABLE_KEY));
+                    let next = first.map_or(0, |f| f.0);
+                    // SAFETY: our freshly allocated block, mapped by the direct map.
+                    unsafe { ((DIRECT_MAP_BASE + block.addr()) as *mut u64).write_volatile(next) };
+                    first = Some(block);
+                }
+                Err(error) => break error,
+            }
+        };
+        // Free the chain.
+        let mut cursor = first;
+        let mut freed = 0;
+        while let Some(block) = cursor {
+            // SAFETY: reading the link we wrote.
+            let next = unsafe { ((DIRECT_MAP_BASE + block.addr()) as *const u64).read_volatile() };
+            crate::check_eq!(frames.free(0, block, 9), Ok(()));
+            freed += 1;
+            cursor = (next != block.0 && freed < held).then_some(Pfn(next));
+        }
+        crate::check_eq!(error, ptalloc::AllocError::OutOfMemory);
+        crate::check!(held > 0, "no pageblock before running out");
+        crate::check_eq!(freed, held);
+        crate::check!(crate::memory::verify::verify().passed() || crate::boot_state().ptprot == pkeys::ProtectionPolicy::None);
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
     /// Unmapped pages are absent from the direct map and still get zeroed
     /// (through the ephemeral slot).
     fn unmapped_pages_leave_the_direct_map() -> TestResult {
@@ -210,6 +285,14 @@ crate::kernel_test! {
             unsafe { (p as *const u64).read_volatile() }
         });
         crate::check_eq!(zero, Some(0));
+        // Copy in and out through the slot; the slot is empty afterwards.
+        use crate::memory::ephemeral::{EPHEMERAL_BASE, copy_from, copy_to};
+        crate::check_eq!(copy_to(page.addr(), 100, b"secret"), Some(()));
+        let mut back = [0u8; 6];
+        crate::check_eq!(copy_from(page.addr(), 100, &mut back), Some(()));
+        crate::check_eq!(&back, b"secret");
+        crate::check_eq!(copy_to(page.addr(), 4090, b"too long"), None);
+        crate::check!(leaf(crate::arch::cpu::read_cr3(), EPHEMERAL_BASE).is_none(), "the slot stayed mapped");
         crate::check_eq!(frames.free(0, page, 0), Ok(()));
         let stats = frames.stats();
         let into_secret: u64 = Freetype::all().map(|from| stats.converted(from, secret)).sum();
