@@ -10,7 +10,9 @@
 //! Protocol, one line per test: `test NAME ... ok`, `test NAME ... FAILED`
 //! (a failure's reason follows on indented lines), or `test NAME ...
 //! skipped (REASON)` for a test this machine cannot run (a CPU without
-//! PKS); then a closing `tests: N passed, M failed, K skipped`. The exit
+//! PKS); then a closing `tests: N passed, M failed, K skipped`. After each
+//! test that passes, the verification walk runs again (unless
+//! `ptprot=none`) and a failing walk fails the test. The exit
 //! status is success only if no selected test failed.
 
 use crate::arch::exit::ExitCode;
@@ -210,6 +212,26 @@ pub fn plan(selection: &TestSelection) -> Result<Plan, UnknownTest<'_>> {
     Ok(chosen)
 }
 
+/// After each test, the verification walk runs again: a test that
+/// changed mappings must leave every page-table frame protected.
+fn walk_after(test: &KernelTest) -> TestResult {
+    if crate::boot_state().ptprot == pkeys::ProtectionPolicy::None {
+        return Ok(());
+    }
+    let report = crate::memory::verify::verify();
+    if report.passed() {
+        return Ok(());
+    }
+    Err(TestFailure::new(
+        file!(),
+        line!(),
+        format_args!(
+            "after {}: verification walk failed: {} unprotected aliases, first {:?}",
+            test.name, report.violations, report.first_violation
+        ),
+    ))
+}
+
 /// Runs the planned tests and returns the exit code to stop with.
 pub fn run(chosen: Plan) -> ExitCode {
     println!("running {} kernel tests", chosen.len());
@@ -217,7 +239,7 @@ pub fn run(chosen: Plan) -> ExitCode {
     for test in chosen {
         print!("test {} ... ", test.name);
         CURRENT.store(core::ptr::from_ref(test).cast_mut(), Ordering::SeqCst);
-        let result = (test.run)();
+        let result = (test.run)().and_then(|()| walk_after(test));
         CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
         match result {
             Ok(()) => {
