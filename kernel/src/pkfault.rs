@@ -168,8 +168,6 @@ pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -
 
 /// QEMU tests of the mechanism on real (emulated) hardware. They need PKS
 /// and skip themselves without it.
-// Test helpers return the test's own failure type, message inline (no heap).
-#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use crate::arch::recovery::{Faulted, read_u64, write_u64};

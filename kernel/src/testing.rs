@@ -117,8 +117,6 @@ macro_rules! kernel_test {
     };
     (@define $in_all:expr, $(#[$attr:meta])* $name:ident, $body:block) => {
         $(#[$attr])*
-        // The failure carries its message inline (no heap); tests are cold.
-        #[allow(clippy::result_large_err)]
         fn $name() -> $crate::testing::TestResult $body
 
         const _: () = {
