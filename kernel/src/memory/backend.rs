@@ -228,17 +228,27 @@ impl DirectMap for KernelDirectMap {
             let Some(page) = split_pages.take() else {
                 return Err(DirectMapError::NoSplitPage);
             };
-            let pd = table_at(page.addr());
             let old_attributes = pdpte & !(ADDRESS | LARGE);
             let gib_base = pdpte & ADDRESS & !(GIB - 1);
-            for i in 0..512u64 {
-                // SAFETY: the split page is ours (from the source) and mapped
-                // writable in a window: a reserve page carries the page-table
-                // protection; a self-hosted one is still mapped as before.
-                unsafe {
-                    pd.add(i as usize)
-                        .write_volatile((gib_base + i * MIB2) | LARGE | old_attributes)
-                };
+            let fill = |pd: *mut u64| {
+                for i in 0..512u64 {
+                    // SAFETY: `pd` maps the split page, which is ours (from
+                    // the source) and writable in this window.
+                    unsafe {
+                        pd.add(i as usize)
+                            .write_volatile((gib_base + i * MIB2) | LARGE | old_attributes)
+                    };
+                }
+            };
+            if pdpte & PRESENT != 0 {
+                // A reserve page (protected, mapped) or a self-hosted page of
+                // this still-mapped gigabyte: write it through the direct map.
+                fill(table_at(page.addr()));
+            } else {
+                // A self-hosted page of an unmapped gigabyte: the direct map
+                // does not show it, so write it through the ephemeral slot.
+                ephemeral::with_frame(page.addr(), |frame| fill(frame.cast::<u64>()))
+                    .ok_or(DirectMapError::Failed)?;
             }
             // SAFETY: see above; the PD now maps exactly what the 1 GiB page did.
             unsafe {
