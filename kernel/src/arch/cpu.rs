@@ -177,6 +177,18 @@ pub(super) unsafe fn write_cr0(value: u64) {
     unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
+/// True if EFER.NXE is set, so bit 63 of a page-table entry means
+/// no-execute (without it the bit is reserved and faults).
+pub fn nx_enabled() -> bool {
+    // SAFETY: reading IA32_EFER has no side effects.
+    unsafe { msr::rdmsr(msr::IA32_EFER) & EFER_NXE != 0 }
+}
+
+/// The no-execute bit for page-table entries, or 0 without NX.
+pub fn no_execute_bit() -> u64 {
+    if nx_enabled() { 1 << 63 } else { 0 }
+}
+
 /// CR2: the linear address of the last page fault.
 pub fn read_cr2() -> u64 {
     let value;

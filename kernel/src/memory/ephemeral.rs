@@ -9,7 +9,7 @@
 //! CPU is the only CPU; SMP gives each CPU its own.
 
 use super::EARLY_PAGE_TABLES;
-use super::direct_map::{ADDRESS, NO_EXECUTE, PRESENT, WRITABLE};
+use super::direct_map::{ADDRESS, PRESENT, WRITABLE};
 use crate::arch::{cpu, pks};
 use boot::early_tables::{EarlyPageTable, RecordError, TableLevel, TableOrigin};
 use boot::layout::KERNEL_VIRT;
@@ -84,7 +84,10 @@ pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R>
     {
         let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
         // SAFETY: the slot's PTE, ours under SLOT; NX, kernel-only.
-        unsafe { entry.write_volatile((frame_phys & ADDRESS) | PRESENT | WRITABLE | NO_EXECUTE) };
+        unsafe {
+            entry
+                .write_volatile((frame_phys & ADDRESS) | PRESENT | WRITABLE | cpu::no_execute_bit())
+        };
     }
     // SAFETY: invalidating one translation is always safe.
     unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };

@@ -33,8 +33,21 @@ impl PhysMemory for KernelPhys {
             return Some(());
         }
         let virt = direct_map::phys_to_virt(direct_map::info()?, phys, buf.len() as u64)?;
+        // Frames of `Unmapped` pageblocks are covered by the direct map's
+        // ranges but absent from it: refuse rather than fault.
+        let end = phys + buf.len().max(1) as u64 - 1;
+        let unmapped = |addr: u64| {
+            frames::allocator()
+                .and_then(|a| a.frame_info(ptalloc::Pfn(addr / 4096)))
+                .and_then(|info| info.pageblock_freetype)
+                .is_some_and(|ft| ft.protection == ptalloc::Protection::Unmapped)
+        };
+        if unmapped(phys) || unmapped(end) {
+            return None;
+        }
         // SAFETY: the direct map covers the range (checked) and maps it
-        // readable; the bytes are copied out, never referenced.
+        // readable (not an `Unmapped` pageblock, checked); the bytes are
+        // copied out, never referenced.
         unsafe { core::ptr::copy_nonoverlapping(virt as *const u8, buf.as_mut_ptr(), buf.len()) };
         Some(())
     }
@@ -68,7 +81,7 @@ pub fn narrow_boot_window() {
         })
         .map(|t| t.phys)
     else {
-        return;
+        panic!("the boot stub's page directory is not among the early page tables");
     };
     let keep = image_window();
     let pd = (KERNEL_VIRT + pd) as *mut u64;

@@ -25,7 +25,6 @@ const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
-const NO_EXECUTE: u64 = 1 << 63;
 const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 const USER_END: u64 = 1 << 47;
 
@@ -76,6 +75,9 @@ pub enum PagingError {
     NotMapped,
     /// No page allocator yet.
     NoAllocator,
+    /// The frame is a page table (or page-table memory): mapping it,
+    /// user-accessible, would bypass its protection.
+    ProtectedFrame,
     /// A page table could not be allocated.
     Alloc(AllocError),
 }
@@ -84,6 +86,31 @@ pub enum PagingError {
 /// kernel half mirrors the kernel's.
 pub struct AddressSpace {
     root: u64,
+}
+
+/// Most user address spaces alive at once.
+pub const MAX_SPACES: usize = 64;
+
+/// Roots of the live user address spaces, for the verification walk.
+static LIVE: spin::Mutex<heapless::Vec<u64, MAX_SPACES>> = spin::Mutex::new(heapless::Vec::new());
+
+/// Roots of every live user address space.
+pub fn live_roots() -> heapless::Vec<u64, MAX_SPACES> {
+    LIVE.lock().clone()
+}
+
+/// True if `phys` is page-table memory: a page-table-freetype pageblock or
+/// an early page table.
+fn is_page_table_memory(phys: u64) -> bool {
+    let in_pt_pageblock = frames::allocator()
+        .and_then(|a| a.frame_info(Pfn(phys / 4096)))
+        .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES));
+    in_pt_pageblock
+        || super::EARLY_PAGE_TABLES
+            .lock()
+            .tables()
+            .iter()
+            .any(|t| t.phys == phys & ADDRESS)
 }
 
 fn table(phys: u64) -> *mut u64 {
@@ -126,7 +153,14 @@ fn free_table(phys: u64) {
 impl AddressSpace {
     /// A new, empty user address space.
     pub fn new() -> Result<Self, PagingError> {
+        let mut live = LIVE.lock();
+        if live.is_full() {
+            return Err(PagingError::Alloc(AllocError::OutOfMemory));
+        }
         let root = new_table()?;
+        // Not full: checked above, under the same lock.
+        let _ = live.push(root);
+        drop(live);
         let kernel_root = cpu::read_cr3() & ADDRESS;
         let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
         for slot in 256..512 {
@@ -165,31 +199,60 @@ impl AddressSpace {
         if virt >= USER_END {
             return Err(PagingError::NotUserAddress);
         }
-        // Check before changing anything: nothing is mapped there.
+        // Check before changing anything: nothing is mapped there, and the
+        // frame is not page-table memory.
         if self.translate(virt).is_some() {
             return Err(PagingError::AlreadyMapped);
         }
+        let frames_in_page = size.bytes() / 4096;
+        if (0..frames_in_page).any(|i| is_page_table_memory(phys + i * 4096)) {
+            return Err(PagingError::ProtectedFrame);
+        }
         let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        // Tables made for this call, undone if a later step fails.
+        let mut created: [(u64, u64, u64); 3] = [(0, 0, 0); 3];
+        let mut made = 0;
         let mut table = self.root;
+        let mut failure = None;
         for level in (size.leaf_level() + 1..=4).rev() {
             let slot = index(virt, level);
             let entry = read(table, slot);
             if entry & PRESENT == 0 {
-                let next = new_table()?;
+                let next = match new_table() {
+                    Ok(next) => next,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                };
                 write(table, slot, next | PRESENT | WRITABLE | USER);
+                created[made] = (table, slot, next);
+                made += 1;
                 table = next;
             } else if entry & LARGE != 0 {
-                return Err(PagingError::AlreadyMapped);
+                failure = Some(PagingError::AlreadyMapped);
+                break;
             } else {
                 table = entry & ADDRESS;
             }
+        }
+        // A large leaf would replace a table of small ones: refuse.
+        if failure.is_none() && read(table, index(virt, size.leaf_level())) != 0 {
+            failure = Some(PagingError::AlreadyMapped);
+        }
+        if let Some(error) = failure {
+            for &(parent, slot, child) in created[..made].iter().rev() {
+                write(parent, slot, 0);
+                free_table(child);
+            }
+            return Err(error);
         }
         let mut leaf = phys | PRESENT | USER;
         if flags.writable {
             leaf |= WRITABLE;
         }
         if !flags.executable {
-            leaf |= NO_EXECUTE;
+            leaf |= cpu::no_execute_bit();
         }
         if size == PageSize::Large {
             leaf |= LARGE;
@@ -263,9 +326,29 @@ impl AddressSpace {
     }
 }
 
+/// Frees every table below `table` (at `level`) in the user half, not the
+/// frames the leaves map.
+fn free_subtree(table: u64, level: u32) {
+    if level == 1 {
+        return;
+    }
+    let slots = if level == 4 { 0..256 } else { 0..512 };
+    for slot in slots {
+        let entry = read(table, slot);
+        if entry & PRESENT != 0 && entry & LARGE == 0 {
+            let child = entry & ADDRESS;
+            free_subtree(child, level - 1);
+            free_table(child);
+        }
+    }
+}
+
 impl Drop for AddressSpace {
     fn drop(&mut self) {
-        // Tables of the user half are freed by unmapping; the root goes here.
+        LIVE.lock().retain(|&root| root != self.root);
+        // Whatever is still mapped: free the user half's tables, then the
+        // root. The kernel half is shared and stays.
+        free_subtree(self.root, 4);
         free_table(self.root);
     }
 }
@@ -277,19 +360,41 @@ crate::kernel_test! {
             crate::testing::TestFailure::new(file!(), line!(), format_args!("{e:?}"))
         })?;
         let rw = MapFlags { writable: true, executable: false };
+        let Some(frames) = frames::allocator() else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let (Ok(small), Ok(large)) = (
+            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::empty()).map(Pfn::addr),
+            frames.alloc(0, 9, ptalloc::Freetype::KERNEL, AllocFlags::empty()).map(Pfn::addr),
+        ) else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no memory")));
+        };
         let virt = 0x4000_0000;
-        crate::check_eq!(space.map(virt + 1, 0x20_0000, PageSize::Small, rw), Err(PagingError::Misaligned));
-        crate::check_eq!(space.map(USER_END, 0x20_0000, PageSize::Small, rw), Err(PagingError::NotUserAddress));
+        crate::check_eq!(space.map(virt + 1, small, PageSize::Small, rw), Err(PagingError::Misaligned));
+        crate::check_eq!(space.map(USER_END, small, PageSize::Small, rw), Err(PagingError::NotUserAddress));
         crate::check_eq!(space.unmap(virt, PageSize::Small), Err(PagingError::NotMapped));
-        crate::check_eq!(space.map(virt, 0x20_0000, PageSize::Small, rw), Ok(()));
-        crate::check_eq!(space.map(virt, 0x40_0000, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
-        crate::check_eq!(space.translate(virt + 8).map(|t| t.0), Some(0x20_0008));
+        crate::check_eq!(space.map(virt, small, PageSize::Small, rw), Ok(()));
+        crate::check_eq!(space.map(virt, large, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
+        crate::check_eq!(space.translate(virt + 8).map(|t| t.0), Some(small + 8));
         crate::check_eq!(space.unmap(virt, PageSize::Large), Err(PagingError::NotMapped));
-        crate::check_eq!(space.map(virt + (2 << 20), 0x40_0000, PageSize::Large, rw), Ok(()));
-        crate::check_eq!(space.translate(virt + (2 << 20) + 0x1234).map(|t| t.0), Some(0x40_1234));
-        crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(0x20_0000));
-        crate::check_eq!(space.unmap(virt + (2 << 20), PageSize::Large), Ok(0x40_0000));
+        crate::check_eq!(space.map(virt + (2 << 20), large, PageSize::Large, rw), Ok(()));
+        crate::check_eq!(space.translate(virt + (2 << 20) + 0x1234).map(|t| t.0), Some(large + 0x1234));
+        crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(small));
+        crate::check_eq!(space.unmap(virt + (2 << 20), PageSize::Large), Ok(large));
         crate::check_eq!(space.translate(virt), None);
+        // A large page over a table of small ones is refused.
+        crate::check_eq!(space.map(virt + 0x1000, small, PageSize::Small, rw), Ok(()));
+        crate::check_eq!(space.map(virt, large, PageSize::Large, rw), Err(PagingError::AlreadyMapped));
+        crate::check_eq!(space.translate(virt + 0x1000).map(|t| t.0), Some(small));
+        // Page tables cannot be mapped into user space.
+        crate::check_eq!(space.map(virt + (4 << 20), space.root(), PageSize::Small, rw), Err(PagingError::ProtectedFrame));
+        let early = super::EARLY_PAGE_TABLES.lock().tables()[0].phys;
+        crate::check_eq!(space.map(virt + (4 << 20), early, PageSize::Small, rw), Err(PagingError::ProtectedFrame));
+        let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
+        crate::check!(!protecting || super::verify::verify().passed(), "the walk failed with a live user space");
+        drop(space);
+        crate::check_eq!(frames.free(0, Pfn(small / 4096), 0), Ok(()));
+        crate::check_eq!(frames.free(0, Pfn(large / 4096), 9), Ok(()));
         Ok(())
     }
 }

@@ -8,8 +8,8 @@
 //!    pageblock (reserve pages, tables the allocator made), must carry the
 //!    page-table protection: key 1 under `pks`, read-only under `ro`.
 //!
-//! [`verify`] walks the live (kernel) address space; [`verify_root`] any
-//! other, such as a user address space from `paging`.
+//! [`verify`] walks the kernel's address space and every live user address
+//! space from `paging`; [`verify_root`] one root.
 
 use super::KernelPhys;
 use super::frames::{self, PAGE_TABLES};
@@ -20,6 +20,7 @@ use ptalloc::Pfn;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
 const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
@@ -50,7 +51,8 @@ pub struct VerifyReport {
     pub violations: u64,
     /// The first of them.
     pub first_violation: Option<Violation>,
-    /// More tables than [`MAX_TABLES`]: the walk is incomplete.
+    /// More tables than [`MAX_TABLES`], or a table that could not be read:
+    /// the walk is incomplete, which counts as a failure.
     pub truncated: bool,
 }
 
@@ -61,12 +63,12 @@ impl VerifyReport {
     }
 }
 
-fn entry(table: u64, index: u64) -> u64 {
+/// An entry, or `None` if the table cannot be read (which makes the walk
+/// incomplete rather than silently empty).
+fn entry(table: u64, index: u64) -> Option<u64> {
     let mut bytes = [0u8; 8];
-    match KernelPhys.read(table + index * 8, &mut bytes) {
-        Some(()) => u64::from_le_bytes(bytes),
-        None => 0,
-    }
+    KernelPhys.read(table + index * 8, &mut bytes)?;
+    Some(u64::from_le_bytes(bytes))
 }
 
 fn sign_extend(virt: u64) -> u64 {
@@ -77,9 +79,22 @@ fn sign_extend(virt: u64) -> u64 {
     }
 }
 
-/// Runs the walk on the live address space.
+/// Runs the walk on the kernel's address space and on every live user
+/// address space (their user halves are private), and sums the results.
 pub fn verify() -> VerifyReport {
-    verify_root(cpu::read_cr3())
+    let mut total = verify_root(cpu::read_cr3());
+    for root in super::paging::live_roots() {
+        let user = verify_root(root);
+        total.tables += user.tables;
+        total.leaves += user.leaves;
+        total.aliases += user.aliases;
+        total.violations += user.violations;
+        total.truncated |= user.truncated;
+        if total.first_violation.is_none() {
+            total.first_violation = user.first_violation;
+        }
+    }
+    total
 }
 
 /// Runs the walk on the address space whose root table is at `root`.
@@ -111,7 +126,10 @@ fn collect_tables(
         return;
     }
     for index in 0..512 {
-        let e = entry(table, index);
+        let Some(e) = entry(table, index) else {
+            report.truncated = true;
+            return;
+        };
         if e & PRESENT != 0 && (level == 4 || e & LARGE == 0) {
             collect_tables(e & ADDRESS, level - 1, tables, report);
         }
@@ -128,7 +146,12 @@ fn needs_protection(phys: u64, tables: &[u64]) -> bool {
         .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES))
 }
 
+/// Keys apply to supervisor pages only: a user-accessible leaf is never
+/// protected, whatever its key bits say.
 fn protected(entry: u64, mechanism: Mechanism) -> bool {
+    if entry & USER != 0 {
+        return false;
+    }
     match mechanism {
         Mechanism::Pks => pkeys::key::pte_key(entry) == PAGE_TABLE_KEY,
         Mechanism::WriteProtect => entry & WRITABLE == 0,
@@ -146,7 +169,10 @@ fn check_leaves(
 ) {
     let span = 1u64 << (12 + 9 * (level - 1));
     for index in 0..512u64 {
-        let e = entry(table, index);
+        let Some(e) = entry(table, index) else {
+            report.truncated = true;
+            return;
+        };
         if e & PRESENT == 0 {
             continue;
         }
