@@ -111,9 +111,11 @@ pub fn slot_entry() -> *mut u64 {
 }
 
 /// Copies `data` into the frame at `frame_phys` at `offset`, through the
-/// slot. `None` before [`init`] or if it would cross the frame's end.
+/// slot. `None` before [`init`], if it would cross the frame's end, or if
+/// the frame is page-table memory (the slot's key-0 mapping would be an
+/// unprotected alias of it).
 pub fn copy_to(frame_phys: u64, offset: usize, data: &[u8]) -> Option<()> {
-    if offset.checked_add(data.len())? > 4096 {
+    if offset.checked_add(data.len())? > 4096 || super::paging::is_page_table_memory(frame_phys) {
         return None;
     }
     with_frame(frame_phys, |page| {

@@ -101,7 +101,7 @@ pub fn live_roots() -> heapless::Vec<u64, MAX_SPACES> {
 
 /// True if `phys` is page-table memory: a page-table-freetype pageblock or
 /// an early page table.
-fn is_page_table_memory(phys: u64) -> bool {
+pub(crate) fn is_page_table_memory(phys: u64) -> bool {
     let in_pt_pageblock = frames::allocator()
         .and_then(|a| a.frame_info(Pfn(phys / 4096)))
         .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES));
