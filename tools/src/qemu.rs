@@ -704,10 +704,10 @@ mod tests {
     #[test]
     fn qemu_args_follow_the_contract() {
         let cfg = QemuConfig::new("/k/kernel").append("");
-        let args = cfg.qemu_args("unix:/tmp/x/com2.sock");
+        let args = cfg.qemu_args("unix:run-dir/com2.sock");
         let expected = "-M pc -accel tcg -cpu max -m 128M -smp 1 -kernel /k/kernel -append  \
                         -device isa-debug-exit,iobase=0xf4,iosize=0x04 -no-reboot -display none \
-                        -monitor none -serial stdio -serial unix:/tmp/x/com2.sock";
+                        -monitor none -serial stdio -serial unix:run-dir/com2.sock";
         assert_eq!(args.join(" "), expected);
         // The empty command line is still passed, as its own argument.
         let append = args
@@ -744,7 +744,7 @@ mod tests {
 
     #[test]
     fn qemu_option_commas_are_doubled() {
-        assert_eq!(qemu_opt_escape("/tmp/a,b"), "/tmp/a,,b");
+        assert_eq!(qemu_opt_escape("run-dir/a,b"), "run-dir/a,,b");
     }
 
     #[test]
