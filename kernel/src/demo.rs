@@ -16,12 +16,11 @@
 //! The stray write goes through a recovery-point probe, the way a real bug
 //! would be just a store: the probe only lets `pkfault=report` stop it.
 
+use crate::arch::cpu;
 use crate::arch::recovery::{self, Faulted};
-use crate::arch::{cpu, pks};
 use crate::memory::ephemeral::{EPHEMERAL_BASE, slot_entry};
 use crate::println;
 use boot::layout::KERNEL_VIRT;
-use pkeys::PAGE_TABLE_KEY;
 
 /// What the attacker wants to read.
 static SECRET: [u8; 32] = *b"kernel secret: 0123456789abcdef!";
@@ -87,9 +86,9 @@ pub fn run() {
                     "demo: any kernel write bug can map any memory like this: page tables are NOT protected"
                 );
             }
-            let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+            let window = crate::memory::pte::open();
             // SAFETY: repairing the entry the demo broke (the slot is idle).
-            unsafe { entry.write_volatile(0) };
+            unsafe { crate::memory::pte::write(&window, entry, 0) };
             // SAFETY: as above.
             unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
         }

@@ -26,7 +26,7 @@ use super::direct_map::{
 use super::ephemeral;
 use crate::arch::{cpu, pks};
 use boot::layout::KERNEL_VIRT;
-use pkeys::{Mechanism, PAGE_TABLE_KEY, Pkey, Rights};
+use pkeys::{Mechanism, Pkey, Rights};
 use ptalloc::{
     DirectMap, DirectMapError, FlushReport, PageblockRange, Pfn, ProtectReport, Protection,
     SplitPages,
@@ -107,7 +107,7 @@ impl KernelDirectMap {
         if self.pdpt_phys == 0 {
             return Err(DirectMapError::Failed);
         }
-        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        let window = super::pte::open();
         let pdpt = any_table(self.pdpt_phys);
         let slot = (addr / GIB) as usize;
         // SAFETY (reads and writes below): as in `protect`.
@@ -149,14 +149,16 @@ impl KernelDirectMap {
                 for i in 0..512u64 {
                     // SAFETY: a fresh reserve page, protected, written in a window.
                     unsafe {
-                        pd.add(i as usize)
-                            .write_volatile((base + i * MIB2) | LARGE | attributes)
+                        super::pte::write(
+                            &window,
+                            pd.add(i as usize),
+                            (base + i * MIB2) | LARGE | attributes,
+                        )
                     };
                 }
                 // SAFETY: see above; the PD maps what the 1 GiB page did.
                 unsafe {
-                    pdpt.add(slot)
-                        .write_volatile(page.addr() | PRESENT | WRITABLE)
+                    super::pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE)
                 };
                 report.splits_1g = 1;
                 pd
@@ -173,14 +175,16 @@ impl KernelDirectMap {
                 for i in 0..512u64 {
                     // SAFETY: as above.
                     unsafe {
-                        pt.add(i as usize)
-                            .write_volatile((base + i * 4096) | attributes)
+                        super::pte::write(
+                            &window,
+                            pt.add(i as usize),
+                            (base + i * 4096) | attributes,
+                        )
                     };
                 }
                 // SAFETY: see above; the PT maps what the 2 MiB page did.
                 unsafe {
-                    pd.add(pd_index)
-                        .write_volatile(page.addr() | PRESENT | WRITABLE)
+                    super::pte::write(&window, pd.add(pd_index), page.addr() | PRESENT | WRITABLE)
                 };
                 report.splits_2m = 1;
                 pt
@@ -190,8 +194,11 @@ impl KernelDirectMap {
         let index = ((addr % MIB2) / 4096) as usize;
         // SAFETY: see above.
         unsafe {
-            pt.add(index)
-                .write_volatile((addr & ADDRESS) | self.attributes(to))
+            super::pte::write(
+                &window,
+                pt.add(index),
+                (addr & ADDRESS) | self.attributes(to),
+            )
         };
         Ok(report)
     }
@@ -224,7 +231,7 @@ impl DirectMap for KernelDirectMap {
         }
         let attributes = self.attributes(to);
         let mut report = ProtectReport::default();
-        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        let window = super::pte::open();
         let pdpt = any_table(self.pdpt_phys);
         let slot = (start / GIB) as usize;
         // SAFETY (this block and the writes below): the direct map's tables
@@ -239,8 +246,11 @@ impl DirectMap for KernelDirectMap {
                 // The whole gigabyte: no split needed.
                 // SAFETY: see above.
                 unsafe {
-                    pdpt.add(slot)
-                        .write_volatile((start & ADDRESS) | LARGE | attributes)
+                    super::pte::write(
+                        &window,
+                        pdpt.add(slot),
+                        (start & ADDRESS) | LARGE | attributes,
+                    )
                 };
                 return Ok(report);
             }
@@ -254,8 +264,11 @@ impl DirectMap for KernelDirectMap {
                     // SAFETY: `pd` maps the split page, which is ours (from
                     // the source) and writable in this window.
                     unsafe {
-                        pd.add(i as usize)
-                            .write_volatile((gib_base + i * MIB2) | LARGE | old_attributes)
+                        super::pte::write(
+                            &window,
+                            pd.add(i as usize),
+                            (gib_base + i * MIB2) | LARGE | old_attributes,
+                        )
                     };
                 }
             };
@@ -270,10 +283,7 @@ impl DirectMap for KernelDirectMap {
                     .ok_or(DirectMapError::Failed)?;
             }
             // SAFETY: see above; the PD now maps exactly what the 1 GiB page did.
-            unsafe {
-                pdpt.add(slot)
-                    .write_volatile(page.addr() | PRESENT | WRITABLE)
-            };
+            unsafe { super::pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
             report.splits_1g = 1;
             page.addr()
         } else {
@@ -295,13 +305,12 @@ impl DirectMap for KernelDirectMap {
                 for i in 0..512u64 {
                     // SAFETY: see above.
                     unsafe {
-                        pt.add(i as usize)
-                            .write_volatile((at + i * 4096) | attributes)
+                        super::pte::write(&window, pt.add(i as usize), (at + i * 4096) | attributes)
                     };
                 }
             } else {
                 // SAFETY: see above.
-                unsafe { pd.add(index).write_volatile(at | LARGE | attributes) };
+                unsafe { super::pte::write(&window, pd.add(index), at | LARGE | attributes) };
             }
             at += MIB2;
         }

@@ -4,9 +4,9 @@
 //! it does so inside a page-table write window, as all such writes must.
 
 use super::walk::{self, LeafSize};
-use crate::arch::{cpu, pks};
+use crate::arch::cpu;
 use boot::layout::KERNEL_VIRT;
-use pkeys::{PAGE_TABLE_KEY, Pkey};
+use pkeys::Pkey;
 
 /// Why a page's key cannot be set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +44,11 @@ fn update_page(vaddr: u64, change: impl FnOnce(u64) -> u64) -> Result<(), KeyErr
         return Err(KeyError::NotA4KibPage(vaddr));
     }
     let entry = (KERNEL_VIRT + leaf.entry_phys) as *mut u64;
-    let window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+    let window = super::pte::open();
     // SAFETY: `entry` is the live PTE for `vaddr`, reached through the
     // boot window (the stub's tables are in the image, below 1 GiB); only
     // attribute bits change, so the page stays mapped to the same frame.
-    unsafe { entry.write_volatile(change(leaf.entry)) };
+    unsafe { super::pte::write(&window, entry, change(leaf.entry)) };
     drop(window);
     // SAFETY: invalidating one translation is always safe.
     unsafe { x86::tlb::flush(vaddr as usize) };

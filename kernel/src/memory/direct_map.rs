@@ -14,14 +14,13 @@
 //! (firmware-reserved RAM next to usable RAM); it never reaches MMIO holes
 //! on the machines QEMU models, whose holes are 2 MiB aligned.
 
-use super::EARLY_PAGE_TABLES;
-use crate::arch::{cpu, pks};
+use super::{EARLY_PAGE_TABLES, pte};
+use crate::arch::cpu;
 use boot::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
 use boot::layout::KERNEL_VIRT;
 use boot::memory_map::MemoryMap;
 use core::cell::UnsafeCell;
 use core::ops::Range;
-use pkeys::PAGE_TABLE_KEY;
 
 /// Virtual address of physical address 0 in the direct map (PML4 slot 256,
 /// the start of the kernel half).
@@ -134,7 +133,13 @@ impl Builder {
         Ok(page)
     }
 
-    fn map_range(&mut self, start: u64, end: u64, gib_pages: bool) -> Result<(), DirectMapError> {
+    fn map_range(
+        &mut self,
+        window: &pte::Window,
+        start: u64,
+        end: u64,
+        gib_pages: bool,
+    ) -> Result<(), DirectMapError> {
         let pdpt = match self.pdpt {
             Some(pdpt) => pdpt,
             None => {
@@ -146,30 +151,35 @@ impl Builder {
         let mut at = start;
         while at < end {
             let slot = (at / GIB) as usize;
-            // SAFETY: the PDPT is a pool page only this builder writes.
-            let entry = unsafe { &mut (*pdpt)[slot] };
-            if gib_pages && at.is_multiple_of(GIB) && at + GIB <= end && *entry == 0 {
-                *entry = at | PRESENT | WRITABLE | LARGE | self.nx;
+            let entry_ptr = pdpt.cast::<u64>().wrapping_add(slot);
+            // SAFETY: the PDPT is a pool page only this builder uses, not yet
+            // linked; writes go through `pte::write` in the window.
+            let entry = unsafe { entry_ptr.read_volatile() };
+            if gib_pages && at.is_multiple_of(GIB) && at + GIB <= end && entry == 0 {
+                // SAFETY: as above.
+                unsafe { pte::write(window, entry_ptr, at | PRESENT | WRITABLE | LARGE | self.nx) };
                 self.info.giga_pages += 1;
                 at += GIB;
                 continue;
             }
-            let pd = if *entry & PRESENT == 0 {
+            let pd = if entry & PRESENT == 0 {
                 let pd = self.table(TableLevel::Pd)?;
-                *entry = pool_page_phys(pd) | PRESENT | WRITABLE;
+                // SAFETY: as above.
+                unsafe { pte::write(window, entry_ptr, pool_page_phys(pd) | PRESENT | WRITABLE) };
                 pd
-            } else if *entry & LARGE != 0 {
+            } else if entry & LARGE != 0 {
                 // Already covered by a 1 GiB page.
                 at = (at / GIB + 1) * GIB;
                 continue;
             } else {
-                ((*entry & ADDRESS) + KERNEL_VIRT) as *mut [u64; 512]
+                ((entry & ADDRESS) + KERNEL_VIRT) as *mut [u64; 512]
             };
             let slot = ((at % GIB) / MIB2) as usize;
-            // SAFETY: `pd` is a pool page only this builder writes.
-            let pde = unsafe { &mut (*pd)[slot] };
-            if *pde == 0 {
-                *pde = at | PRESENT | WRITABLE | LARGE | self.nx;
+            let pde_ptr = pd.cast::<u64>().wrapping_add(slot);
+            // SAFETY: `pd` is a pool page only this builder uses, not yet linked.
+            if unsafe { pde_ptr.read_volatile() } == 0 {
+                // SAFETY: as above.
+                unsafe { pte::write(window, pde_ptr, at | PRESENT | WRITABLE | LARGE | self.nx) };
                 self.info.mega_pages += 1;
             }
             at += MIB2;
@@ -214,28 +224,29 @@ pub fn build(
                 .map_err(|_| DirectMapError::TooManyRanges)?,
         }
     }
+    let window = pte::open();
     for range in &ranges {
-        builder.map_range(range.start, range.end, gib_pages)?;
+        builder.map_range(&window, range.start, range.end, gib_pages)?;
     }
     builder.info.ranges = ranges;
     if let Some(pdpt) = builder.pdpt {
         builder.info.pdpt_phys = pool_page_phys(pdpt);
-        link(builder.info.pdpt_phys);
+        link(&window, builder.info.pdpt_phys);
     }
+    drop(window);
     INFO.call_once(|| builder.info.clone());
     Ok(builder.info)
 }
 
 /// Points the live PML4's direct-map slot at the PDPT.
-fn link(pdpt_phys: u64) {
+fn link(window: &pte::Window, pdpt_phys: u64) {
     let root = cpu::read_cr3() & ADDRESS;
     let slot = (DIRECT_MAP_BASE >> 39) & 0x1ff;
     let entry = (KERNEL_VIRT + root + slot * 8) as *mut u64;
-    let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
     // SAFETY: the live PML4 is the boot stub's, inside the image and mapped
     // by the boot window; the slot was empty (nothing used the kernel half
     // below the image), so no translation changes, only new ones appear.
-    unsafe { entry.write_volatile(pdpt_phys | PRESENT | WRITABLE) };
+    unsafe { pte::write(window, entry, pdpt_phys | PRESENT | WRITABLE) };
 }
 
 /// The direct-map address of physical `phys`, if the map covers `len`

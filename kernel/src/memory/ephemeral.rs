@@ -10,11 +10,11 @@
 
 use super::EARLY_PAGE_TABLES;
 use super::direct_map::{ADDRESS, PRESENT, WRITABLE};
-use crate::arch::{cpu, pks};
+use super::pte;
+use crate::arch::cpu;
 use boot::early_tables::{EarlyPageTable, RecordError, TableLevel, TableOrigin};
 use boot::layout::KERNEL_VIRT;
 use core::cell::UnsafeCell;
-use pkeys::PAGE_TABLE_KEY;
 use spin::Mutex;
 
 /// The slot's virtual address.
@@ -58,16 +58,18 @@ pub fn init() -> Result<(), RecordError> {
     }
     let root = cpu::read_cr3() & ADDRESS;
     let slot = ((EPHEMERAL_BASE >> 39) & 0x1ff) as usize;
-    let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+    let window = pte::open();
     // SAFETY: the three tables are this module's statics, not yet linked;
     // the PML4 slot is unused (nothing else lives at EPHEMERAL_BASE); the
     // live PML4 is in the image, reachable through the boot window.
     unsafe {
-        (*pdpt)[0] = phys(pd) | PRESENT | WRITABLE;
-        (*pd)[0] = phys(pt) | PRESENT | WRITABLE;
-        ((KERNEL_VIRT + root) as *mut u64)
-            .add(slot)
-            .write_volatile(phys(pdpt) | PRESENT | WRITABLE);
+        pte::write(&window, pdpt.cast::<u64>(), phys(pd) | PRESENT | WRITABLE);
+        pte::write(&window, pd.cast::<u64>(), phys(pt) | PRESENT | WRITABLE);
+        pte::write(
+            &window,
+            ((KERNEL_VIRT + root) as *mut u64).add(slot),
+            phys(pdpt) | PRESENT | WRITABLE,
+        );
     }
     *SLOT.lock() = true;
     Ok(())
@@ -82,20 +84,23 @@ pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R>
     }
     let entry = table(2).cast::<u64>();
     {
-        let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+        let window = pte::open();
         // SAFETY: the slot's PTE, ours under SLOT; NX, kernel-only.
         unsafe {
-            entry
-                .write_volatile((frame_phys & ADDRESS) | PRESENT | WRITABLE | cpu::no_execute_bit())
+            pte::write(
+                &window,
+                entry,
+                (frame_phys & ADDRESS) | PRESENT | WRITABLE | cpu::no_execute_bit(),
+            )
         };
     }
     // SAFETY: invalidating one translation is always safe.
     unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
     let result = f(EPHEMERAL_BASE as *mut u8);
     {
-        let _window = pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY));
+        let window = pte::open();
         // SAFETY: as above; the frame stops being visible here.
-        unsafe { entry.write_volatile(0) };
+        unsafe { pte::write(&window, entry, 0) };
     }
     // SAFETY: as above.
     unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };

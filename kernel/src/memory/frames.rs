@@ -239,7 +239,7 @@ crate::kernel_test! {
                     held += 1;
                     // Keep the blocks linked through their first word (they
                     // are page-table pages: write inside a window).
-                    let _w = crate::arch::pks::current().map(|p| p.open_write(pkeys::PAGE_TABLE_KEY));
+                    let _window = crate::memory::pte::open();
                     let next = first.map_or(0, |f| f.0);
                     // SAFETY: our freshly allocated block, mapped by the direct map.
                     unsafe { ((DIRECT_MAP_BASE + block.addr()) as *mut u64).write_volatile(next) };

@@ -19,6 +19,7 @@ pub mod early;
 pub mod ephemeral;
 pub mod frames;
 pub mod paging;
+pub mod pte;
 pub mod verify;
 pub mod walk;
 
@@ -86,7 +87,7 @@ pub fn narrow_boot_window() {
     let keep = image_window();
     let pd = (KERNEL_VIRT + pd) as *mut u64;
     {
-        let _window = crate::arch::pks::current().map(|p| p.open_write(pkeys::PAGE_TABLE_KEY));
+        let window = pte::open();
         for slot in 0..512u64 {
             let start = slot << 21;
             if !(keep.start <= start && start < keep.end) {
@@ -94,7 +95,7 @@ pub fn narrow_boot_window() {
                 // by the image's own entries, which stay); clearing an entry
                 // only removes a mapping of memory the kernel reaches through
                 // the direct map from now on.
-                unsafe { pd.add(slot as usize).write_volatile(0) };
+                unsafe { pte::write(&window, pd.add(slot as usize), 0) };
             }
         }
     }

@@ -17,8 +17,8 @@
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, PAGE_TABLES};
+use super::pte;
 use crate::arch::{cpu, pks};
-use pkeys::PAGE_TABLE_KEY;
 use ptalloc::{AllocError, AllocFlags, Pfn};
 
 const PRESENT: u64 = 1 << 0;
@@ -124,11 +124,11 @@ fn read(phys: u64, index: u64) -> u64 {
     unsafe { table(phys).add(index as usize).read_volatile() }
 }
 
-/// Writes entry `index`. Callers hold a page-table window.
-fn write(phys: u64, index: u64, value: u64) {
-    // SAFETY: the table belongs to an address space this module owns, and
-    // the caller holds a page-table write window (module invariant).
-    unsafe { table(phys).add(index as usize).write_volatile(value) };
+/// Writes entry `index` of a table of an address space this module owns.
+fn write(window: &pte::Window, phys: u64, index: u64, value: u64) {
+    // SAFETY: the table belongs to an address space this module owns and is
+    // mapped by the direct map; the window makes the write allowed.
+    unsafe { pte::write(window, table(phys).add(index as usize), value) };
 }
 
 fn index(virt: u64, level: u32) -> u64 {
@@ -162,7 +162,7 @@ impl AddressSpace {
         let _ = live.push(root);
         drop(live);
         let kernel_root = cpu::read_cr3() & ADDRESS;
-        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        let window = pte::open();
         for slot in 256..512 {
             let mut bytes = [0u8; 8];
             // The kernel root is in the image; read it like any table.
@@ -174,7 +174,7 @@ impl AddressSpace {
                 Some(()) => u64::from_le_bytes(bytes),
                 None => 0,
             };
-            write(root, slot, entry);
+            write(&window, root, slot, entry);
         }
         Ok(Self { root })
     }
@@ -208,7 +208,7 @@ impl AddressSpace {
         if (0..frames_in_page).any(|i| is_page_table_memory(phys + i * 4096)) {
             return Err(PagingError::ProtectedFrame);
         }
-        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
+        let window = pte::open();
         // Tables made for this call, undone if a later step fails.
         let mut created: [(u64, u64, u64); 3] = [(0, 0, 0); 3];
         let mut made = 0;
@@ -225,7 +225,7 @@ impl AddressSpace {
                         break;
                     }
                 };
-                write(table, slot, next | PRESENT | WRITABLE | USER);
+                write(&window, table, slot, next | PRESENT | WRITABLE | USER);
                 created[made] = (table, slot, next);
                 made += 1;
                 table = next;
@@ -242,7 +242,7 @@ impl AddressSpace {
         }
         if let Some(error) = failure {
             for &(parent, slot, child) in created[..made].iter().rev() {
-                write(parent, slot, 0);
+                write(&window, parent, slot, 0);
                 free_table(child);
             }
             return Err(error);
@@ -257,7 +257,7 @@ impl AddressSpace {
         if size == PageSize::Large {
             leaf |= LARGE;
         }
-        write(table, index(virt, size.leaf_level()), leaf);
+        write(&window, table, index(virt, size.leaf_level()), leaf);
         Ok(())
     }
 
@@ -290,14 +290,14 @@ impl AddressSpace {
         if leaf & PRESENT == 0 || (size == PageSize::Large) != is_large {
             return Err(PagingError::NotMapped);
         }
-        let _window = pks::current().map(|p| p.open_write(PAGE_TABLE_KEY));
-        write(table, slot, 0);
+        let window = pte::open();
+        write(&window, table, slot, 0);
         // Free tables that became empty, bottom up (never the root).
         let mut child = table;
         while depth > 0 && (0..512).all(|i| read(child, i) == 0) {
             depth -= 1;
             let (parent, parent_slot) = path[depth];
-            write(parent, parent_slot, 0);
+            write(&window, parent, parent_slot, 0);
             free_table(child);
             child = parent;
         }
