@@ -10,8 +10,12 @@
 //!   and is a plain mapping under `none`; `Unmapped` is not present.
 //! - `flush` invalidates 2 MiB translations one by one (INVLPG) for up to
 //!   [`INVLPG_LIMIT`] pageblocks, and reloads CR3 beyond, or where a 2 MiB
-//!   entry was split to 4 KiB. The limit is a judgement, not a
-//!   measurement: QEMU's TCG distorts both costs. Note that TCG also drops
+//!   entry was split to 4 KiB. The limit is a judgement so far: the
+//!   by-name test `measure_flush_threshold` measures both costs, but TCG
+//!   distorts them and this project's machine runs KVM nested, where every
+//!   flush and touch costs a VM exit (about 190,000 cycles per pageblock
+//!   either way, INVLPG 5-25% dearer than a CR3 reload plus refills). Run
+//!   it on real hardware to set the limit. Note that TCG also drops
 //!   its whole software TLB on every PKRS write, so a missing flush would
 //!   not show in the QEMU tests: flushes are checked by reading, not by
 //!   observing stale translations.
@@ -360,6 +364,52 @@ impl DirectMap for KernelDirectMap {
                 unsafe { (virt as *mut u8).write_bytes(0, (frames * 4096) as usize) };
                 drop(window);
             }
+        }
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Measures what sets [`INVLPG_LIMIT`]: the cycles of n INVLPGs of
+    /// direct-map 2 MiB pages against one CR3 reload (plus re-touching the
+    /// n pages, which both need afterwards). Meaningful on real hardware or
+    /// KVM (`runner --accel kvm`), not under TCG. Logs one line per n.
+    by_name fn measure_flush_threshold() -> TestResult {
+        let Some(info) = super::direct_map::info() else {
+            return Err(crate::testing::TestFailure::skipped("no direct map"));
+        };
+        let base = info.ranges.first().map_or(0, |r| r.start) + (4 << 20);
+        let touch = |n: u64| {
+            for i in 0..n {
+                // SAFETY: direct-map addresses of usable RAM, read only.
+                unsafe { ((DIRECT_MAP_BASE + base + i * MIB2) as *const u64).read_volatile() };
+            }
+        };
+        // SAFETY: reading the time-stamp counter has no side effects.
+        let now = || unsafe { core::arch::x86_64::_rdtsc() };
+        for n in [1u64, 2, 4, 8, 16, 32, 64] {
+            if !info.covers(base, n * MIB2) {
+                break;
+            }
+            let mut invlpg = u64::MAX;
+            let mut reload = u64::MAX;
+            for _ in 0..16 {
+                touch(n);
+                let start = now();
+                for i in 0..n {
+                    // SAFETY: invalidating a translation is always safe.
+                    unsafe { x86::tlb::flush((DIRECT_MAP_BASE + base + i * MIB2) as usize) };
+                }
+                touch(n);
+                invlpg = invlpg.min(now() - start);
+                touch(n);
+                let start = now();
+                // SAFETY: reloading CR3 with its own value only flushes.
+                unsafe { x86::controlregs::cr3_write(cpu::read_cr3()) };
+                touch(n);
+                reload = reload.min(now() - start);
+            }
+            defmt::info!("flush cost, {=u64} pageblocks: INVLPG each {=u64} cycles, CR3 reload {=u64} cycles", n, invlpg, reload);
         }
         Ok(())
     }
