@@ -14,7 +14,7 @@
 //!   by-name test `measure_flush_threshold` measures both costs, but TCG
 //!   distorts them and this project's machine runs KVM nested, where every
 //!   flush and touch costs a VM exit (about 190,000 cycles per pageblock
-//!   either way, INVLPG 5-25% dearer than a CR3 reload plus refills). Run
+//!   either way, INVLPG 5-31% dearer than a CR3 reload plus refills). Run
 //!   it on real hardware to set the limit. Note that TCG also drops
 //!   its whole software TLB on every PKRS write, so a missing flush would
 //!   not show in the QEMU tests: flushes are checked by reading, not by
