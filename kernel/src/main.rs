@@ -2,9 +2,11 @@
 //!
 //! `kernel_boot_entry` is called by the boot stub (see the `boot` crate)
 //! on the boot stack, in 64-bit mode, with the higher half mapped. It
-//! brings up the consoles, descriptor tables and CPU protections, parses
-//! `hvm_start_info` and the command line, prints the boot report, then
-//! either runs the selected in-kernel tests or stops with success.
+//! brings up the descriptor tables, consoles and CPU protections, parses
+//! `hvm_start_info` and the command line, turns on PKS, builds the direct
+//! map and the page allocator, reprotects the early page tables and runs
+//! the verification walk, prints the boot report, then runs the selected
+//! in-kernel tests, or the demo, and stops.
 
 #![no_std]
 #![no_main]

@@ -1,7 +1,7 @@
 //! Changes to the boot stub's page tables: giving a 4 KiB page of the
-//! image a protection key, or making it read-only. Until the page-table
-//! module exists this is the only code that writes a page-table entry, and
-//! it does so inside a page-table write window, as all such writes must.
+//! image a protection key, or making it read-only (early-table
+//! reprotection and the PKS tests use it). Writes go through
+//! [`super::pte`], inside a page-table window, like every PTE write.
 
 use super::walk::{self, LeafSize};
 use crate::arch::cpu;

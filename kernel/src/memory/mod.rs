@@ -1,9 +1,13 @@
-//! Physical memory as the kernel sees it during boot.
+//! Memory: physical memory at boot, the direct map, the page allocator and page tables.
 //!
 //! Owns the boot window (the stub's mapping of physical [0, 1 GiB) at
-//! `KERNEL_VIRT`), the kernel image's extent, the list of early page
-//! tables, and the direct map ([`direct_map`]). The page-table allocator
-//! joins them in a later stage.
+//! `KERNEL_VIRT`, cut down to the image once the direct map exists), the
+//! kernel image's extent and the list of early page tables, and holds the
+//! memory subsystem: the direct map ([`direct_map`]), the page allocator
+//! and its backend ([`frames`], [`backend`]), the ephemeral slot
+//! ([`ephemeral`]), early-table reprotection ([`early`]), the
+//! verification walk ([`verify`]), user address spaces ([`paging`]) and
+//! the one door to page-table entries ([`pte`]).
 
 use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
