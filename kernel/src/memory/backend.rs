@@ -28,6 +28,7 @@ use super::direct_map::{
     ADDRESS, DIRECT_MAP_BASE, GIB, LARGE, MIB2, NO_EXECUTE, PRESENT, WRITABLE,
 };
 use super::ephemeral;
+use super::pte;
 use crate::arch::{cpu, pks};
 use boot::layout::KERNEL_VIRT;
 use pkeys::{Mechanism, Pkey, Rights};
@@ -79,6 +80,20 @@ impl KernelDirectMap {
     }
 }
 
+/// Fills a fresh split table with 512 entries mapping `base` onward in
+/// steps of `step` with the same `bits`: it maps exactly what the larger
+/// entry it replaces did.
+///
+/// # Safety
+/// `table` must point at a whole page-table page the caller owns, not yet
+/// linked, and writable in `window`.
+unsafe fn fill_split(window: &pte::Window, table: *mut u64, base: u64, step: u64, bits: u64) {
+    for i in 0..512u64 {
+        // SAFETY: the caller's contract covers all 512 entries.
+        unsafe { pte::write(window, table.add(i as usize), (base + i * step) | bits) };
+    }
+}
+
 /// A table page through the direct map.
 fn table_at(phys: u64) -> *mut u64 {
     (DIRECT_MAP_BASE + phys) as *mut u64
@@ -111,7 +126,7 @@ impl KernelDirectMap {
         if self.pdpt_phys == 0 {
             return Err(DirectMapError::Failed);
         }
-        let window = super::pte::open();
+        let window = pte::open();
         let pdpt = any_table(self.pdpt_phys);
         let slot = (addr / GIB) as usize;
         // SAFETY (reads and writes below): as in `protect`.
@@ -150,20 +165,11 @@ impl KernelDirectMap {
                 let pd = table_at(page.addr());
                 let attributes = pdpte & !(ADDRESS | LARGE);
                 let base = pdpte & ADDRESS & !(GIB - 1);
-                for i in 0..512u64 {
-                    // SAFETY: a fresh reserve page, protected, written in a window.
-                    unsafe {
-                        super::pte::write(
-                            &window,
-                            pd.add(i as usize),
-                            (base + i * MIB2) | LARGE | attributes,
-                        )
-                    };
-                }
+                // SAFETY: a fresh reserve page, protected, mapped by the
+                // direct map, written in the window.
+                unsafe { fill_split(&window, pd, base, MIB2, LARGE | attributes) };
                 // SAFETY: see above; the PD maps what the 1 GiB page did.
-                unsafe {
-                    super::pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE)
-                };
+                unsafe { pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
                 report.splits_1g = 1;
                 pd
             }
@@ -176,20 +182,10 @@ impl KernelDirectMap {
                 let pt = table_at(page.addr());
                 let attributes = pde & !(ADDRESS | LARGE);
                 let base = pde & ADDRESS & !(MIB2 - 1);
-                for i in 0..512u64 {
-                    // SAFETY: as above.
-                    unsafe {
-                        super::pte::write(
-                            &window,
-                            pt.add(i as usize),
-                            (base + i * 4096) | attributes,
-                        )
-                    };
-                }
+                // SAFETY: as above.
+                unsafe { fill_split(&window, pt, base, 4096, attributes) };
                 // SAFETY: see above; the PT maps what the 2 MiB page did.
-                unsafe {
-                    super::pte::write(&window, pd.add(pd_index), page.addr() | PRESENT | WRITABLE)
-                };
+                unsafe { pte::write(&window, pd.add(pd_index), page.addr() | PRESENT | WRITABLE) };
                 report.splits_2m = 1;
                 pt
             }
@@ -198,7 +194,7 @@ impl KernelDirectMap {
         let index = ((addr % MIB2) / 4096) as usize;
         // SAFETY: see above.
         unsafe {
-            super::pte::write(
+            pte::write(
                 &window,
                 pt.add(index),
                 (addr & ADDRESS) | self.attributes(to),
@@ -235,7 +231,7 @@ impl DirectMap for KernelDirectMap {
         }
         let attributes = self.attributes(to);
         let mut report = ProtectReport::default();
-        let window = super::pte::open();
+        let window = pte::open();
         let pdpt = any_table(self.pdpt_phys);
         let slot = (start / GIB) as usize;
         // SAFETY (this block and the writes below): the direct map's tables
@@ -250,7 +246,7 @@ impl DirectMap for KernelDirectMap {
                 // The whole gigabyte: no split needed.
                 // SAFETY: see above.
                 unsafe {
-                    super::pte::write(
+                    pte::write(
                         &window,
                         pdpt.add(slot),
                         (start & ADDRESS) | LARGE | attributes,
@@ -263,18 +259,10 @@ impl DirectMap for KernelDirectMap {
             };
             let old_attributes = pdpte & !(ADDRESS | LARGE);
             let gib_base = pdpte & ADDRESS & !(GIB - 1);
-            let fill = |pd: *mut u64| {
-                for i in 0..512u64 {
-                    // SAFETY: `pd` maps the split page, which is ours (from
-                    // the source) and writable in this window.
-                    unsafe {
-                        super::pte::write(
-                            &window,
-                            pd.add(i as usize),
-                            (gib_base + i * MIB2) | LARGE | old_attributes,
-                        )
-                    };
-                }
+            // SAFETY (for both uses): `pd` maps the split page, which is
+            // ours (from the source), not yet linked, writable in the window.
+            let fill = |pd: *mut u64| unsafe {
+                fill_split(&window, pd, gib_base, MIB2, LARGE | old_attributes)
             };
             if pdpte & PRESENT != 0 {
                 // A reserve page (protected, mapped) or a self-hosted page of
@@ -287,7 +275,7 @@ impl DirectMap for KernelDirectMap {
                     .ok_or(DirectMapError::Failed)?;
             }
             // SAFETY: see above; the PD now maps exactly what the 1 GiB page did.
-            unsafe { super::pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
+            unsafe { pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
             report.splits_1g = 1;
             page.addr()
         } else {
@@ -309,12 +297,12 @@ impl DirectMap for KernelDirectMap {
                 for i in 0..512u64 {
                     // SAFETY: see above.
                     unsafe {
-                        super::pte::write(&window, pt.add(i as usize), (at + i * 4096) | attributes)
+                        pte::write(&window, pt.add(i as usize), (at + i * 4096) | attributes)
                     };
                 }
             } else {
                 // SAFETY: see above.
-                unsafe { super::pte::write(&window, pd.add(index), at | LARGE | attributes) };
+                unsafe { pte::write(&window, pd.add(index), at | LARGE | attributes) };
             }
             at += MIB2;
         }
