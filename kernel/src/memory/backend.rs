@@ -24,11 +24,10 @@
 //!
 //! Every page-table write happens inside a page-table write window.
 
-use super::direct_map::{
-    ADDRESS, DIRECT_MAP_BASE, GIB, LARGE, MIB2, NO_EXECUTE, PRESENT, WRITABLE,
-};
+use super::direct_map::{DIRECT_MAP_BASE, GIB, MIB2};
 use super::ephemeral;
 use super::pte;
+use super::pte::{ADDRESS, LARGE, NO_EXECUTE, PRESENT, WRITABLE};
 use crate::arch::{cpu, pks};
 use boot::layout::KERNEL_VIRT;
 use pkeys::{Mechanism, Pkey, Rights};

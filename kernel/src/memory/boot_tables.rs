@@ -3,6 +3,7 @@
 //! reprotection and the PKS tests use it). Writes go through
 //! [`super::pte`], inside a page-table window, like every PTE write.
 
+use super::pte::WRITABLE;
 use super::walk::{self, LeafSize};
 use crate::arch::cpu;
 use boot::layout::KERNEL_VIRT;
@@ -16,8 +17,6 @@ pub enum KeyError {
     /// It is mapped by a large page, not by the stub's 4 KiB table.
     NotA4KibPage(u64),
 }
-
-const WRITABLE: u64 = 1 << 1;
 
 /// Gives the 4 KiB page at `vaddr` (in the image's first 2 MiB, which the
 /// boot stub maps with 4 KiB pages) the protection key `key`.

@@ -14,7 +14,8 @@
 //! (firmware-reserved RAM next to usable RAM); it never reaches MMIO holes
 //! on the machines QEMU models, whose holes are 2 MiB aligned.
 
-use super::{EARLY_PAGE_TABLES, pte};
+use super::EARLY_PAGE_TABLES;
+use super::pte::{self, ADDRESS, LARGE, NO_EXECUTE, PRESENT, WRITABLE};
 use crate::arch::cpu;
 use boot::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
 use boot::layout::KERNEL_VIRT;
@@ -32,12 +33,6 @@ pub(crate) const GIB: u64 = 1 << 30;
 /// PDPT) for now. A machine with usable RAM above it is refused at boot
 /// with a clear error.
 pub const DIRECT_MAP_LIMIT: u64 = 512 * GIB;
-
-pub(crate) const PRESENT: u64 = 1 << 0;
-pub(crate) const WRITABLE: u64 = 1 << 1;
-pub(crate) const LARGE: u64 = 1 << 7;
-pub(crate) const NO_EXECUTE: u64 = 1 << 63;
-pub(crate) const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 /// Page tables the direct map may use before the allocator exists: one
 /// PDPT, plus one page directory per gigabyte not mapped by a 1 GiB page

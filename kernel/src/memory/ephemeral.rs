@@ -9,8 +9,7 @@
 //! CPU is the only CPU; SMP gives each CPU its own.
 
 use super::EARLY_PAGE_TABLES;
-use super::direct_map::{ADDRESS, PRESENT, WRITABLE};
-use super::pte;
+use super::pte::{self, ADDRESS, PRESENT, WRITABLE};
 use crate::arch::cpu;
 use boot::early_tables::{EarlyPageTable, RecordError, TableLevel, TableOrigin};
 use boot::layout::KERNEL_VIRT;

@@ -18,14 +18,10 @@
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, PAGE_TABLES};
 use super::pte;
+use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
 use crate::arch::{cpu, pks};
 use ptalloc::{AllocError, AllocFlags, Pfn};
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const USER: u64 = 1 << 2;
-const LARGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 const USER_END: u64 = 1 << 47;
 
 /// Mapping sizes.

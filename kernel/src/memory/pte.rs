@@ -9,6 +9,20 @@
 //! only other writer.
 
 use crate::arch::pks::{self, Registers};
+
+/// Entry bits the kernel uses (Intel SDM vol. 3, 4.5). Key bits live in
+/// `pkeys::key`.
+pub const PRESENT: u64 = 1 << 0;
+/// Writable.
+pub const WRITABLE: u64 = 1 << 1;
+/// User-accessible.
+pub const USER: u64 = 1 << 2;
+/// A 1 GiB or 2 MiB leaf (in a PDPT or PD entry).
+pub const LARGE: u64 = 1 << 7;
+/// No-execute (only meaningful with EFER.NXE; see `cpu::no_execute_bit`).
+pub const NO_EXECUTE: u64 = 1 << 63;
+/// The physical-address bits of an entry.
+pub const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 use pkeys::{PAGE_TABLE_KEY, WriteWindow};
 
 /// Permission to write page-table entries on this CPU until dropped. Not

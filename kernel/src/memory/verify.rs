@@ -13,16 +13,11 @@
 
 use super::KernelPhys;
 use super::frames::{self, PAGE_TABLES};
+use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
 use crate::arch::{cpu, pks};
 use boot::PhysMemory;
 use pkeys::{Mechanism, PAGE_TABLE_KEY};
 use ptalloc::Pfn;
-
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const USER: u64 = 1 << 2;
-const LARGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 /// Most table frames the walk tracks.
 pub const MAX_TABLES: usize = 512;

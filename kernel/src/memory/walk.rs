@@ -5,11 +5,8 @@
 //! into a live table.
 
 use super::KernelPhys;
+use super::pte::{ADDRESS, LARGE, PRESENT};
 use boot::PhysMemory;
-
-const PRESENT: u64 = 1 << 0;
-const LARGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 /// The size a leaf entry maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
