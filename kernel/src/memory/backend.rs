@@ -30,6 +30,7 @@ use super::pte;
 use super::pte::{ADDRESS, LARGE, NO_EXECUTE, PRESENT, WRITABLE};
 use crate::arch::{cpu, pks};
 use boot::layout::KERNEL_VIRT;
+use core::sync::atomic::{AtomicBool, Ordering};
 use pkeys::{Mechanism, Pkey, Rights};
 use ptalloc::{
     DirectMap, DirectMapError, FlushReport, PageblockRange, Pfn, ProtectReport, Protection,
@@ -49,6 +50,9 @@ pub struct KernelDirectMap {
     /// Serialises edits (ptalloc converts under its lock, but the kernel's
     /// own sub-pageblock changes come from elsewhere).
     edits: Mutex<()>,
+    /// Set by `protect` when it rewrote 4 KiB entries: INVLPG on a 2 MiB
+    /// address would drop only one of them, so the next flush is full.
+    needs_full_flush: AtomicBool,
 }
 
 impl KernelDirectMap {
@@ -58,6 +62,7 @@ impl KernelDirectMap {
             pdpt_phys,
             nx: if nx { NO_EXECUTE } else { 0 },
             edits: Mutex::new(()),
+            needs_full_flush: AtomicBool::new(false),
         }
     }
 
@@ -79,13 +84,13 @@ impl KernelDirectMap {
     }
 }
 
-/// Fills a fresh split table with 512 entries mapping `base` onward in
-/// steps of `step` with the same `bits`: it maps exactly what the larger
-/// entry it replaces did.
+/// Fills a table with 512 entries mapping `base` onward in steps of `step`
+/// with the same `bits`: a fresh split table then maps exactly what the
+/// larger entry it replaces did.
 ///
 /// # Safety
-/// `table` must point at a whole page-table page the caller owns, not yet
-/// linked, and writable in `window`.
+/// `table` must point at a whole page-table page the caller owns, writable
+/// in `window`; if it is linked, the caller flushes what changed.
 unsafe fn fill_split(window: &pte::Window, table: *mut u64, base: u64, step: u64, bits: u64) {
     for i in 0..512u64 {
         // SAFETY: the caller's contract covers all 512 entries.
@@ -203,17 +208,6 @@ impl KernelDirectMap {
     }
 }
 
-impl KernelDirectMap {
-    /// True if a 2 MiB entry of `range` is a table of 4 KiB entries.
-    fn any_split_to_4k(&self, range: PageblockRange) -> bool {
-        let start = range.start.addr();
-        (0..range.pageblocks).any(|block| {
-            let leaf = super::walk::leaf(cpu::read_cr3(), DIRECT_MAP_BASE + start + block * MIB2);
-            leaf.is_some_and(|leaf| leaf.size == super::walk::LeafSize::Page)
-        })
-    }
-}
-
 impl DirectMap for KernelDirectMap {
     fn protect(
         &self,
@@ -292,13 +286,10 @@ impl DirectMap for KernelDirectMap {
             }
             if pde & PRESENT != 0 && pde & LARGE == 0 {
                 // Split to 4 KiB earlier: rewrite every page of it.
-                let pt = any_table(pde & ADDRESS);
-                for i in 0..512u64 {
-                    // SAFETY: see above.
-                    unsafe {
-                        pte::write(&window, pt.add(i as usize), (at + i * 4096) | attributes)
-                    };
-                }
+                // SAFETY: see above; the table is linked, so every entry is
+                // rewritten with the same frames and the new attributes.
+                unsafe { fill_split(&window, any_table(pde & ADDRESS), at, 4096, attributes) };
+                self.needs_full_flush.store(true, Ordering::Relaxed);
             } else {
                 // SAFETY: see above.
                 unsafe { pte::write(&window, pd.add(index), at | LARGE | attributes) };
@@ -311,7 +302,8 @@ impl DirectMap for KernelDirectMap {
     fn flush(&self, range: PageblockRange) -> FlushReport {
         // INVLPG on a 2 MiB address drops only one 4 KiB translation where
         // the 2 MiB entry was split: then only a full flush will do.
-        if range.pageblocks <= INVLPG_LIMIT && !self.any_split_to_4k(range) {
+        let full = self.needs_full_flush.swap(false, Ordering::Relaxed);
+        if range.pageblocks <= INVLPG_LIMIT && !full {
             for block in 0..range.pageblocks {
                 let virt = DIRECT_MAP_BASE + range.start.addr() + block * MIB2;
                 // SAFETY: invalidating a translation is always safe.
