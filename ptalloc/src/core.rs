@@ -38,8 +38,6 @@ pub const RESERVE_CAPACITY: usize = 64;
 /// into the metadata array (frame minus base).
 pub(crate) struct Core {
     heads: [[u32; NR_ORDERS]; NR_FREETYPES],
-    free_blocks: [[u64; NR_ORDERS]; NR_FREETYPES],
-    pageblocks: [u64; NR_FREETYPES],
     reserve: heapless::Vec<u32, RESERVE_CAPACITY>,
     reserve_target: usize,
     reserve_ever_filled: bool,
@@ -97,8 +95,6 @@ impl Core {
     pub(crate) fn new(base: u64, page_table: Freetype, reserve_target: usize) -> Self {
         Self {
             heads: [[NIL; NR_ORDERS]; NR_FREETYPES],
-            free_blocks: [[0; NR_ORDERS]; NR_FREETYPES],
-            pageblocks: [0; NR_FREETYPES],
             reserve: heapless::Vec::new(),
             reserve_target: reserve_target.min(RESERVE_CAPACITY),
             reserve_ever_filled: false,
@@ -127,7 +123,7 @@ impl Core {
             meta[*head as usize].set_prev(index);
         }
         *head = index;
-        self.free_blocks[ft.index()][order as usize] += 1;
+        self.stats.free_blocks[ft.index()][order as usize] += 1;
     }
 
     fn unlink_free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
@@ -141,7 +137,7 @@ impl Core {
         if next != NIL {
             meta[next as usize].set_prev(prev);
         }
-        self.free_blocks[ft.index()][order as usize] -= 1;
+        self.stats.free_blocks[ft.index()][order as usize] -= 1;
     }
 
     fn pop_free(&mut self, meta: &[FrameMeta], order: u32, ft: Freetype) -> Option<u32> {
@@ -356,8 +352,8 @@ impl Core {
         for pageblock in 0..range.pageblocks as u32 {
             meta[(index + (pageblock << PAGEBLOCK_ORDER)) as usize].set_pageblock_freetype(target);
         }
-        self.pageblocks[source.index()] -= range.pageblocks;
-        self.pageblocks[target.index()] += range.pageblocks;
+        self.stats.pageblocks[source.index()] -= range.pageblocks;
+        self.stats.pageblocks[target.index()] += range.pageblocks;
         self.stats.conversions[source.index()][target.index()] += range.pageblocks;
         self.stats.conversion_batches += 1;
 
@@ -381,7 +377,7 @@ impl Core {
             .filter(|ft| (order..=MAX_ORDER).any(|k| self.heads[ft.index()][k as usize] != NIL))
             .max_by_key(|ft| {
                 let free: u64 = (0..NR_ORDERS)
-                    .map(|k| self.free_blocks[ft.index()][k] << k)
+                    .map(|k| self.stats.free_blocks[ft.index()][k] << k)
                     .sum();
                 (free, core::cmp::Reverse(ft.index()))
             })
@@ -507,13 +503,11 @@ impl Core {
     // ---- bookkeeping for init and statistics ----
 
     pub(crate) fn add_pageblock(&mut self, ft: Freetype) {
-        self.pageblocks[ft.index()] += 1;
+        self.stats.pageblocks[ft.index()] += 1;
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
         let mut stats = self.stats.clone();
-        stats.free_blocks = self.free_blocks;
-        stats.pageblocks = self.pageblocks;
         stats.reserve_level = self.reserve.len() as u64;
         stats
     }
