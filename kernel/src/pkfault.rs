@@ -51,8 +51,8 @@ pub fn policy() -> Option<FaultPolicy> {
 pub fn with_policy<R>(policy: FaultPolicy, f: impl FnOnce() -> R) -> R {
     let previous = core::mem::replace(&mut *HANDLER.lock(), FaultHandler::new(policy));
     let result = f();
-    let faults = core::mem::replace(&mut *HANDLER.lock(), previous);
-    drop(faults);
+    // The temporary handler's counts go with it.
+    *HANDLER.lock() = previous;
     result
 }
 
