@@ -159,6 +159,10 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             exit_qemu(ExitCode::Failure);
         }
     };
+    // Before any user space exists: they copy the kernel's PML4 entries.
+    if let Err(error) = memory::paging::init_kernel_space() {
+        println!("boot: no kernel mapping region: {:?}", error);
+    }
     let verified = memory::verify::verify();
 
     let boot = BOOT.call_once(|| BootState {

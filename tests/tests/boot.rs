@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 21 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 15 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 13 passed, 0 failed, 9 skipped";
+const ALL_UNDER_PKS: &str = "tests: 22 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 16 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 14 passed, 0 failed, 9 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {

@@ -1,28 +1,46 @@
 //! Address spaces built at run time: the page-table module.
 //!
-//! Owns every page-table write for address spaces other than the boot-time
-//! ones (which `boot_tables`, `direct_map`, `ephemeral` and the direct-map
-//! backend edit, each under a window, before and during reprotection).
+//! Owns every run-time page-table write: map and unmap of 4 KiB and 2 MiB
+//! pages in user address spaces and in the kernel's mapping region. The
+//! boot-time structures (the boot stub's tables, the direct map, the
+//! ephemeral slot) and the direct-map backend's pageblock edits are written
+//! elsewhere, through the same door ([`pte::write`]), each under a window.
 //! Its promises:
 //! - tables come from the page-table freetype, zeroed by the allocator
 //!   inside a window, so they are protected from the moment they exist;
 //! - each `map` or `unmap` opens exactly one page-table write window,
 //!   however many entries it writes (tables created, leaf written);
 //! - `unmap` frees tables that become empty back to the allocator;
-//! - bad input (unaligned address, overlap, unmapping what is not mapped)
-//!   is a typed error that changes nothing.
+//! - bad input (unaligned address, outside the space's range, overlap,
+//!   unmapping what is not mapped, a page-table frame as the target) is a
+//!   typed error that changes nothing.
 //!
-//! An address space's kernel half shares the kernel's PML4 entries; only
-//! the user half (PML4 slots 0-255) is private.
+//! Two kinds of space share the code:
+//! - A user space ([`AddressSpace::new`]) owns PML4 slots 0-255; its
+//!   kernel half copies the kernel's PML4 entries when it is created.
+//! - The kernel space ([`kernel_space`]) maps kernel-only pages in one
+//!   512 GiB region, [`KERNEL_MAP_BASE`] (PML4 slot 509). Its PDPT is
+//!   made by [`init_kernel_space`] at boot, before any user space, and is
+//!   never freed: the kernel's PML4 entries then never change, so every
+//!   user space sees the kernel's mappings without being updated. Unmap
+//!   flushes the page on this CPU (the only one running; SMP needs a
+//!   shootdown here).
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, PAGE_TABLES};
 use super::pte;
 use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
 use crate::arch::{cpu, pks};
+use core::ops::Range;
 use ptalloc::{AllocError, AllocFlags, Pfn};
 
 const USER_END: u64 = 1 << 47;
+
+/// Start of the kernel's mapping region (PML4 slot 509; the direct map
+/// starts at slot 256, the ephemeral slot is 510, the image 511).
+pub const KERNEL_MAP_BASE: u64 = 0xffff_fe80_0000_0000;
+/// Size of the kernel's mapping region: one PML4 slot.
+pub const KERNEL_MAP_SIZE: u64 = 1 << 39;
 
 /// Mapping sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,25 +81,104 @@ pub struct MapFlags {
 pub enum PagingError {
     /// The address (or frame) is not aligned to the page size.
     Misaligned,
-    /// The address is not in the user half.
-    NotUserAddress,
+    /// The address is outside the space's range (the user half, or the
+    /// kernel's mapping region).
+    OutOfRange,
     /// Something is already mapped there.
     AlreadyMapped,
     /// Nothing is mapped there (at that size).
     NotMapped,
     /// No page allocator yet.
     NoAllocator,
-    /// The frame is a page table (or page-table memory): mapping it,
-    /// user-accessible, would bypass its protection.
+    /// The frame is a page table (or page-table memory): a second mapping
+    /// of it would bypass its protection.
     ProtectedFrame,
+    /// The kernel space is already set up.
+    AlreadyInitialized,
     /// A page table could not be allocated.
     Alloc(AllocError),
 }
 
-/// A user address space: a root table from the page-table freetype whose
-/// kernel half mirrors the kernel's.
+/// Which part of the address space a space edits, and how its entries look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The user half, user-accessible.
+    User,
+    /// The kernel's mapping region, kernel-only.
+    Kernel,
+}
+
+impl Kind {
+    /// The virtual range map and unmap accept.
+    fn range(self) -> Range<u64> {
+        match self {
+            Self::User => 0..USER_END,
+            Self::Kernel => KERNEL_MAP_BASE..KERNEL_MAP_BASE + KERNEL_MAP_SIZE,
+        }
+    }
+
+    /// Bits every entry of the space carries beyond present and writable.
+    fn access_bits(self) -> u64 {
+        match self {
+            Self::User => USER,
+            Self::Kernel => 0,
+        }
+    }
+
+    /// Entries of the path from the root that stay however empty the
+    /// tables below become: none in a user space (the root is never
+    /// freed anyway); in the kernel space, the PML4 entry, shared by
+    /// every user space.
+    fn kept_path_entries(self) -> usize {
+        match self {
+            Self::User => 0,
+            Self::Kernel => 1,
+        }
+    }
+}
+
+/// An address space: a root table and the range of it this value edits.
+/// A user space's root comes from the page-table freetype and its kernel
+/// half mirrors the kernel's; the kernel space's root is the kernel's.
 pub struct AddressSpace {
     root: u64,
+    kind: Kind,
+    /// Serialises map and unmap, which read, then write, the same tables.
+    edits: spin::Mutex<()>,
+}
+
+/// The kernel space, once [`init_kernel_space`] has run.
+static KERNEL_SPACE: spin::Once<AddressSpace> = spin::Once::new();
+
+/// The kernel space: kernel-only mappings in [`KERNEL_MAP_BASE`]'s region,
+/// visible in every address space. `None` before [`init_kernel_space`].
+pub fn kernel_space() -> Option<&'static AddressSpace> {
+    KERNEL_SPACE.get()
+}
+
+/// Sets up the kernel space: gives the kernel's root a PDPT for the
+/// mapping region, from the page-table freetype. Call once at boot, after
+/// the page allocator and before the first user space (which copies the
+/// kernel's PML4 entries).
+pub fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> {
+    if KERNEL_SPACE.is_completed() {
+        return Err(PagingError::AlreadyInitialized);
+    }
+    let root = cpu::read_cr3() & ADDRESS;
+    let slot = index(KERNEL_MAP_BASE, 4);
+    if read(root, slot) & PRESENT != 0 {
+        return Err(PagingError::AlreadyMapped);
+    }
+    let pdpt = new_table()?;
+    {
+        let window = pte::open();
+        write(&window, root, slot, pdpt | PRESENT | WRITABLE);
+    }
+    Ok(KERNEL_SPACE.call_once(|| AddressSpace {
+        root,
+        kind: Kind::Kernel,
+        edits: spin::Mutex::new(()),
+    }))
 }
 
 /// Most user address spaces alive at once.
@@ -147,7 +244,8 @@ fn free_table(phys: u64) {
 }
 
 impl AddressSpace {
-    /// A new, empty user address space.
+    /// A new, empty user address space. Its kernel half is the kernel's as
+    /// it is now: create user spaces after [`init_kernel_space`].
     pub fn new() -> Result<Self, PagingError> {
         let mut live = LIVE.lock();
         if live.is_full() {
@@ -172,12 +270,33 @@ impl AddressSpace {
             };
             write(&window, root, slot, entry);
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            kind: Kind::User,
+            edits: spin::Mutex::new(()),
+        })
     }
 
     /// Physical address of the root table.
     pub fn root(&self) -> u64 {
         self.root
+    }
+
+    /// True for the kernel space.
+    pub fn is_kernel(&self) -> bool {
+        self.kind == Kind::Kernel
+    }
+
+    /// Checks `virt` for a page of `size`: aligned and inside the range.
+    fn check_page(&self, virt: u64, size: PageSize) -> Result<(), PagingError> {
+        if !virt.is_multiple_of(size.bytes()) {
+            return Err(PagingError::Misaligned);
+        }
+        let range = self.kind.range();
+        if !(range.start <= virt && virt - range.start < range.end - range.start) {
+            return Err(PagingError::OutOfRange);
+        }
+        Ok(())
     }
 
     /// Maps `phys` at `virt` with one page of `size`. One window for the
@@ -189,12 +308,11 @@ impl AddressSpace {
         size: PageSize,
         flags: MapFlags,
     ) -> Result<(), PagingError> {
-        if !virt.is_multiple_of(size.bytes()) || !phys.is_multiple_of(size.bytes()) {
+        self.check_page(virt, size)?;
+        if !phys.is_multiple_of(size.bytes()) {
             return Err(PagingError::Misaligned);
         }
-        if virt >= USER_END {
-            return Err(PagingError::NotUserAddress);
-        }
+        let _edits = self.edits.lock();
         // Check before changing anything: nothing is mapped there, and the
         // frame is not page-table memory.
         if self.translate(virt).is_some() {
@@ -221,7 +339,8 @@ impl AddressSpace {
                         break;
                     }
                 };
-                write(&window, table, slot, next | PRESENT | WRITABLE | USER);
+                let link = next | PRESENT | WRITABLE | self.kind.access_bits();
+                write(&window, table, slot, link);
                 created[made] = (table, slot, next);
                 made += 1;
                 table = next;
@@ -243,7 +362,7 @@ impl AddressSpace {
             }
             return Err(error);
         }
-        let mut leaf = phys | PRESENT | USER;
+        let mut leaf = phys | PRESENT | self.kind.access_bits();
         if flags.writable {
             leaf |= WRITABLE;
         }
@@ -260,12 +379,8 @@ impl AddressSpace {
     /// Unmaps the page of `size` at `virt` and returns its frame. Tables
     /// left empty are freed; one window for the whole operation.
     pub fn unmap(&self, virt: u64, size: PageSize) -> Result<u64, PagingError> {
-        if !virt.is_multiple_of(size.bytes()) {
-            return Err(PagingError::Misaligned);
-        }
-        if virt >= USER_END {
-            return Err(PagingError::NotUserAddress);
-        }
+        self.check_page(virt, size)?;
+        let _edits = self.edits.lock();
         // The path of tables from the root to the leaf's table.
         let mut path = [(0u64, 0u64); 4];
         let mut table = self.root;
@@ -288,16 +403,20 @@ impl AddressSpace {
         }
         let window = pte::open();
         write(&window, table, slot, 0);
-        // Free tables that became empty, bottom up (never the root).
+        // Free tables that became empty, bottom up (never the root, nor
+        // what the kind keeps).
         let mut child = table;
-        while depth > 0 && (0..512).all(|i| read(child, i) == 0) {
+        let kept = self.kind.kept_path_entries();
+        while depth > kept && (0..512).all(|i| read(child, i) == 0) {
             depth -= 1;
             let (parent, parent_slot) = path[depth];
             write(&window, parent, parent_slot, 0);
             free_table(child);
             child = parent;
         }
-        if cpu::read_cr3() & ADDRESS == self.root {
+        // Kernel mappings are live in every space; user ones only in their
+        // own (whose TLB entries a switch to it flushes).
+        if self.kind == Kind::Kernel || cpu::read_cr3() & ADDRESS == self.root {
             // SAFETY: invalidating one translation is always safe.
             unsafe { x86::tlb::flush(virt as usize) };
         }
@@ -341,6 +460,11 @@ fn free_subtree(table: u64, level: u32) {
 
 impl Drop for AddressSpace {
     fn drop(&mut self) {
+        // The kernel space lives in a static and is never dropped; its root
+        // is the kernel's own.
+        if self.kind == Kind::Kernel {
+            return;
+        }
         LIVE.lock().retain(|&root| root != self.root);
         // Whatever is still mapped: free the user half's tables, then the
         // root. The kernel half is shared and stays.
@@ -367,7 +491,7 @@ crate::kernel_test! {
         };
         let virt = 0x4000_0000;
         crate::check_eq!(space.map(virt + 1, small, PageSize::Small, rw), Err(PagingError::Misaligned));
-        crate::check_eq!(space.map(USER_END, small, PageSize::Small, rw), Err(PagingError::NotUserAddress));
+        crate::check_eq!(space.map(USER_END, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
         crate::check_eq!(space.unmap(virt, PageSize::Small), Err(PagingError::NotMapped));
         crate::check_eq!(space.map(virt, small, PageSize::Small, rw), Ok(()));
         crate::check_eq!(space.map(virt, large, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
@@ -389,6 +513,78 @@ crate::kernel_test! {
         let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
         crate::check!(!protecting || super::verify::verify().passed(), "the walk failed with a live user space");
         drop(space);
+        crate::check_eq!(frames.free(0, Pfn(small / 4096), 0), Ok(()));
+        crate::check_eq!(frames.free(0, Pfn(large / 4096), 9), Ok(()));
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// The kernel space: kernel-only 4 KiB and 2 MiB mappings, seen by a
+    /// user space made afterwards, one window per operation, tables freed
+    /// down to the region's PDPT, and bad input refused without change.
+    fn kernel_space_map_unmap() -> TestResult {
+        use crate::testing::TestFailure;
+        let (Some(kernel), Some(frames)) = (kernel_space(), frames::allocator()) else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("no kernel space")));
+        };
+        let (Ok(small), Ok(large)) = (
+            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO).map(Pfn::addr),
+            frames.alloc(0, 9, ptalloc::Freetype::KERNEL, AllocFlags::empty()).map(Pfn::addr),
+        ) else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("no memory")));
+        };
+        let rw = MapFlags { writable: true, executable: false };
+        let virt = KERNEL_MAP_BASE + (5 << 30);
+        let large_virt = virt + (2 << 20);
+        crate::check!(kernel.is_kernel());
+        crate::check_eq!(kernel.map(virt + 8, small, PageSize::Small, rw), Err(PagingError::Misaligned));
+        crate::check_eq!(kernel.map(0x4000_0000, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
+        crate::check_eq!(kernel.map(KERNEL_MAP_BASE + KERNEL_MAP_SIZE, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
+        crate::check_eq!(kernel.map(virt, kernel.root(), PageSize::Small, rw), Err(PagingError::ProtectedFrame));
+        crate::check_eq!(kernel.unmap(virt, PageSize::Small), Err(PagingError::NotMapped));
+
+        let pkrs = || pks::current().map_or(0, |p| p.pkrs_writes());
+        let before = pkrs();
+        crate::check_eq!(kernel.map(virt, small, PageSize::Small, rw), Ok(()));
+        let map_writes = pkrs() - before;
+        crate::check_eq!(kernel.map(large_virt, large, PageSize::Large, rw), Ok(()));
+        crate::check_eq!(kernel.map(virt, large, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
+        let Some((_, leaf)) = kernel.translate(virt) else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("not mapped")));
+        };
+        crate::check!(leaf & USER == 0 && leaf & WRITABLE != 0, "leaf {:#x}", leaf);
+        crate::check_eq!(kernel.translate(large_virt + 0x1234).map(|t| t.0), Some(large + 0x1234));
+
+        // The mapping is the frame: write through it, read through the
+        // direct map.
+        // SAFETY: `virt` maps `small`, a zeroed frame this test owns.
+        unsafe { (virt as *mut u64).write_volatile(0x5eed) };
+        // SAFETY: the direct map shows the same frame, readable.
+        let seen = unsafe { ((DIRECT_MAP_BASE + small) as *const u64).read_volatile() };
+        crate::check_eq!(seen, 0x5eed);
+
+        // A user space made now shares the region; it cannot map there.
+        let user = AddressSpace::new().map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+        crate::check_eq!(user.translate(virt).map(|t| t.0), Some(small));
+        crate::check_eq!(user.map(virt, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
+        let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
+        crate::check!(!protecting || super::verify::verify().passed(), "the walk failed with kernel mappings live");
+        drop(user);
+
+        let before = pkrs();
+        crate::check_eq!(kernel.unmap(virt, PageSize::Small), Ok(small));
+        let unmap_writes = pkrs() - before;
+        crate::check_eq!(kernel.unmap(large_virt, PageSize::Large), Ok(large));
+        crate::check_eq!(kernel.translate(virt), None);
+        crate::check!(super::walk::leaf(cpu::read_cr3(), virt).is_none(), "still in the live tables");
+        // Every table under the region's PDPT went back; the PDPT stays.
+        let pdpt = read(kernel.root(), index(KERNEL_MAP_BASE, 4));
+        crate::check!(pdpt & PRESENT != 0, "the region's PDPT was freed");
+        crate::check_eq!(read(pdpt & ADDRESS, index(virt, 3)), 0);
+        if pks::current().map(|p| p.mechanism()) == Some(pkeys::Mechanism::Pks) {
+            crate::check_eq!((map_writes, unmap_writes), (2, 2));
+        }
         crate::check_eq!(frames.free(0, Pfn(small / 4096), 0), Ok(()));
         crate::check_eq!(frames.free(0, Pfn(large / 4096), 9), Ok(()));
         Ok(())
