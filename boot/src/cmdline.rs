@@ -21,7 +21,23 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("test", "all, or NAME[,NAME...] of in-kernel tests"),
     ("demo", "none, pte"),
     ("inject", "none, empty-reserve"),
+    ("flushlimit", "auto, or 0-512 pageblocks"),
 ];
+
+/// Most pageblocks `flushlimit=` accepts: one 1 GiB page's worth, beyond
+/// which INVLPG one by one is never the cheaper flush.
+pub const MAX_FLUSH_LIMIT: u16 = 512;
+
+/// Up to how many pageblocks a direct-map flush invalidates them one by
+/// one (INVLPG) rather than reloading CR3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FlushLimit {
+    /// Measured at boot on the machine it runs on (the default).
+    #[default]
+    Measured,
+    /// This many pageblocks (`flushlimit=N`), for experiments.
+    Fixed(u16),
+}
 
 /// A demonstration to run after the boot report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -60,6 +76,8 @@ pub struct KernelConfig {
     /// `inject=empty-reserve`: fault injection, the split reserve gives
     /// nothing to direct-map splits (default: none).
     pub inject_empty_reserve: bool,
+    /// `flushlimit=`: the INVLPG-vs-CR3 flush limit (default: measured).
+    pub flush_limit: FlushLimit,
 }
 
 /// A command line the kernel refuses.
@@ -136,6 +154,7 @@ impl KernelConfig {
                         _ => return Err(bad_value),
                     }
                 }
+                "flushlimit" => config.flush_limit = parse_flush_limit(value).ok_or(bad_value)?,
                 "demo" => {
                     config.demo = match value {
                         "none" => Demo::None,
@@ -148,6 +167,19 @@ impl KernelConfig {
         }
         Ok(config)
     }
+}
+
+/// `auto`, or a decimal number of pageblocks up to [`MAX_FLUSH_LIMIT`].
+fn parse_flush_limit(value: &str) -> Option<FlushLimit> {
+    if value == "auto" {
+        return Some(FlushLimit::Measured);
+    }
+    // Digits only: `str::parse` would also take a leading `+`.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let limit: u16 = value.parse().ok()?;
+    (limit <= MAX_FLUSH_LIMIT).then_some(FlushLimit::Fixed(limit))
 }
 
 /// `all`, or a comma-separated list of test names (`[a-z0-9_]`).
@@ -202,6 +234,29 @@ mod tests {
             Some(TestSelection::All)
         );
         assert_eq!(KernelConfig::parse("demo=pte").unwrap().demo, Demo::Pte);
+        let limit = |line| KernelConfig::parse(line).map(|c| c.flush_limit);
+        assert_eq!(limit(""), Ok(FlushLimit::Measured));
+        assert_eq!(limit("flushlimit=auto"), Ok(FlushLimit::Measured));
+        assert_eq!(limit("flushlimit=0"), Ok(FlushLimit::Fixed(0)));
+        assert_eq!(limit("flushlimit=512"), Ok(FlushLimit::Fixed(512)));
+        for bad in [
+            "flushlimit=513",
+            "flushlimit=+5",
+            "flushlimit=",
+            "flushlimit=-1",
+            "flushlimit=99999999",
+        ] {
+            assert!(
+                matches!(
+                    limit(bad),
+                    Err(CmdlineError::BadValue {
+                        option: "flushlimit",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             KernelConfig::parse("demo=all"),
             Err(CmdlineError::BadValue { option: "demo", .. })

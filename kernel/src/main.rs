@@ -44,6 +44,8 @@ pub struct BootState {
     pub enabled: cpu::Enabled,
     /// What the direct map covers.
     pub direct_map: memory::direct_map::DirectMapInfo,
+    /// The flush-limit measurement (`None` under `flushlimit=N`).
+    pub flush_calibration: Option<memory::tlb::Calibration>,
     /// How the page allocator was set up.
     pub frames: memory::frames::FramesInfo,
     /// What reprotecting the early page tables did.
@@ -135,6 +137,18 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             exit_qemu(ExitCode::Failure);
         }
     };
+    // Before the allocator's first conversion flushes anything.
+    let flush_calibration = match config.flush_limit {
+        boot::cmdline::FlushLimit::Measured => {
+            let measured = memory::tlb::calibrate(&direct_map);
+            memory::tlb::set_limit(measured.limit());
+            Some(measured)
+        }
+        boot::cmdline::FlushLimit::Fixed(pageblocks) => {
+            memory::tlb::set_limit(u64::from(pageblocks));
+            None
+        }
+    };
     if let Err(error) = memory::ephemeral::init() {
         panic!("recording the ephemeral slot's page tables failed: {error:?}");
     }
@@ -172,6 +186,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         features,
         enabled,
         direct_map,
+        flush_calibration,
         frames,
         reprotected,
         verified,

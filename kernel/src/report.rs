@@ -155,6 +155,7 @@ fn print_allocator(boot: &BootState) {
         }
     }
     println!();
+    print_flush_limit(boot);
     println!(
         "allocator counters: {} conversions in {} batches, {} flushes, splits 1G->2M {} 2M->4K {}, reserve {} (low-water {})",
         stats.total_conversions(),
@@ -165,6 +166,29 @@ fn print_allocator(boot: &BootState) {
         stats.reserve_level,
         stats.reserve_low_water
     );
+}
+
+/// The INVLPG-vs-CR3 limit: how it was chosen, and the flushes so far.
+fn print_flush_limit(boot: &BootState) {
+    let limit = memory::tlb::limit();
+    match &boot.flush_calibration {
+        None => print!(
+            "tlb flush limit: {} pageblocks (flushlimit={})",
+            limit, limit
+        ),
+        Some(measured) => match measured.crossover() {
+            Some(dearer) => print!(
+                "tlb flush limit: {} pageblocks, measured at boot (INVLPG dearer from {}: {} vs {} cycles)",
+                limit, dearer.pageblocks, dearer.invlpg_cycles, dearer.reload_cycles
+            ),
+            None => print!(
+                "tlb flush limit: {} pageblocks, measured at boot (INVLPG never dearer)",
+                limit
+            ),
+        },
+    }
+    let (invlpg, full) = memory::tlb::flush_counts();
+    println!("; flushes so far: {} by INVLPG, {} full", invlpg, full);
 }
 
 /// Early-table reprotection and the verification walk.

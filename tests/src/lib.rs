@@ -90,6 +90,14 @@ impl Run {
         self
     }
 
+    /// Asserts no line of the decoded defmt log contains the needle.
+    pub fn expect_no_log(&self, needle: &str) -> &Self {
+        if self.0.log.iter().any(|line| line.contains(needle)) {
+            self.fail(&format!("defmt log unexpectedly contains {needle:?}"));
+        }
+        self
+    }
+
     /// The test protocol's results, `(name, passed)` in order.
     pub fn test_results(&self) -> Vec<(String, bool)> {
         self.0.test_results()

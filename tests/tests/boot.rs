@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 22 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 16 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 14 passed, 0 failed, 9 skipped";
+const ALL_UNDER_PKS: &str = "tests: 23 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 17 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 15 passed, 0 failed, 9 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -26,13 +26,17 @@ fn boots_with_pks_and_reports() {
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
         "early page tables: 9 recorded",
         "pageblocks: unmovable/mapped=63 unmovable/pkey1=1",
+        // The limit itself depends on the host's timing.
+        "tlb flush limit: ",
+        " pageblocks, measured at boot (INVLPG ",
         "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7)",
         "early page tables reprotected: 9 (splits 1G->2M 0, 2M->4K 1)",
-        "verification walk: PASS: 10 page-table frames, 1086 leaf mappings, 19 aliases of protected frames, all protected",
+        "verification walk: PASS: 11 page-table frames, 1086 leaf mappings, 19 aliases of protected frames, all protected",
         "boot complete",
     ]);
     // COM2's defmt frames arrive decoded.
     run.expect_log("descriptor tables loaded")
+        .expect_log("flush cost, 1 pageblocks: INVLPG each ")
         .expect_log("boot: 127 MiB usable, PKS true");
 }
 
@@ -40,7 +44,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(21)
+        .expect_all_tests_passed(23)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -60,6 +64,24 @@ fn all_kernel_tests_pass() {
         !names.iter().any(|n| n.starts_with("deliberate_")),
         "{names:?}"
     );
+}
+
+#[test]
+fn a_fixed_flush_limit_replaces_the_measurement() {
+    // Every conversion flushes by INVLPG: the whole suite runs on that path.
+    boot(qemu("flushlimit=512 test=all"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "tlb flush limit: 512 pageblocks (flushlimit=512); flushes so far: 1 by INVLPG, 2 full",
+            ALL_UNDER_PKS,
+        ])
+        .expect_no_log("flush cost");
+    // And by CR3 reload only.
+    boot(qemu("flushlimit=0"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "tlb flush limit: 0 pageblocks (flushlimit=0); flushes so far: 0 by INVLPG, 3 full",
+        ]);
 }
 
 #[test]
@@ -217,6 +239,10 @@ fn bad_command_lines_are_rejected_with_the_reason() {
             "option 'ptprot' is given more than once",
         ),
         ("test=Bad-Name", "option 'test' does not accept 'Bad-Name'"),
+        (
+            "flushlimit=513",
+            "option 'flushlimit' does not accept '513'; accepted values: auto, or 0-512 pageblocks",
+        ),
         (
             "test=no_such_test",
             "option 'test' names unknown test 'no_such_test'; known tests:",

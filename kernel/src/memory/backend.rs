@@ -8,17 +8,11 @@
 //! - What a protection looks like in an entry depends on the policy:
 //!   `Pkey(k)` carries key k under `ptprot=pks`, is read-only under `ro`,
 //!   and is a plain mapping under `none`; `Unmapped` is not present.
-//! - `flush` invalidates 2 MiB translations one by one (INVLPG) for up to
-//!   [`INVLPG_LIMIT`] pageblocks, and reloads CR3 beyond, or where a 2 MiB
-//!   entry was split to 4 KiB. The limit is a judgement so far: the
-//!   by-name test `measure_flush_threshold` measures both costs, but TCG
-//!   distorts them and this project's machine runs KVM nested, where every
-//!   flush and touch costs a VM exit (about 190,000 cycles per pageblock
-//!   either way, INVLPG 5-31% dearer than a CR3 reload plus refills). Run
-//!   it on real hardware to set the limit. Note that TCG also drops
-//!   its whole software TLB on every PKRS write, so a missing flush would
-//!   not show in the QEMU tests: flushes are checked by reading, not by
-//!   observing stale translations.
+//! - `flush` drops the run's translations through [`tlb`]: INVLPG each
+//!   up to the limit measured at boot, a CR3 reload beyond it or where a
+//!   2 MiB entry was split to 4 KiB. TCG drops its whole software TLB on
+//!   every PKRS write, so a missing flush would not show in the QEMU tests:
+//!   flushes are checked by reading, not by observing stale translations.
 //! - `zero` writes through the direct map (inside a window for the key of
 //!   a protected page), or through the ephemeral slot for unmapped pages.
 //!
@@ -28,7 +22,8 @@ use super::direct_map::{DIRECT_MAP_BASE, GIB, MIB2};
 use super::ephemeral;
 use super::pte;
 use super::pte::{ADDRESS, LARGE, NO_EXECUTE, PRESENT, WRITABLE};
-use crate::arch::{cpu, pks};
+use super::tlb;
+use crate::arch::pks;
 use boot::layout::KERNEL_VIRT;
 use core::sync::atomic::{AtomicBool, Ordering};
 use pkeys::{Mechanism, Pkey, Rights};
@@ -37,9 +32,6 @@ use ptalloc::{
     SplitPages,
 };
 use spin::Mutex;
-
-/// Above this many pageblocks a flush reloads CR3 instead of INVLPG each.
-pub const INVLPG_LIMIT: u64 = 16;
 
 /// The real direct map, as `ptalloc` sees it.
 pub struct KernelDirectMap {
@@ -300,19 +292,8 @@ impl DirectMap for KernelDirectMap {
     }
 
     fn flush(&self, range: PageblockRange) -> FlushReport {
-        // INVLPG on a 2 MiB address drops only one 4 KiB translation where
-        // the 2 MiB entry was split: then only a full flush will do.
         let full = self.needs_full_flush.swap(false, Ordering::Relaxed);
-        if range.pageblocks <= INVLPG_LIMIT && !full {
-            for block in 0..range.pageblocks {
-                let virt = DIRECT_MAP_BASE + range.start.addr() + block * MIB2;
-                // SAFETY: invalidating a translation is always safe.
-                unsafe { x86::tlb::flush(virt as usize) };
-            }
-        } else {
-            // SAFETY: reloading CR3 with its own value only flushes.
-            unsafe { x86::controlregs::cr3_write(cpu::read_cr3()) };
-        }
+        tlb::flush_direct_map(range.start.addr(), range.pageblocks, full);
         FlushReport {
             local: 1,
             remote: 0,
@@ -343,52 +324,6 @@ impl DirectMap for KernelDirectMap {
                 unsafe { (virt as *mut u8).write_bytes(0, (frames * 4096) as usize) };
                 drop(window);
             }
-        }
-        Ok(())
-    }
-}
-
-crate::kernel_test! {
-    /// Measures what sets [`INVLPG_LIMIT`]: the cycles of n INVLPGs of
-    /// direct-map 2 MiB pages against one CR3 reload (plus re-touching the
-    /// n pages, which both need afterwards). Meaningful on real hardware or
-    /// KVM (`runner --accel kvm`), not under TCG. Logs one line per n.
-    by_name fn measure_flush_threshold() -> TestResult {
-        let Some(info) = super::direct_map::info() else {
-            return Err(crate::testing::TestFailure::skipped("no direct map"));
-        };
-        let base = info.ranges.first().map_or(0, |r| r.start) + (4 << 20);
-        let touch = |n: u64| {
-            for i in 0..n {
-                // SAFETY: direct-map addresses of usable RAM, read only.
-                unsafe { ((DIRECT_MAP_BASE + base + i * MIB2) as *const u64).read_volatile() };
-            }
-        };
-        // SAFETY: reading the time-stamp counter has no side effects.
-        let now = || unsafe { core::arch::x86_64::_rdtsc() };
-        for n in [1u64, 2, 4, 8, 16, 32, 64] {
-            if !info.covers(base, n * MIB2) {
-                break;
-            }
-            let mut invlpg = u64::MAX;
-            let mut reload = u64::MAX;
-            for _ in 0..16 {
-                touch(n);
-                let start = now();
-                for i in 0..n {
-                    // SAFETY: invalidating a translation is always safe.
-                    unsafe { x86::tlb::flush((DIRECT_MAP_BASE + base + i * MIB2) as usize) };
-                }
-                touch(n);
-                invlpg = invlpg.min(now() - start);
-                touch(n);
-                let start = now();
-                // SAFETY: reloading CR3 with its own value only flushes.
-                unsafe { x86::controlregs::cr3_write(cpu::read_cr3()) };
-                touch(n);
-                reload = reload.min(now() - start);
-            }
-            defmt::info!("flush cost, {=u64} pageblocks: INVLPG each {=u64} cycles, CR3 reload {=u64} cycles", n, invlpg, reload);
         }
         Ok(())
     }

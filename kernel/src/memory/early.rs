@@ -13,7 +13,7 @@
 use super::backend::KernelDirectMap;
 use super::frames::{self, PAGE_TABLES};
 use super::{EARLY_PAGE_TABLES, boot_tables, kernel_image_phys};
-use crate::arch::{cpu, pks};
+use crate::arch::pks;
 use boot::layout::KERNEL_VIRT;
 use pkeys::{Mechanism, PAGE_TABLE_KEY};
 use ptalloc::{AllocError, DirectMapError, Pfn};
@@ -100,7 +100,6 @@ pub fn reprotect() -> Result<Reprotected, ReprotectError> {
         .refill_reserve()
         .map_err(ReprotectError::Reserve)?;
     // Permissions were taken away: flush everything once.
-    // SAFETY: reloading CR3 with its own value only flushes the TLB.
-    unsafe { x86::controlregs::cr3_write(cpu::read_cr3()) };
+    super::tlb::flush_all();
     Ok(done)
 }

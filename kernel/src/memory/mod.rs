@@ -6,8 +6,9 @@
 //! memory subsystem: the direct map ([`direct_map`]), the page allocator
 //! and its backend ([`frames`], [`backend`]), the ephemeral slot
 //! ([`ephemeral`]), early-table reprotection ([`early`]), the
-//! verification walk ([`verify`]), user address spaces ([`paging`]) and
-//! the one door to page-table entries ([`pte`]).
+//! verification walk ([`verify`]), kernel and user address spaces
+//! ([`paging`]), direct-map TLB flushes ([`tlb`]) and the one door to
+//! page-table entries ([`pte`]).
 
 use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
@@ -24,6 +25,7 @@ pub mod ephemeral;
 pub mod frames;
 pub mod paging;
 pub mod pte;
+pub mod tlb;
 pub mod verify;
 pub mod walk;
 
@@ -104,8 +106,7 @@ pub fn narrow_boot_window() {
         }
     }
     BOOT_WINDOW_NARROWED.store(true, Ordering::Release);
-    // SAFETY: reloading CR3 with its own value only flushes the TLB.
-    unsafe { x86::controlregs::cr3_write(crate::arch::cpu::read_cr3()) };
+    tlb::flush_all();
 }
 
 impl PhysMemory for BootWindow {

@@ -1,0 +1,212 @@
+//! TLB flushes of the direct map, and the limit that chooses how.
+//!
+//! After a conversion rewrites the 2 MiB entries of n pageblocks, their old
+//! translations must go. There are two ways:
+//! - INVLPG each: n instructions, and only those n translations refill;
+//! - reload CR3: one write, and every translation the kernel uses refills.
+//!
+//! Which is cheaper depends on the CPU, and under emulation on the
+//! emulator. So by default the limit is measured at boot, on the machine
+//! the kernel runs on ([`calibrate`]); `flushlimit=N` fixes it instead, for
+//! experiments. Until it is set, every flush is full, which is always
+//! correct. No PCID/INVPCID: TCG lacks them.
+//!
+//! The measurement: for each n of [`LADDER`] the direct map reaches, the
+//! fewest cycles over [`ROUNDS`] rounds of "flush the n pages, then touch
+//! them again", done both ways. The limit is the last n before the first
+//! one where INVLPG is dearer (0 if it is dearer at 1). A full flush's
+//! refills are counted only for what the measurement touches (its n pages,
+//! code and stack), so a kernel with a larger working set gains more from
+//! INVLPG than the limit says: it is a lower bound.
+//!
+//! What it gives on this project's build machine: under QEMU TCG, INVLPG
+//! is cheaper up to 8 pageblocks and dearer from 16 (limit 8 or 12 from
+//! run to run). Under the nested KVM there, INVLPG is dearer at every n
+//! (limit 0): each INVLPG and CR3 write exits to the hypervisor.
+//!
+//! Written here because `x86` gives the instructions, not the choice.
+
+use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo, MIB2};
+use crate::arch::cpu;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Pageblock counts measured, in order.
+pub const LADDER: [u64; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+/// Rounds per count; the cheapest is kept, to drop interruptions.
+pub const ROUNDS: u32 = 8;
+
+/// Up to this many pageblocks, flushes use INVLPG. 0 until set: full.
+static LIMIT: AtomicU64 = AtomicU64::new(0);
+static INVLPG_FLUSHES: AtomicU64 = AtomicU64::new(0);
+static FULL_FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+/// The limit in force, in pageblocks.
+pub fn limit() -> u64 {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+/// Sets the limit (from a calibration or the command line).
+pub fn set_limit(pageblocks: u64) {
+    LIMIT.store(pageblocks, Ordering::Relaxed);
+}
+
+/// Flushes done so far through this module: (INVLPG one by one, full).
+pub fn flush_counts() -> (u64, u64) {
+    (
+        INVLPG_FLUSHES.load(Ordering::Relaxed),
+        FULL_FLUSHES.load(Ordering::Relaxed),
+    )
+}
+
+/// Drops the translations of `pageblocks` 2 MiB direct-map pages from
+/// physical `start`: one by one up to the limit, else by reloading CR3.
+/// `full` forces the reload (4 KiB entries were rewritten, and INVLPG on a
+/// 2 MiB address would drop only one of them).
+pub fn flush_direct_map(start: u64, pageblocks: u64, full: bool) {
+    if !full && pageblocks <= limit() {
+        for block in 0..pageblocks {
+            invalidate(DIRECT_MAP_BASE + start + block * MIB2);
+        }
+        INVLPG_FLUSHES.fetch_add(1, Ordering::Relaxed);
+    } else {
+        flush_all();
+    }
+}
+
+/// Drops every translation (a CR3 reload), for batches of edits outside
+/// the direct map's pageblocks: the boot window cut, early-table splits.
+pub fn flush_all() {
+    reload_cr3();
+    FULL_FLUSHES.fetch_add(1, Ordering::Relaxed);
+}
+
+fn invalidate(virt: u64) {
+    // SAFETY: invalidating a translation is always safe.
+    unsafe { x86::tlb::flush(virt as usize) };
+}
+
+fn reload_cr3() {
+    // SAFETY: reloading CR3 with its own value only flushes the TLB.
+    unsafe { x86::controlregs::cr3_write(cpu::read_cr3()) };
+}
+
+/// One measured count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Pageblocks flushed.
+    pub pageblocks: u64,
+    /// Cycles of INVLPG each, then touching them.
+    pub invlpg_cycles: u64,
+    /// Cycles of a CR3 reload, then touching them.
+    pub reload_cycles: u64,
+}
+
+/// What boot measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Calibration {
+    /// One per count of [`LADDER`] the direct map reached.
+    pub samples: heapless::Vec<Sample, { LADDER.len() }>,
+}
+
+impl Calibration {
+    /// The last count before the first where INVLPG is dearer; 0 if it is
+    /// dearer at the first, the last count if it never is.
+    pub fn limit(&self) -> u64 {
+        let mut limit = 0;
+        for sample in &self.samples {
+            if sample.invlpg_cycles > sample.reload_cycles {
+                break;
+            }
+            limit = sample.pageblocks;
+        }
+        limit
+    }
+
+    /// The first sample where INVLPG is dearer, if any.
+    pub fn crossover(&self) -> Option<Sample> {
+        self.samples
+            .iter()
+            .copied()
+            .find(|s| s.invlpg_cycles > s.reload_cycles)
+    }
+}
+
+/// Measures both ways of flushing on the direct map `info` describes (read
+/// only: nothing is written). Run at boot, before the allocator converts
+/// anything.
+pub fn calibrate(info: &DirectMapInfo) -> Calibration {
+    let mut calibration = Calibration::default();
+    // Away from the first pages of RAM, which boot structures use.
+    let base = info.ranges.first().map_or(0, |r| r.start) + 2 * MIB2;
+    let touch = |n: u64| {
+        for i in 0..n {
+            let virt = DIRECT_MAP_BASE + base + i * MIB2;
+            // SAFETY: a direct-map address of usable RAM (checked by the
+            // caller below), read only.
+            unsafe { (virt as *const u64).read_volatile() };
+        }
+    };
+    // SAFETY: reading the time-stamp counter has no side effects.
+    let now = || unsafe { core::arch::x86_64::_rdtsc() };
+    for n in LADDER {
+        if !info.covers(base, n * MIB2) {
+            break;
+        }
+        let mut sample = Sample {
+            pageblocks: n,
+            invlpg_cycles: u64::MAX,
+            reload_cycles: u64::MAX,
+        };
+        for _ in 0..ROUNDS {
+            touch(n);
+            let start = now();
+            for i in 0..n {
+                invalidate(DIRECT_MAP_BASE + base + i * MIB2);
+            }
+            touch(n);
+            sample.invlpg_cycles = sample.invlpg_cycles.min(now().wrapping_sub(start));
+            touch(n);
+            let start = now();
+            reload_cr3();
+            touch(n);
+            sample.reload_cycles = sample.reload_cycles.min(now().wrapping_sub(start));
+        }
+        defmt::info!(
+            "flush cost, {=u64} pageblocks: INVLPG each {=u64} cycles, CR3 reload {=u64} cycles",
+            n,
+            sample.invlpg_cycles,
+            sample.reload_cycles
+        );
+        // The ladder and the vector have the same length.
+        let _ = calibration.samples.push(sample);
+    }
+    calibration
+}
+
+crate::kernel_test! {
+    /// The limit in force is the one boot chose: measured (and consistent
+    /// with its samples) or given; and the rule picks the last count before
+    /// INVLPG turns dearer.
+    fn flush_limit_follows_the_measurement() -> TestResult {
+        let sample = |pageblocks, invlpg_cycles, reload_cycles| Sample { pageblocks, invlpg_cycles, reload_cycles };
+        let mut made = Calibration::default();
+        crate::check_eq!(made.limit(), 0);
+        for s in [sample(1, 10, 50), sample(2, 20, 50), sample(4, 60, 50), sample(8, 40, 50)] {
+            let _ = made.samples.push(s);
+        }
+        crate::check_eq!(made.limit(), 2);
+        crate::check_eq!(made.crossover().map(|s| s.pageblocks), Some(4));
+        let boot = crate::boot_state();
+        match (boot.config.flush_limit, &boot.flush_calibration) {
+            (boot::cmdline::FlushLimit::Fixed(n), None) => crate::check_eq!(limit(), u64::from(n)),
+            (boot::cmdline::FlushLimit::Measured, Some(measured)) => {
+                crate::check!(!measured.samples.is_empty(), "nothing measured");
+                crate::check_eq!(limit(), measured.limit());
+            }
+            (setting, measured) => {
+                crate::check!(false, "flushlimit {:?} but calibration {:?}", setting, measured.is_some());
+            }
+        }
+        Ok(())
+    }
+}
