@@ -9,7 +9,7 @@
 //!   stops the machine with a report, `report` stops the write (the entry
 //!   is unchanged), `soft` lets it through once and logs it;
 //! - `ptprot=none`: the write lands, and the demo reads the secret through
-//!   the hijacked mapping, then repairs the entry;
+//!   the hijacked mapping, then has `ephemeral` repair the entry;
 //! - `ptprot=ro`: the table is read-only, so the write faults (a plain
 //!   write-protection fault, which stops the machine).
 //!
@@ -86,11 +86,7 @@ pub fn run() {
                     "demo: any kernel write bug can map any memory like this: page tables are NOT protected"
                 );
             }
-            let window = crate::memory::pte::open();
-            // SAFETY: repairing the entry the demo broke (the slot is idle).
-            unsafe { crate::memory::pte::write(&window, entry, 0) };
-            // SAFETY: as above.
-            unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
+            crate::memory::ephemeral::repair_slot();
         }
     }
 }

@@ -107,6 +107,20 @@ pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R>
     Some(result)
 }
 
+/// Clears the slot's entry and flushes it: undoes what the write-what-where
+/// demo's simulated bug wrote there (under `ptprot=none`, where it lands).
+pub fn repair_slot() {
+    let _ready = SLOT.lock();
+    {
+        let window = pte::open();
+        // SAFETY: the slot's PTE, ours under SLOT; clearing it only
+        // removes a mapping nothing uses outside `with_frame`.
+        unsafe { pte::write(&window, table(2).cast::<u64>(), 0) };
+    }
+    // SAFETY: invalidating one translation is always safe.
+    unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
+}
+
 /// The slot's page-table entry, at its kernel-image address: a live entry
 /// in a live (protected) page table, which the write-what-where demo aims
 /// at.

@@ -2,11 +2,23 @@
 //!
 //! Every write to a page-table entry in the kernel goes through [`write`],
 //! which takes a [`Window`]: a write outside a page-table write window does
-//! not compile. [`open`] is the only place the kernel opens a page-table
-//! window (tests of the mechanism itself aside), so one operation that
-//! writes many entries opens one window and costs one pair of PKRS writes.
-//! The boot stub's assembly, which runs before any of this exists, is the
-//! only other writer.
+//! not compile. Both are private to `memory`, and these are the only places
+//! that open a window, each once per operation however many entries it
+//! writes (so one operation costs one pair of PKRS writes):
+//! - `paging`, the page-table module: map and unmap in the kernel space and
+//!   in user spaces, at run time;
+//! - `backend`, the direct map's split and pageblock-attribute path, which
+//!   `ptalloc` drives and which takes its tables from the split reserve;
+//! - the fixed kernel structures, written where they are owned: the direct
+//!   map (`direct_map`, built before any allocator), the boot window's cut
+//!   (`narrow_boot_window`), image-page attributes (`boot_tables`, for
+//!   early-table reprotection) and the ephemeral slot (`ephemeral`, which
+//!   the allocator itself uses to zero `Unmapped` frames).
+//!
+//! The last two groups cannot go through `paging`: its tables come from
+//! the allocator, which they run before or underneath. The boot stub's
+//! assembly, which runs before any of this exists, is the only other
+//! writer; the PKS mechanism's own tests open key-1 windows on test pages.
 
 use crate::arch::pks::{self, Registers};
 
@@ -28,13 +40,13 @@ use pkeys::{PAGE_TABLE_KEY, WriteWindow};
 /// Permission to write page-table entries on this CPU until dropped. Not
 /// `Send`: it must close where it opened.
 #[must_use = "the window closes as soon as it is dropped"]
-pub struct Window {
+pub(super) struct Window {
     _guard: Option<WriteWindow<'static, Registers>>,
 }
 
 /// Opens a page-table write window (nothing to open before PKS is set up,
 /// or under `ptprot=none`, where windows do nothing).
-pub fn open() -> Window {
+pub(super) fn open() -> Window {
     Window {
         _guard: pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY)),
     }
@@ -47,7 +59,7 @@ pub fn open() -> Window {
 /// (its address space, or a table not yet linked), mapped writable while
 /// the window is open; the value must keep every translation the kernel
 /// relies on valid, and the caller flushes what the change requires.
-pub unsafe fn write(_window: &Window, entry: *mut u64, value: u64) {
+pub(super) unsafe fn write(_window: &Window, entry: *mut u64, value: u64) {
     // SAFETY: the caller's contract; the window makes the write allowed.
     unsafe { entry.write_volatile(value) };
 }
