@@ -55,8 +55,8 @@ check: toolchain
 # summary runs last and prints the table that the README quotes.
 bench: deps kernel
 	cargo bench --package ptalloc
-	@echo "== in the kernel under QEMU: page-table churn through the real direct map"
-	$(RUNNER) --append "test=page_table_churn" --timeout 120 | grep -E "churn|flush cost|tlb flush limit|runner"
+	@echo "== in the kernel under QEMU (TCG): boot to the verification walk's pass, page-table churn through the real direct map, the flush limit"
+	$(RUNNER) --append "test=page_table_churn" --timeout 120 | grep -E "verification walk|churn|flush cost|tlb flush limit|runner"
 	@if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then \
 	  echo "== the same flush-limit measurement under KVM (timing only; no PKS there)"; \
 	  $(RUNNER) --accel kvm --append "flushlimit=auto" --timeout 120 | grep -E "flush cost|tlb flush limit|runner"; \

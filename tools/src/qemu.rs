@@ -301,7 +301,10 @@ enum Event {
 #[derive(Default)]
 struct Collector {
     echo: bool,
+    /// When QEMU started; console lines are timed from here.
+    started: Option<Instant>,
     console: String,
+    console_arrivals: Vec<Duration>,
     log: Vec<String>,
     notes: Vec<String>,
     interleaved: Vec<String>,
@@ -312,6 +315,8 @@ impl Collector {
     fn handle(&mut self, event: Event) {
         let shown = match event {
             Event::Console(line) => {
+                let at = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+                self.console_arrivals.push(at);
                 self.console.push_str(&line);
                 self.console.push('\n');
                 self.interleaved.push(line.clone());
@@ -478,6 +483,7 @@ pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
         .spawn()
         .map_err(|e| RunnerError::io(format!("starting QEMU ({command})"), e))?;
     let start = Instant::now();
+    collector.started = Some(start);
 
     // One reader thread per stream; see the module doc.
     let (tx, rx) = mpsc::channel::<Event>();
@@ -537,6 +543,7 @@ pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
         outcome,
         status,
         console: collector.console,
+        console_arrivals: collector.console_arrivals,
         log: collector.log,
         notes: collector.notes,
         interleaved: collector.interleaved,

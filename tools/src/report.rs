@@ -22,6 +22,9 @@ pub struct RunReport {
     pub status: Option<i32>,
     /// COM1 text, one `\n`-terminated line per line received (`\r` removed).
     pub console: String,
+    /// When each COM1 line arrived, counted from QEMU's start (one entry
+    /// per line of `console`, in order).
+    pub console_arrivals: Vec<Duration>,
     /// Decoded defmt (COM2) lines, formatted like `[INFO ] message`.
     pub log: Vec<String>,
     /// Runner diagnostics: no defmt table, malformed frames, and the like.
@@ -51,6 +54,16 @@ impl RunReport {
             .filter(|(_, ok)| !ok)
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// When the first COM1 line starting with `prefix` arrived, counted from
+    /// QEMU's start (host wall time, so it includes QEMU's own start-up).
+    pub fn console_line_at(&self, prefix: &str) -> Option<Duration> {
+        self.console
+            .lines()
+            .zip(&self.console_arrivals)
+            .find(|(line, _)| line.starts_with(prefix))
+            .map(|(_, at)| *at)
     }
 
     /// Whether COM1 contained `needle` anywhere.
@@ -145,6 +158,9 @@ mod tests {
             outcome: Outcome::Success,
             status: Some(33),
             console: console.to_string(),
+            console_arrivals: (1..=console.lines().count() as u64)
+                .map(Duration::from_millis)
+                .collect(),
             log: vec!["[INFO ] hello".to_string()],
             notes: Vec::new(),
             interleaved: vec!["boot".to_string(), format!("{LOG_PREFIX}[INFO ] hello")],
@@ -152,6 +168,17 @@ mod tests {
             elapsed: Duration::from_millis(420),
             command: "qemu-system-x86_64 -kernel k".to_string(),
         }
+    }
+
+    #[test]
+    fn console_lines_keep_their_arrival_times() {
+        let report =
+            report_with_console("boot\nverification walk: PASS\nverification walk: again\n");
+        assert_eq!(
+            report.console_line_at("verification walk:"),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(report.console_line_at("nothing"), None);
     }
 
     #[test]

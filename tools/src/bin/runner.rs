@@ -132,6 +132,10 @@ fn run(cli: &Cli) -> Result<RunReport, RunnerError> {
     tools::run(&cfg)
 }
 
+/// The boot report's line for a passing verification walk: the summary
+/// says when it arrived, which is the boot time the project reports.
+const WALK_PASSED: &str = "verification walk: PASS";
+
 /// The one-line verdict printed after the log.
 fn summary(report: &RunReport) -> String {
     let mut line = if report.outcome.is_success() {
@@ -141,6 +145,9 @@ fn summary(report: &RunReport) -> String {
     };
     if !matches!(report.outcome, tools::Outcome::Timeout(_)) {
         line.push_str(&format!(" in {}", format_duration(report.elapsed)));
+    }
+    if let Some(at) = report.console_line_at(WALK_PASSED) {
+        line.push_str(&format!("; walk passed at {}", format_duration(at)));
     }
     let results = report.test_results();
     if !results.is_empty() {
@@ -171,6 +178,7 @@ mod tests {
             outcome,
             status: Some(33),
             console: console.to_string(),
+            console_arrivals: vec![Duration::from_millis(190); console.lines().count()],
             log: Vec::new(),
             notes: Vec::new(),
             interleaved: Vec::new(),
@@ -226,6 +234,13 @@ mod tests {
         assert_eq!(
             summary(&report(Outcome::Success, "test a ... ok\ntest b ... ok\n")),
             "runner: kernel reported success (exit status 33) in 0.42 s; 2 tests ok"
+        );
+        assert_eq!(
+            summary(&report(
+                Outcome::Success,
+                "verification walk: PASS: 11 tables\n"
+            )),
+            "runner: kernel reported success (exit status 33) in 0.42 s; walk passed at 0.19 s"
         );
         assert_eq!(
             summary(&report(Outcome::Timeout(Duration::from_secs(60)), "")),
