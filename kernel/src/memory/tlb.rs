@@ -20,8 +20,8 @@
 //! INVLPG than the limit says: it is a lower bound.
 //!
 //! What it gives on this project's build machine: under QEMU TCG, INVLPG
-//! is cheaper up to 8 pageblocks and dearer from 16 (limit 8 or 12 from
-//! run to run). Under the nested KVM there, INVLPG is dearer at every n
+//! is cheaper up to 8 pageblocks and dearer from 12 or 16 (limit 8, now
+//! and then 12). Under the nested KVM there, INVLPG is dearer at every n
 //! (limit 0): each INVLPG and CR3 write exits to the hypervisor.
 //!
 //! Written here because `x86` gives the instructions, not the choice.
