@@ -291,7 +291,8 @@ pub fn shell_quote(arg: &str) -> String {
 
 /// One thing that happened while QEMU ran, in arrival order.
 enum Event {
-    Console(String),
+    /// A COM1 line, with the moment its reader thread read it.
+    Console(String, Instant),
     Log(String),
     Note(String),
     Stderr(String),
@@ -314,8 +315,10 @@ struct Collector {
 impl Collector {
     fn handle(&mut self, event: Event) {
         let shown = match event {
-            Event::Console(line) => {
-                let at = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+            Event::Console(line, read_at) => {
+                let at = self
+                    .started
+                    .map_or(Duration::ZERO, |s| read_at.saturating_duration_since(s));
                 self.console_arrivals.push(at);
                 self.console.push_str(&line);
                 self.console.push('\n');
@@ -492,7 +495,9 @@ pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
     if let Some(stdout) = child.stdout.take() {
         threads.push((
             "COM1",
-            spawn_line_reader(stdout, tx.clone(), Event::Console),
+            spawn_line_reader(stdout, tx.clone(), |line| {
+                Event::Console(line, Instant::now())
+            }),
         ));
     }
     if let Some(stderr) = child.stderr.take() {
@@ -768,10 +773,10 @@ mod tests {
     #[test]
     fn collector_keeps_streams_apart_and_in_order() {
         let mut c = Collector::default();
-        c.handle(Event::Console("boot".into()));
+        c.handle(Event::Console("boot".into(), Instant::now()));
         c.handle(Event::Log("[INFO ] a\nsecond".into()));
         c.handle(Event::Stderr("qemu warning".into()));
-        c.handle(Event::Console("test x ... ok".into()));
+        c.handle(Event::Console("test x ... ok".into(), Instant::now()));
         c.handle(Event::Note("note".into()));
         assert_eq!(c.console, "boot\ntest x ... ok\n");
         assert_eq!(c.log, ["[INFO ] a\nsecond"]);

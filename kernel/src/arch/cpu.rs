@@ -184,6 +184,19 @@ pub fn nx_enabled() -> bool {
     unsafe { msr::rdmsr(msr::IA32_EFER) & EFER_NXE != 0 }
 }
 
+/// One past the highest physical address the CPU can map: 2^MAXPHYADDR
+/// (CPUID 0x8000_0008), or 2^36 where that leaf is missing, as the SDM
+/// says. Entry bits above it are reserved.
+pub fn physical_address_limit() -> u64 {
+    static BITS: spin::Once<u8> = spin::Once::new();
+    let bits = *BITS.call_once(|| {
+        CpuId::new()
+            .get_processor_capacity_feature_info()
+            .map_or(36, |info| info.physical_address_bits())
+    });
+    1 << bits
+}
+
 /// The no-execute bit for page-table entries, or 0 without NX.
 pub fn no_execute_bit() -> u64 {
     if nx_enabled() { 1 << 63 } else { 0 }

@@ -165,6 +165,15 @@ pub fn allocator() -> Option<&'static FrameAllocator> {
     FRAMES.get()
 }
 
+/// True if the frame at `phys` is in an `Unmapped` pageblock: covered by
+/// the direct map's ranges but absent from it, on purpose.
+pub fn is_hidden(phys: u64) -> bool {
+    allocator()
+        .and_then(|a| a.frame_info(Pfn(phys / 4096)))
+        .and_then(|info| info.pageblock_freetype)
+        .is_some_and(|ft| ft.protection == ptalloc::Protection::Unmapped)
+}
+
 crate::kernel_test! {
     /// Page-table pages come from pageblocks whose direct-map entries carry
     /// the page-table protection: key 1 under pks, read-only under ro.

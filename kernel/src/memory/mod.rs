@@ -43,13 +43,7 @@ impl PhysMemory for KernelPhys {
         // Frames of `Unmapped` pageblocks are covered by the direct map's
         // ranges but absent from it: refuse rather than fault.
         let end = phys + buf.len().max(1) as u64 - 1;
-        let unmapped = |addr: u64| {
-            frames::allocator()
-                .and_then(|a| a.frame_info(ptalloc::Pfn(addr / 4096)))
-                .and_then(|info| info.pageblock_freetype)
-                .is_some_and(|ft| ft.protection == ptalloc::Protection::Unmapped)
-        };
-        if unmapped(phys) || unmapped(end) {
+        if frames::is_hidden(phys) || frames::is_hidden(end) {
             return None;
         }
         // SAFETY: the direct map covers the range (checked) and maps it
@@ -79,17 +73,7 @@ fn image_window() -> Range<u64> {
 /// tables come from the allocator anywhere in RAM, that is a second,
 /// unprotected alias of them. The direct map covers RAM from here on.
 pub fn narrow_boot_window() {
-    let Some(pd) = EARLY_PAGE_TABLES
-        .lock()
-        .tables()
-        .iter()
-        .find(|t| {
-            t.origin == boot::early_tables::TableOrigin::BootStub && t.level == boot::TableLevel::Pd
-        })
-        .map(|t| t.phys)
-    else {
-        panic!("the boot stub's page directory is not among the early page tables");
-    };
+    let pd = boot_stub_table(boot::TableLevel::Pd);
     let keep = image_window();
     let pd = (KERNEL_VIRT + pd) as *mut u64;
     {
@@ -145,6 +129,27 @@ pub fn kernel_image_phys() -> Range<u64> {
 
 /// Page tables made before the page-table allocator; reprotected later.
 pub static EARLY_PAGE_TABLES: Mutex<EarlyPageTables> = Mutex::new(EarlyPageTables::new());
+
+/// Physical address of the boot stub's table at `level` (it made one of
+/// each; recorded before anything asks).
+fn boot_stub_table(level: boot::TableLevel) -> u64 {
+    let found = EARLY_PAGE_TABLES
+        .lock()
+        .tables()
+        .iter()
+        .find(|t| t.origin == boot::early_tables::TableOrigin::BootStub && t.level == level)
+        .map(|t| t.phys);
+    match found {
+        Some(phys) => phys,
+        None => panic!("the boot stub's {level:?} is not among the early page tables"),
+    }
+}
+
+/// Physical address of the kernel's root table: the boot stub's PML4,
+/// whichever address space CR3 holds now.
+pub fn kernel_root() -> u64 {
+    boot_stub_table(boot::TableLevel::Pml4)
+}
 
 /// Records the boot stub's tables. Returns how many were recorded.
 pub fn record_boot_stub_tables() -> Result<usize, RecordError> {

@@ -1,10 +1,11 @@
 //! Address spaces built at run time: the page-table module.
 //!
-//! Owns every run-time page-table write: map and unmap of 4 KiB and 2 MiB
-//! pages in user address spaces and in the kernel's mapping region. The
-//! boot-time structures (the boot stub's tables, the direct map, the
+//! Owns every write to address-space tables: map and unmap of 4 KiB and
+//! 2 MiB pages in user address spaces and in the kernel's mapping region.
+//! The fixed kernel structures (the boot stub's tables, the direct map, the
 //! ephemeral slot) and the direct-map backend's pageblock edits are written
-//! elsewhere, through the same door ([`pte::write`]), each under a window.
+//! where they are owned, through the same door ([`pte::write`]), each under
+//! a window; `pte`'s module doc says why.
 //! Its promises:
 //! - tables come from the page-table freetype, zeroed by the allocator
 //!   inside a window, so they are protected from the moment they exist;
@@ -12,8 +13,12 @@
 //!   however many entries it writes (tables created, leaf written);
 //! - `unmap` frees tables that become empty back to the allocator;
 //! - bad input (unaligned address, outside the space's range, overlap,
-//!   unmapping what is not mapped, a page-table frame as the target) is a
-//!   typed error that changes nothing.
+//!   unmapping what is not mapped, a frame beyond the CPU's physical
+//!   address width, a page-table frame as the target) is a typed error
+//!   that changes nothing;
+//! - the kernel space also refuses frames hidden from the direct map (the
+//!   `Unmapped` freetype: a kernel mapping would show them in every
+//!   address space) and mappings both writable and executable.
 //!
 //! Two kinds of space share the code:
 //! - A user space ([`AddressSpace::new`]) owns PML4 slots 0-255; its
@@ -93,6 +98,13 @@ pub enum PagingError {
     /// The frame is a page table (or page-table memory): a second mapping
     /// of it would bypass its protection.
     ProtectedFrame,
+    /// The frame lies beyond the CPU's physical address width.
+    BadFrame,
+    /// Kernel space only: the frame is hidden from the direct map (an
+    /// `Unmapped` pageblock); use the ephemeral slot to reach it.
+    HiddenFrame,
+    /// Kernel space only: a mapping may not be writable and executable.
+    WritableExecutable,
     /// The kernel space is already set up.
     AlreadyInitialized,
     /// A page table could not be allocated.
@@ -125,11 +137,11 @@ impl Kind {
         }
     }
 
-    /// Entries of the path from the root that stay however empty the
-    /// tables below become: none in a user space (the root is never
-    /// freed anyway); in the kernel space, the PML4 entry, shared by
-    /// every user space.
-    fn kept_path_entries(self) -> usize {
+    /// How many levels below the root keep their tables however empty
+    /// they become: none in a user space (the root itself is never freed);
+    /// in the kernel space one, the region's PDPT, which every user space
+    /// links to.
+    fn kept_levels(self) -> usize {
         match self {
             Self::User => 0,
             Self::Kernel => 1,
@@ -164,7 +176,7 @@ pub fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> {
     if KERNEL_SPACE.is_completed() {
         return Err(PagingError::AlreadyInitialized);
     }
-    let root = cpu::read_cr3() & ADDRESS;
+    let root = super::kernel_root();
     let slot = index(KERNEL_MAP_BASE, 4);
     if read(root, slot) & PRESENT != 0 {
         return Err(PagingError::AlreadyMapped);
@@ -172,6 +184,8 @@ pub fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> {
     let pdpt = new_table()?;
     {
         let window = pte::open();
+        // The root is the boot stub's PML4: an early page table, reached
+        // through its direct-map alias like the allocator's tables.
         write(&window, root, slot, pdpt | PRESENT | WRITABLE);
     }
     Ok(KERNEL_SPACE.call_once(|| AddressSpace {
@@ -210,17 +224,20 @@ fn table(phys: u64) -> *mut u64 {
     (DIRECT_MAP_BASE + phys) as *mut u64
 }
 
-/// Reads entry `index` of the table at `phys`.
+/// Reads entry `index` of the table at `phys`: a table of a space this
+/// module edits (from the page-table freetype) or the kernel's root.
 fn read(phys: u64, index: u64) -> u64 {
-    // SAFETY: page tables from the page-table freetype are mapped (readable)
-    // by the direct map; reads need no window.
+    // SAFETY: both kinds of table are in RAM the direct map covers, mapped
+    // readable (with the page-table protection, which only limits writes);
+    // reads need no window.
     unsafe { table(phys).add(index as usize).read_volatile() }
 }
 
-/// Writes entry `index` of a table of an address space this module owns.
+/// Writes entry `index` of the table at `phys`, as for [`read`].
 fn write(window: &pte::Window, phys: u64, index: u64, value: u64) {
-    // SAFETY: the table belongs to an address space this module owns and is
-    // mapped by the direct map; the window makes the write allowed.
+    // SAFETY: as in `read`; the window makes the protected mapping
+    // writable, and callers keep every translation the kernel relies on
+    // (they only add or remove mappings of their own range).
     unsafe { pte::write(window, table(phys).add(index as usize), value) };
 }
 
@@ -255,20 +272,10 @@ impl AddressSpace {
         // Not full: checked above, under the same lock.
         let _ = live.push(root);
         drop(live);
-        let kernel_root = cpu::read_cr3() & ADDRESS;
+        let kernel_root = super::kernel_root();
         let window = pte::open();
         for slot in 256..512 {
-            let mut bytes = [0u8; 8];
-            // The kernel root is in the image; read it like any table.
-            let entry = match boot::PhysMemory::read(
-                &super::KernelPhys,
-                kernel_root + slot * 8,
-                &mut bytes,
-            ) {
-                Some(()) => u64::from_le_bytes(bytes),
-                None => 0,
-            };
-            write(&window, root, slot, entry);
+            write(&window, root, slot, read(kernel_root, slot));
         }
         Ok(Self {
             root,
@@ -292,9 +299,36 @@ impl AddressSpace {
         if !virt.is_multiple_of(size.bytes()) {
             return Err(PagingError::Misaligned);
         }
-        let range = self.kind.range();
-        if !(range.start <= virt && virt - range.start < range.end - range.start) {
+        if !self.kind.range().contains(&virt) {
             return Err(PagingError::OutOfRange);
+        }
+        Ok(())
+    }
+
+    /// Checks a frame of `size` for `flags`: aligned, within the CPU's
+    /// physical address width, not page-table memory, and for the kernel
+    /// space, neither hidden from the direct map nor mapped W+X.
+    fn check_frame(&self, phys: u64, size: PageSize, flags: MapFlags) -> Result<(), PagingError> {
+        if !phys.is_multiple_of(size.bytes()) {
+            return Err(PagingError::Misaligned);
+        }
+        if phys
+            .checked_add(size.bytes())
+            .is_none_or(|end| end > cpu::physical_address_limit())
+        {
+            return Err(PagingError::BadFrame);
+        }
+        let frames = (0..size.bytes() / 4096).map(|i| phys + i * 4096);
+        if frames.clone().any(is_page_table_memory) {
+            return Err(PagingError::ProtectedFrame);
+        }
+        if self.kind == Kind::Kernel {
+            if flags.writable && flags.executable {
+                return Err(PagingError::WritableExecutable);
+            }
+            if frames.into_iter().any(frames::is_hidden) {
+                return Err(PagingError::HiddenFrame);
+            }
         }
         Ok(())
     }
@@ -308,22 +342,16 @@ impl AddressSpace {
         size: PageSize,
         flags: MapFlags,
     ) -> Result<(), PagingError> {
+        // Check before changing anything.
         self.check_page(virt, size)?;
-        if !phys.is_multiple_of(size.bytes()) {
-            return Err(PagingError::Misaligned);
-        }
+        self.check_frame(phys, size, flags)?;
         let _edits = self.edits.lock();
-        // Check before changing anything: nothing is mapped there, and the
-        // frame is not page-table memory.
         if self.translate(virt).is_some() {
             return Err(PagingError::AlreadyMapped);
         }
-        let frames_in_page = size.bytes() / 4096;
-        if (0..frames_in_page).any(|i| is_page_table_memory(phys + i * 4096)) {
-            return Err(PagingError::ProtectedFrame);
-        }
         let window = pte::open();
-        // Tables made for this call, undone if a later step fails.
+        // Tables made for this call, undone if a later step fails: (parent
+        // table, slot in it, new child table).
         let mut created: [(u64, u64, u64); 3] = [(0, 0, 0); 3];
         let mut made = 0;
         let mut table = self.root;
@@ -406,7 +434,7 @@ impl AddressSpace {
         // Free tables that became empty, bottom up (never the root, nor
         // what the kind keeps).
         let mut child = table;
-        let kept = self.kind.kept_path_entries();
+        let kept = self.kind.kept_levels();
         while depth > kept && (0..512).all(|i| read(child, i) == 0) {
             depth -= 1;
             let (parent, parent_slot) = path[depth];
@@ -492,6 +520,7 @@ crate::kernel_test! {
         let virt = 0x4000_0000;
         crate::check_eq!(space.map(virt + 1, small, PageSize::Small, rw), Err(PagingError::Misaligned));
         crate::check_eq!(space.map(USER_END, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
+        crate::check_eq!(space.map(virt, 1 << 52, PageSize::Small, rw), Err(PagingError::BadFrame));
         crate::check_eq!(space.unmap(virt, PageSize::Small), Err(PagingError::NotMapped));
         crate::check_eq!(space.map(virt, small, PageSize::Small, rw), Ok(()));
         crate::check_eq!(space.map(virt, large, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
@@ -521,8 +550,9 @@ crate::kernel_test! {
 
 crate::kernel_test! {
     /// The kernel space: kernel-only 4 KiB and 2 MiB mappings, seen by a
-    /// user space made afterwards, one window per operation, tables freed
-    /// down to the region's PDPT, and bad input refused without change.
+    /// user space made afterwards, one window per operation, every table
+    /// it made freed again (down to the region's PDPT), and bad input
+    /// refused without change.
     fn kernel_space_map_unmap() -> TestResult {
         use crate::testing::TestFailure;
         let (Some(kernel), Some(frames)) = (kernel_space(), frames::allocator()) else {
@@ -534,61 +564,166 @@ crate::kernel_test! {
         ) else {
             return Err(TestFailure::new(file!(), line!(), format_args!("no memory")));
         };
-        let rw = MapFlags { writable: true, executable: false };
-        let virt = KERNEL_MAP_BASE + (5 << 30);
-        let large_virt = virt + (2 << 20);
-        crate::check!(kernel.is_kernel());
-        crate::check_eq!(kernel.map(virt + 8, small, PageSize::Small, rw), Err(PagingError::Misaligned));
-        crate::check_eq!(kernel.map(0x4000_0000, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
-        crate::check_eq!(kernel.map(KERNEL_MAP_BASE + KERNEL_MAP_SIZE, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
-        crate::check_eq!(kernel.map(virt, kernel.root(), PageSize::Small, rw), Err(PagingError::ProtectedFrame));
-        crate::check_eq!(kernel.unmap(virt, PageSize::Small), Err(PagingError::NotMapped));
-
-        let pkrs = || pks::current().map_or(0, |p| p.pkrs_writes());
-        let before = pkrs();
-        crate::check_eq!(kernel.map(virt, small, PageSize::Small, rw), Ok(()));
-        let map_writes = pkrs() - before;
-        crate::check_eq!(kernel.map(large_virt, large, PageSize::Large, rw), Ok(()));
-        crate::check_eq!(kernel.map(virt, large, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
-        let Some((_, leaf)) = kernel.translate(virt) else {
-            return Err(TestFailure::new(file!(), line!(), format_args!("not mapped")));
-        };
-        crate::check!(leaf & USER == 0 && leaf & WRITABLE != 0, "leaf {:#x}", leaf);
-        crate::check_eq!(kernel.translate(large_virt + 0x1234).map(|t| t.0), Some(large + 0x1234));
-
-        // The mapping is the frame: write through it, read through the
-        // direct map.
-        // SAFETY: `virt` maps `small`, a zeroed frame this test owns.
-        unsafe { (virt as *mut u64).write_volatile(0x5eed) };
-        // SAFETY: the direct map shows the same frame, readable.
-        let seen = unsafe { ((DIRECT_MAP_BASE + small) as *const u64).read_volatile() };
-        crate::check_eq!(seen, 0x5eed);
-
-        // A user space made now shares the region; it cannot map there.
-        let user = AddressSpace::new().map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
-        crate::check_eq!(user.translate(virt).map(|t| t.0), Some(small));
-        crate::check_eq!(user.map(virt, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
-        let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
-        crate::check!(!protecting || super::verify::verify().passed(), "the walk failed with kernel mappings live");
-        drop(user);
-
-        let before = pkrs();
-        crate::check_eq!(kernel.unmap(virt, PageSize::Small), Ok(small));
-        let unmap_writes = pkrs() - before;
-        crate::check_eq!(kernel.unmap(large_virt, PageSize::Large), Ok(large));
-        crate::check_eq!(kernel.translate(virt), None);
-        crate::check!(super::walk::leaf(cpu::read_cr3(), virt).is_none(), "still in the live tables");
-        // Every table under the region's PDPT went back; the PDPT stays.
-        let pdpt = read(kernel.root(), index(KERNEL_MAP_BASE, 4));
-        crate::check!(pdpt & PRESENT != 0, "the region's PDPT was freed");
-        crate::check_eq!(read(pdpt & ADDRESS, index(virt, 3)), 0);
-        if pks::current().map(|p| p.mechanism()) == Some(pkeys::Mechanism::Pks) {
-            crate::check_eq!((map_writes, unmap_writes), (2, 2));
-        }
+        let result = check_kernel_space(kernel, small, large);
+        // Whatever failed, leave the shared region as it was and give the
+        // frames back (unmapping what is already unmapped is refused).
+        let _ = kernel.unmap(KERNEL_TEST_VIRT, PageSize::Small);
+        let _ = kernel.unmap(KERNEL_TEST_VIRT + (2 << 20), PageSize::Large);
         crate::check_eq!(frames.free(0, Pfn(small / 4096), 0), Ok(()));
         crate::check_eq!(frames.free(0, Pfn(large / 4096), 9), Ok(()));
-        Ok(())
+        result
     }
+}
+
+/// Where `kernel_space_map_unmap` maps: a 2 MiB-aligned address in the
+/// kernel region, its 4 KiB page here and its 2 MiB page right after.
+const KERNEL_TEST_VIRT: u64 = KERNEL_MAP_BASE + (5 << 30);
+
+/// The body of `kernel_space_map_unmap`, on frames it owns.
+fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::testing::TestResult {
+    use crate::testing::TestFailure;
+    let Some(frames) = frames::allocator() else {
+        return Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!("no allocator"),
+        ));
+    };
+    let rw = MapFlags {
+        writable: true,
+        executable: false,
+    };
+    let virt = KERNEL_TEST_VIRT;
+    let large_virt = virt + (2 << 20);
+    crate::check!(kernel.is_kernel());
+    crate::check_eq!(
+        kernel.map(virt + 8, small, PageSize::Small, rw),
+        Err(PagingError::Misaligned)
+    );
+    crate::check_eq!(
+        kernel.map(0x4000_0000, small, PageSize::Small, rw),
+        Err(PagingError::OutOfRange)
+    );
+    crate::check_eq!(
+        kernel.map(
+            KERNEL_MAP_BASE + KERNEL_MAP_SIZE,
+            small,
+            PageSize::Small,
+            rw
+        ),
+        Err(PagingError::OutOfRange)
+    );
+    crate::check_eq!(
+        kernel.map(virt, cpu::physical_address_limit(), PageSize::Small, rw),
+        Err(PagingError::BadFrame)
+    );
+    crate::check_eq!(
+        kernel.map(virt, !0xfff_u64, PageSize::Small, rw),
+        Err(PagingError::BadFrame)
+    );
+    crate::check_eq!(
+        kernel.map(virt, kernel.root(), PageSize::Small, rw),
+        Err(PagingError::ProtectedFrame)
+    );
+    let wx = MapFlags {
+        writable: true,
+        executable: true,
+    };
+    crate::check_eq!(
+        kernel.map(virt, small, PageSize::Small, wx),
+        Err(PagingError::WritableExecutable)
+    );
+    let hidden_type = ptalloc::Freetype {
+        mobility: ptalloc::Mobility::Movable,
+        protection: ptalloc::Protection::Unmapped,
+    };
+    if let Ok(hidden) = frames.alloc(0, 0, hidden_type, AllocFlags::empty()) {
+        let refused = kernel.map(virt, hidden.addr(), PageSize::Small, rw);
+        crate::check_eq!(frames.free(0, hidden, 0), Ok(()));
+        crate::check_eq!(refused, Err(PagingError::HiddenFrame));
+    }
+    crate::check_eq!(
+        kernel.unmap(virt, PageSize::Small),
+        Err(PagingError::NotMapped)
+    );
+    crate::check!(
+        kernel.translate(virt).is_none(),
+        "refused maps changed the tables"
+    );
+
+    let before = frames.stats();
+    let pkrs = || pks::current().map_or(0, |p| p.pkrs_writes());
+    let mut windows = [0u64; 4];
+    let start = pkrs();
+    crate::check_eq!(kernel.map(virt, small, PageSize::Small, rw), Ok(()));
+    windows[0] = pkrs() - start;
+    let start = pkrs();
+    crate::check_eq!(kernel.map(large_virt, large, PageSize::Large, rw), Ok(()));
+    windows[1] = pkrs() - start;
+    crate::check_eq!(
+        kernel.map(virt, large, PageSize::Small, rw),
+        Err(PagingError::AlreadyMapped)
+    );
+    let Some((_, leaf)) = kernel.translate(virt) else {
+        return Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!("not mapped"),
+        ));
+    };
+    crate::check!(leaf & USER == 0 && leaf & WRITABLE != 0, "leaf {:#x}", leaf);
+    crate::check_eq!(
+        kernel.translate(large_virt + 0x1234).map(|t| t.0),
+        Some(large + 0x1234)
+    );
+
+    // The mapping is the frame: write through it, read through the direct
+    // map.
+    // SAFETY: `virt` maps `small`, a zeroed frame this test owns.
+    unsafe { (virt as *mut u64).write_volatile(0x5eed) };
+    // SAFETY: the direct map shows the same frame, readable.
+    let seen = unsafe { ((DIRECT_MAP_BASE + small) as *const u64).read_volatile() };
+    crate::check_eq!(seen, 0x5eed);
+
+    // A user space made now shares the region; it cannot map there.
+    let user = AddressSpace::new()
+        .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+    crate::check_eq!(user.translate(virt).map(|t| t.0), Some(small));
+    crate::check_eq!(
+        user.map(virt, small, PageSize::Small, rw),
+        Err(PagingError::OutOfRange)
+    );
+    let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
+    crate::check!(
+        !protecting || super::verify::verify().passed(),
+        "the walk failed with kernel mappings live"
+    );
+    drop(user);
+
+    let start = pkrs();
+    crate::check_eq!(kernel.unmap(virt, PageSize::Small), Ok(small));
+    windows[2] = pkrs() - start;
+    let start = pkrs();
+    // This one empties the region's page directory, which goes back too.
+    crate::check_eq!(kernel.unmap(large_virt, PageSize::Large), Ok(large));
+    windows[3] = pkrs() - start;
+    crate::check_eq!(kernel.translate(virt), None);
+    crate::check!(
+        super::walk::leaf(cpu::read_cr3(), virt).is_none(),
+        "still in the live tables"
+    );
+    let pdpt = read(kernel.root(), index(KERNEL_MAP_BASE, 4));
+    crate::check!(pdpt & PRESENT != 0, "the region's PDPT was freed");
+    crate::check_eq!(read(pdpt & ADDRESS, index(virt, 3)), 0);
+    // Every table made on the way (and the user space's root) was freed.
+    let after = frames.stats();
+    let made = after.allocations - before.allocations;
+    crate::check!(made >= 3, "only {} tables made", made);
+    crate::check_eq!(after.frees - before.frees, made);
+    if pks::current().map(|p| p.mechanism()) == Some(pkeys::Mechanism::Pks) {
+        crate::check_eq!(windows, [2; 4]);
+    }
+    Ok(())
 }
 
 crate::kernel_test! {

@@ -18,7 +18,13 @@
 //! The last two groups cannot go through `paging`: its tables come from
 //! the allocator, which they run before or underneath. The boot stub's
 //! assembly, which runs before any of this exists, is the only other
-//! writer; the PKS mechanism's own tests open key-1 windows on test pages.
+//! writer of entries.
+//!
+//! Windows that write no entries are opened elsewhere, on the key itself:
+//! `backend::zero` zeroes new page-table pages inside a window for their
+//! pageblock's key, a `frames` test writes links into page-table pages it
+//! holds, and the PKS mechanism's own tests (in `pkfault`) open key-1
+//! windows on test pages.
 
 use crate::arch::pks::{self, Registers};
 
