@@ -14,8 +14,10 @@
 //! before anything can fault again.
 //!
 //! Breakpoints (#BP) return; protection-key page faults and the #DB of a
-//! `soft` retry go to [`crate::pkfault`], which may resume them; every
-//! other exception is fatal for now and ends in [`crate::fatal::exception`].
+//! `soft` retry go to [`crate::pkfault`], which may resume them; a page
+//! fault at a probe that survives any fault resumes there (see
+//! [`super::recovery`]); every other exception is fatal for now and ends in
+//! [`crate::fatal::exception`].
 
 use super::gdt::{IstSlot, KERNEL_CODE};
 use core::cell::UnsafeCell;
@@ -306,7 +308,16 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
             CR0_AT_BREAKPOINT.store(super::cpu::read_cr0(), Ordering::Relaxed);
             true
         }
-        14 => crate::pkfault::page_fault(frame, saved.as_mut()),
+        14 => {
+            crate::pkfault::page_fault(frame, saved.as_mut())
+                || match super::recovery::any_fault_recovery_point(frame.rip) {
+                    Some(resume) => {
+                        frame.rip = resume;
+                        true
+                    }
+                    None => false,
+                }
+        }
         _ => false,
     };
     if !handled {

@@ -2,10 +2,14 @@
 //! kernel resume after them.
 //!
 //! Each probe's one memory access has an entry in the `.recovery_table`
-//! section: (address of the access, address to resume at). A fault handler
-//! that decides to stop the faulting operation (`pkfault=report`) looks the
-//! faulting RIP up with [`recovery_point`]; if found, it resumes there and
-//! the probe returns an error instead of the value.
+//! section: (address of the access, address to resume at, kind). A fault
+//! handler that decides to stop the faulting operation (`pkfault=report`)
+//! looks the faulting RIP up with [`recovery_point`]; if found, it resumes
+//! there and the probe returns an error instead of the value.
+//!
+//! One probe, [`read_u64_if_mapped`], is of the other kind: any page fault
+//! at it resumes ([`any_fault_recovery_point`]), whatever the fault policy.
+//! Tests use it to check that a translation is really gone.
 
 use core::arch::global_asm;
 
@@ -28,15 +32,28 @@ global_asm!(
     "ret",
     "4: mov eax, 1",
     "ret",
+    // u64 probe_read_if_mapped_u64(const u64 *addr, u64 *out): as probe_read_u64,
+    // but every page fault at the access resumes.
+    ".global probe_read_if_mapped_u64",
+    "probe_read_if_mapped_u64:",
+    "5: mov rax, [rdi]",
+    "mov [rsi], rax",
+    "xor eax, eax",
+    "ret",
+    "6: mov eax, 1",
+    "ret",
+    // Kind 0: the fault policy decides; kind 1: any page fault resumes.
     ".pushsection .recovery_table, \"a\"",
-    ".quad 1b, 2b",
-    ".quad 3b, 4b",
+    ".quad 1b, 2b, 0",
+    ".quad 3b, 4b, 0",
+    ".quad 5b, 6b, 1",
     ".popsection",
 );
 
 unsafe extern "C" {
     fn probe_read_u64(addr: *const u64, out: *mut u64) -> u64;
     fn probe_write_u64(addr: *mut u64, value: u64) -> u64;
+    fn probe_read_if_mapped_u64(addr: *const u64, out: *mut u64) -> u64;
     static __recovery_table_start: u8;
     static __recovery_table_end: u8;
 }
@@ -70,17 +87,47 @@ pub unsafe fn write_u64(addr: *mut u64, value: u64) -> Result<(), Faulted> {
     if status == 0 { Ok(()) } else { Err(Faulted) }
 }
 
-/// The recovery point for a faulting instruction at `rip`, if it is one
-/// of the probes' accesses.
-pub fn recovery_point(rip: u64) -> Option<u64> {
-    let start = (&raw const __recovery_table_start).cast::<[u64; 2]>();
-    let end = (&raw const __recovery_table_end).cast::<[u64; 2]>();
-    let count = (end as usize - start as usize) / size_of::<[u64; 2]>();
+/// Reads the word at `addr`; `Err` if the read page-faulted for any
+/// reason (not present, reserved bit, protection key). Never fatal.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and not a device register: if the read
+/// succeeds it must be one the caller is allowed to make.
+pub unsafe fn read_u64_if_mapped(addr: *const u64) -> Result<u64, Faulted> {
+    let mut value = 0;
+    // SAFETY: the caller vouches for the address; any #PF at the access
+    // resumes at its recovery point, which returns 1.
+    let status = unsafe { probe_read_if_mapped_u64(addr, &mut value) };
+    if status == 0 { Ok(value) } else { Err(Faulted) }
+}
+
+/// Recovery-table entry kinds, as the assembly above writes them.
+const POLICY_DECIDES: u64 = 0;
+const ANY_FAULT: u64 = 1;
+
+fn recovery_table() -> &'static [[u64; 3]] {
+    let start = (&raw const __recovery_table_start).cast::<[u64; 3]>();
+    let end = (&raw const __recovery_table_end).cast::<[u64; 3]>();
+    let count = (end as usize - start as usize) / size_of::<[u64; 3]>();
     // SAFETY: the linker script gathers the `.recovery_table` entries, each
-    // two words, between the two symbols; the section is read-only.
-    let table = unsafe { core::slice::from_raw_parts(start, count) };
-    table
+    // three words, between the two symbols; the section is read-only.
+    unsafe { core::slice::from_raw_parts(start, count) }
+}
+
+/// The recovery point for a faulting instruction at `rip`, if it is one
+/// of the probes' accesses (for a fault policy that stops the access).
+pub fn recovery_point(rip: u64) -> Option<u64> {
+    recovery_table()
         .iter()
-        .find(|entry| entry[0] == rip)
+        .find(|entry| entry[0] == rip && matches!(entry[2], POLICY_DECIDES | ANY_FAULT))
+        .map(|entry| entry[1])
+}
+
+/// The recovery point for a page fault at `rip` if the access there
+/// survives any page fault ([`read_u64_if_mapped`]).
+pub fn any_fault_recovery_point(rip: u64) -> Option<u64> {
+    recovery_table()
+        .iter()
+        .find(|entry| entry[0] == rip && entry[2] == ANY_FAULT)
         .map(|entry| entry[1])
 }

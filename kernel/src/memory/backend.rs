@@ -10,9 +10,8 @@
 //!   and is a plain mapping under `none`; `Unmapped` is not present.
 //! - `flush` drops the run's translations through [`tlb`]: INVLPG each
 //!   up to the limit (measured at boot, or `flushlimit=`), a CR3 reload
-//!   beyond it or where a 2 MiB entry was split to 4 KiB. TCG drops its whole software TLB on
-//!   every PKRS write, so a missing flush would not show in the QEMU tests:
-//!   flushes are checked by reading, not by observing stale translations.
+//!   beyond it or where a 2 MiB entry was split to 4 KiB (`tlb`'s doc
+//!   says what the QEMU tests can and cannot see of flushes).
 //! - `zero` writes through the direct map (inside a window for the key of
 //!   a protected page), or through the ephemeral slot for unmapped pages.
 //!

@@ -24,6 +24,13 @@
 //! and then 12). Under the nested KVM there, INVLPG is dearer at every n
 //! (limit 0): each INVLPG and CR3 write exits to the hypervisor.
 //!
+//! What the QEMU tests can see: TCG drops its whole software TLB on every
+//! PKRS or CR0.WP write, and on an INVLPG inside the 2 MiB pages it
+//! tracks. So under `pks` and `ro` a missing flush does not show, and
+//! INVLPG of a wrong address never does. Under `ptprot=none` windows write
+//! no register, and `a_conversion_drops_the_old_translation` sees a
+//! missing flush (it fails with the flush removed).
+//!
 //! Written here because `x86` gives the instructions, not the choice.
 
 use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo, MIB2};
@@ -207,6 +214,64 @@ crate::kernel_test! {
                 crate::check!(false, "flushlimit {:?} but calibration {:?}", setting, measured.is_some());
             }
         }
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// A conversion's flush really drops the old translation: read a
+    /// pageblock's direct-map address (so the TLB holds it), convert the
+    /// block to `Unmapped` (its 2 MiB entry becomes not present), and read
+    /// again: the read must fault. Under `ptprot=none` nothing else flushes
+    /// the TLB on the way (no window writes PKRS or CR0), so this sees a
+    /// missing flush even under TCG.
+    fn a_conversion_drops_the_old_translation() -> TestResult {
+        use crate::arch::recovery::read_u64_if_mapped;
+        use ptalloc::{AllocFlags, Freetype, Mobility, Pfn, Protection};
+        let Some(frames) = super::frames::allocator() else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let hidden = Freetype { mobility: Mobility::Movable, protection: Protection::Unmapped };
+        // One word per pageblock, each in a different 4 KiB page of its
+        // block: TCG's software TLB is indexed by page number, and the
+        // first pages of all blocks would evict one another.
+        let probe_word = |block: Pfn| {
+            let page_in_block = (block.addr() / MIB2) % 512;
+            (DIRECT_MAP_BASE + block.addr() + page_in_block * 4096) as *const u64
+        };
+        // Take whole Unmapped pageblocks until one comes from a conversion
+        // (earlier tests may have left free Unmapped blocks).
+        let mut taken: heapless::Vec<Pfn, 64> = heapless::Vec::new();
+        let mut converted = None;
+        while converted.is_none() && !taken.is_full() {
+            // Load a translation for a word of every pageblock the direct
+            // map still shows.
+            let ranges = super::direct_map::info().map(|i| i.ranges.clone()).unwrap_or_default();
+            for range in ranges {
+                for block in (range.start.div_ceil(MIB2)..range.end / MIB2).map(|b| Pfn(b * 512)) {
+                    // SAFETY: a direct-map address, read only; a hidden
+                    // block faults and the probe resumes.
+                    let _ = unsafe { read_u64_if_mapped(probe_word(block)) };
+                }
+            }
+            let batches = frames.stats().conversion_batches;
+            let Ok(block) = frames.alloc(0, 9, hidden, AllocFlags::empty()) else { break };
+            // Capacity checked by the loop condition.
+            let _ = taken.push(block);
+            if frames.stats().conversion_batches > batches {
+                converted = Some(block);
+            }
+        }
+        // SAFETY: as above.
+        let after = converted.map(|block| unsafe { read_u64_if_mapped(probe_word(block)) });
+        for &block in &taken {
+            crate::check_eq!(frames.free(0, block, 9), Ok(()));
+        }
+        crate::check!(converted.is_some(), "no pageblock was converted to Unmapped ({} taken)", taken.len());
+        crate::check!(
+            matches!(after, Some(Err(_))),
+            "the converted block still reads through the direct map: a stale translation"
+        );
         Ok(())
     }
 }
