@@ -6,7 +6,7 @@
 //! that open a window, each once per operation however many entries it
 //! writes (so one operation costs one pair of PKRS writes):
 //! - `paging`, the page-table module: map and unmap in the kernel space and
-//!   in user spaces, at run time;
+//!   in user spaces at run time, and setting up a space's root;
 //! - `backend`, the direct map's split and pageblock-attribute path, which
 //!   `ptalloc` drives and which takes its tables from the split reserve;
 //! - the fixed kernel structures, written where they are owned: the direct
@@ -20,11 +20,11 @@
 //! assembly, which runs before any of this exists, is the only other
 //! writer of entries.
 //!
-//! Windows that write no entries are opened elsewhere, on the key itself:
-//! `backend::zero` zeroes new page-table pages inside a window for their
-//! pageblock's key, a `frames` test writes links into page-table pages it
-//! holds, and the PKS mechanism's own tests (in `pkfault`) open key-1
-//! windows on test pages.
+//! Some windows write no entries: `backend::zero` zeroes new page-table
+//! pages inside a window for their pageblock's key (opened on the key
+//! itself), a `frames` test writes links into page-table pages it holds
+//! (through [`open`]), and the PKS mechanism's own tests (in `pkfault`)
+//! open key-1 windows on test pages.
 
 use crate::arch::pks::{self, Registers};
 
