@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 24 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 18 passed, 0 failed, 7 skipped";
-const ALL_UNDER_NONE: &str = "tests: 16 passed, 0 failed, 9 skipped";
+const ALL_UNDER_PKS: &str = "tests: 25 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 19 passed, 0 failed, 7 skipped";
+const ALL_UNDER_NONE: &str = "tests: 16 passed, 0 failed, 10 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -54,7 +54,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(24)
+        .expect_all_tests_passed(25)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.

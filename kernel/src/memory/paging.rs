@@ -727,16 +727,79 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
 }
 
 crate::kernel_test! {
+    /// The walk finds what it exists to find: a leaf planted to map a
+    /// page-table page without protection, and a table planted outside
+    /// page-table memory. Both are undone afterwards.
+    fn walk_finds_planted_violations() -> TestResult {
+        use crate::testing::TestFailure;
+        if crate::boot_state().ptprot == pkeys::ProtectionPolicy::None {
+            return Err(TestFailure::skipped("ptprot=none protects nothing"));
+        }
+        let Some(frames) = frames::allocator() else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let space = AddressSpace::new().map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+        let (Ok(data), Ok(not_a_table), Ok(pt_page)) = (
+            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO).map(Pfn::addr),
+            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO).map(Pfn::addr),
+            frames.alloc(0, 0, PAGE_TABLES, AllocFlags::ZERO).map(Pfn::addr),
+        ) else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("no memory")));
+        };
+        let virt = 0x4000_0000;
+        let rw = MapFlags { writable: true, executable: false };
+        crate::check_eq!(space.map(virt, data, PageSize::Small, rw), Ok(()));
+        let clean = super::verify::verify_root(space.root());
+        // The path to the leaf: root -> PDPT -> PD -> PT.
+        let pdpt = read(space.root(), index(virt, 4)) & ADDRESS;
+        let pd = read(pdpt, index(virt, 3)) & ADDRESS;
+        let pd_entry = read(pd, index(virt, 2));
+        let pt = pd_entry & ADDRESS;
+        let leaf = read(pt, index(virt, 1));
+
+        // 1. The leaf now maps a page-table page, user-accessible.
+        {
+            let window = pte::open();
+            write(&window, pt, index(virt, 1), (leaf & !ADDRESS) | pt_page);
+        }
+        let alias = super::verify::verify_root(space.root());
+        // 2. The PD entry now links a frame outside page-table memory.
+        {
+            let window = pte::open();
+            write(&window, pt, index(virt, 1), leaf);
+            write(&window, pd, index(virt, 2), (pd_entry & !ADDRESS) | not_a_table);
+        }
+        let stray_table = super::verify::verify_root(space.root());
+        {
+            let window = pte::open();
+            write(&window, pd, index(virt, 2), pd_entry);
+        }
+        let restored = super::verify::verify_root(space.root());
+        crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(data));
+        drop(space);
+        for frame in [data, not_a_table, pt_page] {
+            crate::check_eq!(frames.free(0, Pfn(frame / 4096), 0), Ok(()));
+        }
+
+        crate::check_eq!(clean.violations, 0);
+        crate::check_eq!(alias.violations, 1);
+        crate::check_eq!(alias.first_violation.map(|v| (v.virt, v.phys)), Some((virt, pt_page)));
+        crate::check_eq!(stray_table.violations, 1);
+        crate::check_eq!(stray_table.first_violation.map(|v| v.phys), Some(not_a_table));
+        crate::check_eq!(restored.violations, 0);
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
     /// Churn: allocate and free over 10,000 page-table pages (fewer on a
     /// small machine) by mapping one page in each of as many separate
     /// 2 MiB regions, then unmapping them. Measures flushes per 1,000
     /// page-table allocations (goal: at most 2), 2 MiB -> 4 KiB splits
-    /// (goal: 0) and PKRS writes per map (goal: 2).
+    /// (goal: 0) and PKRS writes per map (goal: 2); the verification walk
+    /// runs on the space at its peak.
     fn page_table_churn() -> TestResult {
         const REGIONS: u64 = 10_000;
-        /// Mapped regions at which the verification walk runs (the walk
-        /// tracks up to 512 tables).
-        const VERIFY_AT: u64 = 256;
         let Some(allocator) = frames::allocator() else {
             return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
         };
@@ -753,20 +816,26 @@ crate::kernel_test! {
         let rw = MapFlags { writable: true, executable: false };
         let mut mapped = 0;
         let mut failure = None;
-        let mut verified = None;
         while mapped < regions {
             if let Err(error) = space.map(mapped << 21, frame.addr(), PageSize::Small, rw) {
                 failure = Some(error);
                 break;
             }
             mapped += 1;
-            if mapped == VERIFY_AT {
-                // The churned space itself: its user half holds new tables.
-                verified = Some(super::verify::verify_root(space.root()));
-            }
         }
         let pkrs_writes = pks::current().map_or(0, |p| p.pkrs_writes()) - pkrs_before;
         let at_peak = allocator.stats();
+        let mechanism = pks::current().map(|p| p.mechanism());
+        // The churned space at its peak: one page table per region.
+        let verified = (mechanism != Some(pkeys::Mechanism::None)).then(|| {
+            let walk = super::verify::verify_root(space.root());
+            defmt::info!(
+                "churn: verification walk at the peak: {=usize} page tables, {=u64} violations",
+                walk.tables,
+                walk.violations
+            );
+            walk
+        });
         for region in 0..mapped {
             crate::check_eq!(space.unmap(region << 21, PageSize::Small), Ok(frame.addr()));
         }
@@ -789,9 +858,9 @@ crate::kernel_test! {
         crate::check!(table_allocations >= regions, "only {} tables", table_allocations);
         crate::check!(per_thousand_x100 <= 200, "{} flushes for {} tables", flushes, table_allocations);
         crate::check_eq!(splits_2m, 0);
-        let mechanism = pks::current().map(|p| p.mechanism());
-        if mechanism != Some(pkeys::Mechanism::None) {
-            crate::check_eq!(verified.map(|v| (v.passed(), v.violations)), Some((true, 0)));
+        if let Some(walk) = verified {
+            crate::check_eq!((walk.passed(), walk.violations), (true, 0));
+            crate::check!(walk.tables as u64 > mapped, "the walk saw {} tables for {} regions", walk.tables, mapped);
         }
         if mechanism == Some(pkeys::Mechanism::Pks) {
             crate::check_eq!(pkrs_writes, 2 * mapped);
