@@ -87,8 +87,10 @@ pub unsafe fn write_u64(addr: *mut u64, value: u64) -> Result<(), Faulted> {
     if status == 0 { Ok(()) } else { Err(Faulted) }
 }
 
-/// Reads the word at `addr`; `Err` if the read page-faulted for any
-/// reason (not present, reserved bit, protection key). Never fatal.
+/// Reads the word at `addr`; `Err` if the read page-faulted (not present,
+/// reserved bit, protection key), never fatal. A key fault under
+/// `pkfault=soft` is let through once, as everywhere, and the read
+/// succeeds.
 ///
 /// # Safety
 /// `addr` must be 8-byte aligned and not a device register: if the read
