@@ -208,7 +208,10 @@ fn print_verification(boot: &BootState) {
             "verification walk: PASS: {} page-table frames, {} leaf mappings, {} aliases of protected frames, all protected",
             v.tables, v.leaves, v.aliases
         ),
-        None => println!("verification walk: FAIL: a table could not be read, walk incomplete"),
+        None => println!(
+            "verification walk: FAIL: incomplete (a table could not be read, or more than {} tables)",
+            memory::verify::MAX_TABLE_VISITS
+        ),
         Some(bad) => println!(
             "verification walk: FAIL: {} violations (unprotected aliases, or tables outside page-table memory); first: virtual {:#x}, frame {:#x}, entry {:#x}",
             v.violations, bad.virt, bad.phys, bad.entry

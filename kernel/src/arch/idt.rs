@@ -310,7 +310,7 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
         }
         14 => {
             crate::pkfault::page_fault(frame, saved.as_mut())
-                || match super::recovery::any_fault_recovery_point(frame.rip) {
+                || match super::recovery::any_fault_recovery_point(frame.rip, frame.error_code) {
                     Some(resume) => {
                         frame.rip = resume;
                         true

@@ -8,7 +8,8 @@
 //! there and the probe returns an error instead of the value.
 //!
 //! One probe, [`read_u64_if_mapped`], is of the other kind: any page fault
-//! at it resumes ([`any_fault_recovery_point`]), whatever the fault policy.
+//! at it but a reserved-bit one resumes ([`any_fault_recovery_point`]),
+//! whatever the fault policy.
 //! Tests use it to check that a translation is really gone.
 
 use core::arch::global_asm;
@@ -44,6 +45,7 @@ global_asm!(
     "ret",
     // Kind 0: the fault policy decides; kind 1: any page fault resumes.
     ".pushsection .recovery_table, \"a\"",
+    ".balign 8",
     ".quad 1b, 2b, 0",
     ".quad 3b, 4b, 0",
     ".quad 5b, 6b, 1",
@@ -87,14 +89,17 @@ pub unsafe fn write_u64(addr: *mut u64, value: u64) -> Result<(), Faulted> {
     if status == 0 { Ok(()) } else { Err(Faulted) }
 }
 
-/// Reads the word at `addr`; `Err` if the read page-faulted (not present,
-/// reserved bit, protection key), never fatal. A key fault under
+/// Reads the word at `addr`; `Err` if the read page-faulted because the
+/// page is absent or its rights or key forbid it. A reserved-bit fault (a
+/// corrupt paging structure) stays fatal. A key fault under
 /// `pkfault=soft` is let through once, as everywhere, and the read
 /// succeeds.
 ///
 /// # Safety
 /// `addr` must be 8-byte aligned and not a device register: if the read
-/// succeeds it must be one the caller is allowed to make.
+/// succeeds it must be one the caller is allowed to make. Not from a #PF
+/// handler: a fault there would reuse its IST stack and overwrite its
+/// frame.
 pub unsafe fn read_u64_if_mapped(addr: *const u64) -> Result<u64, Faulted> {
     let mut value = 0;
     // SAFETY: the caller vouches for the address; any #PF at the access
@@ -125,9 +130,15 @@ pub fn recovery_point(rip: u64) -> Option<u64> {
         .map(|entry| entry[1])
 }
 
-/// The recovery point for a page fault at `rip` if the access there
-/// survives any page fault ([`read_u64_if_mapped`]).
-pub fn any_fault_recovery_point(rip: u64) -> Option<u64> {
+/// The recovery point for a page fault with `error_code` at `rip` if the
+/// access there survives it ([`read_u64_if_mapped`]): any page fault but a
+/// reserved-bit one.
+pub fn any_fault_recovery_point(rip: u64, error_code: u64) -> Option<u64> {
+    let reserved_bit = pkeys::PageFaultError::from_bits_retain(error_code)
+        .contains(pkeys::PageFaultError::RESERVED_BIT);
+    if reserved_bit {
+        return None;
+    }
     recovery_table()
         .iter()
         .find(|entry| entry[0] == rip && entry[2] == ANY_FAULT)

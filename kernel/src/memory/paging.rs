@@ -727,9 +727,11 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
 }
 
 crate::kernel_test! {
-    /// The walk finds what it exists to find: a leaf planted to map a
-    /// page-table page without protection, and a table planted outside
-    /// page-table memory. Both are undone afterwards.
+    /// The walk finds what it exists to find, and only that: planted in a
+    /// user space, an alias of a page-table page and a table outside
+    /// page-table memory; planted in the kernel space, a supervisor 4 KiB
+    /// and a 2 MiB alias of page-table memory, reported without the
+    /// protection and not with it. Everything planted is undone.
     fn walk_finds_planted_violations() -> TestResult {
         use crate::testing::TestFailure;
         if crate::boot_state().ptprot == pkeys::ProtectionPolicy::None {
@@ -738,57 +740,157 @@ crate::kernel_test! {
         let Some(frames) = frames::allocator() else {
             return Err(TestFailure::new(file!(), line!(), format_args!("no allocator")));
         };
-        let space = AddressSpace::new().map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
-        let (Ok(data), Ok(not_a_table), Ok(pt_page)) = (
-            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO).map(Pfn::addr),
-            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO).map(Pfn::addr),
-            frames.alloc(0, 0, PAGE_TABLES, AllocFlags::ZERO).map(Pfn::addr),
-        ) else {
-            return Err(TestFailure::new(file!(), line!(), format_args!("no memory")));
+        // (frame, order): data, not a table, a page-table page, a 2 MiB
+        // data block, a 2 MiB page-table block.
+        let wanted = [
+            (ptalloc::Freetype::KERNEL, 0),
+            (ptalloc::Freetype::KERNEL, 0),
+            (PAGE_TABLES, 0),
+            (ptalloc::Freetype::KERNEL, 9),
+            (PAGE_TABLES, 9),
+        ];
+        let mut held: heapless::Vec<(Pfn, u32), 5> = heapless::Vec::new();
+        for (freetype, order) in wanted {
+            match frames.alloc(0, order, freetype, AllocFlags::ZERO) {
+                // Five slots for five requests.
+                Ok(frame) => drop(held.push((frame, order))),
+                Err(_) => break,
+            }
+        }
+        let result = match held.as_slice() {
+            &[(data, _), (not_a_table, _), (pt_page, _), (big, _), (pt_block, _)] => {
+                plant_in_user_space(data.addr(), not_a_table.addr(), pt_page.addr())
+                    .and_then(|()| plant_in_kernel_space(data.addr(), pt_page.addr(), big.addr(), pt_block.addr()))
+            }
+            _ => Err(TestFailure::new(file!(), line!(), format_args!("no memory"))),
         };
-        let virt = 0x4000_0000;
-        let rw = MapFlags { writable: true, executable: false };
-        crate::check_eq!(space.map(virt, data, PageSize::Small, rw), Ok(()));
-        let clean = super::verify::verify_root(space.root());
-        // The path to the leaf: root -> PDPT -> PD -> PT.
-        let pdpt = read(space.root(), index(virt, 4)) & ADDRESS;
-        let pd = read(pdpt, index(virt, 3)) & ADDRESS;
-        let pd_entry = read(pd, index(virt, 2));
-        let pt = pd_entry & ADDRESS;
-        let leaf = read(pt, index(virt, 1));
-
-        // 1. The leaf now maps a page-table page, user-accessible.
-        {
-            let window = pte::open();
-            write(&window, pt, index(virt, 1), (leaf & !ADDRESS) | pt_page);
-        }
-        let alias = super::verify::verify_root(space.root());
-        // 2. The PD entry now links a frame outside page-table memory.
-        {
-            let window = pte::open();
-            write(&window, pt, index(virt, 1), leaf);
-            write(&window, pd, index(virt, 2), (pd_entry & !ADDRESS) | not_a_table);
-        }
-        let stray_table = super::verify::verify_root(space.root());
-        {
-            let window = pte::open();
-            write(&window, pd, index(virt, 2), pd_entry);
-        }
-        let restored = super::verify::verify_root(space.root());
-        crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(data));
-        drop(space);
-        for frame in [data, not_a_table, pt_page] {
-            crate::check_eq!(frames.free(0, Pfn(frame / 4096), 0), Ok(()));
-        }
-
-        crate::check_eq!(clean.violations, 0);
-        crate::check_eq!(alias.violations, 1);
-        crate::check_eq!(alias.first_violation.map(|v| (v.virt, v.phys)), Some((virt, pt_page)));
-        crate::check_eq!(stray_table.violations, 1);
-        crate::check_eq!(stray_table.first_violation.map(|v| v.phys), Some(not_a_table));
-        crate::check_eq!(restored.violations, 0);
-        Ok(())
+        let freed = held.iter().all(|&(frame, order)| frames.free(0, frame, order).is_ok());
+        crate::check!(freed, "a frame could not be freed");
+        result
     }
+}
+
+/// The table holding the leaf entry for `virt` at `leaf_level`, if the
+/// path to it exists.
+fn leaf_table(root: u64, virt: u64, leaf_level: u32) -> Option<u64> {
+    let mut table = root;
+    for level in (leaf_level + 1..=4).rev() {
+        let entry = read(table, index(virt, level));
+        if entry & PRESENT == 0 || entry & LARGE != 0 {
+            return None;
+        }
+        table = entry & ADDRESS;
+    }
+    Some(table)
+}
+
+/// Rewrites one entry and walks `root`; puts the entry back before
+/// returning the walk's violations.
+fn violations_with(root: u64, table: u64, slot: u64, planted: u64) -> u64 {
+    let original = read(table, slot);
+    {
+        let window = pte::open();
+        write(&window, table, slot, planted);
+    }
+    let report = super::verify::verify_root(root);
+    {
+        let window = pte::open();
+        write(&window, table, slot, original);
+    }
+    report.violations
+}
+
+/// `walk_finds_planted_violations` in a user space.
+fn plant_in_user_space(data: u64, not_a_table: u64, pt_page: u64) -> crate::testing::TestResult {
+    use crate::testing::TestFailure;
+    let space = AddressSpace::new()
+        .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+    let virt = 0x4000_0000;
+    let rw = MapFlags {
+        writable: true,
+        executable: false,
+    };
+    crate::check_eq!(space.map(virt, data, PageSize::Small, rw), Ok(()));
+    let root = space.root();
+    let (Some(pd), Some(pt)) = (leaf_table(root, virt, 2), leaf_table(root, virt, 1)) else {
+        return Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!("no path to the leaf"),
+        ));
+    };
+    let clean = super::verify::verify_root(root).violations;
+    let leaf = read(pt, index(virt, 1));
+    // A user leaf is never protected, whatever its key.
+    let alias = violations_with(root, pt, index(virt, 1), (leaf & !ADDRESS) | pt_page);
+    let pd_entry = read(pd, index(virt, 2));
+    let stray_table = violations_with(
+        root,
+        pd,
+        index(virt, 2),
+        (pd_entry & !ADDRESS) | not_a_table,
+    );
+    let restored = super::verify::verify_root(root).violations;
+    crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(data));
+    crate::check_eq!((clean, alias, stray_table, restored), (0, 1, 1, 0));
+    Ok(())
+}
+
+/// `walk_finds_planted_violations` in the kernel space: supervisor leaves,
+/// where the key (or read-only) decides.
+fn plant_in_kernel_space(
+    data: u64,
+    pt_page: u64,
+    big: u64,
+    pt_block: u64,
+) -> crate::testing::TestResult {
+    use crate::testing::TestFailure;
+    let Some(kernel) = kernel_space() else {
+        return Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!("no kernel space"),
+        ));
+    };
+    let mechanism = pks::current().map_or(pkeys::Mechanism::None, |p| p.mechanism());
+    let with_protection = |entry: u64| match mechanism {
+        pkeys::Mechanism::Pks => pkeys::key::pte_with_key(entry, pkeys::PAGE_TABLE_KEY),
+        _ => entry & !WRITABLE,
+    };
+    let rw = MapFlags {
+        writable: true,
+        executable: false,
+    };
+    let root = kernel.root();
+    let mut found = [[0u64; 2]; 2];
+    for (case, (virt, frame, target, size)) in [
+        (KERNEL_TEST_VIRT, data, pt_page, PageSize::Small),
+        (KERNEL_TEST_VIRT + (2 << 20), big, pt_block, PageSize::Large),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        crate::check_eq!(kernel.map(virt, frame, size, rw), Ok(()));
+        let level = size.leaf_level();
+        let Some(table) = leaf_table(root, virt, level) else {
+            let _ = kernel.unmap(virt, size);
+            return Err(TestFailure::new(
+                file!(),
+                line!(),
+                format_args!("no path to the leaf"),
+            ));
+        };
+        let slot = index(virt, level);
+        let planted = (read(table, slot) & !ADDRESS) | target;
+        found[case] = [
+            violations_with(root, table, slot, planted),
+            violations_with(root, table, slot, with_protection(planted)),
+        ];
+        crate::check_eq!(kernel.unmap(virt, size), Ok(frame));
+    }
+    // Unprotected: one violation; protected: none.
+    crate::check_eq!(found, [[1, 0], [1, 0]]);
+    Ok(())
 }
 
 crate::kernel_test! {

@@ -13,7 +13,8 @@
 //!
 //! Together they cover every alias of every table: by 1 each table is
 //! page-table memory, and by 2 every mapping of page-table memory is
-//! protected. No set of tables is kept, so the walk has no size limit.
+//! protected. No set of tables is kept, so the walk's only limit is a cap
+//! on tables visited ([`MAX_TABLE_VISITS`]), far above any real space.
 //!
 //! [`verify`] walks the kernel's address space and every live user address
 //! space from `paging`; [`verify_root`] one root.
@@ -39,6 +40,12 @@ pub struct Violation {
     pub entry: u64,
 }
 
+/// Most tables one walk visits before it gives up (as incomplete): a table
+/// linked many times is walked each time, and a pathological sharing
+/// pattern could otherwise take for ever. Far above any real space (the
+/// churn test's peak is about 10,000).
+pub const MAX_TABLE_VISITS: usize = 1 << 20;
+
 /// The walk's result.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VerifyReport {
@@ -52,8 +59,8 @@ pub struct VerifyReport {
     pub violations: u64,
     /// The first of them.
     pub first_violation: Option<Violation>,
-    /// A table could not be read: the walk is incomplete, which counts as
-    /// a failure.
+    /// A table could not be read, or more than [`MAX_TABLE_VISITS`] were
+    /// reached: the walk is incomplete, which counts as a failure.
     pub truncated: bool,
 }
 
@@ -160,6 +167,10 @@ fn walk_table(
     mechanism: Mechanism,
     report: &mut VerifyReport,
 ) {
+    if report.tables >= MAX_TABLE_VISITS {
+        report.truncated = true;
+        return;
+    }
     report.tables += 1;
     if !is_page_table_memory(table) {
         report.violation(Violation {
