@@ -62,8 +62,12 @@ fn all_kernel_tests_pass() {
         .expect_log("pk fault (pkfault=report): write of")
         .expect_log("denied by key 1 at RIP")
         // The churn: over 10,000 page-table pages through the real direct
-        // map, no 4 KiB shattering, one window per map.
-        .expect_log("churn: 10021 page-table pages allocated and freed, 19 flushes (1.89 per 1,000), 0 2M->4K splits, 2 PKRS writes per map");
+        // map, no 4 KiB shattering, one window per map. The flush count
+        // depends on what earlier tests left in the allocator; the kernel
+        // test itself checks it against the goal (at most 2 per 1,000).
+        .expect_log("churn: 10021 page-table pages allocated and freed, ")
+        .expect_log(" 0 2M->4K splits, 2 PKRS writes per map")
+        .expect_log("churn: verification walk at the peak: 10032 page tables, 0 violations");
     // Tests that end the machine run only when named.
     let names: Vec<_> = run
         .test_results()
