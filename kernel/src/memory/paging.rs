@@ -206,18 +206,31 @@ pub fn live_roots() -> heapless::Vec<u64, MAX_SPACES> {
     LIVE.lock().clone()
 }
 
-/// True if `phys` is page-table memory: a page-table-freetype pageblock or
-/// an early page table.
+/// True if the 4 KiB frame at `phys` is page-table memory.
 pub(crate) fn is_page_table_memory(phys: u64) -> bool {
-    let in_pt_pageblock = frames::allocator()
-        .and_then(|a| a.frame_info(Pfn(phys / 4096)))
-        .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES));
-    in_pt_pageblock
-        || super::EARLY_PAGE_TABLES
-            .lock()
-            .tables()
-            .iter()
-            .any(|t| t.phys == phys & ADDRESS)
+    page_table_memory_in(phys & ADDRESS, 4096).is_some()
+}
+
+/// The first frame of page-table memory (a frame of a page-table-freetype
+/// pageblock, or an early page table) in the `span` bytes from `start`, a
+/// page of 4 KiB, 2 MiB or 1 GiB aligned to its size. Freetypes belong to
+/// whole pageblocks, so one look per 2 MiB does.
+pub(crate) fn page_table_memory_in(start: u64, span: u64) -> Option<u64> {
+    let early = super::EARLY_PAGE_TABLES
+        .lock()
+        .tables()
+        .iter()
+        .map(|t| t.phys)
+        .find(|&t| start <= t && t - start < span);
+    early.or_else(|| {
+        (0..span.div_ceil(2 << 20))
+            .map(|block| start + block * (2 << 20))
+            .find(|&phys| {
+                frames::allocator()
+                    .and_then(|a| a.frame_info(Pfn(phys / 4096)))
+                    .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES))
+            })
+    })
 }
 
 fn table(phys: u64) -> *mut u64 {
@@ -318,15 +331,15 @@ impl AddressSpace {
         {
             return Err(PagingError::BadFrame);
         }
-        let frames = (0..size.bytes() / 4096).map(|i| phys + i * 4096);
-        if frames.clone().any(is_page_table_memory) {
+        if page_table_memory_in(phys, size.bytes()).is_some() {
             return Err(PagingError::ProtectedFrame);
         }
         if self.kind == Kind::Kernel {
             if flags.writable && flags.executable {
                 return Err(PagingError::WritableExecutable);
             }
-            if frames.into_iter().any(frames::is_hidden) {
+            // A page lies within one pageblock, which is hidden or not.
+            if frames::is_hidden(phys) {
                 return Err(PagingError::HiddenFrame);
             }
         }

@@ -20,13 +20,11 @@
 //! space from `paging`; [`verify_root`] one root.
 
 use super::KernelPhys;
-use super::frames::{self, PAGE_TABLES};
-use super::paging::is_page_table_memory;
+use super::paging::{is_page_table_memory, page_table_memory_in};
 use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
 use crate::arch::{cpu, pks};
 use boot::PhysMemory;
 use pkeys::{Mechanism, PAGE_TABLE_KEY};
-use ptalloc::Pfn;
 
 /// A mapping, or a table, that breaks the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,31 +115,6 @@ pub fn verify_root(root: u64) -> VerifyReport {
     let mut report = VerifyReport::default();
     walk_table(root, 4, 0, 0, mechanism, &mut report);
     report
-}
-
-/// True if a leaf of `span` bytes from `phys_base` maps any page-table
-/// memory; returns the first such frame. Larger leaves are checked
-/// pageblock by pageblock, plus every early table inside.
-fn page_table_memory_in(phys_base: u64, span: u64) -> Option<u64> {
-    if span == 4096 {
-        return is_page_table_memory(phys_base).then_some(phys_base);
-    }
-    let early = super::EARLY_PAGE_TABLES
-        .lock()
-        .tables()
-        .iter()
-        .map(|t| t.phys)
-        .find(|&t| phys_base <= t && t - phys_base < span);
-    early.or_else(|| {
-        (0..span)
-            .step_by(1 << 21)
-            .map(|o| phys_base + o)
-            .find(|&phys| {
-                frames::allocator()
-                    .and_then(|a| a.frame_info(Pfn(phys / 4096)))
-                    .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES))
-            })
-    })
 }
 
 /// Keys apply to supervisor pages only: a user-accessible leaf is never
