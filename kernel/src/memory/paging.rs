@@ -466,19 +466,12 @@ impl AddressSpace {
 
     /// The frame and leaf entry mapping `virt`, if any.
     pub fn translate(&self, virt: u64) -> Option<(u64, u64)> {
-        let mut table = self.root;
-        for level in (1..=4).rev() {
-            let entry = read(table, index(virt, level));
-            if entry & PRESENT == 0 {
-                return None;
-            }
-            if level == 1 || (level <= 3 && entry & LARGE != 0) {
-                let span = 1u64 << (12 + 9 * (level - 1));
-                return Some(((entry & ADDRESS & !(span - 1)) + virt % span, entry));
-            }
-            table = entry & ADDRESS;
-        }
-        None
+        let leaf = super::walk::leaf(self.root, virt)?;
+        let span = leaf.size.bytes();
+        Some((
+            (leaf.entry & ADDRESS & !(span - 1)) + virt % span,
+            leaf.entry,
+        ))
     }
 }
 

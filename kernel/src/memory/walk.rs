@@ -19,6 +19,17 @@ pub enum LeafSize {
     Page,
 }
 
+impl LeafSize {
+    /// Bytes the leaf maps.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::Giga => 1 << 30,
+            Self::Mega => 2 << 20,
+            Self::Page => 4096,
+        }
+    }
+}
+
 /// The entry that maps an address, and where it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {
@@ -60,6 +71,24 @@ pub fn leaf(root_phys: u64, vaddr: u64) -> Option<Leaf> {
                 size,
                 entry_phys,
             });
+        }
+        table = entry & ADDRESS;
+    }
+    None
+}
+
+/// The entry at paging `level` (4 for the PML4 ... 1 for a page table) on
+/// the path that translates `vaddr`, and its physical address; `None` if
+/// a level above is not present or is a leaf.
+pub fn entry_at(root_phys: u64, vaddr: u64, level: u32) -> Option<(u64, u64)> {
+    let mut table = root_phys & ADDRESS;
+    for at in (level..=4).rev() {
+        let (entry, entry_phys) = read_entry(table, (vaddr >> (12 + 9 * (at - 1))) & 0x1ff)?;
+        if at == level {
+            return Some((entry, entry_phys));
+        }
+        if entry & PRESENT == 0 || (at < 4 && entry & LARGE != 0) {
+            return None;
         }
         table = entry & ADDRESS;
     }

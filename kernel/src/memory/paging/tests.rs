@@ -275,24 +275,11 @@ crate::kernel_test! {
     }
 }
 
-/// The table holding the leaf entry for `virt` at `leaf_level`, if the
-/// path to it exists.
-fn leaf_table(root: u64, virt: u64, leaf_level: u32) -> Option<u64> {
-    let mut table = root;
-    for level in (leaf_level + 1..=4).rev() {
-        let entry = read(table, index(virt, level));
-        if entry & PRESENT == 0 || entry & LARGE != 0 {
-            return None;
-        }
-        table = entry & ADDRESS;
-    }
-    Some(table)
-}
-
-/// Rewrites one entry and walks `root`; puts the entry back before
-/// returning the walk's violations.
-fn violations_with(root: u64, table: u64, slot: u64, planted: u64) -> u64 {
-    let original = read(table, slot);
+/// Rewrites an entry, given as `(value, physical address)` the way
+/// `walk::entry_at` finds it, with `planted`; walks `root`; puts the entry
+/// back and returns the walk's violations.
+fn violations_with(root: u64, (original, entry_phys): (u64, u64), planted: u64) -> u64 {
+    let (table, slot) = (entry_phys & ADDRESS, (entry_phys & 0xfff) / 8);
     {
         let window = pte::open();
         write(&window, table, slot, planted);
@@ -317,7 +304,8 @@ fn plant_in_user_space(data: u64, not_a_table: u64, pt_page: u64) -> crate::test
     };
     crate::check_eq!(space.map(virt, data, PageSize::Small, rw), Ok(()));
     let root = space.root();
-    let (Some(pd), Some(pt)) = (leaf_table(root, virt, 2), leaf_table(root, virt, 1)) else {
+    let walk = crate::memory::walk::entry_at;
+    let (Some(pd_entry), Some(leaf)) = (walk(root, virt, 2), walk(root, virt, 1)) else {
         return Err(TestFailure::new(
             file!(),
             line!(),
@@ -325,16 +313,9 @@ fn plant_in_user_space(data: u64, not_a_table: u64, pt_page: u64) -> crate::test
         ));
     };
     let clean = crate::memory::verify::verify_root(root).violations;
-    let leaf = read(pt, index(virt, 1));
     // A user leaf is never protected, whatever its key.
-    let alias = violations_with(root, pt, index(virt, 1), (leaf & !ADDRESS) | pt_page);
-    let pd_entry = read(pd, index(virt, 2));
-    let stray_table = violations_with(
-        root,
-        pd,
-        index(virt, 2),
-        (pd_entry & !ADDRESS) | not_a_table,
-    );
+    let alias = violations_with(root, leaf, (leaf.0 & !ADDRESS) | pt_page);
+    let stray_table = violations_with(root, pd_entry, (pd_entry.0 & !ADDRESS) | not_a_table);
     let restored = crate::memory::verify::verify_root(root).violations;
     crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(data));
     crate::check_eq!((clean, alias, stray_table, restored), (0, 1, 1, 0));
@@ -376,8 +357,7 @@ fn plant_in_kernel_space(
     .enumerate()
     {
         crate::check_eq!(kernel.map(virt, frame, size, rw), Ok(()));
-        let level = size.leaf_level();
-        let Some(table) = leaf_table(root, virt, level) else {
+        let Some(leaf) = crate::memory::walk::entry_at(root, virt, size.leaf_level()) else {
             let _ = kernel.unmap(virt, size);
             return Err(TestFailure::new(
                 file!(),
@@ -385,11 +365,10 @@ fn plant_in_kernel_space(
                 format_args!("no path to the leaf"),
             ));
         };
-        let slot = index(virt, level);
-        let planted = (read(table, slot) & !ADDRESS) | target;
+        let planted = (leaf.0 & !ADDRESS) | target;
         found[case] = [
-            violations_with(root, table, slot, planted),
-            violations_with(root, table, slot, with_protection(planted)),
+            violations_with(root, leaf, planted),
+            violations_with(root, leaf, with_protection(planted)),
         ];
         crate::check_eq!(kernel.unmap(virt, size), Ok(frame));
     }
