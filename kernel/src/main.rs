@@ -138,17 +138,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         }
     };
     // Before the allocator's first conversion flushes anything.
-    let flush_calibration = match config.flush_limit {
-        boot::cmdline::FlushLimit::Measured => {
-            let measured = memory::tlb::calibrate(&direct_map);
-            memory::tlb::set_limit(measured.limit());
-            Some(measured)
-        }
-        boot::cmdline::FlushLimit::Fixed(pageblocks) => {
-            memory::tlb::set_limit(u64::from(pageblocks));
-            None
-        }
-    };
+    let flush_calibration = memory::tlb::init(config.flush_limit, &direct_map);
     if let Err(error) = memory::ephemeral::init() {
         panic!("recording the ephemeral slot's page tables failed: {error:?}");
     }

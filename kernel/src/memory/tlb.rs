@@ -52,9 +52,18 @@ pub fn limit() -> u64 {
     LIMIT.load(Ordering::Relaxed)
 }
 
-/// Sets the limit (from a calibration or the command line).
-pub fn set_limit(pageblocks: u64) {
-    LIMIT.store(pageblocks, Ordering::Relaxed);
+/// Sets the limit as `flushlimit=` says: measured on the direct map `info`
+/// describes (returning the measurement), or fixed.
+pub fn init(setting: boot::cmdline::FlushLimit, info: &DirectMapInfo) -> Option<Calibration> {
+    let (limit, measured) = match setting {
+        boot::cmdline::FlushLimit::Measured => {
+            let measured = calibrate(info);
+            (measured.limit(), Some(measured))
+        }
+        boot::cmdline::FlushLimit::Fixed(pageblocks) => (u64::from(pageblocks), None),
+    };
+    LIMIT.store(limit, Ordering::Relaxed);
+    measured
 }
 
 /// Flushes done so far through this module: (INVLPG one by one, full).
@@ -141,7 +150,7 @@ impl Calibration {
 /// Measures both ways of flushing on the direct map `info` describes (read
 /// only: nothing is written). Run at boot, before the allocator converts
 /// anything.
-pub fn calibrate(info: &DirectMapInfo) -> Calibration {
+fn calibrate(info: &DirectMapInfo) -> Calibration {
     let mut calibration = Calibration::default();
     // Away from the first pages of RAM, which boot structures use.
     let base = info.ranges.first().map_or(0, |r| r.start) + 2 * MIB2;
