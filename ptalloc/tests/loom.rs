@@ -169,37 +169,26 @@ fn cache_refills_and_cross_cpu_frees_hand_each_frame_to_one_cpu() {
 /// one free succeeds, the other is refused as not allocated.
 #[test]
 fn a_racing_double_free_of_a_cached_page_succeeds_once() {
-    const FRAMES: u64 = 2;
-    model(|| {
-        let alloc = allocator(FRAMES);
-        let pfn = alloc
-            .alloc(0, 0, KERNEL, AllocFlags::empty())
-            .expect("free memory");
-        let other = alloc.clone();
-        let cpu1 = spawn(move || other.free(1, pfn, 0));
-        let mine = alloc.free(0, pfn, 0);
-        let theirs = cpu1.join().expect("CPU 1 passed");
-        let refused = Err(FreeError::NotAllocated(pfn));
-        assert!(
-            (mine == Ok(()) && theirs == refused) || (mine == refused && theirs == Ok(())),
-            "double free: {mine:?} and {theirs:?}"
-        );
-        assert_all_back(&alloc, FRAMES);
-    });
+    racing_double_free(0);
 }
 
 /// The same for a block that bypasses the caches (order 1, core lock).
 #[test]
 fn a_racing_double_free_of_a_core_block_succeeds_once() {
+    racing_double_free(1);
+}
+
+/// CPUs 0 and 1 both free one block of `order`: exactly one succeeds.
+fn racing_double_free(order: u32) {
     const FRAMES: u64 = 2;
-    model(|| {
+    model(move || {
         let alloc = allocator(FRAMES);
         let pfn = alloc
-            .alloc(0, 1, KERNEL, AllocFlags::empty())
+            .alloc(0, order, KERNEL, AllocFlags::empty())
             .expect("free memory");
         let other = alloc.clone();
-        let cpu1 = spawn(move || other.free(1, pfn, 1));
-        let mine = alloc.free(0, pfn, 1);
+        let cpu1 = spawn(move || other.free(1, pfn, order));
+        let mine = alloc.free(0, pfn, order);
         let theirs = cpu1.join().expect("CPU 1 passed");
         let refused = Err(FreeError::NotAllocated(pfn));
         assert!(
