@@ -20,8 +20,8 @@
 //! INVLPG than the limit says: it is a lower bound.
 //!
 //! What it gives on this project's build machine: under QEMU TCG, INVLPG
-//! is cheaper up to 8 pageblocks and dearer from 12 or 16 (limit 8, now
-//! and then 12). Under the nested KVM there, INVLPG is dearer at every n
+//! turns dearer between 8 and 16 pageblocks (limit usually 8, 6 to 12
+//! from run to run). Under the nested KVM there, INVLPG is dearer at every n
 //! (limit 0): each INVLPG and CR3 write exits to the hypervisor.
 //!
 //! What the QEMU tests can see: TCG drops its whole software TLB on every
