@@ -126,6 +126,26 @@ pub fn exception(frame: &TrapFrame, interrupted_pkrs: Option<pkeys::Pkrs>) -> ! 
     end_report()
 }
 
+/// Reports protection registers that do not hold what they must (see
+/// `pkeys::window`): an attack, or a bug that looks like one. Never
+/// adopted, always fatal.
+pub fn protection_violation(violation: &pkeys::Violation) -> ! {
+    begin_report();
+    fatal_println!("!!! protection registers tampered with: {}", violation);
+    fatal_println!("    the register check treats this as an attack and stops the machine");
+    if let Some(test) = crate::testing::current_test() {
+        fatal_println!("    during test {}", test);
+    }
+    print_control_registers();
+    let rbp: u64;
+    // SAFETY: reads the frame pointer register only.
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
+    print_backtrace(None, rbp);
+    end_report()
+}
+
 /// The selector error code of #TS, #NP, #SS and #GP (Intel SDM 6.13).
 struct SelectorError(u64);
 

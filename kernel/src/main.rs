@@ -25,7 +25,7 @@ mod pkfault;
 mod report;
 mod testing;
 
-use arch::cpu::{self, CpuFeatures};
+use arch::cpu::CpuFeatures;
 use arch::exit::{ExitCode, exit_qemu};
 use boot::{BootInfo, KernelConfig};
 use pkeys::ProtectionPolicy;
@@ -41,7 +41,7 @@ pub struct BootState {
     /// CPU features.
     pub features: CpuFeatures,
     /// Protections turned on.
-    pub enabled: cpu::Enabled,
+    pub enabled: arch::pks::Enabled,
     /// What the direct map covers.
     pub direct_map: memory::direct_map::DirectMapInfo,
     /// The flush-limit measurement (`None` under `flushlimit=N`).
@@ -102,7 +102,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     };
 
     let features = CpuFeatures::detect();
-    let enabled = cpu::enable_protections(&features);
+    let enabled = arch::pks::enable_protections(&features);
     let ptprot = match config.ptprot.resolve(features.pks) {
         Ok(policy) => policy,
         Err(error) => {
@@ -120,7 +120,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         },
         None => None,
     };
-    let protection = arch::pks::init(ptprot);
+    let protection = arch::pks::init(ptprot, &enabled, fatal::protection_violation);
     pkfault::init(config.pkfault);
     defmt::info!(
         "protection windows: {=str}",
@@ -150,11 +150,8 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         }
     };
     memory::narrow_boot_window();
-    if config.inject_empty_reserve
-        && let Some(frames) = memory::frames::allocator()
-    {
+    if config.inject_empty_reserve && memory::frames::inject_empty_reserve(true) {
         println!("fault injection: the split reserve gives nothing to direct-map splits");
-        frames.inject_empty_reserve(true);
     }
     let reprotected = match memory::early::reprotect() {
         Ok(done) => done,

@@ -23,10 +23,11 @@ use spin::Mutex;
 static HANDLER: Mutex<FaultHandler> = Mutex::new(FaultHandler::new(FaultPolicy::Panic));
 static LAST_FAULT: Mutex<Option<PkFault>> = Mutex::new(None);
 
-/// `soft`: what the #DB after the retried instruction must restore: the
-/// original PKRS (low 32 bits), whether the interrupted code had TF set
-/// itself (TF_WAS_SET), and PENDING. Zero: nothing pending. One slot: the
-/// boot CPU is the only CPU; SMP makes it per CPU.
+/// `soft`: a retry is pending (PENDING), and whether the interrupted code
+/// had TF set itself (TF_WAS_SET), which the #DB after the retried
+/// instruction must keep. The keys to close again are the protection
+/// state's (`CpuProtection::allow_once`). One slot: the boot CPU is the
+/// only CPU; SMP makes it per CPU.
 static SOFT_RETRY: AtomicU64 = AtomicU64::new(0);
 const PENDING: u64 = 1 << 32;
 const TF_WAS_SET: u64 = 1 << 33;
@@ -123,26 +124,25 @@ pub fn page_fault(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) ->
                     fault.rip
                 );
             }
-            let current = saved.pkrs();
-            // Remember the original only for the first fault of a retry: if
-            // the retried instruction faults again on another key, it only
-            // widens the resume PKRS, and the #DB still restores the first.
+            // Remember TF only for the first fault of a retry: if the
+            // retried instruction faults again on another key, that key is
+            // opened too, and the #DB closes both.
             let tf_was_set = if frame.rflags & RFLAGS_TF != 0 {
                 TF_WAS_SET
             } else {
                 0
             };
-            let retry = PENDING | tf_was_set | u64::from(current.bits());
+            let retry = PENDING | tf_was_set;
             let _ = SOFT_RETRY.compare_exchange(0, retry, Ordering::Relaxed, Ordering::Relaxed);
-            protection.resume_with(saved, current.with_rights(key, Rights::ReadWrite));
+            protection.allow_once(saved, key);
             frame.rflags |= RFLAGS_TF;
             true
         }
     }
 }
 
-/// Handles the #DB that ends a `soft` retry: restores the PKRS the
-/// interrupted code had before the fault, and its TF. False (a fatal #DB)
+/// Handles the #DB that ends a `soft` retry: closes the keys the fault
+/// opened again, and restores the interrupted code's TF. False (a fatal #DB)
 /// if no retry was pending or the #DB is not a single step.
 pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -> bool {
     let (Some(saved), Some(protection)) = (saved, pks::current()) else {
@@ -154,10 +154,9 @@ pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -
         return false;
     }
     let retry = SOFT_RETRY.swap(0, Ordering::Relaxed);
-    if retry & PENDING == 0 {
+    if retry & PENDING == 0 || !protection.end_allow_once(saved) {
         return false;
     }
-    protection.resume_with(saved, Pkrs::from_bits(retry as u32));
     if retry & TF_WAS_SET == 0 {
         frame.rflags &= !RFLAGS_TF;
     }
@@ -171,31 +170,49 @@ pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -
 mod tests {
     use super::*;
     use crate::arch::recovery::{Faulted, read_u64, write_u64};
-    use crate::memory::boot_tables::set_page_key;
+    use crate::memory::boot_tables::TestPage;
     use crate::testing::TestFailure;
-    use core::cell::UnsafeCell;
-    use pkeys::{Mechanism, PAGE_TABLE_KEY, Pkey, default_pkrs};
+    use pkeys::{Mechanism, PAGE_TABLE_KEY, Pkey, WindowKind, default_pkrs};
 
-    /// A page-aligned static page that a test gives a key.
-    #[repr(C, align(4096))]
-    struct KeyedPage(UnsafeCell<[u64; 512]>);
+    /// The tests' own window on their page-table-key test pages.
+    struct TestPageWrite;
 
-    // SAFETY: only the test code on the boot CPU touches it, through raw
-    // pointers.
-    unsafe impl Sync for KeyedPage {}
+    // SAFETY: private to these tests, which write only their own test
+    // pages inside it.
+    unsafe impl WindowKind for TestPageWrite {
+        const KEY: Pkey = PAGE_TABLE_KEY;
+        const RIGHTS: Rights = Rights::ReadWrite;
+    }
+
+    /// Access-disable on the spare key: a restriction, which grants nothing.
+    struct SpareNoAccess;
+
+    // SAFETY: it only takes rights away.
+    unsafe impl WindowKind for SpareNoAccess {
+        const KEY: Pkey = SPARE_KEY;
+        const RIGHTS: Rights = Rights::NoAccess;
+    }
+
+    /// Zeroes a test page's first `words` words inside the tests' window.
+    fn clean(page: *mut u64, words: usize) {
+        if let Some(protection) = pks::current() {
+            protection.with_window::<TestPageWrite, _>(|| {
+                for i in 0..words {
+                    // SAFETY: a test page, writable inside the window.
+                    unsafe { page.wrapping_add(i).write_volatile(0) };
+                }
+            });
+        }
+    }
 
     /// Stands in for a page-table frame: given the page-table key.
-    static PT_KEY_PAGE: KeyedPage = KeyedPage(UnsafeCell::new([0; 512]));
+    static PT_KEY_PAGE: TestPage = TestPage::new();
     /// Given an otherwise unused key, for access-disable.
-    static SPARE_KEY_PAGE: KeyedPage = KeyedPage(UnsafeCell::new([0; 512]));
+    static SPARE_KEY_PAGE: TestPage = TestPage::new();
     const SPARE_KEY: Pkey = match Pkey::new(15) {
         Some(key) => key,
         None => panic!("key 15 exists"),
     };
-
-    fn word(page: &KeyedPage, index: usize) -> *mut u64 {
-        page.0.get().cast::<u64>().wrapping_add(index)
-    }
 
     /// The CPU's protection state if PKS is what protects page tables.
     fn pks_or_skip() -> Result<&'static pkeys::CpuProtection<pks::Registers>, TestFailure> {
@@ -205,16 +222,15 @@ mod tests {
         }
     }
 
-    fn keyed(page: &KeyedPage, key: Pkey) -> Result<*mut u64, TestFailure> {
-        let address = word(page, 0);
-        set_page_key(address as u64, key).map_err(|e| {
+    fn keyed(page: &'static TestPage, key: Pkey) -> Result<*mut u64, TestFailure> {
+        page.set_key(key).map_err(|e| {
             TestFailure::new(
                 file!(),
                 line!(),
                 format_args!("cannot key the test page: {e:?}"),
             )
         })?;
-        Ok(address)
+        Ok(page.word(0))
     }
 
     crate::kernel_test! {
@@ -245,20 +261,15 @@ mod tests {
         fn write_inside_a_window_succeeds_and_reads_are_allowed() -> TestResult {
             let protection = pks_or_skip()?;
             let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
-            {
-                let _window = protection.open_write(PAGE_TABLE_KEY);
+            let written = protection.with_window::<TestPageWrite, _>(|| {
                 // SAFETY: our page, writable inside the window.
-                let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 0x600d) });
-                crate::check_eq!(written, Ok(()));
-            }
+                with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 0x600d) })
+            });
+            crate::check_eq!(written, Ok(()));
             // SAFETY: our page; WD does not stop reads.
             let read = with_policy(FaultPolicy::Report, || unsafe { read_u64(page) });
             crate::check_eq!(read, Ok(0x600d));
-            {
-                let _window = protection.open_write(PAGE_TABLE_KEY);
-                // SAFETY: as above.
-                unsafe { page.write_volatile(0) };
-            }
+            clean(page, 1);
             Ok(())
         }
     }
@@ -268,11 +279,10 @@ mod tests {
         fn access_disable_blocks_reads() -> TestResult {
             let protection = pks_or_skip()?;
             let page = keyed(&SPARE_KEY_PAGE, SPARE_KEY)?;
-            let read = {
-                let _no_access = protection.open(SPARE_KEY, Rights::NoAccess);
+            let read = protection.with_window::<SpareNoAccess, _>(|| {
                 // SAFETY: our page; the read faults and is stopped.
                 with_policy(FaultPolicy::Report, || unsafe { read_u64(page) })
-            };
+            });
             crate::check_eq!(read, Err(Faulted));
             crate::check_eq!(last_fault().map(|f| (f.key, f.access)), Some((Some(SPARE_KEY), pkeys::Access::Read)));
             // SAFETY: as above; readable again.
@@ -288,18 +298,14 @@ mod tests {
             let protection = pks_or_skip()?;
             let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
             let before = protection.pkrs_writes();
-            let outer = protection.open_write(PAGE_TABLE_KEY);
-            {
-                let _inner = protection.open_write(PAGE_TABLE_KEY);
-            }
-            // SAFETY: our page, inside the outer window.
-            let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 1) });
-            drop(outer);
+            let written = protection.with_window::<TestPageWrite, _>(|| {
+                protection.with_window::<TestPageWrite, _>(|| {});
+                // SAFETY: our page, inside the outer window.
+                with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 1) })
+            });
             crate::check_eq!(written, Ok(()));
             crate::check_eq!(protection.pkrs_writes() - before, 2);
-            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
-            // SAFETY: as above.
-            unsafe { page.write_volatile(0) };
+            clean(page, 1);
             Ok(())
         }
     }
@@ -310,20 +316,18 @@ mod tests {
         fn exception_inside_a_window_runs_with_the_default() -> TestResult {
             let protection = pks_or_skip()?;
             let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
-            let window = protection.open_write(PAGE_TABLE_KEY);
-            // SAFETY: int3 traps to the #BP handler, which records PKRS and returns.
-            unsafe { core::arch::asm!("int3") };
-            let in_handler = crate::arch::idt::pkrs_at_last_breakpoint();
-            // SAFETY: our page, inside the window.
-            let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 2) });
-            let register = cpu::read_pkrs_if_enabled();
-            drop(window);
+            let (in_handler, written, register) = protection.with_window::<TestPageWrite, _>(|| {
+                // SAFETY: int3 traps to the #BP handler, which records PKRS and returns.
+                unsafe { core::arch::asm!("int3") };
+                let in_handler = crate::arch::idt::pkrs_at_last_breakpoint();
+                // SAFETY: our page, inside the window.
+                let written = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 2) });
+                (in_handler, written, cpu::read_pkrs_if_enabled())
+            });
             crate::check_eq!(in_handler, Some(default_pkrs()));
             crate::check_eq!(written, Ok(()));
             crate::check_eq!(register.map(|r| Pkrs::from_bits(r as u32).allows_write(PAGE_TABLE_KEY)), Some(true));
-            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
-            // SAFETY: as above.
-            unsafe { page.write_volatile(0) };
+            clean(page, 1);
             Ok(())
         }
     }
@@ -336,21 +340,16 @@ mod tests {
             let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
             const ENTRIES: usize = 512;
             let before = protection.pkrs_writes();
-            {
-                let _window = protection.open_write(PAGE_TABLE_KEY);
+            protection.with_window::<TestPageWrite, _>(|| {
                 for i in 0..ENTRIES {
                     // SAFETY: our page, inside the window.
                     unsafe { page.wrapping_add(i).write_volatile(i as u64) };
                 }
-            }
+            });
             let cost = protection.pkrs_writes() - before;
             defmt::info!("pkrs writes for a batch of {=usize} page-table-key writes: {=u64}", ENTRIES, cost);
             crate::check_eq!(cost, 2);
-            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
-            for i in 0..ENTRIES {
-                // SAFETY: as above.
-                unsafe { page.wrapping_add(i).write_volatile(0) };
-            }
+            clean(page, ENTRIES);
             Ok(())
         }
     }
@@ -374,11 +373,10 @@ mod tests {
             crate::check_eq!(unsafe { page.read_volatile() }, 8);
             crate::check_eq!(protection.pkrs(), default_pkrs());
             crate::check_eq!(cpu::read_pkrs_if_enabled(), Some(u64::from(default_pkrs().bits())));
+            // SAFETY: as above.
             let again = with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 9) });
             crate::check_eq!(again, Err(Faulted), "the key was left open");
-            let _cleanup = protection.open_write(PAGE_TABLE_KEY);
-            // SAFETY: as above.
-            unsafe { page.write_volatile(0) };
+            clean(page, 1);
             Ok(())
         }
     }
@@ -400,7 +398,7 @@ mod tests {
     }
 
     /// A page made read-only, for the `ro` policy's window.
-    static READ_ONLY_PAGE: KeyedPage = KeyedPage(UnsafeCell::new([0; 512]));
+    static READ_ONLY_PAGE: TestPage = TestPage::new();
 
     crate::kernel_test! {
         /// Under `ptprot=ro`, a window clears CR0.WP on this CPU so a
@@ -411,22 +409,24 @@ mod tests {
                 Some(p) if p.mechanism() == Mechanism::WriteProtect => p,
                 _ => return Err(TestFailure::skipped("needs the CR0.WP mechanism (ptprot=ro)")),
             };
-            let page = word(&READ_ONLY_PAGE, 0);
-            crate::memory::boot_tables::set_page_writable(page as u64, false)
+            let page = READ_ONLY_PAGE.word(0);
+            READ_ONLY_PAGE
+                .set_writable(false)
                 .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
             let entry = walk::leaf(cpu::read_cr3(), page as u64).map(|leaf| leaf.entry);
             crate::check_eq!(entry.map(|e| e & 0b10), Some(0), "the test page is not read-only");
             const WP: u64 = 1 << 16;
             crate::check!(cpu::read_cr0() & WP != 0, "WP is clear outside windows");
-            {
-                let _window = protection.open_write(PAGE_TABLE_KEY);
-                crate::check!(cpu::read_cr0() & WP == 0, "the window did not clear WP");
+            let (cleared, kept) = protection.with_window::<TestPageWrite, _>(|| {
+                let cleared = cpu::read_cr0() & WP == 0;
                 // SAFETY: our page; WP is clear inside the window.
                 unsafe { page.write_volatile(3) };
                 // SAFETY: int3 returns; the handler records CR0.
                 unsafe { core::arch::asm!("int3") };
-                crate::check!(cpu::read_cr0() & WP == 0, "the exception closed the window");
-            }
+                (cleared, cpu::read_cr0() & WP == 0)
+            });
+            crate::check!(cleared, "the window did not clear WP");
+            crate::check!(kept, "the exception closed the window");
             crate::check!(crate::arch::idt::cr0_at_last_breakpoint() & WP != 0, "the handler ran with WP clear");
             crate::check!(cpu::read_cr0() & WP != 0, "the window left WP clear");
             // SAFETY: reading our page.

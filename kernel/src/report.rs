@@ -135,12 +135,11 @@ pub fn print_boot_report(boot: &BootState) {
 /// The page allocator: where its metadata is, pageblocks per freetype,
 /// and the counters the design argues about.
 fn print_allocator(boot: &BootState) {
-    let Some(frames) = memory::frames::allocator() else {
+    let Some(stats) = memory::frames::stats() else {
         println!("page allocator: not set up");
         return;
     };
     let info = &boot.frames;
-    let stats = frames.stats();
     println!(
         "page allocator: {} frames, metadata {} KiB at {:#x}",
         info.frames_given,
@@ -203,9 +202,17 @@ fn print_verification(boot: &BootState) {
         println!("verification walk: skipped (ptprot=none protects nothing)");
         return;
     }
+    print_register_check(v.registers.as_ref());
+    if let Some(Err(violation)) = v.registers.map(|check| check.result) {
+        println!(
+            "verification walk: FAIL: protection registers: {}",
+            violation
+        );
+        return;
+    }
     match v.first_violation {
         None if v.passed() => println!(
-            "verification walk: PASS: {} page-table frames, {} leaf mappings, {} aliases of protected frames, all protected",
+            "verification walk: PASS: {} page-table frames, {} leaf mappings, {} aliases of protected frames, all protected; registers as required",
             v.tables, v.leaves, v.aliases
         ),
         None => println!(
@@ -217,6 +224,39 @@ fn print_verification(boot: &BootState) {
             v.violations, bad.virt, bad.phys, bad.entry
         ),
     }
+}
+
+/// What the walk's register check looked at.
+fn print_register_check(check: Option<&memory::verify::RegisterCheck>) {
+    let Some(check) = check else {
+        println!("register check: not run (no protection state)");
+        return;
+    };
+    print!("register check: CR0.WP set");
+    if let Some(pkrs) = check.pkrs {
+        print!(", PKRS {} (the default, no window open)", pkrs);
+    }
+    print!(", CR4 pinned bits {:#x} (", check.pinned_cr4);
+    let mut first = true;
+    for (bit, name) in [
+        (pkeys::cpu::CR4_PKS, "PKS"),
+        (crate::arch::pks::CR4_SMEP, "SMEP"),
+        (crate::arch::pks::CR4_SMAP, "SMAP"),
+    ] {
+        if check.pinned_cr4 & bit != 0 {
+            print!("{}{}", if first { "" } else { " " }, name);
+            first = false;
+        }
+    }
+    let verdict = if check.result.is_ok() {
+        "held"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "); checked at window close, exception entry and exit, and this walk: {}",
+        verdict
+    );
 }
 
 /// How write windows work under a mechanism, for reports.

@@ -13,9 +13,10 @@
 //! - [`key`]: [`Pkey`], the [`Pkrs`] value type, key bits in page-table
 //!   entries;
 //! - [`keys`]: the static table of key consumers and the default PKRS;
-//! - [`window`]: per-CPU protection state, write windows, and the
-//!   save/restore around exceptions, over a [`ProtectionRegisters`]
-//!   backend (the kernel's writes MSRs and CR0; the tests' records);
+//! - [`window`]: per-CPU protection state, write windows, the register
+//!   check, and the save/restore around exceptions, over a
+//!   [`ProtectionRegisters`] backend (the kernel's reads and writes MSRs
+//!   and control registers; the tests' keep them in memory);
 //! - [`fault`]: page-fault decoding and the `pkfault=` policy's decisions;
 //! - [`policy`]: the `ptprot=` and `pkfault=` options.
 
@@ -35,4 +36,7 @@ pub use fault::{Access, FaultAction, FaultHandler, PageFaultError, PkFault};
 pub use key::{Pkey, Pkrs, Rights};
 pub use keys::{PAGE_TABLE_KEY, default_pkrs};
 pub use policy::{FaultPolicy, ProtectionPolicy};
-pub use window::{CpuProtection, Mechanism, ProtectionRegisters, SavedProtection, WriteWindow};
+pub use window::{
+    CpuProtection, Mechanism, ProtectionRegisters, SavedProtection, Violation, ViolationHandler,
+    WindowKind,
+};

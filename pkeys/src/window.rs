@@ -1,33 +1,55 @@
-//! Per-CPU protection state and write windows.
+//! Per-CPU protection state, write windows, and the register check.
 //!
-//! A [`WriteWindow`] grants write access to one key for its lifetime and
-//! restores the previous state when dropped. Windows nest (per CPU, in
-//! LIFO order), so page-table code opens one per *operation*: however many
-//! entries it writes, that costs one register write to open and one to
-//! close, and an inner window that changes nothing costs none.
+//! A write window grants one key more rights for the duration of a
+//! closure ([`CpuProtection::with_window`]): there is no guard to leak
+//! with `mem::forget`, and windows nest in LIFO order by construction.
+//! Page-table code opens one per *operation*: however many entries it
+//! writes, that costs one register write to open and one to close, and an
+//! inner window that changes nothing costs none.
 //!
-//! [`CpuProtection`] caches what it last wrote, so a write that would
-//! change nothing is skipped, and counts the writes it makes.
+//! **Compile-time keys and rights.** A window's key and rights are the
+//! associated constants of a [`WindowKind`], an `unsafe` trait: safe code
+//! cannot grant itself a key, and the kernel restricts who may name each
+//! kind (the page-table kind is private to its memory module). Every value
+//! written to PKRS is a constant (the default, or the default with the
+//! kind's key changed) or the register's own contents with the kind's key
+//! changed; the only exception is the exception exit inside a window (see
+//! below). Closing the outermost window writes the constant default.
 //!
-//! Exceptions: the entry path calls [`CpuProtection::enter_exception`]
-//! with the register value it found, which switches to the default state
-//! and returns what to restore; the exit path hands that back to
-//! [`CpuProtection::exit_exception`]. A handler so never runs inside the
-//! interrupted code's window, and since windows are LIFO, it can neither
-//! close a window it did not open nor leave one open behind it.
+//! **Check, don't adopt.** [`CpuProtection`] caches what it last wrote.
+//! Window close, exception entry and exit, and [`CpuProtection::check`]
+//! (which the verification walk calls) read the registers and compare:
+//! PKRS must equal the cache and grant nothing beyond the default except
+//! the keys a window has open, CR0.WP must
+//! be set outside `ro` windows, and the CR4 bits pinned at
+//! [`init`](CpuProtection::init) (PKS, SMEP, SMAP) must be set. A mismatch
+//! is an attack: it goes to the [`ViolationHandler`] the kernel installed
+//! (a fatal report), never into the cache.
+//!
+//! Exceptions: [`CpuProtection::enter_exception`] checks, then switches to
+//! the default state with no window open, so a handler never runs inside
+//! the interrupted code's window; [`CpuProtection::exit_exception`] checks
+//! the handler closed all it opened and restores the interrupted state. An
+//! exception that interrupted no window is resumed with the constant
+//! default, whatever its saved frame says; one that interrupted a window is
+//! resumed with the value its entry found, after checking that value grants
+//! only keys windows may open. That saved value is the one PKRS value read
+//! back from memory: corrupting it can at most keep window keys open until
+//! the interrupted window closes (which writes the default).
 //!
 //! The mechanism depends on the policy:
 //! - [`Mechanism::Pks`]: windows clear the key's WD bit in PKRS;
 //! - [`Mechanism::WriteProtect`] (policy `ro`, no PKS): page tables are
-//!   mapped read-only, and a window clears CR0.WP on this CPU. Its
+//!   mapped read-only, and a write window clears CR0.WP on this CPU. Its
 //!   weakness: while WP is clear, *every* read-only page is writable by
 //!   this CPU, so a stray write inside a window is not caught;
-//! - [`Mechanism::None`] (policy `none`): windows do nothing.
+//! - [`Mechanism::None`] (policy `none`): windows do nothing; CR0.WP and
+//!   the pinned CR4 bits are still checked.
 
 use crate::key::{Pkey, Pkrs, Rights};
 use crate::keys::default_pkrs;
-use core::marker::PhantomData;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 /// How windows grant write access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,30 +62,140 @@ pub enum Mechanism {
     None,
 }
 
-/// The registers windows change. The kernel implements it with WRMSR and
-/// CR0 writes on the current CPU; tests with a recording mock.
+/// What a window does: give [`KEY`](Self::KEY) the rights
+/// [`RIGHTS`](Self::RIGHTS). Rights looser than the key's default make a
+/// write window; tighter ones a restriction (experiments and tests).
+///
+/// # Safety
+/// Whoever can name an implementing type can open its window. Implement
+/// it only on a type whose visibility limits it to the code that owns the
+/// memory of `KEY`, and only with rights that code needs.
+#[allow(unsafe_code)]
+pub unsafe trait WindowKind {
+    /// The key the window changes.
+    const KEY: Pkey;
+    /// Its rights while the window is open.
+    const RIGHTS: Rights;
+}
+
+/// The registers windows change and the check reads. The kernel
+/// implements it with RDMSR/WRMSR and CR0/CR4 accesses on the current CPU;
+/// tests with a recording mock. Only [`CpuProtection`] holds one, and
+/// nothing hands it out.
 pub trait ProtectionRegisters {
-    /// Writes IA32_PKRS.
+    /// Reads IA32_PKRS (only called under [`Mechanism::Pks`]).
+    fn read_pkrs(&self) -> Pkrs;
+    /// Writes IA32_PKRS (only called under [`Mechanism::Pks`]).
     fn write_pkrs(&self, value: Pkrs);
+    /// Reads CR0.WP.
+    fn write_protect(&self) -> bool;
     /// Sets or clears CR0.WP.
     fn set_write_protect(&self, enabled: bool);
+    /// Reads CR4, raw.
+    fn cr4(&self) -> u64;
 }
+
+/// A protection register that does not hold what it must: an attack, or a
+/// kernel bug indistinguishable from one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// PKRS differs from what the windows last wrote.
+    PkrsChanged {
+        /// The register.
+        found: Pkrs,
+        /// What the windows wrote.
+        expected: Pkrs,
+    },
+    /// A PKRS value grants a key more than its default, and no open
+    /// window grants that key.
+    PkrsGrants {
+        /// The value.
+        found: Pkrs,
+        /// The first key granted too much.
+        key: Pkey,
+    },
+    /// CR0.WP is clear outside an `ro` write window, or set inside one.
+    WriteProtect {
+        /// The register bit.
+        found: bool,
+        /// What it must be.
+        expected: bool,
+    },
+    /// Pinned CR4 bits (PKS, SMEP, SMAP) are clear.
+    Cr4 {
+        /// The register.
+        found: u64,
+        /// The pinned bits that are missing.
+        missing: u64,
+    },
+    /// An exception handler returned with a window still open.
+    WindowLeftOpen {
+        /// Windows open.
+        depth: u32,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PkrsChanged { found, expected } => {
+                write!(f, "PKRS holds {found}, but the open windows set {expected}")
+            }
+            Self::PkrsGrants { found, key } => write!(
+                f,
+                "PKRS {found} grants {key} more than its default, and no open window does"
+            ),
+            Self::WriteProtect { found, expected } => write!(
+                f,
+                "CR0.WP is {}, but must be {} here",
+                if *found { "set" } else { "clear" },
+                if *expected { "set" } else { "clear" }
+            ),
+            Self::Cr4 { found, missing } => {
+                write!(f, "CR4 {found:#x} lacks pinned bits {missing:#x}")
+            }
+            Self::WindowLeftOpen { depth } => write!(
+                f,
+                "an exception handler returned with {depth} window(s) open"
+            ),
+        }
+    }
+}
+
+/// What to do with a [`Violation`]: the kernel's is a fatal report.
+pub type ViolationHandler = fn(&Violation) -> !;
 
 /// One CPU's protection state. Only that CPU may use it; fields are
 /// atomics so it can live in a static, not for sharing.
 pub struct CpuProtection<R: ProtectionRegisters> {
     regs: R,
     mechanism: Mechanism,
-    /// What PKRS holds (the cache that lets redundant writes be skipped).
+    on_violation: ViolationHandler,
+    /// CR4 bits that must stay set, from `init`.
+    pinned_cr4: AtomicU64,
+    /// What PKRS holds: the value last written.
     pkrs: AtomicU32,
-    /// Whether CR0.WP is set.
+    /// A value being written: between the register write and the cache
+    /// update an exception finds it in the register (`NONE_PENDING` else).
+    pending: AtomicU64,
+    /// What CR0.WP holds.
     write_protect: AtomicBool,
-    /// Open windows on this CPU.
+    /// Open windows on this CPU, in the current exception level.
     depth: AtomicU32,
+    /// Keys the open windows grant more than their default (bit k for
+    /// key k): what the check lets PKRS open. Never used to compute a
+    /// value written to PKRS.
+    granted: AtomicU16,
+    /// `soft` policy: the keys opened for one retried instruction (bit k
+    /// for key k).
+    allowed_once: AtomicU16,
     pkrs_writes: AtomicU64,
     wp_writes: AtomicU64,
     windows_opened: AtomicU64,
+    checks: AtomicU64,
 }
+
+const NONE_PENDING: u64 = u64::MAX;
 
 /// What an exception's entry found, for its exit to restore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +204,11 @@ pub struct SavedProtection {
     pkrs: Pkrs,
     write_protect: bool,
     depth: u32,
+    granted: u16,
+    /// Keys the `soft` policy opens for the retried instruction.
+    allow_once: u16,
+    /// The exception ends a `soft` retry: the key closes again.
+    ends_allow_once: bool,
 }
 
 impl SavedProtection {
@@ -79,31 +216,72 @@ impl SavedProtection {
     pub fn pkrs(&self) -> Pkrs {
         self.pkrs
     }
+
+    /// Windows the interrupted code had open.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+}
+
+/// How permissive `rights` are: more is looser.
+const fn permissiveness(rights: Rights) -> u8 {
+    match rights {
+        Rights::NoAccess => 0,
+        Rights::ReadOnly => 1,
+        Rights::ReadWrite => 2,
+    }
+}
+
+/// True if `rights` for `key` are looser than the key's default.
+fn looser_than_default(key: Pkey, rights: Rights) -> bool {
+    permissiveness(rights) > permissiveness(default_pkrs().rights(key))
+}
+
+/// The first key `value` grants more than the default, other than the
+/// keys in `granted` (bit k for key k: the keys open windows grant).
+fn over_granted(value: Pkrs, granted: u16) -> Option<Pkey> {
+    Pkey::all().find(|&key| {
+        looser_than_default(key, value.rights(key)) && granted & (1 << key.index()) == 0
+    })
 }
 
 impl<R: ProtectionRegisters> CpuProtection<R> {
-    /// State for a CPU whose PKRS holds `pkrs` and whose CR0.WP is set.
-    /// Call [`init`](Self::init) before relying on it.
-    pub const fn new(regs: R, mechanism: Mechanism, pkrs: Pkrs) -> Self {
+    /// State for a CPU whose PKRS holds `pkrs` and whose CR0.WP is set;
+    /// `on_violation` receives every failed check. Call
+    /// [`init`](Self::init) before relying on it.
+    pub const fn new(
+        regs: R,
+        mechanism: Mechanism,
+        pkrs: Pkrs,
+        on_violation: ViolationHandler,
+    ) -> Self {
         Self {
             regs,
             mechanism,
+            on_violation,
+            pinned_cr4: AtomicU64::new(0),
             pkrs: AtomicU32::new(pkrs.bits()),
+            pending: AtomicU64::new(NONE_PENDING),
             write_protect: AtomicBool::new(true),
             depth: AtomicU32::new(0),
+            granted: AtomicU16::new(0),
+            allowed_once: AtomicU16::new(0),
             pkrs_writes: AtomicU64::new(0),
             wp_writes: AtomicU64::new(0),
             windows_opened: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
         }
     }
 
-    /// Puts the CPU in its default state: the key table's PKRS (under PKS)
-    /// and CR0.WP set. Part of bringing a CPU up.
-    pub fn init(&self) {
+    /// Puts the CPU in its default state (the key table's PKRS under PKS,
+    /// CR0.WP set) and pins `pinned_cr4`: from now on every check requires
+    /// those CR4 bits. Part of bringing a CPU up.
+    pub fn init(&self, pinned_cr4: u64) {
         if self.mechanism == Mechanism::Pks {
             self.set_pkrs(default_pkrs());
         }
         self.set_write_protect(true);
+        self.pinned_cr4.store(pinned_cr4, Ordering::Relaxed);
     }
 
     /// The mechanism in use.
@@ -111,14 +289,14 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         self.mechanism
     }
 
-    /// The registers.
-    pub fn registers(&self) -> &R {
-        &self.regs
-    }
-
-    /// The PKRS value last written (what the CPU holds).
+    /// The PKRS value last written (what the CPU must hold).
     pub fn pkrs(&self) -> Pkrs {
         Pkrs::from_bits(self.pkrs.load(Ordering::Relaxed))
+    }
+
+    /// The CR4 bits every check requires.
+    pub fn pinned_cr4(&self) -> u64 {
+        self.pinned_cr4.load(Ordering::Relaxed)
     }
 
     /// PKRS writes made so far.
@@ -136,24 +314,33 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         self.windows_opened.load(Ordering::Relaxed)
     }
 
+    /// Register checks made so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+
     /// Open windows now.
     pub fn depth(&self) -> u32 {
         self.depth.load(Ordering::Relaxed)
     }
 
-    // The register is written before the cache. An exception arriving in
-    // between reads the register (see `enter_exception`), so it saves and
-    // restores the new value; one arriving before the write saves the old
-    // value, which the writer then overwrites. Either way register and
-    // cache agree once the writer has stored the cache.
+    // The register is written between two cache stores: `pending` names
+    // the value first, so an exception that strikes after the register
+    // write (and finds it there) accepts it; one that strikes before finds
+    // the old value, which still equals the cache.
+    #[inline(always)]
     fn set_pkrs(&self, value: Pkrs) {
         if self.pkrs.load(Ordering::Relaxed) != value.bits() {
+            self.pending
+                .store(u64::from(value.bits()), Ordering::Relaxed);
             self.regs.write_pkrs(value);
             self.pkrs_writes.fetch_add(1, Ordering::Relaxed);
         }
         self.pkrs.store(value.bits(), Ordering::Relaxed);
+        self.pending.store(NONE_PENDING, Ordering::Relaxed);
     }
 
+    #[inline(always)]
     fn set_write_protect(&self, enabled: bool) {
         if self.write_protect.load(Ordering::Relaxed) != enabled {
             self.regs.set_write_protect(enabled);
@@ -162,47 +349,119 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         self.write_protect.store(enabled, Ordering::Relaxed);
     }
 
-    /// Opens a write window for `key` on this CPU.
-    pub fn open_write(&self, key: Pkey) -> WriteWindow<'_, R> {
-        self.open(key, Rights::ReadWrite)
-    }
-
-    /// Gives `key` other `rights` until the returned guard drops: a write
-    /// window, or (for experiments and tests) a tighter restriction such as
-    /// access-disable. Under the CR0.WP mechanism only write windows mean
-    /// anything; under `None`, nothing does.
-    pub fn open(&self, key: Pkey, rights: Rights) -> WriteWindow<'_, R> {
-        let previous = self.pkrs();
-        let previous_wp = self.write_protect.load(Ordering::Relaxed);
+    /// Runs `f` with `K`'s key at `K`'s rights on this CPU, then restores
+    /// the rights it had. Under the CR0.WP mechanism only write windows
+    /// (read-write rights) change anything; under `None`, nothing does.
+    #[inline(always)]
+    pub fn with_window<K: WindowKind, T>(&self, f: impl FnOnce() -> T) -> T {
+        let level = self.depth.load(Ordering::Relaxed);
+        let grants_write = matches!(K::RIGHTS, Rights::ReadWrite);
+        // Outermost: from the constant default. Nested: from the register
+        // itself, never from memory.
+        let before = match self.mechanism {
+            Mechanism::Pks if level > 0 => self.regs.read_pkrs(),
+            _ => default_pkrs(),
+        };
+        let opened = before.with_rights(K::KEY, K::RIGHTS);
+        // The depth counts the window before the register opens and after
+        // it closes, so a check never sees an open register at depth 0.
+        self.depth.store(level + 1, Ordering::Relaxed);
+        let key_bit = 1u16 << K::KEY.index();
+        let granted_before = self.granted.load(Ordering::Relaxed);
+        if looser_than_default(K::KEY, K::RIGHTS) {
+            self.granted
+                .store(granted_before | key_bit, Ordering::Relaxed);
+        }
         match self.mechanism {
-            Mechanism::Pks => self.set_pkrs(previous.with_rights(key, rights)),
-            Mechanism::WriteProtect if rights == Rights::ReadWrite => self.set_write_protect(false),
+            Mechanism::Pks => self.set_pkrs(opened),
+            Mechanism::WriteProtect if grants_write => self.set_write_protect(false),
             Mechanism::WriteProtect | Mechanism::None => {}
         }
-        let level = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
         self.windows_opened.fetch_add(1, Ordering::Relaxed);
-        WriteWindow {
-            cpu: self,
-            previous,
-            previous_wp,
-            level,
-            _not_send: PhantomData,
+
+        let result = f();
+
+        self.check_or_report();
+        match self.mechanism {
+            Mechanism::Pks if level == 0 => self.set_pkrs(default_pkrs()),
+            Mechanism::Pks => self.set_pkrs(before),
+            Mechanism::WriteProtect if level == 0 => self.set_write_protect(true),
+            Mechanism::WriteProtect | Mechanism::None => {}
+        }
+        self.granted.store(granted_before, Ordering::Relaxed);
+        self.depth.store(level, Ordering::Relaxed);
+        result
+    }
+
+    /// Checks the registers against what they must hold now: PKRS equals
+    /// what the windows wrote (or a write in progress) and grants nothing
+    /// beyond the default but window keys inside a window; CR0.WP is set unless an `ro` write window
+    /// cleared it; the pinned CR4 bits are set.
+    pub fn check(&self) -> Result<(), Violation> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let cr4 = self.regs.cr4();
+        let missing = self.pinned_cr4() & !cr4;
+        if missing != 0 {
+            return Err(Violation::Cr4 {
+                found: cr4,
+                missing,
+            });
+        }
+        let wp = self.regs.write_protect();
+        let expected_wp = self.write_protect.load(Ordering::Relaxed)
+            || self.mechanism != Mechanism::WriteProtect
+            || self.depth() == 0;
+        if wp != expected_wp {
+            return Err(Violation::WriteProtect {
+                found: wp,
+                expected: expected_wp,
+            });
+        }
+        if self.mechanism == Mechanism::Pks {
+            let found = self.regs.read_pkrs();
+            let expected = self.pkrs();
+            let pending = self.pending.load(Ordering::Relaxed);
+            if found != expected && u64::from(found.bits()) != pending {
+                return Err(Violation::PkrsChanged { found, expected });
+            }
+            let openable =
+                self.granted.load(Ordering::Relaxed) | self.allowed_once.load(Ordering::Relaxed);
+            if let Some(key) = over_granted(found, openable) {
+                return Err(Violation::PkrsGrants { found, key });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_or_report(&self) {
+        if let Err(violation) = self.check() {
+            (self.on_violation)(&violation);
         }
     }
 
-    /// Exception entry: records the interrupted state and switches to the
-    /// default state for the handler. `found_pkrs` and `found_wp` are what
-    /// the entry path read from PKRS and CR0.WP: the registers, not the
-    /// cache, because the exception may have struck between a register
-    /// write and its cache update.
-    pub fn enter_exception(&self, found_pkrs: Pkrs, found_wp: bool) -> SavedProtection {
-        let saved = SavedProtection {
-            pkrs: found_pkrs,
-            write_protect: found_wp,
-            depth: self.depth.load(Ordering::Relaxed),
+    /// Exception entry: checks the registers, records the interrupted
+    /// state, and switches to the default state with no window open.
+    pub fn enter_exception(&self) -> SavedProtection {
+        self.check_or_report();
+        let found = match self.mechanism {
+            Mechanism::Pks => self.regs.read_pkrs(),
+            _ => self.pkrs(),
         };
-        self.pkrs.store(found_pkrs.bits(), Ordering::Relaxed);
-        self.write_protect.store(found_wp, Ordering::Relaxed);
+        let saved = SavedProtection {
+            pkrs: found,
+            write_protect: self.regs.write_protect(),
+            depth: self.depth.load(Ordering::Relaxed),
+            granted: self.granted.load(Ordering::Relaxed),
+            allow_once: 0,
+            ends_allow_once: false,
+        };
+        // An exception between a register write and its cache store found
+        // the new value: make the cache agree before switching.
+        self.pkrs.store(found.bits(), Ordering::Relaxed);
+        self.write_protect
+            .store(saved.write_protect, Ordering::Relaxed);
+        self.depth.store(0, Ordering::Relaxed);
+        self.granted.store(0, Ordering::Relaxed);
         if self.mechanism == Mechanism::Pks {
             self.set_pkrs(default_pkrs());
         }
@@ -210,52 +469,66 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         saved
     }
 
-    /// Exception exit: restores what [`enter_exception`](Self::enter_exception)
-    /// found. Panics if the handler left a window open (a kernel bug).
+    /// Exception exit: checks that the handler closed every window it
+    /// opened and that the registers hold the default, then restores the
+    /// interrupted state (see the module doc for what is restored).
     pub fn exit_exception(&self, saved: SavedProtection) {
-        let depth = self.depth.load(Ordering::Relaxed);
-        assert_eq!(
-            depth, saved.depth,
-            "an exception handler left a write window open"
-        );
+        let depth = self.depth();
+        if depth != 0 {
+            (self.on_violation)(&Violation::WindowLeftOpen { depth });
+        }
+        self.check_or_report();
+        let once = if saved.ends_allow_once {
+            0
+        } else {
+            self.allowed_once.load(Ordering::Relaxed) | saved.allow_once
+        };
+        self.allowed_once.store(once, Ordering::Relaxed);
         if self.mechanism == Mechanism::Pks {
-            self.set_pkrs(saved.pkrs);
+            let mut resume = if saved.depth == 0 {
+                default_pkrs()
+            } else {
+                if let Some(key) = over_granted(saved.pkrs, saved.granted) {
+                    (self.on_violation)(&Violation::PkrsGrants {
+                        found: saved.pkrs,
+                        key,
+                    });
+                }
+                saved.pkrs
+            };
+            for key in Pkey::all().filter(|k| once & (1 << k.index()) != 0) {
+                resume = resume.with_rights(key, Rights::ReadWrite);
+            }
+            self.set_pkrs(resume);
         }
-        self.set_write_protect(saved.write_protect);
+        self.granted.store(saved.granted, Ordering::Relaxed);
+        self.depth.store(saved.depth, Ordering::Relaxed);
+        // WP is clear only inside an `ro` write window.
+        let write_protect =
+            saved.write_protect || saved.depth == 0 || self.mechanism != Mechanism::WriteProtect;
+        self.set_write_protect(write_protect);
     }
 
-    /// Changes the PKRS value the interrupted code will resume with: the
-    /// `soft` fault policy uses it to open a key for one retried
-    /// instruction.
-    pub fn resume_with(&self, saved: &mut SavedProtection, pkrs: Pkrs) {
-        saved.pkrs = pkrs;
+    /// `soft` fault policy: the interrupted code resumes with `key` open
+    /// for one instruction (with any key an earlier fault of the same
+    /// retry opened); the exception that follows it must call
+    /// [`end_allow_once`](Self::end_allow_once).
+    pub fn allow_once(&self, saved: &mut SavedProtection, key: Pkey) {
+        saved.allow_once |= 1 << key.index();
     }
-}
 
-/// Write access to one key until dropped. Not `Send`: it must close on
-/// the CPU that opened it.
-#[must_use = "a write window closes as soon as it is dropped"]
-pub struct WriteWindow<'a, R: ProtectionRegisters> {
-    cpu: &'a CpuProtection<R>,
-    previous: Pkrs,
-    previous_wp: bool,
-    level: u32,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl<R: ProtectionRegisters> Drop for WriteWindow<'_, R> {
-    fn drop(&mut self) {
-        let depth = self.cpu.depth.load(Ordering::Relaxed);
-        assert_eq!(
-            depth, self.level,
-            "write windows must close in the reverse order of opening"
-        );
-        self.cpu.depth.store(depth - 1, Ordering::Relaxed);
-        match self.cpu.mechanism {
-            Mechanism::Pks => self.cpu.set_pkrs(self.previous),
-            Mechanism::WriteProtect => self.cpu.set_write_protect(self.previous_wp),
-            Mechanism::None => {}
+    /// Ends [`allow_once`](Self::allow_once): the interrupted code resumes
+    /// with the keys closed again. False if none was pending.
+    pub fn end_allow_once(&self, saved: &mut SavedProtection) -> bool {
+        let once = self.allowed_once.load(Ordering::Relaxed);
+        if once == 0 {
+            return false;
         }
+        for key in Pkey::all().filter(|k| once & (1 << k.index()) != 0) {
+            saved.pkrs = saved.pkrs.with_rights(key, default_pkrs().rights(key));
+        }
+        saved.ends_allow_once = true;
+        true
     }
 }
 
@@ -263,7 +536,7 @@ impl<R: ProtectionRegisters> Drop for WriteWindow<'_, R> {
 mod tests {
     use super::*;
     use crate::keys::PAGE_TABLE_KEY;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::vec::Vec;
 
     #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -272,106 +545,268 @@ mod tests {
         Wp(bool),
     }
 
-    #[derive(Default)]
-    struct Mock(RefCell<Vec<Write>>);
+    /// Registers in memory, recording every write.
+    struct Mock {
+        writes: RefCell<Vec<Write>>,
+        pkrs: Cell<u32>,
+        wp: Cell<bool>,
+        cr4: Cell<u64>,
+    }
+
+    impl Default for Mock {
+        fn default() -> Self {
+            Self {
+                writes: RefCell::default(),
+                pkrs: Cell::new(DEFAULT),
+                wp: Cell::new(true),
+                cr4: Cell::new(PINNED),
+            }
+        }
+    }
 
     impl ProtectionRegisters for Mock {
+        fn read_pkrs(&self) -> Pkrs {
+            Pkrs::from_bits(self.pkrs.get())
+        }
         fn write_pkrs(&self, value: Pkrs) {
-            self.0.borrow_mut().push(Write::Pkrs(value.bits()));
+            self.pkrs.set(value.bits());
+            self.writes.borrow_mut().push(Write::Pkrs(value.bits()));
+        }
+        fn write_protect(&self) -> bool {
+            self.wp.get()
         }
         fn set_write_protect(&self, enabled: bool) {
-            self.0.borrow_mut().push(Write::Wp(enabled));
+            self.wp.set(enabled);
+            self.writes.borrow_mut().push(Write::Wp(enabled));
         }
+        fn cr4(&self) -> u64 {
+            self.cr4.get()
+        }
+    }
+
+    const DEFAULT: u32 = 0b1000;
+    const PINNED: u64 = 1 << 24 | 1 << 20;
+
+    struct PageTables;
+    // SAFETY: test code, which owns its mock registers.
+    #[allow(unsafe_code)]
+    unsafe impl WindowKind for PageTables {
+        const KEY: Pkey = PAGE_TABLE_KEY;
+        const RIGHTS: Rights = Rights::ReadWrite;
+    }
+
+    struct Key2;
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe impl WindowKind for Key2 {
+        const KEY: Pkey = match Pkey::new(2) {
+            Some(key) => key,
+            None => panic!(),
+        };
+        const RIGHTS: Rights = Rights::ReadWrite;
+    }
+
+    struct Key15NoAccess;
+    // SAFETY: a restriction.
+    #[allow(unsafe_code)]
+    unsafe impl WindowKind for Key15NoAccess {
+        const KEY: Pkey = match Pkey::new(15) {
+            Some(key) => key,
+            None => panic!(),
+        };
+        const RIGHTS: Rights = Rights::NoAccess;
+    }
+
+    fn violation(v: &Violation) -> ! {
+        panic!("violation: {v}")
+    }
+
+    fn cpu_with(mechanism: Mechanism) -> CpuProtection<Mock> {
+        let cpu = CpuProtection::new(Mock::default(), mechanism, default_pkrs(), violation);
+        cpu.init(PINNED);
+        cpu
     }
 
     /// A CPU already in its default state, with nothing recorded yet.
     fn pks_cpu() -> CpuProtection<Mock> {
-        let cpu = CpuProtection::new(Mock::default(), Mechanism::Pks, default_pkrs());
-        cpu.init();
+        let cpu = cpu_with(Mechanism::Pks);
         assert!(writes(&cpu).is_empty());
         cpu
     }
 
     fn writes(cpu: &CpuProtection<Mock>) -> Vec<Write> {
-        cpu.regs.0.borrow().clone()
+        cpu.regs.writes.borrow().clone()
     }
 
-    const DEFAULT: u32 = 0b1000;
-
     #[test]
-    fn init_writes_the_default_once() {
-        let cpu = CpuProtection::new(Mock::default(), Mechanism::Pks, Pkrs::ALL_ACCESS);
-        cpu.init();
-        cpu.init();
+    fn init_writes_the_default_once_and_pins_cr4() {
+        let cpu = CpuProtection::new(Mock::default(), Mechanism::Pks, Pkrs::ALL_ACCESS, violation);
+        cpu.regs.pkrs.set(0);
+        cpu.init(PINNED);
+        cpu.init(PINNED);
         assert_eq!(writes(&cpu), [Write::Pkrs(DEFAULT)]);
         assert_eq!(cpu.pkrs_writes(), 1);
+        assert_eq!(cpu.pinned_cr4(), PINNED);
+        assert_eq!(cpu.check(), Ok(()));
     }
 
     #[test]
     fn one_window_costs_two_writes_however_many_entries() {
         let cpu = pks_cpu();
-        {
-            let _window = cpu.open_write(PAGE_TABLE_KEY);
+        cpu.with_window::<PageTables, _>(|| {
             assert!(cpu.pkrs().allows_write(PAGE_TABLE_KEY));
+            assert!(cpu.regs.read_pkrs().allows_write(PAGE_TABLE_KEY));
             // ... any number of PTE writes here ...
-        }
+        });
         assert_eq!(writes(&cpu), [Write::Pkrs(0), Write::Pkrs(DEFAULT)]);
         assert_eq!(cpu.pkrs_writes(), 2);
         assert_eq!(cpu.depth(), 0);
+        assert_eq!(cpu.windows_opened(), 1);
+        assert_eq!(cpu.checks(), 1, "the close checked the registers");
     }
 
     #[test]
     fn nested_windows_skip_redundant_writes_and_restore_in_order() {
         let cpu = pks_cpu();
-        let key2 = Pkey::new(2).unwrap();
-        let outer = cpu.open_write(PAGE_TABLE_KEY);
-        let inner = cpu.open_write(PAGE_TABLE_KEY); // nothing to change
-        assert_eq!(cpu.pkrs_writes(), 1);
-        let other = cpu.open_write(key2); // key 2 is already writable
-        assert_eq!(cpu.pkrs_writes(), 1);
-        drop(other);
-        drop(inner);
-        assert!(
-            cpu.pkrs().allows_write(PAGE_TABLE_KEY),
-            "the outer window is still open"
-        );
-        drop(outer);
+        cpu.with_window::<PageTables, _>(|| {
+            cpu.with_window::<PageTables, _>(|| {}); // nothing to change
+            assert_eq!(cpu.pkrs_writes(), 1);
+            cpu.with_window::<Key2, _>(|| {}); // key 2 is already writable
+            assert_eq!(cpu.pkrs_writes(), 1);
+            assert!(
+                cpu.pkrs().allows_write(PAGE_TABLE_KEY),
+                "the outer window is still open"
+            );
+            assert_eq!(cpu.depth(), 1);
+        });
         assert_eq!(cpu.pkrs(), default_pkrs());
         assert_eq!(writes(&cpu), [Write::Pkrs(0), Write::Pkrs(DEFAULT)]);
         assert_eq!(cpu.windows_opened(), 3);
     }
 
     #[test]
-    #[should_panic(expected = "reverse order")]
-    fn out_of_order_close_is_a_bug() {
+    fn inner_window_restores_from_the_register() {
         let cpu = pks_cpu();
-        let outer = cpu.open_write(PAGE_TABLE_KEY);
-        let _inner = cpu.open_write(PAGE_TABLE_KEY);
-        drop(outer);
+        cpu.with_window::<Key15NoAccess, _>(|| {
+            cpu.with_window::<PageTables, _>(|| {
+                assert_eq!(cpu.regs.read_pkrs().bits(), 1 << 30);
+            });
+            assert_eq!(cpu.regs.read_pkrs().bits(), 1 << 30 | DEFAULT);
+        });
+        assert_eq!(cpu.regs.read_pkrs().bits(), DEFAULT);
+    }
+
+    #[test]
+    fn the_outermost_close_writes_the_default_whatever_the_cache_says() {
+        let cpu = pks_cpu();
+        cpu.with_window::<PageTables, _>(|| {
+            // A stray write makes the cache claim "all open", and the
+            // register agrees (say a second bug): the close still writes
+            // the constant default.
+            cpu.pkrs.store(0, Ordering::Relaxed);
+        });
+        assert_eq!(cpu.regs.read_pkrs().bits(), DEFAULT);
+    }
+
+    #[test]
+    #[should_panic(expected = "PKRS holds 0x00000000")]
+    fn a_register_opened_behind_the_windows_is_caught_at_close() {
+        let cpu = pks_cpu();
+        cpu.with_window::<Key15NoAccess, _>(|| cpu.regs.pkrs.set(0));
+    }
+
+    #[test]
+    fn a_register_opened_behind_the_windows_is_caught_by_check() {
+        let cpu = pks_cpu();
+        cpu.regs.pkrs.set(0);
+        assert_eq!(
+            cpu.check(),
+            Err(Violation::PkrsChanged {
+                found: Pkrs::ALL_ACCESS,
+                expected: default_pkrs()
+            })
+        );
+        // A corrupted cache that matches the register is still caught:
+        // the value grants key 1, which only a window may.
+        cpu.pkrs.store(0, Ordering::Relaxed);
+        assert_eq!(
+            cpu.check(),
+            Err(Violation::PkrsGrants {
+                found: Pkrs::ALL_ACCESS,
+                key: PAGE_TABLE_KEY
+            })
+        );
+    }
+
+    #[test]
+    fn a_key_may_be_open_only_while_a_window_grants_it() {
+        let cpu = pks_cpu();
+        cpu.with_window::<PageTables, _>(|| assert_eq!(cpu.check(), Ok(())));
+        let key15 = Pkey::new(15).unwrap();
+        let key1_bit = 1 << PAGE_TABLE_KEY.index();
+        assert_eq!(over_granted(default_pkrs(), 0), None);
+        assert_eq!(over_granted(Pkrs::ALL_ACCESS, 0), Some(PAGE_TABLE_KEY));
+        assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit), None);
+        // Keys outside the table are read-write by default, and
+        // restrictions are always fine.
+        let restricted = default_pkrs().with_rights(key15, Rights::NoAccess);
+        assert_eq!(over_granted(restricted, 0), None);
+        // A restriction window grants nothing: key 1 stays closed there.
+        cpu.with_window::<Key15NoAccess, _>(|| {
+            assert_eq!(cpu.granted.load(Ordering::Relaxed), 0);
+            cpu.with_window::<PageTables, _>(|| {
+                assert_eq!(cpu.granted.load(Ordering::Relaxed), key1_bit);
+            });
+            assert_eq!(cpu.granted.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn write_protect_and_cr4_are_checked() {
+        let cpu = pks_cpu();
+        cpu.regs.wp.set(false);
+        assert_eq!(
+            cpu.check(),
+            Err(Violation::WriteProtect {
+                found: false,
+                expected: true
+            })
+        );
+        cpu.regs.wp.set(true);
+        cpu.regs.cr4.set(PINNED & !(1 << 24));
+        assert_eq!(
+            cpu.check(),
+            Err(Violation::Cr4 {
+                found: 1 << 20,
+                missing: 1 << 24
+            })
+        );
+        cpu.regs.cr4.set(PINNED | 1 << 7);
+        assert_eq!(cpu.check(), Ok(()), "extra bits are fine");
     }
 
     #[test]
     fn exceptions_run_with_the_default_and_leave_the_window_intact() {
         let cpu = pks_cpu();
-        let window = cpu.open_write(PAGE_TABLE_KEY);
-        // Entry finds the window's value in the register.
-        let saved = cpu.enter_exception(cpu.pkrs(), true);
-        assert_eq!(
-            cpu.pkrs(),
-            default_pkrs(),
-            "the handler runs with the default"
-        );
-        {
+        cpu.with_window::<PageTables, _>(|| {
+            let saved = cpu.enter_exception();
+            assert_eq!(saved.depth(), 1);
+            assert_eq!(
+                cpu.pkrs(),
+                default_pkrs(),
+                "the handler runs with the default"
+            );
+            assert_eq!(cpu.depth(), 0);
             // The handler's own window opens and closes inside it.
-            let _handler_window = cpu.open_write(PAGE_TABLE_KEY);
-        }
-        assert_eq!(cpu.pkrs(), default_pkrs());
-        cpu.exit_exception(saved);
-        assert!(
-            cpu.pkrs().allows_write(PAGE_TABLE_KEY),
-            "the interrupted window is back"
-        );
-        drop(window);
+            cpu.with_window::<PageTables, _>(|| {});
+            assert_eq!(cpu.pkrs(), default_pkrs());
+            cpu.exit_exception(saved);
+            assert!(
+                cpu.regs.read_pkrs().allows_write(PAGE_TABLE_KEY),
+                "the interrupted window is back"
+            );
+            assert_eq!(cpu.depth(), 1);
+        });
         assert_eq!(
             writes(&cpu),
             [
@@ -388,91 +823,81 @@ mod tests {
     #[test]
     fn exception_outside_a_window_writes_nothing() {
         let cpu = pks_cpu();
-        let saved = cpu.enter_exception(cpu.pkrs(), true);
+        let saved = cpu.enter_exception();
         cpu.exit_exception(saved);
         assert_eq!(cpu.pkrs_writes(), 0);
     }
 
+    #[test]
+    fn exit_outside_a_window_resumes_with_the_default_not_the_frame() {
+        let cpu = pks_cpu();
+        let mut saved = cpu.enter_exception();
+        saved.pkrs = Pkrs::ALL_ACCESS; // a stray write to the saved frame
+        cpu.exit_exception(saved);
+        assert_eq!(cpu.regs.read_pkrs(), default_pkrs());
+    }
+
+    #[test]
+    #[should_panic(expected = "grants key 1 more")]
+    fn an_exception_frame_cannot_smuggle_an_open_key_out_of_a_handler() {
+        let cpu = pks_cpu();
+        // Interrupted inside a restriction window (no write window): the
+        // saved frame may not come back with key 1 open.
+        cpu.with_window::<Key15NoAccess, _>(|| {
+            let mut saved = cpu.enter_exception();
+            saved.pkrs = Pkrs::ALL_ACCESS;
+            cpu.exit_exception(saved);
+        });
+    }
+
     /// Replays an exception striking after `set_pkrs` wrote the register
-    /// and before it stored the cache, then lets the writer finish: register
-    /// and cache must agree, and the window must close for real.
+    /// and before it stored the cache: the check accepts the pending value,
+    /// and the handler returns to it.
     #[test]
     fn exception_between_register_write_and_cache_update_is_consistent() {
         let cpu = pks_cpu();
         let open = default_pkrs().with_rights(PAGE_TABLE_KEY, Rights::ReadWrite);
-        // Opening: the register holds `open`, the cache still the default.
-        cpu.regs.write_pkrs(open);
-        let saved = cpu.enter_exception(open, true);
-        cpu.exit_exception(saved);
-        cpu.pkrs.store(open.bits(), Ordering::Relaxed); // the writer resumes
+        // `with_window` counted the window, then named and wrote the value.
         cpu.depth.store(1, Ordering::Relaxed);
-        let window = WriteWindow {
-            cpu: &cpu,
-            previous: default_pkrs(),
-            previous_wp: true,
-            level: 1,
-            _not_send: PhantomData,
-        };
-        assert_eq!(last_pkrs(&cpu), open.bits());
-        drop(window);
-        assert_eq!(
-            last_pkrs(&cpu),
-            DEFAULT,
-            "the window closed in the register"
-        );
-        assert_eq!(cpu.pkrs(), default_pkrs());
-
-        // Closing: the register holds the default, the cache still `open`.
-        let window = cpu.open_write(PAGE_TABLE_KEY);
-        core::mem::forget(window);
-        cpu.regs.write_pkrs(default_pkrs());
-        let saved = cpu.enter_exception(default_pkrs(), true);
+        cpu.granted
+            .store(1 << PAGE_TABLE_KEY.index(), Ordering::Relaxed);
+        cpu.pending.store(u64::from(open.bits()), Ordering::Relaxed);
+        cpu.regs.write_pkrs(open);
+        let saved = cpu.enter_exception();
+        assert_eq!(saved.pkrs(), open);
         cpu.exit_exception(saved);
-        cpu.pkrs.store(DEFAULT, Ordering::Relaxed); // the writer resumes
-        cpu.depth.store(0, Ordering::Relaxed);
-        drop(cpu.open_write(PAGE_TABLE_KEY));
-        assert_eq!(last_pkrs(&cpu), DEFAULT);
-        assert!(
-            writes(&cpu).contains(&Write::Pkrs(0)),
-            "the next window really opened"
-        );
-    }
-
-    /// The last PKRS value the mock register received.
-    fn last_pkrs(cpu: &CpuProtection<Mock>) -> u32 {
-        writes(cpu)
-            .iter()
-            .rev()
-            .find_map(|w| match w {
-                Write::Pkrs(v) => Some(*v),
-                Write::Wp(_) => None,
-            })
-            .unwrap_or(DEFAULT)
+        assert_eq!(cpu.regs.read_pkrs(), open);
+        // The writer resumes and stores its cache: consistent.
+        cpu.pkrs.store(open.bits(), Ordering::Relaxed);
+        cpu.pending.store(NONE_PENDING, Ordering::Relaxed);
+        assert_eq!(cpu.check(), Ok(()));
     }
 
     #[test]
-    fn exception_reads_write_protect_from_the_register() {
-        let cpu = CpuProtection::new(Mock::default(), Mechanism::WriteProtect, Pkrs::ALL_ACCESS);
-        let window = cpu.open_write(PAGE_TABLE_KEY);
-        // The window is closing: CR0.WP is set again, the cache not yet.
-        cpu.regs.set_write_protect(true);
-        let saved = cpu.enter_exception(Pkrs::ALL_ACCESS, true);
-        cpu.exit_exception(saved);
-        core::mem::forget(window);
-        cpu.depth.store(0, Ordering::Relaxed);
-        // The handler ran with WP set (nothing to write), and the exit left
-        // WP set, as the register had it.
-        assert_eq!(writes(&cpu), [Write::Wp(false), Write::Wp(true)]);
-        assert!(cpu.write_protect.load(Ordering::Relaxed));
-    }
-
-    #[test]
-    #[should_panic(expected = "left a write window open")]
-    fn handler_leaving_a_window_open_is_a_bug() {
+    #[should_panic(expected = "returned with 1 window(s) open")]
+    fn handler_leaving_a_window_open_is_caught() {
         let cpu = pks_cpu();
-        let saved = cpu.enter_exception(cpu.pkrs(), true);
-        let window = cpu.open_write(PAGE_TABLE_KEY);
-        core::mem::forget(window);
+        let saved = cpu.enter_exception();
+        cpu.depth.store(1, Ordering::Relaxed);
+        cpu.exit_exception(saved);
+    }
+
+    #[test]
+    fn allow_once_opens_the_key_for_one_step_then_closes_it() {
+        let cpu = pks_cpu();
+        // The fault.
+        let mut saved = cpu.enter_exception();
+        cpu.allow_once(&mut saved, PAGE_TABLE_KEY);
+        cpu.exit_exception(saved);
+        assert!(cpu.regs.read_pkrs().allows_write(PAGE_TABLE_KEY));
+        assert_eq!(cpu.check(), Ok(()), "the one-shot grant is expected");
+        // The single-step trap after the retried instruction.
+        let mut saved = cpu.enter_exception();
+        assert!(cpu.end_allow_once(&mut saved));
+        cpu.exit_exception(saved);
+        assert_eq!(cpu.regs.read_pkrs(), default_pkrs());
+        let mut saved = cpu.enter_exception();
+        assert!(!cpu.end_allow_once(&mut saved), "nothing pending");
         cpu.exit_exception(saved);
     }
 
@@ -480,31 +905,48 @@ mod tests {
     fn access_disable_restriction_nests_like_a_window() {
         let cpu = pks_cpu();
         let key = Pkey::new(15).unwrap();
-        {
-            let _no_access = cpu.open(key, Rights::NoAccess);
+        cpu.with_window::<Key15NoAccess, _>(|| {
             assert_eq!(cpu.pkrs().rights(key), Rights::NoAccess);
-        }
+        });
         assert_eq!(cpu.pkrs(), default_pkrs());
         assert_eq!(cpu.pkrs_writes(), 2);
     }
 
     #[test]
-    fn write_protect_mechanism_toggles_cr0_wp() {
-        let cpu = CpuProtection::new(Mock::default(), Mechanism::WriteProtect, Pkrs::ALL_ACCESS);
-        cpu.init();
-        {
-            let _outer = cpu.open_write(PAGE_TABLE_KEY);
-            let _inner = cpu.open_write(PAGE_TABLE_KEY);
-        }
+    fn write_protect_mechanism_toggles_cr0_wp_for_write_windows_only() {
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        cpu.with_window::<PageTables, _>(|| {
+            cpu.with_window::<PageTables, _>(|| {});
+            assert!(!cpu.regs.write_protect());
+            assert_eq!(cpu.check(), Ok(()), "WP may be clear in a window");
+        });
         assert_eq!(writes(&cpu), [Write::Wp(false), Write::Wp(true)]);
+        cpu.with_window::<Key15NoAccess, _>(|| {
+            assert!(cpu.regs.write_protect(), "a restriction clears no WP");
+        });
         assert_eq!(cpu.pkrs_writes(), 0);
+        cpu.regs.wp.set(false);
+        assert!(cpu.check().is_err(), "WP clear outside a window");
     }
 
     #[test]
-    fn none_mechanism_writes_nothing() {
-        let cpu = CpuProtection::new(Mock::default(), Mechanism::None, Pkrs::ALL_ACCESS);
-        cpu.init();
-        drop(cpu.open_write(PAGE_TABLE_KEY));
+    fn exception_inside_a_write_protect_window_runs_with_wp_set() {
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        cpu.with_window::<PageTables, _>(|| {
+            let saved = cpu.enter_exception();
+            assert!(cpu.regs.write_protect());
+            cpu.exit_exception(saved);
+            assert!(!cpu.regs.write_protect());
+        });
+        assert!(cpu.regs.write_protect());
+    }
+
+    #[test]
+    fn none_mechanism_writes_nothing_but_still_checks() {
+        let cpu = cpu_with(Mechanism::None);
+        cpu.with_window::<PageTables, _>(|| {});
         assert!(writes(&cpu).is_empty());
+        cpu.regs.cr4.set(0);
+        assert!(matches!(cpu.check(), Err(Violation::Cr4 { .. })));
     }
 }

@@ -1,25 +1,16 @@
-//! CPU identification, protection enabling, and raw control registers.
+//! CPU identification and reads of the control registers. Writes to the
+//! protection registers (CR0, CR4, EFER.NXE, PKRS) live in [`super::pks`]
+//! alone.
 //!
-//! CR4 is read and written with raw `asm!`: `x86::controlregs::cr4()`
-//! silently drops bit 24 (PKS), so a read-modify-write through it would
-//! turn PKS off (PLATFORM.md). Feature bits come from `raw-cpuid`, except
+//! CR4 is read with raw `asm!`: `x86::controlregs::cr4()` silently drops
+//! bit 24 (PKS), so a read-modify-write through it would turn PKS off
+//! (PLATFORM.md). Feature bits come from `raw-cpuid`, except
 //! PKS, which it does not know (read raw from leaf 7).
 
 use core::arch::asm;
 use core::fmt;
 use raw_cpuid::CpuId;
 use x86::msr;
-
-/// CR4.UMIP: user-mode instruction prevention (SGDT, SIDT, ... fault in ring 3).
-const CR4_UMIP: u64 = 1 << 11;
-/// CR4.SMEP: the kernel cannot execute user pages.
-const CR4_SMEP: u64 = 1 << 20;
-/// CR4.SMAP: the kernel cannot touch user pages unless RFLAGS.AC is set.
-const CR4_SMAP: u64 = 1 << 21;
-/// CR0.WP: write protection applies to the kernel (PKS write-disable needs it).
-pub(super) const CR0_WP: u64 = 1 << 16;
-/// EFER.NXE: the no-execute bit in page-table entries is honoured.
-const EFER_NXE: u64 = 1 << 11;
 
 /// What the CPU offers that the kernel reports or uses.
 #[derive(Clone, Copy, Debug, Default)]
@@ -109,56 +100,6 @@ pub fn describe_cpu(out: &mut impl fmt::Write) -> fmt::Result {
     Ok(())
 }
 
-/// Protections this CPU now has turned on.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Enabled {
-    /// CR4.SMEP set.
-    pub smep: bool,
-    /// CR4.SMAP set.
-    pub smap: bool,
-    /// CR4.UMIP set.
-    pub umip: bool,
-    /// EFER.NXE set.
-    pub nx: bool,
-    /// CR0.WP set (always: every x86-64 CPU has it).
-    pub wp: bool,
-}
-
-/// Turns on SMEP, SMAP, UMIP and NX where present, and CR0.WP, on this CPU.
-pub fn enable_protections(features: &CpuFeatures) -> Enabled {
-    let mut cr4 = read_cr4();
-    for (present, bit) in [
-        (features.smep, CR4_SMEP),
-        (features.smap, CR4_SMAP),
-        (features.umip, CR4_UMIP),
-    ] {
-        if present {
-            cr4 |= bit;
-        }
-    }
-    // SAFETY: only bits the CPU reports are set; SMEP/SMAP/UMIP restrict user
-    // pages and ring-3 instructions, and no user mappings exist yet.
-    unsafe { write_cr4(cr4) };
-
-    if features.nx {
-        // SAFETY: IA32_EFER exists on every x86-64 CPU; NXE is supported.
-        unsafe { msr::wrmsr(msr::IA32_EFER, msr::rdmsr(msr::IA32_EFER) | EFER_NXE) };
-    }
-    // SAFETY: the kernel never relies on writing read-only pages.
-    unsafe { write_cr0(read_cr0() | CR0_WP) };
-
-    let cr4 = read_cr4();
-    // SAFETY: reading IA32_EFER has no side effects.
-    let efer = unsafe { msr::rdmsr(msr::IA32_EFER) };
-    Enabled {
-        smep: cr4 & CR4_SMEP != 0,
-        smap: cr4 & CR4_SMAP != 0,
-        umip: cr4 & CR4_UMIP != 0,
-        nx: efer & EFER_NXE != 0,
-        wp: read_cr0() & CR0_WP != 0,
-    }
-}
-
 /// CR0, read raw.
 pub fn read_cr0() -> u64 {
     let value;
@@ -167,21 +108,11 @@ pub fn read_cr0() -> u64 {
     value
 }
 
-/// Writes CR0.
-///
-/// # Safety
-/// The value must keep the kernel running: paging, protected mode and the
-/// caching bits as the kernel set them up.
-pub(super) unsafe fn write_cr0(value: u64) {
-    // SAFETY: the caller keeps paging and protection consistent.
-    unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
-}
-
 /// True if EFER.NXE is set, so bit 63 of a page-table entry means
 /// no-execute (without it the bit is reserved and faults).
 pub fn nx_enabled() -> bool {
     // SAFETY: reading IA32_EFER has no side effects.
-    unsafe { msr::rdmsr(msr::IA32_EFER) & EFER_NXE != 0 }
+    unsafe { msr::rdmsr(msr::IA32_EFER) & super::pks::EFER_NXE != 0 }
 }
 
 /// One past the highest physical address the CPU can map: 2^MAXPHYADDR
@@ -226,16 +157,6 @@ pub fn read_cr4() -> u64 {
     value
 }
 
-/// Writes CR4 raw.
-///
-/// # Safety
-/// Every bit set must be supported by the CPU (else #GP), and the change
-/// must not break the kernel's own execution (PAE must stay on).
-pub unsafe fn write_cr4(value: u64) {
-    // SAFETY: the caller sets only supported, consistent bits.
-    unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
-}
-
 /// The PKRS register if PKS is on, for reports.
 pub fn read_pkrs_if_enabled() -> Option<u64> {
     if !pkeys::cpu::pks_enabled(read_cr4()) {
@@ -274,21 +195,5 @@ pub fn halt_forever() -> ! {
         disable_interrupts();
         // SAFETY: hlt with interrupts masked just parks the CPU.
         unsafe { x86::halt() };
-    }
-}
-
-crate::kernel_test! {
-    /// Every protection the CPU offers is on, and CR4 round-trips raw.
-    fn protections_match_features() -> TestResult {
-        let boot = crate::boot_state();
-        let cr4 = read_cr4();
-        crate::check_eq!(cr4 & CR4_SMEP != 0, boot.features.smep);
-        crate::check_eq!(cr4 & CR4_SMAP != 0, boot.features.smap);
-        crate::check_eq!(cr4 & CR4_UMIP != 0, boot.features.umip);
-        crate::check!(read_cr0() & CR0_WP != 0, "CR0.WP is off");
-        // SAFETY: reading IA32_EFER has no side effects.
-        let efer = unsafe { msr::rdmsr(msr::IA32_EFER) };
-        crate::check_eq!(efer & EFER_NXE != 0, boot.features.nx);
-        Ok(())
     }
 }

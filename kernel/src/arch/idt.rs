@@ -290,15 +290,15 @@ pub fn pkrs_at_last_breakpoint() -> Option<pkeys::Pkrs> {
     }
 }
 
-/// Called by `exception_common` with the saved frame. Switches to the
-/// default protection state for the handler (a window the interrupted code
-/// had open never leaks into it) and restores the interrupted state after.
+/// Called by `exception_common` with the saved frame. Checks the
+/// protection registers, switches to the default protection state for the
+/// handler (a window the interrupted code had open never leaks into it),
+/// and checks and restores the interrupted state after.
 extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
     let protection = super::pks::current();
-    let mut saved = protection.map(|p| {
-        let (pkrs, write_protect) = super::pks::register_values(p);
-        p.enter_exception(pkrs, write_protect)
-    });
+    // Checks the registers (a mismatch is reported as an attack) before
+    // anything else runs.
+    let mut saved = protection.map(|p| p.enter_exception());
     let handled = match frame.vector {
         1 => crate::pkfault::single_step(frame, saved.as_mut()),
         3 => {

@@ -1,39 +1,152 @@
-//! The hardware side of protection keys: CR4.PKS, the IA32_PKRS MSR, CR0.WP
-//! writes for the `ro` policy, and this CPU's protection state.
+//! The one door to the protection registers: CR0, CR4, EFER.NXE and
+//! IA32_PKRS are written here and nowhere else in the kernel.
 //!
-//! The state itself (cached PKRS, windows, exception save/restore) is
-//! `pkeys::CpuProtection`; this module supplies its registers and owns the
-//! boot CPU's instance. SMP bring-up will give each CPU its own.
+//! - [`enable_protections`] turns on SMEP, SMAP, UMIP, NX and CR0.WP at
+//!   boot; [`init`] turns on CR4.PKS (under `ptprot=pks`), loads the
+//!   default PKRS and pins the CR4 bits that must stay set.
+//! - After that, only this CPU's `pkeys::CpuProtection` writes PKRS and
+//!   CR0.WP, through [`Registers`], whose methods are inline and which
+//!   nothing hands out: no safe function anywhere takes a register value
+//!   and writes it. Windows name their key and rights at compile time
+//!   (`pkeys::WindowKind`), and the page-table kind is private to
+//!   `memory::pte`.
+//! - Every check (window close, exception entry and exit, the
+//!   verification walk) reads the registers back here. A failed check
+//!   goes to the violation handler given to [`init`]: the kernel's is a
+//!   fatal report naming the register.
+//!
+//! Hand-written because `x86` lacks the PKRS MSR and CR4.PKS, and its
+//! `controlregs::cr4()` drops bit 24 (PLATFORM.md).
 
-use super::cpu;
+use super::cpu::{self, CpuFeatures};
+use core::arch::asm;
 use pkeys::{CpuProtection, Mechanism, Pkrs, ProtectionPolicy, ProtectionRegisters};
 use x86::msr;
 
-/// Writes the real registers of the CPU it runs on. Only this module makes
-/// one (its field is private), and only once PKS is known to be on.
+/// CR4.UMIP: user-mode instruction prevention (SGDT, SIDT, ... fault in ring 3).
+const CR4_UMIP: u64 = 1 << 11;
+/// CR4.SMEP: the kernel cannot execute user pages.
+pub const CR4_SMEP: u64 = 1 << 20;
+/// CR4.SMAP: the kernel cannot touch user pages unless RFLAGS.AC is set.
+pub const CR4_SMAP: u64 = 1 << 21;
+/// CR0.WP: write protection applies to the kernel (PKS write-disable needs it).
+pub const CR0_WP: u64 = 1 << 16;
+/// EFER.NXE: the no-execute bit in page-table entries is honoured.
+pub const EFER_NXE: u64 = 1 << 11;
+
+/// Protections this CPU now has turned on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Enabled {
+    /// CR4.SMEP set.
+    pub smep: bool,
+    /// CR4.SMAP set.
+    pub smap: bool,
+    /// CR4.UMIP set.
+    pub umip: bool,
+    /// EFER.NXE set.
+    pub nx: bool,
+    /// CR0.WP set (always: every x86-64 CPU has it).
+    pub wp: bool,
+}
+
+/// Writes CR0.
+///
+/// # Safety
+/// The value must keep the kernel running: paging, protected mode and the
+/// caching bits as the kernel set them up.
+#[inline(always)]
+unsafe fn write_cr0(value: u64) {
+    // SAFETY: the caller keeps paging and protection consistent.
+    unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// Writes CR4 raw.
+///
+/// # Safety
+/// Every bit set must be supported by the CPU (else #GP), and the change
+/// must not break the kernel's own execution (PAE must stay on).
+unsafe fn write_cr4(value: u64) {
+    // SAFETY: the caller sets only supported, consistent bits.
+    unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// Turns on SMEP, SMAP, UMIP and NX where present, and CR0.WP, on this CPU.
+pub fn enable_protections(features: &CpuFeatures) -> Enabled {
+    let mut cr4 = cpu::read_cr4();
+    for (present, bit) in [
+        (features.smep, CR4_SMEP),
+        (features.smap, CR4_SMAP),
+        (features.umip, CR4_UMIP),
+    ] {
+        if present {
+            cr4 |= bit;
+        }
+    }
+    // SAFETY: only bits the CPU reports are set; SMEP/SMAP/UMIP restrict user
+    // pages and ring-3 instructions, and no user mappings exist yet.
+    unsafe { write_cr4(cr4) };
+
+    if features.nx {
+        // SAFETY: IA32_EFER exists on every x86-64 CPU; NXE is supported.
+        unsafe { msr::wrmsr(msr::IA32_EFER, msr::rdmsr(msr::IA32_EFER) | EFER_NXE) };
+    }
+    // SAFETY: the kernel never relies on writing read-only pages.
+    unsafe { write_cr0(cpu::read_cr0() | CR0_WP) };
+
+    let cr4 = cpu::read_cr4();
+    Enabled {
+        smep: cr4 & CR4_SMEP != 0,
+        smap: cr4 & CR4_SMAP != 0,
+        umip: cr4 & CR4_UMIP != 0,
+        nx: cpu::nx_enabled(),
+        wp: cpu::read_cr0() & CR0_WP != 0,
+    }
+}
+
+/// The real registers of the CPU it runs on. Only [`init`] makes one (its
+/// field is private) and gives it to the CPU's `CpuProtection`, which
+/// keeps it private: no code can reach these methods but the windows and
+/// checks of `pkeys`.
 pub struct Registers {
     _private: (),
 }
 
 impl ProtectionRegisters for Registers {
+    #[inline(always)]
+    fn read_pkrs(&self) -> Pkrs {
+        // SAFETY: called only under the Pks mechanism, which `init` sets
+        // up only after checking CPUID and turning CR4.PKS on, so the MSR
+        // exists; reading it has no side effects.
+        Pkrs::from_bits(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) } as u32)
+    }
+
+    #[inline(always)]
     fn write_pkrs(&self, value: Pkrs) {
-        // SAFETY: the only Registers is the one `init` hands to the boot
-        // CPU's CpuProtection, which writes PKRS only under the Pks
-        // mechanism, which `init` sets up only after checking CPUID and
-        // turning CR4.PKS on; the upper 32 bits are zero by construction.
+        // SAFETY: as in `read_pkrs`, the MSR exists; the upper 32 bits are
+        // zero by construction. Callers are the windows and exception
+        // paths of `pkeys::CpuProtection`, which write only the values
+        // their module doc lists.
         unsafe { msr::wrmsr(pkeys::cpu::IA32_PKRS, value.msr_value()) };
     }
 
+    #[inline(always)]
+    fn write_protect(&self) -> bool {
+        cpu::read_cr0() & CR0_WP != 0
+    }
+
+    #[inline(always)]
     fn set_write_protect(&self, enabled: bool) {
         let cr0 = cpu::read_cr0();
-        let cr0 = if enabled {
-            cr0 | cpu::CR0_WP
-        } else {
-            cr0 & !cpu::CR0_WP
-        };
-        // SAFETY: only WP changes. Clearing it lets this CPU write read-only
-        // pages: the `ro` policy's write windows, which restore it.
-        unsafe { cpu::write_cr0(cr0) };
+        let cr0 = if enabled { cr0 | CR0_WP } else { cr0 & !CR0_WP };
+        // SAFETY: only WP changes. Clearing it lets this CPU write
+        // read-only pages: the `ro` policy's write windows, which set it
+        // again when they close.
+        unsafe { write_cr0(cr0) };
+    }
+
+    #[inline(always)]
+    fn cr4(&self) -> u64 {
+        cpu::read_cr4()
     }
 }
 
@@ -49,22 +162,36 @@ pub fn mechanism_for(policy: ProtectionPolicy) -> Mechanism {
 }
 
 /// Sets up protection keys on the boot CPU for a resolved policy: under
-/// `pks`, turns CR4.PKS on and loads the key table's default PKRS.
-pub fn init(policy: ProtectionPolicy) -> &'static CpuProtection<Registers> {
+/// `pks`, turns CR4.PKS on and loads the key table's default PKRS. Pins
+/// CR4.PKS and the SMEP and SMAP bits `enabled` reports, and sends every
+/// failed register check to `on_violation`.
+pub fn init(
+    policy: ProtectionPolicy,
+    enabled: &Enabled,
+    on_violation: pkeys::ViolationHandler,
+) -> &'static CpuProtection<Registers> {
     let mechanism = mechanism_for(policy);
     BOOT_CPU.call_once(|| {
         let mut found = Pkrs::ALL_ACCESS;
+        let mut pinned = 0;
         if mechanism == Mechanism::Pks {
             let has_pks = pkeys::cpu::has_pks(raw_cpuid::cpuid!(7, 0).ecx);
             assert!(has_pks, "ptprot=pks resolved on a CPU without PKS");
             // SAFETY: CPUID reports PKS (checked above), so the bit is
             // supported; nothing else in CR4 changes.
-            unsafe { cpu::write_cr4(cpu::read_cr4() | pkeys::cpu::CR4_PKS) };
+            unsafe { write_cr4(cpu::read_cr4() | pkeys::cpu::CR4_PKS) };
             // SAFETY: PKS is present and on, so IA32_PKRS exists.
             found = Pkrs::from_bits(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) } as u32);
+            pinned |= pkeys::cpu::CR4_PKS;
         }
-        let protection = CpuProtection::new(Registers { _private: () }, mechanism, found);
-        protection.init();
+        for (on, bit) in [(enabled.smep, CR4_SMEP), (enabled.smap, CR4_SMAP)] {
+            if on {
+                pinned |= bit;
+            }
+        }
+        let protection =
+            CpuProtection::new(Registers { _private: () }, mechanism, found, on_violation);
+        protection.init(pinned);
         protection
     })
 }
@@ -74,12 +201,149 @@ pub fn current() -> Option<&'static CpuProtection<Registers>> {
     BOOT_CPU.get()
 }
 
-/// What PKRS and CR0.WP hold right now, read from the registers (the
-/// exception entry path trusts these over the cache).
-pub fn register_values(protection: &CpuProtection<Registers>) -> (Pkrs, bool) {
-    let pkrs = match cpu::read_pkrs_if_enabled() {
-        Some(raw) if protection.mechanism() == Mechanism::Pks => Pkrs::from_bits(raw as u32),
-        _ => protection.pkrs(),
-    };
-    (pkrs, cpu::read_cr0() & cpu::CR0_WP != 0)
+crate::kernel_test! {
+    /// Every protection the CPU offers is on, CR4 round-trips raw, and
+    /// the register check passes at rest.
+    fn protections_match_features() -> TestResult {
+        let boot = crate::boot_state();
+        let cr4 = cpu::read_cr4();
+        crate::check_eq!(cr4 & CR4_SMEP != 0, boot.features.smep);
+        crate::check_eq!(cr4 & CR4_SMAP != 0, boot.features.smap);
+        crate::check_eq!(cr4 & CR4_UMIP != 0, boot.features.umip);
+        crate::check!(cpu::read_cr0() & CR0_WP != 0, "CR0.WP is off");
+        crate::check_eq!(cpu::nx_enabled(), boot.features.nx);
+        if let Some(protection) = current() {
+            crate::check_eq!(protection.check(), Ok(()));
+            let pks_pinned = protection.pinned_cr4() & pkeys::cpu::CR4_PKS != 0;
+            crate::check_eq!(pks_pinned, protection.mechanism() == Mechanism::Pks);
+            crate::check_eq!(protection.pinned_cr4() & CR4_SMEP != 0, boot.features.smep);
+        }
+        Ok(())
+    }
+}
+
+/// Attacks on the registers. Each simulates a stray register write (the
+/// one thing ordinary code can no longer do: no safe path writes these
+/// registers) with the raw writers above, then lets the kernel run on.
+mod attacks {
+    use super::*;
+    use crate::arch::recovery::write_u64;
+    use crate::pkfault::with_policy;
+    use pkeys::FaultPolicy;
+
+    /// Writes PKRS raw, behind the windows' back; `None` without PKS.
+    fn tamper_pkrs(value: u32) -> Option<u32> {
+        if !pkeys::cpu::has_pks(raw_cpuid::cpuid!(7, 0).ecx) {
+            return None;
+        }
+        // SAFETY: the CPU has PKS, so IA32_PKRS exists (whether CR4.PKS is
+        // on or not); a 32-bit value keeps the upper half zero.
+        unsafe {
+            let old = msr::rdmsr(pkeys::cpu::IA32_PKRS) as u32;
+            msr::wrmsr(pkeys::cpu::IA32_PKRS, u64::from(value));
+            Some(old)
+        }
+    }
+
+    /// Writes the live ephemeral-slot entry (a page table with the
+    /// page-table protection) outside any window, stopping the write if it
+    /// faults; puts the entry back if it landed. True if it landed.
+    fn stray_page_table_write() -> bool {
+        let entry = crate::memory::ephemeral::slot_entry();
+        // SAFETY: the slot's entry is a live PTE; the value is the one it
+        // holds outside `with_frame` (0), so even a landed write changes
+        // nothing. A protected write faults and is stopped.
+        with_policy(FaultPolicy::Report, || unsafe { write_u64(entry, 0) }).is_ok()
+    }
+
+    crate::kernel_test! {
+        /// The walk checks the registers: with PKRS opened behind the
+        /// windows' back it fails under `pks`, where before it said PASS.
+        /// Under other policies PKRS is not checked; under `none` a stray
+        /// write to a page table lands.
+        fn walk_checks_the_registers() -> TestResult {
+            let Some(protection) = current() else { return Ok(()) };
+            if protection.mechanism() == Mechanism::WriteProtect {
+                return Err(crate::testing::TestFailure::skipped("PKRS plays no part under ptprot=ro"));
+            }
+            let Some(old) = tamper_pkrs(0) else {
+                return Err(crate::testing::TestFailure::skipped("needs a CPU with PKS"));
+            };
+            let report = crate::memory::verify::verify();
+            let landed = (protection.mechanism() == Mechanism::None).then(stray_page_table_write);
+            tamper_pkrs(old);
+            let result = report.registers.map(|check| check.result);
+            if protection.mechanism() == Mechanism::Pks {
+                crate::check!(!report.passed(), "the walk passed with PKRS open");
+                crate::check_eq!(
+                    result,
+                    Some(Err(pkeys::Violation::PkrsChanged {
+                        found: Pkrs::ALL_ACCESS,
+                        expected: pkeys::default_pkrs()
+                    }))
+                );
+            } else {
+                crate::check_eq!(result, Some(Ok(())));
+            }
+            if protection.mechanism() == Mechanism::None {
+                crate::check_eq!(landed, Some(true), "the unprotected write did not land");
+            }
+            crate::check!(crate::memory::verify::verify().passed() || protection.mechanism() == Mechanism::None);
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// PKRS opened behind the windows' back, then an exception: the
+        /// entry check reports it as an attack and stops the machine
+        /// (before, the entry adopted the value for good). Where PKRS is
+        /// not checked (`ro`, `none`), the test goes on and a stray write
+        /// to a page table lands.
+        by_name fn attack_pkrs_opened_then_exception() -> TestResult {
+            let Some(old) = tamper_pkrs(0) else {
+                return Err(crate::testing::TestFailure::skipped("needs a CPU with PKS"));
+            };
+            // SAFETY: int3 traps to the #BP handler, which returns.
+            unsafe { core::arch::asm!("int3") };
+            let landed = stray_page_table_write();
+            tamper_pkrs(old);
+            defmt::warn!("attack: the stray page-table write {=str}", if landed { "landed" } else { "faulted" });
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// CR0.WP cleared behind the windows' back (which would let every
+        /// read-only page be written, and disarm PKS write-disable), then
+        /// an exception: reported as an attack under every policy, since
+        /// WP is pinned in all of them.
+        by_name fn attack_write_protect_cleared() -> TestResult {
+            // SAFETY: not safe, on purpose: only WP changes.
+            unsafe { write_cr0(cpu::read_cr0() & !CR0_WP) };
+            // SAFETY: int3 traps to the #BP handler, which returns.
+            unsafe { core::arch::asm!("int3") };
+            // SAFETY: restores WP.
+            unsafe { write_cr0(cpu::read_cr0() | CR0_WP) };
+            defmt::warn!("attack: CR0.WP was cleared and nothing noticed");
+            Ok(())
+        }
+    }
+
+    crate::kernel_test! {
+        /// CR4.PKS cleared (which turns every key off), then an exception:
+        /// reported under `pks`, where the bit is pinned. Without it (other
+        /// policies) nothing pins it, and a stray page-table write lands.
+        by_name fn attack_cr4_pks_cleared() -> TestResult {
+            let cr4 = cpu::read_cr4();
+            // SAFETY: not safe, on purpose: clearing PKS is always allowed.
+            unsafe { write_cr4(cr4 & !pkeys::cpu::CR4_PKS) };
+            // SAFETY: int3 traps to the #BP handler, which returns.
+            unsafe { core::arch::asm!("int3") };
+            let landed = stray_page_table_write();
+            // SAFETY: restores the bits that were set.
+            unsafe { write_cr4(cr4) };
+            defmt::warn!("attack: the stray page-table write {=str}", if landed { "landed" } else { "faulted" });
+            Ok(())
+        }
+    }
 }

@@ -25,7 +25,7 @@ use super::tlb;
 use crate::arch::pks;
 use boot::layout::KERNEL_VIRT;
 use core::sync::atomic::{AtomicBool, Ordering};
-use pkeys::{Mechanism, Pkey, Rights};
+use pkeys::{Mechanism, Pkey};
 use ptalloc::{
     DirectMap, DirectMapError, FlushReport, PageblockRange, Pfn, ProtectReport, Protection,
     SplitPages,
@@ -109,8 +109,9 @@ impl KernelDirectMap {
     /// splitting the 1 GiB and 2 MiB mappings around it as needed with
     /// pages from `split_pages` only (at most two). All pages are taken
     /// before anything changes, so a failure leaves the map as it was. The
-    /// caller flushes.
-    pub fn protect_page(
+    /// caller flushes. Private to `memory`: it can strip any frame's
+    /// protection.
+    pub(super) fn protect_page(
         &self,
         pfn: Pfn,
         to: Protection,
@@ -121,81 +122,84 @@ impl KernelDirectMap {
         if self.pdpt_phys == 0 {
             return Err(DirectMapError::Failed);
         }
-        let window = pte::open();
-        let pdpt = any_table(self.pdpt_phys);
-        let slot = (addr / GIB) as usize;
-        // SAFETY (reads and writes below): as in `protect`.
-        let pdpte = unsafe { pdpt.add(slot).read_volatile() };
-        if pdpte & (PRESENT | LARGE) == 0 {
-            return Err(DirectMapError::Failed);
-        }
-        let split_gib = pdpte & LARGE != 0;
-        let pd_index = ((addr % GIB) / MIB2) as usize;
-        let pde = if split_gib {
-            None
-        } else {
-            // SAFETY: see above.
-            Some(unsafe { any_table(pdpte & ADDRESS).add(pd_index).read_volatile() })
-        };
-        if pde.is_some_and(|pde| pde & (PRESENT | LARGE) == 0) {
-            // The direct map does not cover this frame.
-            return Err(DirectMapError::Failed);
-        }
-        let split_mib = pde.is_none_or(|pde| pde & LARGE != 0);
-        // Take every page first: all or nothing.
-        let pd_page = if split_gib {
-            Some(split_pages.take().ok_or(DirectMapError::NoSplitPage)?)
-        } else {
-            None
-        };
-        let pt_page = if split_mib {
-            Some(split_pages.take().ok_or(DirectMapError::NoSplitPage)?)
-        } else {
-            None
-        };
-        let mut report = ProtectReport::default();
+        pte::with_window(|window| {
+            let pdpt = any_table(self.pdpt_phys);
+            let slot = (addr / GIB) as usize;
+            // SAFETY (reads and writes below): as in `protect`.
+            let pdpte = unsafe { pdpt.add(slot).read_volatile() };
+            if pdpte & (PRESENT | LARGE) == 0 {
+                return Err(DirectMapError::Failed);
+            }
+            let split_gib = pdpte & LARGE != 0;
+            let pd_index = ((addr % GIB) / MIB2) as usize;
+            let pde = if split_gib {
+                None
+            } else {
+                // SAFETY: see above.
+                Some(unsafe { any_table(pdpte & ADDRESS).add(pd_index).read_volatile() })
+            };
+            if pde.is_some_and(|pde| pde & (PRESENT | LARGE) == 0) {
+                // The direct map does not cover this frame.
+                return Err(DirectMapError::Failed);
+            }
+            let split_mib = pde.is_none_or(|pde| pde & LARGE != 0);
+            // Take every page first: all or nothing.
+            let pd_page = if split_gib {
+                Some(split_pages.take().ok_or(DirectMapError::NoSplitPage)?)
+            } else {
+                None
+            };
+            let pt_page = if split_mib {
+                Some(split_pages.take().ok_or(DirectMapError::NoSplitPage)?)
+            } else {
+                None
+            };
+            let mut report = ProtectReport::default();
 
-        let pd = match pd_page {
-            Some(page) => {
-                let pd = table_at(page.addr());
-                let attributes = pdpte & !(ADDRESS | LARGE);
-                let base = pdpte & ADDRESS & !(GIB - 1);
-                // SAFETY: a fresh reserve page, protected, mapped by the
-                // direct map, written in the window.
-                unsafe { fill_split(&window, pd, base, MIB2, LARGE | attributes) };
-                // SAFETY: see above; the PD maps what the 1 GiB page did.
-                unsafe { pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
-                report.splits_1g = 1;
-                pd
-            }
-            None => any_table(pdpte & ADDRESS),
-        };
-        // SAFETY: see above.
-        let pde = unsafe { pd.add(pd_index).read_volatile() };
-        let pt = match pt_page {
-            Some(page) => {
-                let pt = table_at(page.addr());
-                let attributes = pde & !(ADDRESS | LARGE);
-                let base = pde & ADDRESS & !(MIB2 - 1);
-                // SAFETY: as above.
-                unsafe { fill_split(&window, pt, base, 4096, attributes) };
-                // SAFETY: see above; the PT maps what the 2 MiB page did.
-                unsafe { pte::write(&window, pd.add(pd_index), page.addr() | PRESENT | WRITABLE) };
-                report.splits_2m = 1;
-                pt
-            }
-            None => any_table(pde & ADDRESS),
-        };
-        let index = ((addr % MIB2) / 4096) as usize;
-        // SAFETY: see above.
-        unsafe {
-            pte::write(
-                &window,
-                pt.add(index),
-                (addr & ADDRESS) | self.attributes(to),
-            )
-        };
-        Ok(report)
+            let pd = match pd_page {
+                Some(page) => {
+                    let pd = table_at(page.addr());
+                    let attributes = pdpte & !(ADDRESS | LARGE);
+                    let base = pdpte & ADDRESS & !(GIB - 1);
+                    // SAFETY: a fresh reserve page, protected, mapped by the
+                    // direct map, written in the window.
+                    unsafe { fill_split(window, pd, base, MIB2, LARGE | attributes) };
+                    // SAFETY: see above; the PD maps what the 1 GiB page did.
+                    unsafe { pte::write(window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
+                    report.splits_1g = 1;
+                    pd
+                }
+                None => any_table(pdpte & ADDRESS),
+            };
+            // SAFETY: see above.
+            let pde = unsafe { pd.add(pd_index).read_volatile() };
+            let pt = match pt_page {
+                Some(page) => {
+                    let pt = table_at(page.addr());
+                    let attributes = pde & !(ADDRESS | LARGE);
+                    let base = pde & ADDRESS & !(MIB2 - 1);
+                    // SAFETY: as above.
+                    unsafe { fill_split(window, pt, base, 4096, attributes) };
+                    // SAFETY: see above; the PT maps what the 2 MiB page did.
+                    unsafe {
+                        pte::write(window, pd.add(pd_index), page.addr() | PRESENT | WRITABLE)
+                    };
+                    report.splits_2m = 1;
+                    pt
+                }
+                None => any_table(pde & ADDRESS),
+            };
+            let index = ((addr % MIB2) / 4096) as usize;
+            // SAFETY: see above.
+            unsafe {
+                pte::write(
+                    window,
+                    pt.add(index),
+                    (addr & ADDRESS) | self.attributes(to),
+                )
+            };
+            Ok(report)
+        })
     }
 }
 
@@ -215,79 +219,80 @@ impl DirectMap for KernelDirectMap {
         }
         let attributes = self.attributes(to);
         let mut report = ProtectReport::default();
-        let window = pte::open();
-        let pdpt = any_table(self.pdpt_phys);
-        let slot = (start / GIB) as usize;
-        // SAFETY (this block and the writes below): the direct map's tables
-        // are page-table frames only this backend edits, under `edits` and
-        // inside a page-table window; entries are read and written whole.
-        let pdpte = unsafe { pdpt.add(slot).read_volatile() };
-        if pdpte & PRESENT == 0 && pdpte & LARGE == 0 {
-            return Err(DirectMapError::Failed);
-        }
-        let pd_phys = if pdpte & LARGE != 0 {
-            if start.is_multiple_of(GIB) && end - start == GIB {
-                // The whole gigabyte: no split needed.
-                // SAFETY: see above.
-                unsafe {
-                    pte::write(
-                        &window,
-                        pdpt.add(slot),
-                        (start & ADDRESS) | LARGE | attributes,
-                    )
-                };
-                return Ok(report);
-            }
-            let Some(page) = split_pages.take() else {
-                return Err(DirectMapError::NoSplitPage);
-            };
-            let old_attributes = pdpte & !(ADDRESS | LARGE);
-            let gib_base = pdpte & ADDRESS & !(GIB - 1);
-            // SAFETY (for both uses): `pd` maps the split page, which is
-            // ours (from the source), not yet linked, writable in the window.
-            let fill = |pd: *mut u64| unsafe {
-                fill_split(&window, pd, gib_base, MIB2, LARGE | old_attributes)
-            };
-            if pdpte & PRESENT != 0 {
-                // A reserve page (protected, mapped) or a self-hosted page of
-                // this still-mapped gigabyte: write it through the direct map.
-                fill(table_at(page.addr()));
-            } else {
-                // A self-hosted page of an unmapped gigabyte: the direct map
-                // does not show it, so write it through the ephemeral slot.
-                ephemeral::with_frame(page.addr(), |frame| fill(frame.cast::<u64>()))
-                    .ok_or(DirectMapError::Failed)?;
-            }
-            // SAFETY: see above; the PD now maps exactly what the 1 GiB page did.
-            unsafe { pte::write(&window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
-            report.splits_1g = 1;
-            page.addr()
-        } else {
-            pdpte & ADDRESS
-        };
-        let pd = any_table(pd_phys);
-        let mut at = start;
-        while at < end {
-            let index = ((at % GIB) / MIB2) as usize;
-            // SAFETY: see above.
-            let pde = unsafe { pd.add(index).read_volatile() };
-            if pde & (PRESENT | LARGE) == 0 {
-                // Not part of the direct map: refuse rather than map it.
+        pte::with_window(|window| {
+            let pdpt = any_table(self.pdpt_phys);
+            let slot = (start / GIB) as usize;
+            // SAFETY (this block and the writes below): the direct map's tables
+            // are page-table frames only this backend edits, under `edits` and
+            // inside a page-table window; entries are read and written whole.
+            let pdpte = unsafe { pdpt.add(slot).read_volatile() };
+            if pdpte & PRESENT == 0 && pdpte & LARGE == 0 {
                 return Err(DirectMapError::Failed);
             }
-            if pde & PRESENT != 0 && pde & LARGE == 0 {
-                // Split to 4 KiB earlier: rewrite every page of it.
-                // SAFETY: see above; the table is linked, so every entry is
-                // rewritten with the same frames and the new attributes.
-                unsafe { fill_split(&window, any_table(pde & ADDRESS), at, 4096, attributes) };
-                self.needs_full_flush.store(true, Ordering::Relaxed);
+            let pd_phys = if pdpte & LARGE != 0 {
+                if start.is_multiple_of(GIB) && end - start == GIB {
+                    // The whole gigabyte: no split needed.
+                    // SAFETY: see above.
+                    unsafe {
+                        pte::write(
+                            window,
+                            pdpt.add(slot),
+                            (start & ADDRESS) | LARGE | attributes,
+                        )
+                    };
+                    return Ok(report);
+                }
+                let Some(page) = split_pages.take() else {
+                    return Err(DirectMapError::NoSplitPage);
+                };
+                let old_attributes = pdpte & !(ADDRESS | LARGE);
+                let gib_base = pdpte & ADDRESS & !(GIB - 1);
+                // SAFETY (for both uses): `pd` maps the split page, which is
+                // ours (from the source), not yet linked, writable in the window.
+                let fill = |pd: *mut u64| unsafe {
+                    fill_split(window, pd, gib_base, MIB2, LARGE | old_attributes)
+                };
+                if pdpte & PRESENT != 0 {
+                    // A reserve page (protected, mapped) or a self-hosted page of
+                    // this still-mapped gigabyte: write it through the direct map.
+                    fill(table_at(page.addr()));
+                } else {
+                    // A self-hosted page of an unmapped gigabyte: the direct map
+                    // does not show it, so write it through the ephemeral slot.
+                    ephemeral::with_new_split_table(page.addr(), |frame| fill(frame.cast::<u64>()))
+                        .ok_or(DirectMapError::Failed)?;
+                }
+                // SAFETY: see above; the PD now maps exactly what the 1 GiB page did.
+                unsafe { pte::write(window, pdpt.add(slot), page.addr() | PRESENT | WRITABLE) };
+                report.splits_1g = 1;
+                page.addr()
             } else {
+                pdpte & ADDRESS
+            };
+            let pd = any_table(pd_phys);
+            let mut at = start;
+            while at < end {
+                let index = ((at % GIB) / MIB2) as usize;
                 // SAFETY: see above.
-                unsafe { pte::write(&window, pd.add(index), at | LARGE | attributes) };
+                let pde = unsafe { pd.add(index).read_volatile() };
+                if pde & (PRESENT | LARGE) == 0 {
+                    // Not part of the direct map: refuse rather than map it.
+                    return Err(DirectMapError::Failed);
+                }
+                if pde & PRESENT != 0 && pde & LARGE == 0 {
+                    // Split to 4 KiB earlier: rewrite every page of it.
+                    // SAFETY: see above; the table is linked, so every entry is
+                    // rewritten with the same frames and the new attributes.
+                    unsafe { fill_split(window, any_table(pde & ADDRESS), at, 4096, attributes) };
+                    self.needs_full_flush.store(true, Ordering::Relaxed);
+                } else {
+                    // SAFETY: see above.
+                    unsafe { pte::write(window, pd.add(index), at | LARGE | attributes) };
+                }
+                at += MIB2;
             }
-            at += MIB2;
-        }
-        Ok(report)
+            Ok(report)
+        })
     }
 
     fn flush(&self, range: PageblockRange) -> FlushReport {
@@ -312,16 +317,19 @@ impl DirectMap for KernelDirectMap {
                 }
             }
             Protection::Mapped | Protection::Pkey(_) => {
-                let window = match protection {
-                    Protection::Pkey(k) => pks::current()
-                        .map(|p| p.open(Pkey::new(k).unwrap_or(Pkey::DEFAULT), Rights::ReadWrite)),
-                    _ => None,
-                };
                 let virt = DIRECT_MAP_BASE + start.addr();
                 // SAFETY: the frames are the caller's, mapped by the direct
-                // map with `protection`, writable inside the window.
-                unsafe { (virt as *mut u8).write_bytes(0, (frames * 4096) as usize) };
-                drop(window);
+                // map with `protection`, writable (inside the window for a
+                // page-table key).
+                let zero = || unsafe { (virt as *mut u8).write_bytes(0, (frames * 4096) as usize) };
+                match protection {
+                    Protection::Pkey(k) if k == pkeys::PAGE_TABLE_KEY.index() => {
+                        pte::with_window(|_| zero())
+                    }
+                    // No other key has a window to write its pages in.
+                    Protection::Pkey(_) => return Err(DirectMapError::Failed),
+                    _ => zero(),
+                }
             }
         }
         Ok(())

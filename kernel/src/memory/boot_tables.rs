@@ -1,13 +1,49 @@
 //! Changes to the boot stub's page tables: giving a 4 KiB page of the
-//! image a protection key, or making it read-only (early-table
-//! reprotection and the PKS tests use it). Writes go through
-//! [`super::pte`], inside a page-table window, like every PTE write.
+//! image a protection key, or making it read-only. Early-table
+//! reprotection uses the general setters, which are private to `memory`:
+//! on an arbitrary image page they could strip a live table's key. Code
+//! elsewhere (the PKS tests) can only change pages of its own
+//! [`TestPage`]s. Writes go through [`super::pte`], inside a page-table
+//! window, like every PTE write.
 
 use super::pte::WRITABLE;
 use super::walk::{self, LeafSize};
 use crate::arch::cpu;
 use boot::layout::KERNEL_VIRT;
+use core::cell::UnsafeCell;
 use pkeys::Pkey;
+
+/// A page of the image that a test may give a key or make read-only: a
+/// page-aligned static of its own, never a page table.
+#[repr(C, align(4096))]
+pub struct TestPage(UnsafeCell<[u64; 512]>);
+
+// SAFETY: tests touch the words through raw pointers on one CPU; the cell
+// only makes the static's memory writable.
+unsafe impl Sync for TestPage {}
+
+impl TestPage {
+    /// A zeroed page (for a `static`: the boot stub maps the image's
+    /// first 2 MiB, where statics live, with 4 KiB pages).
+    pub const fn new() -> Self {
+        Self(UnsafeCell::new([0; 512]))
+    }
+
+    /// The address of word `index` (0 to 511).
+    pub fn word(&self, index: usize) -> *mut u64 {
+        self.0.get().cast::<u64>().wrapping_add(index.min(511))
+    }
+
+    /// Gives the page the protection key `key`.
+    pub fn set_key(&'static self, key: Pkey) -> Result<(), KeyError> {
+        set_page_key(self.word(0) as u64, key)
+    }
+
+    /// Makes the page writable or read-only.
+    pub fn set_writable(&'static self, writable: bool) -> Result<(), KeyError> {
+        set_page_writable(self.word(0) as u64, writable)
+    }
+}
 
 /// Why a page's key cannot be set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,12 +56,12 @@ pub enum KeyError {
 
 /// Gives the 4 KiB page at `vaddr` (in the image's first 2 MiB, which the
 /// boot stub maps with 4 KiB pages) the protection key `key`.
-pub fn set_page_key(vaddr: u64, key: Pkey) -> Result<(), KeyError> {
+pub(super) fn set_page_key(vaddr: u64, key: Pkey) -> Result<(), KeyError> {
     update_page(vaddr, |entry| pkeys::key::pte_with_key(entry, key))
 }
 
 /// Makes the 4 KiB page at `vaddr` writable or read-only.
-pub fn set_page_writable(vaddr: u64, writable: bool) -> Result<(), KeyError> {
+pub(super) fn set_page_writable(vaddr: u64, writable: bool) -> Result<(), KeyError> {
     update_page(vaddr, |entry| {
         if writable {
             entry | WRITABLE
@@ -43,12 +79,13 @@ fn update_page(vaddr: u64, change: impl FnOnce(u64) -> u64) -> Result<(), KeyErr
         return Err(KeyError::NotA4KibPage(vaddr));
     }
     let entry = (KERNEL_VIRT + leaf.entry_phys) as *mut u64;
-    let window = super::pte::open();
-    // SAFETY: `entry` is the live PTE for `vaddr`, reached through the
-    // boot window (the stub's tables are in the image, below 1 GiB); only
-    // attribute bits change, so the page stays mapped to the same frame.
-    unsafe { super::pte::write(&window, entry, change(leaf.entry)) };
-    drop(window);
+    super::pte::with_window(|window| {
+        // SAFETY: `entry` is the live PTE for `vaddr`, reached through the
+        // boot window (the stub's tables are in the image, below 1 GiB);
+        // only attribute bits change, so the page stays mapped to the same
+        // frame.
+        unsafe { super::pte::write(window, entry, change(leaf.entry)) };
+    });
     // SAFETY: invalidating one translation is always safe.
     unsafe { x86::tlb::flush(vaddr as usize) };
     Ok(())

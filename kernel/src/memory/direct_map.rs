@@ -219,16 +219,17 @@ pub fn build(
                 .map_err(|_| DirectMapError::TooManyRanges)?,
         }
     }
-    let window = pte::open();
-    for range in &ranges {
-        builder.map_range(&window, range.start, range.end, gib_pages)?;
-    }
+    pte::with_window(|window| {
+        for range in &ranges {
+            builder.map_range(window, range.start, range.end, gib_pages)?;
+        }
+        if let Some(pdpt) = builder.pdpt {
+            builder.info.pdpt_phys = pool_page_phys(pdpt);
+            link(window, builder.info.pdpt_phys);
+        }
+        Ok(())
+    })?;
     builder.info.ranges = ranges;
-    if let Some(pdpt) = builder.pdpt {
-        builder.info.pdpt_phys = pool_page_phys(pdpt);
-        link(&window, builder.info.pdpt_phys);
-    }
-    drop(window);
     INFO.call_once(|| builder.info.clone());
     Ok(builder.info)
 }

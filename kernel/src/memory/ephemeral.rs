@@ -5,7 +5,9 @@
 //! PDPT, a page directory and a page table from a small pool in the image,
 //! recorded as early page tables. [`with_frame`] maps the frame, runs the
 //! closure, unmaps it and flushes the slot, so the frame is visible only
-//! for the closure's duration and only at that address. One slot: the boot
+//! for the closure's duration and only at that address. It is private to
+//! `memory` and refuses page-table memory (the slot is a writable key-0
+//! mapping); [`copy_to`] and [`copy_from`] are the public way in. One slot: the boot
 //! CPU is the only CPU; SMP gives each CPU its own.
 
 use super::EARLY_PAGE_TABLES;
@@ -57,50 +59,67 @@ pub fn init() -> Result<(), RecordError> {
     }
     let root = cpu::read_cr3() & ADDRESS;
     let slot = ((EPHEMERAL_BASE >> 39) & 0x1ff) as usize;
-    let window = pte::open();
-    // SAFETY: the three tables are this module's statics, not yet linked;
-    // the PML4 slot is unused (nothing else lives at EPHEMERAL_BASE); the
-    // live PML4 is in the image, reachable through the boot window.
-    unsafe {
-        pte::write(&window, pdpt.cast::<u64>(), phys(pd) | PRESENT | WRITABLE);
-        pte::write(&window, pd.cast::<u64>(), phys(pt) | PRESENT | WRITABLE);
-        pte::write(
-            &window,
-            ((KERNEL_VIRT + root) as *mut u64).add(slot),
-            phys(pdpt) | PRESENT | WRITABLE,
-        );
-    }
+    pte::with_window(|window| {
+        // SAFETY: the three tables are this module's statics, not yet
+        // linked; the PML4 slot is unused (nothing else lives at
+        // EPHEMERAL_BASE); the live PML4 is in the image, reachable through
+        // the boot window.
+        unsafe {
+            pte::write(window, pdpt.cast::<u64>(), phys(pd) | PRESENT | WRITABLE);
+            pte::write(window, pd.cast::<u64>(), phys(pt) | PRESENT | WRITABLE);
+            pte::write(
+                window,
+                ((KERNEL_VIRT + root) as *mut u64).add(slot),
+                phys(pdpt) | PRESENT | WRITABLE,
+            );
+        }
+    });
     *SLOT.lock() = true;
     Ok(())
 }
 
 /// Maps the 4 KiB frame at `frame_phys` at the slot, runs `f` on a pointer
-/// to it, then unmaps and flushes it. `None` before [`init`].
-pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
+/// to it, then unmaps and flushes it. `None` before [`init`], or if the
+/// frame is page-table memory: the slot's key-0 writable mapping would be
+/// an unprotected alias of it.
+pub(super) fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
+    if super::paging::is_page_table_memory(frame_phys) {
+        return None;
+    }
+    map_at_slot(frame_phys, f)
+}
+
+/// [`with_frame`] for the one page-table frame the slot must show: a page
+/// a 1 GiB split takes from an `Unmapped` gigabyte being converted to
+/// page tables, which the direct map does not show yet. The backend fills
+/// it here before linking it.
+pub(super) fn with_new_split_table<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
+    map_at_slot(frame_phys, f)
+}
+
+fn map_at_slot<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
     let ready = SLOT.lock();
     if !*ready {
         return None;
     }
     let entry = table(2).cast::<u64>();
-    {
-        let window = pte::open();
+    pte::with_window(|window| {
         // SAFETY: the slot's PTE, ours under SLOT; NX, kernel-only.
         unsafe {
             pte::write(
-                &window,
+                window,
                 entry,
                 (frame_phys & ADDRESS) | PRESENT | WRITABLE | cpu::no_execute_bit(),
             )
         };
-    }
+    });
     // SAFETY: invalidating one translation is always safe.
     unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
     let result = f(EPHEMERAL_BASE as *mut u8);
-    {
-        let window = pte::open();
+    pte::with_window(|window| {
         // SAFETY: as above; the frame stops being visible here.
-        unsafe { pte::write(&window, entry, 0) };
-    }
+        unsafe { pte::write(window, entry, 0) };
+    });
     // SAFETY: as above.
     unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
     drop(ready);
@@ -111,12 +130,11 @@ pub fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R>
 /// demo's simulated bug wrote there (under `ptprot=none`, where it lands).
 pub fn repair_slot() {
     let _ready = SLOT.lock();
-    {
-        let window = pte::open();
+    pte::with_window(|window| {
         // SAFETY: the slot's PTE, ours under SLOT; clearing it only
         // removes a mapping nothing uses outside `with_frame`.
-        unsafe { pte::write(&window, table(2).cast::<u64>(), 0) };
-    }
+        unsafe { pte::write(window, table(2).cast::<u64>(), 0) };
+    });
     // SAFETY: invalidating one translation is always safe.
     unsafe { x86::tlb::flush(EPHEMERAL_BASE as usize) };
 }
@@ -130,10 +148,9 @@ pub fn slot_entry() -> *mut u64 {
 
 /// Copies `data` into the frame at `frame_phys` at `offset`, through the
 /// slot. `None` before [`init`], if it would cross the frame's end, or if
-/// the frame is page-table memory (the slot's key-0 mapping would be an
-/// unprotected alias of it).
+/// the frame is page-table memory (see [`with_frame`]).
 pub fn copy_to(frame_phys: u64, offset: usize, data: &[u8]) -> Option<()> {
-    if offset.checked_add(data.len())? > 4096 || super::paging::is_page_table_memory(frame_phys) {
+    if offset.checked_add(data.len())? > 4096 {
         return None;
     }
     with_frame(frame_phys, |page| {
@@ -143,7 +160,8 @@ pub fn copy_to(frame_phys: u64, offset: usize, data: &[u8]) -> Option<()> {
     })
 }
 
-/// Copies from the frame at `frame_phys` at `offset` into `out`.
+/// Copies from the frame at `frame_phys` at `offset` into `out`; `None`
+/// as for [`copy_to`].
 pub fn copy_from(frame_phys: u64, offset: usize, out: &mut [u8]) -> Option<()> {
     if offset.checked_add(out.len())? > 4096 {
         return None;

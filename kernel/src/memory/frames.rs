@@ -160,9 +160,21 @@ pub fn init(
     })
 }
 
-/// The allocator, once [`init`] ran.
-pub fn allocator() -> Option<&'static FrameAllocator> {
+/// The allocator, once [`init`] ran. Private to `memory`: through it
+/// lies the direct-map backend, which can change any frame's protection.
+pub(super) fn allocator() -> Option<&'static FrameAllocator> {
     FRAMES.get()
+}
+
+/// The allocator's counters, once [`init`] ran.
+pub fn stats() -> Option<ptalloc::Stats> {
+    allocator().map(FrameAllocator::stats)
+}
+
+/// Fault injection (`inject=empty-reserve`): the split reserve gives
+/// nothing to direct-map splits while `on`. False before [`init`].
+pub fn inject_empty_reserve(on: bool) -> bool {
+    allocator().map(|a| a.inject_empty_reserve(on)).is_some()
 }
 
 /// True if the frame at `phys` is in an `Unmapped` pageblock: covered by
@@ -248,10 +260,11 @@ crate::kernel_test! {
                     held += 1;
                     // Keep the blocks linked through their first word (they
                     // are page-table pages: write inside a window).
-                    let _window = crate::memory::pte::open();
                     let next = first.map_or(0, |f| f.0);
-                    // SAFETY: our freshly allocated block, mapped by the direct map.
-                    unsafe { ((DIRECT_MAP_BASE + block.addr()) as *mut u64).write_volatile(next) };
+                    crate::memory::pte::with_window(|_| {
+                        // SAFETY: our freshly allocated block, mapped by the direct map.
+                        unsafe { ((DIRECT_MAP_BASE + block.addr()) as *mut u64).write_volatile(next) };
+                    });
                     first = Some(block);
                 }
                 Err(error) => break error,

@@ -76,8 +76,7 @@ pub fn narrow_boot_window() {
     let pd = boot_stub_table(boot::TableLevel::Pd);
     let keep = image_window();
     let pd = (KERNEL_VIRT + pd) as *mut u64;
-    {
-        let window = pte::open();
+    pte::with_window(|window| {
         for slot in 0..512u64 {
             let start = slot << 21;
             if !(keep.start <= start && start < keep.end) {
@@ -85,10 +84,10 @@ pub fn narrow_boot_window() {
                 // by the image's own entries, which stay); clearing an entry
                 // only removes a mapping of memory the kernel reaches through
                 // the direct map from now on.
-                unsafe { pte::write(&window, pd.add(slot as usize), 0) };
+                unsafe { pte::write(window, pd.add(slot as usize), 0) };
             }
         }
-    }
+    });
     BOOT_WINDOW_NARROWED.store(true, Ordering::Release);
     tlb::flush_all();
 }

@@ -7,10 +7,16 @@
 //! where they are owned, through the same door ([`pte::write`]), each under
 //! a window; `pte`'s module doc says why.
 //! Its promises:
-//! - tables come from the page-table freetype, zeroed by the allocator
-//!   inside a window, so they are protected from the moment they exist;
+//! - tables come from the page-table freetype, so they are protected from
+//!   the moment they exist, and are zeroed inside a window before they
+//!   are linked;
 //! - each `map` or `unmap` opens exactly one page-table write window,
-//!   however many entries it writes (tables created, leaf written);
+//!   however many entries it writes (tables zeroed and linked, leaf
+//!   written), and only around those writes: tables are allocated before
+//!   it opens and freed after it closes;
+//! - tables go back to the allocator zeroed (unmap frees only empty
+//!   tables; dropping a space empties each table first), and a root is
+//!   never freed while CR3 holds it;
 //! - `unmap` frees tables that become empty back to the allocator;
 //! - bad input (unaligned address, outside the space's range, overlap,
 //!   unmapping what is not mapped, a frame beyond the CPU's physical
@@ -182,12 +188,9 @@ pub fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> {
         return Err(PagingError::AlreadyMapped);
     }
     let pdpt = new_table()?;
-    {
-        let window = pte::open();
-        // The root is the boot stub's PML4: an early page table, reached
-        // through its direct-map alias like the allocator's tables.
-        write(&window, root, slot, pdpt | PRESENT | WRITABLE);
-    }
+    // The root is the boot stub's PML4: an early page table, reached
+    // through its direct-map alias like the allocator's tables.
+    pte::with_window(|window| write(window, root, slot, pdpt | PRESENT | WRITABLE));
     Ok(KERNEL_SPACE.call_once(|| AddressSpace {
         root,
         kind: Kind::Kernel,
@@ -258,12 +261,30 @@ fn index(virt: u64, level: u32) -> u64 {
     (virt >> (12 + 9 * (level - 1))) & 0x1ff
 }
 
+/// A zeroed page table (the allocator zeroes it inside a window).
 fn new_table() -> Result<u64, PagingError> {
+    alloc_table(AllocFlags::ZERO)
+}
+
+/// A page table with whatever a previous owner left in it: the caller
+/// zeroes it in the window that links it ([`zero_table`]).
+fn new_unzeroed_table() -> Result<u64, PagingError> {
+    alloc_table(AllocFlags::empty())
+}
+
+fn alloc_table(flags: AllocFlags) -> Result<u64, PagingError> {
     let allocator = frames::allocator().ok_or(PagingError::NoAllocator)?;
     allocator
-        .alloc(0, 0, PAGE_TABLES, AllocFlags::ZERO)
+        .alloc(0, 0, PAGE_TABLES, flags)
         .map(Pfn::addr)
         .map_err(PagingError::Alloc)
+}
+
+/// Zeroes a table not yet linked.
+fn zero_table(window: &pte::Window, phys: u64) {
+    for slot in 0..512 {
+        write(window, phys, slot, 0);
+    }
 }
 
 fn free_table(phys: u64) {
@@ -286,10 +307,11 @@ impl AddressSpace {
         let _ = live.push(root);
         drop(live);
         let kernel_root = super::kernel_root();
-        let window = pte::open();
-        for slot in 256..512 {
-            write(&window, root, slot, read(kernel_root, slot));
-        }
+        pte::with_window(|window| {
+            for slot in 256..512 {
+                write(window, root, slot, read(kernel_root, slot));
+            }
+        });
         Ok(Self {
             root,
             kind: Kind::User,
@@ -346,8 +368,11 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Maps `phys` at `virt` with one page of `size`. One window for the
-    /// whole operation; intermediate tables are allocated as needed.
+    /// Maps `phys` at `virt` with one page of `size`. The tables the path
+    /// lacks are allocated first; then one window zeroes and links them
+    /// and writes the leaf, so the allocator (and any conversion it makes)
+    /// never runs with the page-table key open, and a map costs one pair
+    /// of PKRS writes however many tables it makes.
     pub fn map(
         &self,
         virt: u64,
@@ -359,49 +384,36 @@ impl AddressSpace {
         self.check_page(virt, size)?;
         self.check_frame(phys, size, flags)?;
         let _edits = self.edits.lock();
-        if self.translate(virt).is_some() {
-            return Err(PagingError::AlreadyMapped);
-        }
-        let window = pte::open();
-        // Tables made for this call, undone if a later step fails: (parent
-        // table, slot in it, new child table).
-        let mut created: [(u64, u64, u64); 3] = [(0, 0, 0); 3];
-        let mut made = 0;
+        // Walk as far as the tables go: the last present table, and the
+        // level of its entry on the path.
+        let leaf_level = size.leaf_level();
         let mut table = self.root;
-        let mut failure = None;
-        for level in (size.leaf_level() + 1..=4).rev() {
-            let slot = index(virt, level);
-            let entry = read(table, slot);
+        let mut level = 4;
+        while level > leaf_level {
+            let entry = read(table, index(virt, level));
             if entry & PRESENT == 0 {
-                let next = match new_table() {
-                    Ok(next) => next,
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                };
-                let link = next | PRESENT | WRITABLE | self.kind.access_bits();
-                write(&window, table, slot, link);
-                created[made] = (table, slot, next);
-                made += 1;
-                table = next;
-            } else if entry & LARGE != 0 {
-                failure = Some(PagingError::AlreadyMapped);
                 break;
-            } else {
-                table = entry & ADDRESS;
             }
+            if entry & LARGE != 0 {
+                return Err(PagingError::AlreadyMapped);
+            }
+            table = entry & ADDRESS;
+            level -= 1;
         }
         // A large leaf would replace a table of small ones: refuse.
-        if failure.is_none() && read(table, index(virt, size.leaf_level())) != 0 {
-            failure = Some(PagingError::AlreadyMapped);
+        if level == leaf_level && read(table, index(virt, leaf_level)) != 0 {
+            return Err(PagingError::AlreadyMapped);
         }
-        if let Some(error) = failure {
-            for &(parent, slot, child) in created[..made].iter().rev() {
-                write(&window, parent, slot, 0);
-                free_table(child);
+        let mut new_tables = [0u64; 3];
+        let needed = (level - leaf_level) as usize;
+        for made in 0..needed {
+            match new_unzeroed_table() {
+                Ok(phys) => new_tables[made] = phys,
+                Err(error) => {
+                    new_tables[..made].iter().for_each(|&t| free_table(t));
+                    return Err(error);
+                }
             }
-            return Err(error);
         }
         let mut leaf = phys | PRESENT | self.kind.access_bits();
         if flags.writable {
@@ -413,12 +425,21 @@ impl AddressSpace {
         if size == PageSize::Large {
             leaf |= LARGE;
         }
-        write(&window, table, index(virt, size.leaf_level()), leaf);
+        let link_bits = PRESENT | WRITABLE | self.kind.access_bits();
+        pte::with_window(|window| {
+            for &next in &new_tables[..needed] {
+                zero_table(window, next);
+                write(window, table, index(virt, level), next | link_bits);
+                table = next;
+                level -= 1;
+            }
+            write(window, table, index(virt, leaf_level), leaf);
+        });
         Ok(())
     }
 
     /// Unmaps the page of `size` at `virt` and returns its frame. Tables
-    /// left empty are freed; one window for the whole operation.
+    /// left empty are unlinked in the same window and freed after it.
     pub fn unmap(&self, virt: u64, size: PageSize) -> Result<u64, PagingError> {
         self.check_page(virt, size)?;
         let _edits = self.edits.lock();
@@ -442,25 +463,30 @@ impl AddressSpace {
         if leaf & PRESENT == 0 || (size == PageSize::Large) != is_large {
             return Err(PagingError::NotMapped);
         }
-        let window = pte::open();
-        write(&window, table, slot, 0);
-        // Free tables that became empty, bottom up (never the root, nor
-        // what the kind keeps).
-        let mut child = table;
-        let kept = self.kind.kept_levels();
-        while depth > kept && (0..512).all(|i| read(child, i) == 0) {
-            depth -= 1;
-            let (parent, parent_slot) = path[depth];
-            write(&window, parent, parent_slot, 0);
-            free_table(child);
-            child = parent;
-        }
+        // Tables that become empty, bottom up (never the root, nor what
+        // the kind keeps); they are all zero when unlinked.
+        let mut emptied = [0u64; 3];
+        let mut freed = 0;
+        pte::with_window(|window| {
+            write(window, table, slot, 0);
+            let mut child = table;
+            let kept = self.kind.kept_levels();
+            while depth > kept && (0..512).all(|i| read(child, i) == 0) {
+                depth -= 1;
+                let (parent, parent_slot) = path[depth];
+                write(window, parent, parent_slot, 0);
+                emptied[freed] = child;
+                freed += 1;
+                child = parent;
+            }
+        });
         // Kernel mappings are live in every space; user ones only in their
         // own (whose TLB entries a switch to it flushes).
         if self.kind == Kind::Kernel || cpu::read_cr3() & ADDRESS == self.root {
             // SAFETY: invalidating one translation is always safe.
             unsafe { x86::tlb::flush(virt as usize) };
         }
+        emptied[..freed].iter().for_each(|&t| free_table(t));
         Ok(leaf & ADDRESS)
     }
 
@@ -475,21 +501,30 @@ impl AddressSpace {
     }
 }
 
-/// Frees every table below `table` (at `level`) in the user half, not the
-/// frames the leaves map.
-fn free_subtree(table: u64, level: u32) {
-    if level == 1 {
-        return;
-    }
-    let slots = if level == 4 { 0..256 } else { 0..512 };
-    for slot in slots {
-        let entry = read(table, slot);
-        if entry & PRESENT != 0 && entry & LARGE == 0 {
-            let child = entry & ADDRESS;
-            free_subtree(child, level - 1);
-            free_table(child);
+/// Empties `table` (at `level`) of a dying user space: frees every table
+/// below it in the user half (not the frames the leaves map), then zeroes
+/// its entries, so every table goes back to the allocator zeroed. A root
+/// also drops its copy of the kernel half. Each table is zeroed in a
+/// window of its own and freed outside it: a dying space is loaded
+/// nowhere, so its tables may be freed before their parent is cleared.
+fn empty_table(table: u64, level: u32) {
+    if level > 1 {
+        let children = if level == 4 { 0..256 } else { 0..512 };
+        for slot in children {
+            let entry = read(table, slot);
+            if entry & PRESENT != 0 && entry & LARGE == 0 {
+                empty_table(entry & ADDRESS, level - 1);
+                free_table(entry & ADDRESS);
+            }
         }
     }
+    pte::with_window(|window| {
+        for slot in 0..512 {
+            if read(table, slot) != 0 {
+                write(window, table, slot, 0);
+            }
+        }
+    });
 }
 
 impl Drop for AddressSpace {
@@ -500,9 +535,11 @@ impl Drop for AddressSpace {
             return;
         }
         LIVE.lock().retain(|&root| root != self.root);
-        // Whatever is still mapped: free the user half's tables, then the
-        // root. The kernel half is shared and stays.
-        free_subtree(self.root, 4);
+        // A loaded root is never freed: switch to the kernel's first.
+        if cpu::read_cr3() & ADDRESS == self.root {
+            super::tlb::load_root(super::kernel_root());
+        }
+        empty_table(self.root, 4);
         free_table(self.root);
     }
 }

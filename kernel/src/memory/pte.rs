@@ -2,9 +2,11 @@
 //!
 //! Every write to a page-table entry in the kernel goes through [`write`],
 //! which takes a [`Window`]: a write outside a page-table write window does
-//! not compile. Both are private to `memory`, and these are the only places
-//! that open a window, each once per operation however many entries it
-//! writes (so one operation costs one pair of PKRS writes):
+//! not compile. A `Window` exists only inside [`with_window`]'s closure,
+//! whose window kind is private to this module; both are private to
+//! `memory`, and these are the only places that open a window, each once
+//! per operation however many entries it writes (so one operation costs
+//! one pair of PKRS writes):
 //! - `paging`, the page-table module: map and unmap in the kernel space and
 //!   in user spaces at run time, and setting up a space's root;
 //! - `backend`, the direct map's split and pageblock-attribute path, which
@@ -21,12 +23,12 @@
 //! writer of entries.
 //!
 //! Some windows write no entries: `backend::zero` zeroes new page-table
-//! pages inside a window for their pageblock's key (opened on the key
-//! itself), a `frames` test writes links into page-table pages it holds
-//! (through [`open`]), and the PKS mechanism's own tests (in `pkfault`)
-//! open key-1 windows on test pages.
+//! pages inside one, and a `frames` test writes links into page-table
+//! pages it holds. The PKS mechanism's own tests (in `pkfault`) open key-1
+//! windows on test pages through a window kind of their own, an `unsafe
+//! impl` that says why.
 
-use crate::arch::pks::{self, Registers};
+use crate::arch::pks;
 
 /// Entry bits the kernel uses (Intel SDM vol. 3, 4.5). Key bits live in
 /// `pkeys::key`.
@@ -41,20 +43,33 @@ pub const LARGE: u64 = 1 << 7;
 pub const NO_EXECUTE: u64 = 1 << 63;
 /// The physical-address bits of an entry.
 pub const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
-use pkeys::{PAGE_TABLE_KEY, WriteWindow};
+use pkeys::{PAGE_TABLE_KEY, Rights, WindowKind};
 
-/// Permission to write page-table entries on this CPU until dropped. Not
-/// `Send`: it must close where it opened.
-#[must_use = "the window closes as soon as it is dropped"]
-pub(super) struct Window {
-    _guard: Option<WriteWindow<'static, Registers>>,
+/// The page-table window's key and rights. Private to this module, so
+/// [`with_window`] is the only way to open it.
+struct PageTableWrite;
+
+// SAFETY: the type is private to this module, whose `with_window` is
+// private to `memory`, the owner of every page table.
+unsafe impl WindowKind for PageTableWrite {
+    const KEY: pkeys::Pkey = PAGE_TABLE_KEY;
+    const RIGHTS: Rights = Rights::ReadWrite;
 }
 
-/// Opens a page-table write window (nothing to open before PKS is set up,
-/// or under `ptprot=none`, where windows do nothing).
-pub(super) fn open() -> Window {
-    Window {
-        _guard: pks::current().map(|protection| protection.open_write(PAGE_TABLE_KEY)),
+/// Permission to write page-table entries on this CPU: it exists only
+/// inside [`with_window`]'s closure, so it cannot outlive the window, be
+/// leaked with `mem::forget`, or move to another CPU.
+pub(super) struct Window {
+    _private: (),
+}
+
+/// Runs `f` inside a page-table write window (nothing to open before PKS
+/// is set up, or under `ptprot=none`, where windows do nothing).
+pub(super) fn with_window<T>(f: impl FnOnce(&Window) -> T) -> T {
+    let window = Window { _private: () };
+    match pks::current() {
+        Some(protection) => protection.with_window::<PageTableWrite, T>(|| f(&window)),
+        None => f(&window),
     }
 }
 

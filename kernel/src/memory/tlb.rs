@@ -96,6 +96,16 @@ pub fn flush_all() {
     FULL_FLUSHES.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Loads the address space rooted at `root_phys` on this CPU (which
+/// drops every non-global translation).
+pub(super) fn load_root(root_phys: u64) {
+    // SAFETY: callers pass the root of a live address space whose kernel
+    // half is the kernel's (the kernel's own root, or a user space's,
+    // which copies it), so the kernel keeps running.
+    unsafe { x86::controlregs::cr3_write(root_phys & super::pte::ADDRESS) };
+    FULL_FLUSHES.fetch_add(1, Ordering::Relaxed);
+}
+
 fn invalidate(virt: u64) {
     // SAFETY: invalidating a translation is always safe.
     unsafe { x86::tlb::flush(virt as usize) };

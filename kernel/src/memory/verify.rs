@@ -17,7 +17,9 @@
 //! on tables visited ([`MAX_TABLE_VISITS`]), far above any real space.
 //!
 //! [`verify`] walks the kernel's address space and every live user address
-//! space from `paging`; [`verify_root`] one root.
+//! space from `paging`, and checks the protection registers (PKRS, CR0.WP,
+//! the pinned CR4 bits) against what they must hold; [`verify_root`] walks
+//! one root.
 
 use super::KernelPhys;
 use super::paging::{is_page_table_memory, page_table_memory_in};
@@ -60,12 +62,30 @@ pub struct VerifyReport {
     /// A table could not be read, or more than [`MAX_TABLE_VISITS`] were
     /// reached: the walk is incomplete, which counts as a failure.
     pub truncated: bool,
+    /// The register check ([`verify`] only; `None` before protection is
+    /// set up): what was checked, and the first mismatch.
+    pub registers: Option<RegisterCheck>,
+}
+
+/// The protection registers as the walk checked them.
+#[derive(Clone, Copy, Debug)]
+pub struct RegisterCheck {
+    /// The mechanism whose rules applied.
+    pub mechanism: Mechanism,
+    /// PKRS as read (under `pks`).
+    pub pkrs: Option<pkeys::Pkrs>,
+    /// The CR4 bits required to be set.
+    pub pinned_cr4: u64,
+    /// The check's verdict.
+    pub result: Result<(), pkeys::Violation>,
 }
 
 impl VerifyReport {
     /// True if the walk was complete and found no violation.
     pub fn passed(&self) -> bool {
-        self.violations == 0 && !self.truncated
+        self.violations == 0
+            && !self.truncated
+            && self.registers.is_none_or(|check| check.result.is_ok())
     }
 
     fn violation(&mut self, found: Violation) {
@@ -105,6 +125,14 @@ pub fn verify() -> VerifyReport {
             total.first_violation = user.first_violation;
         }
     }
+    total.registers = pks::current().map(|protection| RegisterCheck {
+        mechanism: protection.mechanism(),
+        pkrs: (protection.mechanism() == Mechanism::Pks)
+            .then(|| cpu::read_pkrs_if_enabled().map(|raw| pkeys::Pkrs::from_bits(raw as u32)))
+            .flatten(),
+        pinned_cr4: protection.pinned_cr4(),
+        result: protection.check(),
+    });
     total
 }
 
