@@ -50,6 +50,8 @@ pub struct BootState {
     pub frames: memory::frames::FramesInfo,
     /// What reprotecting the early page tables did.
     pub reprotected: memory::early::Reprotected,
+    /// The kernel image's W^X layout.
+    pub image: memory::image::ImageProtection,
     /// The verification walk at boot.
     pub verified: memory::verify::VerifyReport,
 }
@@ -164,6 +166,13 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     if let Err(error) = memory::paging::init_kernel_space() {
         println!("boot: no kernel mapping region: {:?}", error);
     }
+    let image = match memory::image::protect() {
+        Ok(image) => image,
+        Err(error) => {
+            println!("boot: cannot make the kernel image W^X: {}", error);
+            exit_qemu(ExitCode::Failure);
+        }
+    };
     let verified = memory::verify::verify();
 
     let boot = BOOT.call_once(|| BootState {
@@ -176,6 +185,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         flush_calibration,
         frames,
         reprotected,
+        image,
         verified,
     });
     report::print_boot_report(boot);

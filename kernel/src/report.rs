@@ -197,6 +197,11 @@ fn print_verification(boot: &BootState) {
         "early page tables reprotected: {} (splits 1G->2M {}, 2M->4K {})",
         r.tables, r.splits_1g, r.splits_2m
     );
+    let i = &boot.image;
+    println!(
+        "kernel image W^X: {} pages r-x (text), {} r-- (boot stub, rodata, recovery table, tests, IDT, GDT), {} rw- (data, bss), {} past the image unmapped; direct-map alias read-only for {} frames (early page tables keep theirs)",
+        i.read_execute, i.read_only, i.read_write, i.unmapped, i.direct_map_read_only
+    );
     let v = &boot.verified;
     if boot.ptprot == ProtectionPolicy::None {
         println!("verification walk: skipped (ptprot=none protects nothing)");

@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 26 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 19 passed, 0 failed, 8 skipped";
-const ALL_UNDER_NONE: &str = "tests: 17 passed, 0 failed, 10 skipped";
+const ALL_UNDER_PKS: &str = "tests: 28 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 21 passed, 0 failed, 8 skipped";
+const ALL_UNDER_NONE: &str = "tests: 19 passed, 0 failed, 10 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -31,7 +31,10 @@ fn boots_with_pks_and_reports() {
         " pageblocks, measured at boot (INVLPG ",
         "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7)",
         "early page tables reprotected: 9 (splits 1G->2M 0, 2M->4K 1)",
-        "verification walk: PASS: 11 page-table frames, 1086 leaf mappings, 19 aliases of protected frames, all protected; registers as required",
+        "kernel image W^X: ",
+        " pages r-x (text), ",
+        "direct-map alias read-only for ",
+        "verification walk: PASS: 11 page-table frames, 882 leaf mappings, 19 aliases of protected frames, all protected; registers as required",
         "register check: CR0.WP set, PKRS 0x00000008 (key 1 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
         "boot complete",
     ]);
@@ -55,7 +58,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(26)
+        .expect_all_tests_passed(28)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -88,7 +91,7 @@ fn a_fixed_flush_limit_replaces_the_measurement() {
     boot(qemu("flushlimit=512 test=all"))
         .expect_outcome(Outcome::Success)
         .expect_console(&[
-            "tlb flush limit: 512 pageblocks (flushlimit=512); flushes so far: 1 by INVLPG, 2 full",
+            "tlb flush limit: 512 pageblocks (flushlimit=512); flushes so far: 1 by INVLPG, 3 full",
             ALL_UNDER_PKS,
         ])
         .expect_no_log("flush cost");
@@ -105,7 +108,7 @@ fn a_fixed_flush_limit_replaces_the_measurement() {
     boot(qemu("flushlimit=0"))
         .expect_outcome(Outcome::Success)
         .expect_console(&[
-            "tlb flush limit: 0 pageblocks (flushlimit=0); flushes so far: 0 by INVLPG, 3 full",
+            "tlb flush limit: 0 pageblocks (flushlimit=0); flushes so far: 0 by INVLPG, 4 full",
         ]);
 }
 

@@ -51,10 +51,33 @@ struct Gdt {
     tss: Descriptor64,
 }
 
-/// Tables the CPU reads (and, for the TSS busy bit, writes) behind Rust's
-/// back; only raw pointers are ever taken to them.
+/// The GDT, alone on its page in `.ro_after_init`: the kernel maps it
+/// read-only once boot is done (`memory::image`). The CPU writes a GDT
+/// only to set a descriptor's accessed bit (set here in advance) and the
+/// TSS busy bit (set by `ltr`, during `init`).
+#[repr(C, align(4096))]
+struct GdtPage(UnsafeCell<Gdt>);
+
+// SAFETY: written once by `init` on the boot CPU before anything else
+// runs; afterwards only the CPU reads it.
+unsafe impl Sync for GdtPage {}
+
+#[unsafe(link_section = ".ro_after_init")]
+static GDT: GdtPage = GdtPage(UnsafeCell::new(Gdt {
+    null: Descriptor::NULL,
+    kernel_code: Descriptor::NULL,
+    kernel_data: Descriptor::NULL,
+    tss: Descriptor64::NULL,
+}));
+
+/// The GDT's address, for the tests that check it is read-only.
+pub fn table_address() -> u64 {
+    GDT.0.get() as u64
+}
+
+/// Tables the CPU reads behind Rust's back; only raw pointers are ever
+/// taken to them. The TSS stays writable: context switches will set RSP0.
 struct CpuTables {
-    gdt: UnsafeCell<Gdt>,
     tss: UnsafeCell<TaskStateSegment>,
     ist_stacks: UnsafeCell<IstStacks>,
 }
@@ -64,12 +87,6 @@ struct CpuTables {
 unsafe impl Sync for CpuTables {}
 
 static TABLES: CpuTables = CpuTables {
-    gdt: UnsafeCell::new(Gdt {
-        null: Descriptor::NULL,
-        kernel_code: Descriptor::NULL,
-        kernel_data: Descriptor::NULL,
-        tss: Descriptor64::NULL,
-    }),
     tss: UnsafeCell::new(TaskStateSegment::new()),
     ist_stacks: UnsafeCell::new(IstStacks([[0; IST_STACK_SIZE]; IST_STACKS])),
 };
@@ -84,13 +101,13 @@ pub unsafe fn init() {
     let tss = TABLES.tss.get();
     let stacks = TABLES.ist_stacks.get() as u64;
     let kernel_code: Descriptor =
-        DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteRead)
+        DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteReadAccessed)
             .present()
             .dpl(Ring::Ring0)
             .l()
             .finish();
     let kernel_data: Descriptor =
-        DescriptorBuilder::data_descriptor(0, 0, DataSegmentType::ReadWrite)
+        DescriptorBuilder::data_descriptor(0, 0, DataSegmentType::ReadWriteAccessed)
             .present()
             .dpl(Ring::Ring0)
             .finish();
@@ -114,7 +131,7 @@ pub unsafe fn init() {
             // Stacks grow down: slot n uses the top of the n-th stack.
             (*tss).set_ist(slot - 1, stacks + (slot * IST_STACK_SIZE) as u64);
         }
-        TABLES.gdt.get().write(Gdt {
+        GDT.0.get().write(Gdt {
             null: Descriptor::NULL,
             kernel_code,
             kernel_data,
@@ -124,7 +141,7 @@ pub unsafe fn init() {
 
     let pointer = DescriptorTablePointer::new(
         // SAFETY: the GDT is initialised above and lives forever.
-        unsafe { &*TABLES.gdt.get() },
+        unsafe { &*GDT.0.get() },
     );
     // SAFETY: the GDT holds valid code, data and TSS descriptors at the
     // selectors loaded below, and is 'static.

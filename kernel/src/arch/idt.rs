@@ -210,13 +210,22 @@ unsafe extern "C" {
     static interrupt_stubs_end: u8;
 }
 
+/// The IDT, alone on its page in `.ro_after_init`: the kernel maps it
+/// read-only once boot is done (`memory::image`).
+#[repr(C, align(4096))]
 struct Idt(UnsafeCell<[Descriptor64; 256]>);
 
 // SAFETY: written once by `init` during single-threaded boot, then only
 // read by the CPU.
 unsafe impl Sync for Idt {}
 
+#[unsafe(link_section = ".ro_after_init")]
 static IDT: Idt = Idt(UnsafeCell::new([Descriptor64::NULL; 256]));
+
+/// The IDT's address, for the tests that check it is read-only.
+pub fn table_address() -> u64 {
+    IDT.0.get() as u64
+}
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 

@@ -7,10 +7,11 @@
 //! looks the faulting RIP up with [`recovery_point`]; if found, it resumes
 //! there and the probe returns an error instead of the value.
 //!
-//! One probe, [`read_u64_if_mapped`], is of the other kind: any page fault
-//! at it but a reserved-bit one resumes ([`any_fault_recovery_point`]),
-//! whatever the fault policy.
-//! Tests use it to check that a translation is really gone.
+//! Two probes, [`read_u64_if_mapped`] and [`write_u64_if_writable`], are
+//! of the other kind: any page fault at them but a reserved-bit one
+//! resumes ([`any_fault_recovery_point`]), whatever the fault policy.
+//! Tests use them to check that a translation is really gone, or that a
+//! write is really refused.
 
 use core::arch::global_asm;
 
@@ -43,12 +44,22 @@ global_asm!(
     "ret",
     "6: mov eax, 1",
     "ret",
+    // u64 probe_write_if_writable_u64(u64 *addr, u64 value): as
+    // probe_write_u64, but every page fault at the access resumes.
+    ".global probe_write_if_writable_u64",
+    "probe_write_if_writable_u64:",
+    "7: mov [rdi], rsi",
+    "xor eax, eax",
+    "ret",
+    "8: mov eax, 1",
+    "ret",
     // Kind 0: the fault policy decides; kind 1: any page fault resumes.
     ".pushsection .recovery_table, \"a\"",
     ".balign 8",
     ".quad 1b, 2b, 0",
     ".quad 3b, 4b, 0",
     ".quad 5b, 6b, 1",
+    ".quad 7b, 8b, 1",
     ".popsection",
 );
 
@@ -56,6 +67,7 @@ unsafe extern "C" {
     fn probe_read_u64(addr: *const u64, out: *mut u64) -> u64;
     fn probe_write_u64(addr: *mut u64, value: u64) -> u64;
     fn probe_read_if_mapped_u64(addr: *const u64, out: *mut u64) -> u64;
+    fn probe_write_if_writable_u64(addr: *mut u64, value: u64) -> u64;
     static __recovery_table_start: u8;
     static __recovery_table_end: u8;
 }
@@ -108,6 +120,23 @@ pub unsafe fn read_u64_if_mapped(addr: *const u64) -> Result<u64, Faulted> {
     if status == 0 { Ok(value) } else { Err(Faulted) }
 }
 
+/// Writes `value` at `addr`; `Err` if the write page-faulted because the
+/// page is absent, read-only or its key forbids it (reserved-bit faults
+/// stay fatal; `pkfault=soft` lets a key fault through once, as
+/// everywhere). The attack tests use it to try a write and see whether it
+/// landed.
+///
+/// # Safety
+/// As for [`read_u64_if_mapped`], and a write that succeeds must not break
+/// anything: write the value the word already holds, or a word the caller
+/// owns.
+pub unsafe fn write_u64_if_writable(addr: *mut u64, value: u64) -> Result<(), Faulted> {
+    // SAFETY: the caller vouches for the address and value; any #PF at the
+    // access resumes at its recovery point, which returns 1.
+    let status = unsafe { probe_write_if_writable_u64(addr, value) };
+    if status == 0 { Ok(()) } else { Err(Faulted) }
+}
+
 /// Recovery-table entry kinds, as the assembly above writes them.
 const POLICY_DECIDES: u64 = 0;
 const ANY_FAULT: u64 = 1;
@@ -131,8 +160,8 @@ pub fn recovery_point(rip: u64) -> Option<u64> {
 }
 
 /// The recovery point for a page fault with `error_code` at `rip` if the
-/// access there survives it ([`read_u64_if_mapped`]): any page fault but a
-/// reserved-bit one.
+/// access there survives it ([`read_u64_if_mapped`],
+/// [`write_u64_if_writable`]): any page fault but a reserved-bit one.
 pub fn any_fault_recovery_point(rip: u64, error_code: u64) -> Option<u64> {
     let reserved_bit = pkeys::PageFaultError::from_bits_retain(error_code)
         .contains(pkeys::PageFaultError::RESERVED_BIT);

@@ -117,6 +117,26 @@ impl KernelDirectMap {
         to: Protection,
         split_pages: &mut dyn SplitPages,
     ) -> Result<ProtectReport, DirectMapError> {
+        self.set_page_attributes(pfn, self.attributes(to), split_pages)
+    }
+
+    /// Maps the 4 KiB frame `pfn` read-only (and no-execute) in the
+    /// direct map, splitting as [`protect_page`](Self::protect_page) does:
+    /// the kernel image's alias. The caller flushes.
+    pub(super) fn read_only_page(
+        &self,
+        pfn: Pfn,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        self.set_page_attributes(pfn, PRESENT | self.nx, split_pages)
+    }
+
+    fn set_page_attributes(
+        &self,
+        pfn: Pfn,
+        attributes: u64,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
         let _edits = self.edits.lock();
         let addr = pfn.addr();
         if self.pdpt_phys == 0 {
@@ -191,13 +211,7 @@ impl KernelDirectMap {
             };
             let index = ((addr % MIB2) / 4096) as usize;
             // SAFETY: see above.
-            unsafe {
-                pte::write(
-                    window,
-                    pt.add(index),
-                    (addr & ADDRESS) | self.attributes(to),
-                )
-            };
+            unsafe { pte::write(window, pt.add(index), (addr & ADDRESS) | attributes) };
             Ok(report)
         })
     }

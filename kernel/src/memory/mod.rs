@@ -5,7 +5,8 @@
 //! kernel image's extent and the list of early page tables, and holds the
 //! memory subsystem: the direct map ([`direct_map`]), the page allocator
 //! and its backend ([`frames`], [`backend`]), the ephemeral slot
-//! ([`ephemeral`]), early-table reprotection ([`early`]), the
+//! ([`ephemeral`]), early-table reprotection ([`early`]), W^X for the
+//! kernel image ([`image`]), the
 //! verification walk ([`verify`]), kernel and user address spaces
 //! ([`paging`]), direct-map TLB flushes ([`tlb`]) and the one door to
 //! page-table entries ([`pte`]).
@@ -23,6 +24,7 @@ pub mod direct_map;
 pub mod early;
 pub mod ephemeral;
 pub mod frames;
+pub mod image;
 pub mod paging;
 pub mod pte;
 pub mod tlb;
