@@ -312,6 +312,27 @@ mod tests {
     }
 
     #[test]
+    fn inject_and_demo_take_their_listed_values() {
+        let parse = KernelConfig::parse;
+        assert!(parse("inject=empty-reserve").unwrap().inject_empty_reserve);
+        assert!(!parse("inject=none").unwrap().inject_empty_reserve);
+        assert_eq!(
+            parse("inject=all"),
+            Err(CmdlineError::BadValue {
+                option: "inject",
+                value: "all",
+                accepted: "none, empty-reserve"
+            })
+        );
+        // `none` is the default, but naming it must still be accepted.
+        assert_eq!(parse("demo=none").unwrap().demo, Demo::None);
+        assert_eq!(
+            parse("demo=pte demo=none"),
+            Err(CmdlineError::Repeated("demo"))
+        );
+    }
+
+    #[test]
     fn errors_name_the_option_and_accepted_values() {
         let err = KernelConfig::parse("ptprot=maybe").unwrap_err();
         assert_eq!(

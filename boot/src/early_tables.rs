@@ -110,7 +110,11 @@ mod tests {
     #[test]
     fn records_and_rejects() {
         let mut list = EarlyPageTables::new();
+        assert!(list.is_empty());
+        assert_eq!(list.len(), 0);
         list.record(table(0x1000)).unwrap();
+        assert!(!list.is_empty());
+        assert_eq!(list.tables(), &[table(0x1000)]);
         assert_eq!(
             list.record(table(0x1000)),
             Err(RecordError::Duplicate(0x1000))

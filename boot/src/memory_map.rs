@@ -369,6 +369,70 @@ mod tests {
     }
 
     #[test]
+    fn a_map_of_max_regions_separate_entries_fits() {
+        // Every entry adds two cuts: MAX_REGIONS entries need twice that.
+        let entries: std::vec::Vec<_> = (0..MAX_REGIONS as u64)
+            .map(|i| (i * 0x2000, 0x1000, Usable))
+            .collect();
+        let m = MemoryMap::from_entries(entries.iter().copied()).unwrap();
+        assert_eq!(m.regions().len(), MAX_REGIONS);
+        assert_eq!(m.summary().usable_regions, MAX_REGIONS);
+    }
+
+    #[test]
+    fn regions_and_kinds_describe_themselves() {
+        let region = MemoryRegion {
+            start: 0x1000,
+            end: 0x3000,
+            kind: Usable,
+        };
+        assert_eq!(region.len(), 0x2000);
+        assert!(!region.is_empty());
+        assert!(
+            MemoryRegion {
+                start: 0x3000,
+                ..region
+            }
+            .is_empty()
+        );
+        let names: std::vec::Vec<_> = [1, 2, 3, 4, 5, 7, 6]
+            .map(|kind| RegionKind::from_e820(kind).name())
+            .into();
+        assert_eq!(
+            names,
+            [
+                "usable",
+                "reserved",
+                "acpi-reclaimable",
+                "acpi-nvs",
+                "unusable",
+                "persistent",
+                "other"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(
+            MemoryMapError::TooManyRegions.to_string(),
+            "memory map has more than 128 regions"
+        );
+        assert_eq!(
+            MemoryMapError::EntryOverflows {
+                start: 0x10,
+                size: 0x20
+            }
+            .to_string(),
+            "memory map entry at 0x10 with size 0x20 wraps past 2^64"
+        );
+        assert_eq!(
+            MemoryMapError::NoUsableMemory.to_string(),
+            "memory map has no usable memory"
+        );
+    }
+
+    #[test]
     fn whole_blocks_count_only_aligned_usable_blocks() {
         const MIB2: u64 = 2 << 20;
         // 129 MiB of RAM from 1 MiB: blocks [2 MiB, 128 MiB) are whole, and

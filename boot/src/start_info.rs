@@ -362,6 +362,73 @@ mod tests {
     }
 
     #[test]
+    fn reads_up_to_the_most_memory_map_entries() {
+        // MAX_MEMMAP_ENTRIES separate usable ranges: the limit itself is
+        // accepted, one more is refused before anything is read.
+        let entries: std::vec::Vec<_> = (0..MAX_MEMMAP_ENTRIES as u64)
+            .map(|i| (i * 0x2000, 0x1000, 1))
+            .collect();
+        let mut mem = FakeMemory::new(0x2000 + MAX_MEMMAP_ENTRIES * MEMMAP_ENTRY_SIZE);
+        mem.put_start_info(0x1000, 1, 0, 0, 0x2000, MAX_MEMMAP_ENTRIES as u32);
+        mem.put_memmap(0x2000, &entries);
+        let info = BootInfo::parse(0x1000, &mem).unwrap();
+        assert_eq!(info.memory.regions().len(), MAX_MEMMAP_ENTRIES);
+        mem.put_start_info(0x1000, 1, 0, 0, 0x2000, MAX_MEMMAP_ENTRIES as u32 + 1);
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::TooManyEntries(MAX_MEMMAP_ENTRIES as u32 + 1))
+        );
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong_and_whose_fault_it_is() {
+        let cases = [
+            (
+                BootInfoError::Unreadable {
+                    what: "memory map",
+                    phys: 0x3000,
+                },
+                "memory map at physical 0x3000 is not readable",
+                false,
+            ),
+            (
+                BootInfoError::BadMagic(7),
+                "hvm_start_info magic is 0x7, expected 0x336ec578",
+                false,
+            ),
+            (
+                BootInfoError::NoMemoryMap { version: 0 },
+                "hvm_start_info version 0 has no memory map (need version 1)",
+                false,
+            ),
+            (
+                BootInfoError::TooManyEntries(200),
+                "memory map has 200 entries, at most 128 are read",
+                false,
+            ),
+            (
+                BootInfoError::MemoryMap(MemoryMapError::NoUsableMemory),
+                "memory map has no usable memory",
+                false,
+            ),
+            (
+                BootInfoError::CommandLineTooLong,
+                "command line is longer than 1024 bytes",
+                true,
+            ),
+            (
+                BootInfoError::CommandLineNotUtf8,
+                "command line is not valid UTF-8",
+                true,
+            ),
+        ];
+        for (error, text, user_fault) in cases {
+            assert_eq!(error.to_string(), text);
+            assert_eq!(error.is_command_line(), user_fault, "{text}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_command_lines() {
         let mut mem = FakeMemory::new(0x4000);
         mem.put_memmap(0x3000, QEMU_129M);
