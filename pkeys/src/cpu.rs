@@ -32,4 +32,11 @@ mod tests {
         assert!(pks_enabled(0x100_0020));
         assert!(!pks_enabled(0x20));
     }
+
+    #[test]
+    fn bits_match_the_sdm() {
+        // CPUID.(EAX=7,ECX=0):ECX[3] is PKU; CR4[24] is PKS.
+        assert_eq!(CPUID_7_ECX_PKU, 0x8);
+        assert_eq!(CR4_PKS, 0x100_0000);
+    }
 }

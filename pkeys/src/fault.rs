@@ -285,6 +285,7 @@ mod policy_tests {
         let mut panic = FaultHandler::new(FaultPolicy::Panic);
         assert_eq!(panic.handle(&fault(1)), FaultAction::Panic);
         let mut report = FaultHandler::new(FaultPolicy::Report);
+        assert_eq!(report.policy(), FaultPolicy::Report);
         assert_eq!(report.handle(&fault(1)), FaultAction::StopContext);
         assert_eq!(report.faults(PAGE_TABLE_KEY), 1);
         assert_eq!(report.faults(Pkey::DEFAULT), 0);

@@ -199,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn msr_value_is_the_register_bits_zero_extended() {
+        // WRMSR takes exactly these bits: a wrong value opens or closes keys.
+        for bits in [0b1000, 0x5555_5554, u32::MAX] {
+            let pkrs = Pkrs::from_bits(bits);
+            assert_eq!(pkrs.msr_value(), u64::from(bits));
+        }
+        assert_eq!(Pkrs::ALL_ACCESS.msr_value(), 0);
+        assert_eq!(format!("{:?}", Pkrs::from_bits(0b1000)), "Pkrs(0x00000008)");
+    }
+
+    #[test]
     fn pte_key_bits_round_trip() {
         let pte = 0x8000_0000_0012_3063u64; // NX, address, flags
         for key in Pkey::all() {

@@ -140,6 +140,13 @@ mod tests {
     }
 
     #[test]
+    fn pks_unavailable_says_what_to_do() {
+        let text = PolicyError::PksUnavailable.to_string();
+        assert!(text.starts_with("ptprot=pks needs PKS"), "{text}");
+        assert!(text.contains("use ptprot=auto, ro or none"), "{text}");
+    }
+
+    #[test]
     fn auto_resolves_by_cpu() {
         assert_eq!(
             ProtectionPolicy::Auto.resolve(true),
