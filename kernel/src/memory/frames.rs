@@ -166,6 +166,96 @@ pub(super) fn allocator() -> Option<&'static FrameAllocator> {
     FRAMES.get()
 }
 
+/// A block of `1 << order` frames the allocator handed out, owned: only
+/// [`alloc_frame`] makes one, and nothing copies it. Dropping it frees
+/// the block; mapping it (`paging`) moves it into the mapping, which
+/// holds it until unmap hands it back. So a mapped frame cannot be freed,
+/// and since conversions take only whole *free* pageblocks, a pageblock
+/// with a mapped frame cannot change freetype under the mapping: no alias
+/// made before a conversion survives it.
+#[must_use = "dropping a Frame frees it"]
+pub struct Frame {
+    pfn: Pfn,
+    order: u32,
+}
+
+impl Frame {
+    /// Physical address of the first frame.
+    pub fn addr(&self) -> u64 {
+        self.pfn.addr()
+    }
+
+    /// The block's order (0: 4 KiB, 9: 2 MiB).
+    pub fn order(&self) -> u32 {
+        self.order
+    }
+
+    /// Gives the frame to a mapping, which holds it from now on: the
+    /// caller must hand the mapping's frame back through
+    /// [`from_mapping`](Self::from_mapping) when it unmaps it.
+    pub(super) fn into_mapping(self) -> (u64, u32) {
+        let frame = core::mem::ManuallyDrop::new(self);
+        (frame.pfn.addr(), frame.order)
+    }
+
+    /// Takes back the frame a mapping held, once the mapping is gone.
+    /// Only for what [`into_mapping`](Self::into_mapping) gave away.
+    pub(super) fn from_mapping(addr: u64, order: u32) -> Self {
+        Self {
+            pfn: Pfn(addr / ptalloc::PAGE_SIZE),
+            order,
+        }
+    }
+}
+
+impl core::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Frame({:#x}, order {})", self.addr(), self.order)
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        // A Frame exists only for a block the allocator handed out and
+        // nobody freed: failing to free it is a broken invariant.
+        if let Some(allocator) = allocator()
+            && let Err(error) = allocator.free(0, self.pfn, self.order)
+        {
+            panic!("freeing an owned {:?} failed: {:?}", self, error);
+        }
+    }
+}
+
+/// Why [`alloc_frame`] gave no frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// No page allocator yet.
+    NoAllocator,
+    /// A key-protected freetype: its frames are page tables, which only
+    /// `paging` allocates, and never hands out.
+    ProtectedFreetype,
+    /// The allocator refused.
+    Alloc(AllocError),
+}
+
+/// Allocates an owned block of `1 << order` frames of `freetype`, zeroed
+/// if `zero`. Any freetype but the key-protected ones (page tables).
+pub fn alloc_frame(order: u32, freetype: Freetype, zero: bool) -> Result<Frame, FrameError> {
+    if matches!(freetype.protection, Protection::Pkey(_)) {
+        return Err(FrameError::ProtectedFreetype);
+    }
+    let allocator = allocator().ok_or(FrameError::NoAllocator)?;
+    let flags = if zero {
+        ptalloc::AllocFlags::ZERO
+    } else {
+        ptalloc::AllocFlags::empty()
+    };
+    let pfn = allocator
+        .alloc(0, order, freetype, flags)
+        .map_err(FrameError::Alloc)?;
+    Ok(Frame { pfn, order })
+}
+
 /// The allocator's counters, once [`init`] ran.
 pub fn stats() -> Option<ptalloc::Stats> {
     allocator().map(FrameAllocator::stats)

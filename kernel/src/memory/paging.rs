@@ -14,14 +14,20 @@
 //!   however many entries it writes (tables zeroed and linked, leaf
 //!   written), and only around those writes: tables are allocated before
 //!   it opens and freed after it closes;
-//! - tables go back to the allocator zeroed (unmap frees only empty
-//!   tables; dropping a space empties each table first), and a root is
+//! - tables go back to the allocator zeroed (`unmap` frees the tables it
+//!   empties; dropping a space empties each table first), and a root is
 //!   never freed while CR3 holds it;
-//! - `unmap` frees tables that become empty back to the allocator;
+//! - a mapping holds its frame: `map` takes an owned
+//!   [`frames::Frame`](super::frames::Frame), which only the allocator
+//!   makes (never of page-table memory), and `unmap` hands it back, so no
+//!   safe code can map an arbitrary physical address, a free frame or a
+//!   page table, or free a frame while it is mapped; dropping a space
+//!   frees the frames it still maps (device memory will get a typed path
+//!   of its own);
 //! - bad input (unaligned address, outside the space's range, overlap,
-//!   unmapping what is not mapped, a frame beyond the CPU's physical
-//!   address width, a page-table frame as the target) is a typed error
-//!   that changes nothing;
+//!   unmapping what is not mapped, a block of neither page size) is a
+//!   typed error that changes nothing and hands the frame back; the
+//!   physical-width and page-table-memory checks stay as defence in depth;
 //! - the kernel space also refuses frames hidden from the direct map (the
 //!   `Unmapped` freetype: a kernel mapping would show them in every
 //!   address space) and mappings both writable and executable.
@@ -38,7 +44,7 @@
 //!   shootdown here).
 
 use super::direct_map::DIRECT_MAP_BASE;
-use super::frames::{self, PAGE_TABLES};
+use super::frames::{self, Frame, PAGE_TABLES};
 use super::pte;
 use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
 use crate::arch::cpu;
@@ -67,6 +73,13 @@ impl PageSize {
         match self {
             Self::Small => 4096,
             Self::Large => 2 << 20,
+        }
+    }
+    /// The frame order a page of this size maps.
+    fn order(self) -> u32 {
+        match self {
+            Self::Small => 0,
+            Self::Large => 9,
         }
     }
     /// Paging level of the leaf: 1 for a PT entry, 2 for a PD entry.
@@ -113,8 +126,19 @@ pub enum PagingError {
     WritableExecutable,
     /// The kernel space is already set up.
     AlreadyInitialized,
+    /// The frame's block is neither 4 KiB (order 0) nor 2 MiB (order 9).
+    FrameSize,
     /// A page table could not be allocated.
     Alloc(AllocError),
+}
+
+/// A refused [`AddressSpace::map`]: why, and the frame, handed back.
+#[derive(Debug)]
+pub struct MapError {
+    /// Why.
+    pub error: PagingError,
+    /// The frame the call was given.
+    pub frame: Frame,
 }
 
 /// Which part of the address space a space edits, and how its entries look.
@@ -368,18 +392,38 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Maps `phys` at `virt` with one page of `size`. The tables the path
-    /// lacks are allocated first; then one window zeroes and links them
-    /// and writes the leaf, so the allocator (and any conversion it makes)
-    /// never runs with the page-table key open, and a map costs one pair
-    /// of PKRS writes however many tables it makes.
-    pub fn map(
+    /// Maps `frame` at `virt` with one page of its size (order 0: 4 KiB,
+    /// order 9: 2 MiB); the mapping holds the frame until [`unmap`]
+    /// returns it. The tables the path lacks are allocated first; then one
+    /// window zeroes and links them and writes the leaf, so the allocator
+    /// (and any conversion it makes) never runs with the page-table key
+    /// open, and a map costs one pair of PKRS writes however many tables it
+    /// makes. A refusal hands the frame back with the reason.
+    ///
+    /// [`unmap`]: Self::unmap
+    pub fn map(&self, virt: u64, frame: Frame, flags: MapFlags) -> Result<(), MapError> {
+        match self.map_frame(virt, frame.addr(), frame.order(), flags) {
+            Ok(()) => {
+                // The leaf holds the frame now.
+                let _ = frame.into_mapping();
+                Ok(())
+            }
+            Err(error) => Err(MapError { error, frame }),
+        }
+    }
+
+    fn map_frame(
         &self,
         virt: u64,
         phys: u64,
-        size: PageSize,
+        order: u32,
         flags: MapFlags,
     ) -> Result<(), PagingError> {
+        let size = match order {
+            0 => PageSize::Small,
+            9 => PageSize::Large,
+            _ => return Err(PagingError::FrameSize),
+        };
         // Check before changing anything.
         self.check_page(virt, size)?;
         self.check_frame(phys, size, flags)?;
@@ -438,9 +482,10 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Unmaps the page of `size` at `virt` and returns its frame. Tables
-    /// left empty are unlinked in the same window and freed after it.
-    pub fn unmap(&self, virt: u64, size: PageSize) -> Result<u64, PagingError> {
+    /// Unmaps the page of `size` at `virt` and returns the frame the
+    /// mapping held. Tables left empty are unlinked in the same window and
+    /// freed after it.
+    pub fn unmap(&self, virt: u64, size: PageSize) -> Result<Frame, PagingError> {
         self.check_page(virt, size)?;
         let _edits = self.edits.lock();
         // The path of tables from the root to the leaf's table.
@@ -487,7 +532,7 @@ impl AddressSpace {
             unsafe { x86::tlb::flush(virt as usize) };
         }
         emptied[..freed].iter().for_each(|&t| free_table(t));
-        Ok(leaf & ADDRESS)
+        Ok(Frame::from_mapping(leaf & ADDRESS, size.order()))
     }
 
     /// The frame and leaf entry mapping `virt`, if any.
@@ -501,30 +546,38 @@ impl AddressSpace {
     }
 }
 
-/// Empties `table` (at `level`) of a dying user space: frees every table
-/// below it in the user half (not the frames the leaves map), then zeroes
-/// its entries, so every table goes back to the allocator zeroed. A root
-/// also drops its copy of the kernel half. Each table is zeroed in a
-/// window of its own and freed outside it: a dying space is loaded
-/// nowhere, so its tables may be freed before their parent is cleared.
+/// Empties `table` (at `level`) of a dying user space: zeroes its entries
+/// in a window, then frees the tables below it in the user half and the
+/// frames its leaves held, so every table goes back to the allocator
+/// zeroed. A root also drops its copy of the kernel half. A dying space is
+/// loaded nowhere, so nothing uses its entries while this runs.
 fn empty_table(table: u64, level: u32) {
-    if level > 1 {
-        let children = if level == 4 { 0..256 } else { 0..512 };
-        for slot in children {
-            let entry = read(table, slot);
-            if entry & PRESENT != 0 && entry & LARGE == 0 {
+    let mut entries = [0u64; 512];
+    for (slot, entry) in entries.iter_mut().enumerate() {
+        *entry = read(table, slot as u64);
+    }
+    pte::with_window(|window| {
+        for (slot, &entry) in entries.iter().enumerate() {
+            if entry != 0 {
+                write(window, table, slot as u64, 0);
+            }
+        }
+    });
+    let user_slots = if level == 4 { 256 } else { 512 };
+    for &entry in entries[..user_slots].iter().filter(|&&e| e & PRESENT != 0) {
+        let leaf_size = match level {
+            1 => Some(PageSize::Small),
+            2 if entry & LARGE != 0 => Some(PageSize::Large),
+            _ => None,
+        };
+        match leaf_size {
+            Some(size) => drop(Frame::from_mapping(entry & ADDRESS, size.order())),
+            None => {
                 empty_table(entry & ADDRESS, level - 1);
                 free_table(entry & ADDRESS);
             }
         }
     }
-    pte::with_window(|window| {
-        for slot in 0..512 {
-            if read(table, slot) != 0 {
-                write(window, table, slot, 0);
-            }
-        }
-    });
 }
 
 impl Drop for AddressSpace {
@@ -539,6 +592,7 @@ impl Drop for AddressSpace {
         if cpu::read_cr3() & ADDRESS == self.root {
             super::tlb::load_root(super::kernel_root());
         }
+        // Whatever is still mapped: its frames go back with the tables.
         empty_table(self.root, 4);
         free_table(self.root);
     }

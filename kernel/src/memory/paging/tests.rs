@@ -5,50 +5,129 @@
 
 use super::*;
 use crate::arch::{cpu, pks};
+use crate::testing::TestFailure;
+
+/// An owned, zeroed kernel frame of `order` for a test.
+fn frame(order: u32) -> Result<Frame, TestFailure> {
+    frames::alloc_frame(order, ptalloc::Freetype::KERNEL, true)
+        .map_err(|e| TestFailure::new(file!(), line!(), format_args!("no frame: {e:?}")))
+}
+
+/// Expects `map` to have refused with `expected`, and hands the frame back.
+fn refused(
+    result: Result<(), MapError>,
+    expected: PagingError,
+    line: u32,
+) -> Result<Frame, TestFailure> {
+    match result {
+        Err(MapError { error, frame }) if error == expected => Ok(frame),
+        Err(MapError { error, .. }) => Err(TestFailure::new(
+            file!(),
+            line,
+            format_args!("map refused with {error:?}, not {expected:?}"),
+        )),
+        Ok(()) => Err(TestFailure::new(
+            file!(),
+            line,
+            format_args!("map succeeded; expected {expected:?}"),
+        )),
+    }
+}
+
+/// The address of the frame `unmap` handed back (which it then frees).
+fn unmapped(result: Result<Frame, PagingError>) -> Result<u64, PagingError> {
+    result.map(|frame| frame.addr())
+}
+
+const RW: MapFlags = MapFlags {
+    writable: true,
+    executable: false,
+};
 
 crate::kernel_test! {
-    /// Map and unmap, and bad input refused without change.
+    /// Map and unmap, and bad input refused without change. A frame
+    /// outside RAM, a page table or a free frame cannot be mapped at all:
+    /// `map` takes an owned `Frame`, which only the allocator makes, for
+    /// data freetypes only.
     fn map_unmap_and_bad_input() -> TestResult {
         let space = AddressSpace::new().map_err(|e| {
-            crate::testing::TestFailure::new(file!(), line!(), format_args!("{e:?}"))
+            TestFailure::new(file!(), line!(), format_args!("{e:?}"))
         })?;
-        let rw = MapFlags { writable: true, executable: false };
-        let Some(frames) = frames::allocator() else {
-            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
-        };
-        let (Ok(small), Ok(large)) = (
-            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::empty()).map(Pfn::addr),
-            frames.alloc(0, 9, ptalloc::Freetype::KERNEL, AllocFlags::empty()).map(Pfn::addr),
-        ) else {
-            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no memory")));
-        };
+        let (small, large) = (frame(0)?, frame(9)?);
+        let (small_addr, large_addr) = (small.addr(), large.addr());
         let virt = 0x4000_0000;
-        crate::check_eq!(space.map(virt + 1, small, PageSize::Small, rw), Err(PagingError::Misaligned));
-        crate::check_eq!(space.map(USER_END, small, PageSize::Small, rw), Err(PagingError::OutOfRange));
-        crate::check_eq!(space.map(virt, 1 << 52, PageSize::Small, rw), Err(PagingError::BadFrame));
-        crate::check_eq!(space.unmap(virt, PageSize::Small), Err(PagingError::NotMapped));
-        crate::check_eq!(space.map(virt, small, PageSize::Small, rw), Ok(()));
-        crate::check_eq!(space.map(virt, large, PageSize::Small, rw), Err(PagingError::AlreadyMapped));
-        crate::check_eq!(space.translate(virt + 8).map(|t| t.0), Some(small + 8));
-        crate::check_eq!(space.unmap(virt, PageSize::Large), Err(PagingError::NotMapped));
-        crate::check_eq!(space.map(virt + (2 << 20), large, PageSize::Large, rw), Ok(()));
-        crate::check_eq!(space.translate(virt + (2 << 20) + 0x1234).map(|t| t.0), Some(large + 0x1234));
-        crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(small));
-        crate::check_eq!(space.unmap(virt + (2 << 20), PageSize::Large), Ok(large));
+        let small = refused(space.map(virt + 1, small, RW), PagingError::Misaligned, line!())?;
+        let small = refused(space.map(USER_END, small, RW), PagingError::OutOfRange, line!())?;
+        crate::check_eq!(unmapped(space.unmap(virt, PageSize::Small)), Err(PagingError::NotMapped));
+        crate::check!(space.map(virt, small, RW).is_ok(), "map failed");
+        // Over an existing mapping: refused, and the frame comes back.
+        let large = refused(space.map(virt, large, RW), PagingError::AlreadyMapped, line!())?;
+        crate::check_eq!(space.translate(virt + 8).map(|t| t.0), Some(small_addr + 8));
+        crate::check_eq!(unmapped(space.unmap(virt, PageSize::Large)), Err(PagingError::NotMapped));
+        crate::check!(space.map(virt + (2 << 20), large, RW).is_ok(), "large map failed");
+        crate::check_eq!(space.translate(virt + (2 << 20) + 0x1234).map(|t| t.0), Some(large_addr + 0x1234));
+        crate::check_eq!(unmapped(space.unmap(virt, PageSize::Small)), Ok(small_addr));
+        crate::check_eq!(unmapped(space.unmap(virt + (2 << 20), PageSize::Large)), Ok(large_addr));
         crate::check_eq!(space.translate(virt), None);
         // A large page over a table of small ones is refused.
-        crate::check_eq!(space.map(virt + 0x1000, small, PageSize::Small, rw), Ok(()));
-        crate::check_eq!(space.map(virt, large, PageSize::Large, rw), Err(PagingError::AlreadyMapped));
-        crate::check_eq!(space.translate(virt + 0x1000).map(|t| t.0), Some(small));
-        // Page tables cannot be mapped into user space.
-        crate::check_eq!(space.map(virt + (4 << 20), space.root(), PageSize::Small, rw), Err(PagingError::ProtectedFrame));
-        let early = crate::memory::EARLY_PAGE_TABLES.lock().tables()[0].phys;
-        crate::check_eq!(space.map(virt + (4 << 20), early, PageSize::Small, rw), Err(PagingError::ProtectedFrame));
+        let (small, large) = (frame(0)?, frame(9)?);
+        let small_addr = small.addr();
+        crate::check!(space.map(virt + 0x1000, small, RW).is_ok(), "map failed");
+        let large = refused(space.map(virt, large, RW), PagingError::AlreadyMapped, line!())?;
+        crate::check_eq!(space.translate(virt + 0x1000).map(|t| t.0), Some(small_addr));
+        // A block of another size has no page size.
+        let odd = frame(1)?;
+        drop(refused(space.map(virt + (4 << 20), odd, RW), PagingError::FrameSize, line!())?);
+        // Page-table memory cannot be had as a frame at all.
+        crate::check_eq!(
+            frames::alloc_frame(0, PAGE_TABLES, false).map(|f| f.addr()),
+            Err(frames::FrameError::ProtectedFreetype)
+        );
         let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
         crate::check!(!protecting || crate::memory::verify::verify().passed(), "the walk failed with a live user space");
+        // Dropping the space frees its tables and the frame it still maps.
+        let stats = frames::stats().map(|s| s.frees);
         drop(space);
-        crate::check_eq!(frames.free(0, Pfn(small / 4096), 0), Ok(()));
-        crate::check_eq!(frames.free(0, Pfn(large / 4096), 9), Ok(()));
+        drop(large);
+        crate::check!(frames::stats().map(|s| s.frees) > stats, "nothing was freed");
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Frames are owned: a frame mapped by a space is held by the mapping
+    /// until unmap hands it back, so it cannot be freed while mapped, and
+    /// its pageblock (not whole-free) cannot be converted under the
+    /// mapping. The attack this closes: map a frame writable, let its
+    /// pageblock become page-table memory, and write page tables through
+    /// the old mapping. Here the conversion never takes the pageblock; a
+    /// mapping of page-table memory made anyway (the write the attack
+    /// needs, planted) is what the walk reports.
+    fn a_mapped_frame_keeps_its_pageblock() -> TestResult {
+        let Some(allocator) = frames::allocator() else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let space = AddressSpace::new().map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+        let data = frame(0)?;
+        let phys = data.addr();
+        let block_of = |phys: u64| allocator.frame_info(Pfn(phys / 4096)).and_then(|i| i.pageblock_freetype);
+        crate::check!(space.map(0x4000_0000, data, RW).is_ok(), "map failed");
+        // Take every whole free pageblock as page tables: conversions run,
+        // but never on the mapped frame's pageblock.
+        let mut taken: heapless::Vec<Pfn, 256> = heapless::Vec::new();
+        while let Ok(block) = allocator.alloc(0, 9, PAGE_TABLES, AllocFlags::empty()) {
+            if taken.push(block).is_err() {
+                let _ = allocator.free(0, block, 9);
+                break;
+            }
+        }
+        let kept = block_of(phys);
+        for &block in &taken {
+            crate::check_eq!(allocator.free(0, block, 9), Ok(()));
+        }
+        crate::check!(!taken.is_empty(), "no pageblock was converted");
+        crate::check_eq!(kept, Some(ptalloc::Freetype::KERNEL), "the mapped frame's pageblock changed freetype");
+        crate::check_eq!(unmapped(space.unmap(0x4000_0000, PageSize::Small)), Ok(phys));
         Ok(())
     }
 }
@@ -59,23 +138,15 @@ crate::kernel_test! {
     /// it made freed again (down to the region's PDPT), and bad input
     /// refused without change.
     fn kernel_space_map_unmap() -> TestResult {
-        use crate::testing::TestFailure;
-        let (Some(kernel), Some(frames)) = (kernel_space(), frames::allocator()) else {
+        let Some(kernel) = kernel_space() else {
             return Err(TestFailure::new(file!(), line!(), format_args!("no kernel space")));
         };
-        let (Ok(small), Ok(large)) = (
-            frames.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO).map(Pfn::addr),
-            frames.alloc(0, 9, ptalloc::Freetype::KERNEL, AllocFlags::empty()).map(Pfn::addr),
-        ) else {
-            return Err(TestFailure::new(file!(), line!(), format_args!("no memory")));
-        };
-        let result = check_kernel_space(kernel, small, large);
-        // Whatever failed, leave the shared region as it was and give the
-        // frames back (unmapping what is already unmapped is refused).
+        let result = check_kernel_space(kernel);
+        // Whatever failed, leave the shared region as it was (unmapping
+        // what is already unmapped is refused; a frame handed back is
+        // freed).
         let _ = kernel.unmap(KERNEL_TEST_VIRT, PageSize::Small);
         let _ = kernel.unmap(KERNEL_TEST_VIRT + (2 << 20), PageSize::Large);
-        crate::check_eq!(frames.free(0, Pfn(small / 4096), 0), Ok(()));
-        crate::check_eq!(frames.free(0, Pfn(large / 4096), 9), Ok(()));
         result
     }
 }
@@ -84,9 +155,8 @@ crate::kernel_test! {
 /// kernel region, its 4 KiB page here and its 2 MiB page right after.
 const KERNEL_TEST_VIRT: u64 = KERNEL_MAP_BASE + (5 << 30);
 
-/// The body of `kernel_space_map_unmap`, on frames it owns.
-fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::testing::TestResult {
-    use crate::testing::TestFailure;
+/// The body of `kernel_space_map_unmap`.
+fn check_kernel_space(kernel: &AddressSpace) -> crate::testing::TestResult {
     let Some(frames) = frames::allocator() else {
         return Err(TestFailure::new(
             file!(),
@@ -94,61 +164,48 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
             format_args!("no allocator"),
         ));
     };
-    let rw = MapFlags {
-        writable: true,
-        executable: false,
-    };
+    let (small, large) = (frame(0)?, frame(9)?);
+    let (small_addr, large_addr) = (small.addr(), large.addr());
     let virt = KERNEL_TEST_VIRT;
     let large_virt = virt + (2 << 20);
     crate::check!(kernel.is_kernel());
-    crate::check_eq!(
-        kernel.map(virt + 8, small, PageSize::Small, rw),
-        Err(PagingError::Misaligned)
-    );
-    crate::check_eq!(
-        kernel.map(0x4000_0000, small, PageSize::Small, rw),
-        Err(PagingError::OutOfRange)
-    );
-    crate::check_eq!(
-        kernel.map(
-            KERNEL_MAP_BASE + KERNEL_MAP_SIZE,
-            small,
-            PageSize::Small,
-            rw
-        ),
-        Err(PagingError::OutOfRange)
-    );
-    crate::check_eq!(
-        kernel.map(virt, cpu::physical_address_limit(), PageSize::Small, rw),
-        Err(PagingError::BadFrame)
-    );
-    crate::check_eq!(
-        kernel.map(virt, !0xfff_u64, PageSize::Small, rw),
-        Err(PagingError::BadFrame)
-    );
-    crate::check_eq!(
-        kernel.map(virt, kernel.root(), PageSize::Small, rw),
-        Err(PagingError::ProtectedFrame)
-    );
+    let small = refused(
+        kernel.map(virt + 8, small, RW),
+        PagingError::Misaligned,
+        line!(),
+    )?;
+    let small = refused(
+        kernel.map(0x4000_0000, small, RW),
+        PagingError::OutOfRange,
+        line!(),
+    )?;
+    let small = refused(
+        kernel.map(KERNEL_MAP_BASE + KERNEL_MAP_SIZE, small, RW),
+        PagingError::OutOfRange,
+        line!(),
+    )?;
     let wx = MapFlags {
         writable: true,
         executable: true,
     };
-    crate::check_eq!(
-        kernel.map(virt, small, PageSize::Small, wx),
-        Err(PagingError::WritableExecutable)
-    );
+    let small = refused(
+        kernel.map(virt, small, wx),
+        PagingError::WritableExecutable,
+        line!(),
+    )?;
     let hidden_type = ptalloc::Freetype {
         mobility: ptalloc::Mobility::Movable,
         protection: ptalloc::Protection::Unmapped,
     };
-    if let Ok(hidden) = frames.alloc(0, 0, hidden_type, AllocFlags::empty()) {
-        let refused = kernel.map(virt, hidden.addr(), PageSize::Small, rw);
-        crate::check_eq!(frames.free(0, hidden, 0), Ok(()));
-        crate::check_eq!(refused, Err(PagingError::HiddenFrame));
+    if let Ok(hidden) = frames::alloc_frame(0, hidden_type, false) {
+        drop(refused(
+            kernel.map(virt, hidden, RW),
+            PagingError::HiddenFrame,
+            line!(),
+        )?);
     }
     crate::check_eq!(
-        kernel.unmap(virt, PageSize::Small),
+        unmapped(kernel.unmap(virt, PageSize::Small)),
         Err(PagingError::NotMapped)
     );
     crate::check!(
@@ -160,15 +217,14 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
     let pkrs = || pks::current().map_or(0, |p| p.pkrs_writes());
     let mut windows = [0u64; 4];
     let start = pkrs();
-    crate::check_eq!(kernel.map(virt, small, PageSize::Small, rw), Ok(()));
+    crate::check!(kernel.map(virt, small, RW).is_ok(), "map failed");
     windows[0] = pkrs() - start;
     let start = pkrs();
-    crate::check_eq!(kernel.map(large_virt, large, PageSize::Large, rw), Ok(()));
-    windows[1] = pkrs() - start;
-    crate::check_eq!(
-        kernel.map(virt, large, PageSize::Small, rw),
-        Err(PagingError::AlreadyMapped)
+    crate::check!(
+        kernel.map(large_virt, large, RW).is_ok(),
+        "large map failed"
     );
+    windows[1] = pkrs() - start;
     let Some((_, leaf)) = kernel.translate(virt) else {
         return Err(TestFailure::new(
             file!(),
@@ -179,25 +235,27 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
     crate::check!(leaf & USER == 0 && leaf & WRITABLE != 0, "leaf {:#x}", leaf);
     crate::check_eq!(
         kernel.translate(large_virt + 0x1234).map(|t| t.0),
-        Some(large + 0x1234)
+        Some(large_addr + 0x1234)
     );
 
     // The mapping is the frame: write through it, read through the direct
     // map.
-    // SAFETY: `virt` maps `small`, a zeroed frame this test owns.
+    // SAFETY: `virt` maps the small frame, zeroed, which the mapping holds
+    // for this test.
     unsafe { (virt as *mut u64).write_volatile(0x5eed) };
     // SAFETY: the direct map shows the same frame, readable.
-    let seen = unsafe { ((DIRECT_MAP_BASE + small) as *const u64).read_volatile() };
+    let seen = unsafe { ((DIRECT_MAP_BASE + small_addr) as *const u64).read_volatile() };
     crate::check_eq!(seen, 0x5eed);
 
     // A user space made now shares the region; it cannot map there.
     let user = AddressSpace::new()
         .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
-    crate::check_eq!(user.translate(virt).map(|t| t.0), Some(small));
-    crate::check_eq!(
-        user.map(virt, small, PageSize::Small, rw),
-        Err(PagingError::OutOfRange)
-    );
+    crate::check_eq!(user.translate(virt).map(|t| t.0), Some(small_addr));
+    drop(refused(
+        user.map(virt, frame(0)?, RW),
+        PagingError::OutOfRange,
+        line!(),
+    )?);
     let protecting = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
     crate::check!(
         !protecting || crate::memory::verify::verify().passed(),
@@ -206,11 +264,17 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
     drop(user);
 
     let start = pkrs();
-    crate::check_eq!(kernel.unmap(virt, PageSize::Small), Ok(small));
+    crate::check_eq!(
+        unmapped(kernel.unmap(virt, PageSize::Small)),
+        Ok(small_addr)
+    );
     windows[2] = pkrs() - start;
     let start = pkrs();
     // This one empties the region's page directory, which goes back too.
-    crate::check_eq!(kernel.unmap(large_virt, PageSize::Large), Ok(large));
+    crate::check_eq!(
+        unmapped(kernel.unmap(large_virt, PageSize::Large)),
+        Ok(large_addr)
+    );
     windows[3] = pkrs() - start;
     crate::check_eq!(kernel.translate(virt), None);
     crate::check!(
@@ -220,11 +284,12 @@ fn check_kernel_space(kernel: &AddressSpace, small: u64, large: u64) -> crate::t
     let pdpt = read(kernel.root(), index(KERNEL_MAP_BASE, 4));
     crate::check!(pdpt & PRESENT != 0, "the region's PDPT was freed");
     crate::check_eq!(read(pdpt & ADDRESS, index(virt, 3)), 0);
-    // Every table made on the way (and the user space's root) was freed.
+    // Every table made on the way, the user space's root and its refused
+    // frame, and the two data frames were freed.
     let after = frames.stats();
     let made = after.allocations - before.allocations;
-    crate::check!(made >= 3, "only {} tables made", made);
-    crate::check_eq!(after.frees - before.frees, made);
+    crate::check!(made >= 4, "only {} allocations", made);
+    crate::check_eq!(after.frees - before.frees, made + 2);
     if pks::current().map(|p| p.mechanism()) == Some(pkeys::Mechanism::Pks) {
         crate::check_eq!(windows, [2; 4]);
     }
@@ -238,34 +303,27 @@ crate::kernel_test! {
     /// and a 2 MiB alias of page-table memory, reported without the
     /// protection and not with it. Everything planted is undone.
     fn walk_finds_planted_violations() -> TestResult {
-        use crate::testing::TestFailure;
         if crate::boot_state().ptprot == pkeys::ProtectionPolicy::None {
             return Err(TestFailure::skipped("ptprot=none protects nothing"));
         }
         let Some(frames) = frames::allocator() else {
             return Err(TestFailure::new(file!(), line!(), format_args!("no allocator")));
         };
-        // (frame, order): data, not a table, a page-table page, a 2 MiB
-        // data block, a 2 MiB page-table block.
-        let wanted = [
-            (ptalloc::Freetype::KERNEL, 0),
-            (ptalloc::Freetype::KERNEL, 0),
-            (PAGE_TABLES, 0),
-            (ptalloc::Freetype::KERNEL, 9),
-            (PAGE_TABLES, 9),
-        ];
-        let mut held: heapless::Vec<(Pfn, u32), 5> = heapless::Vec::new();
+        // Targets (raw frames, never mapped as such): not a table, a
+        // page-table page, a 2 MiB page-table block.
+        let wanted = [(ptalloc::Freetype::KERNEL, 0), (PAGE_TABLES, 0), (PAGE_TABLES, 9)];
+        let mut held: heapless::Vec<(Pfn, u32), 3> = heapless::Vec::new();
         for (freetype, order) in wanted {
             match frames.alloc(0, order, freetype, AllocFlags::ZERO) {
-                // Five slots for five requests.
+                // Three slots for three requests.
                 Ok(frame) => drop(held.push((frame, order))),
                 Err(_) => break,
             }
         }
         let result = match held.as_slice() {
-            &[(data, _), (not_a_table, _), (pt_page, _), (big, _), (pt_block, _)] => {
-                plant_in_user_space(data.addr(), not_a_table.addr(), pt_page.addr())
-                    .and_then(|()| plant_in_kernel_space(data.addr(), pt_page.addr(), big.addr(), pt_block.addr()))
+            &[(not_a_table, _), (pt_page, _), (pt_block, _)] => {
+                plant_in_user_space(not_a_table.addr(), pt_page.addr())
+                    .and_then(|()| plant_in_kernel_space(pt_page.addr(), pt_block.addr()))
             }
             _ => Err(TestFailure::new(file!(), line!(), format_args!("no memory"))),
         };
@@ -287,16 +345,11 @@ fn violations_with(root: u64, (original, entry_phys): (u64, u64), planted: u64) 
 }
 
 /// `walk_finds_planted_violations` in a user space.
-fn plant_in_user_space(data: u64, not_a_table: u64, pt_page: u64) -> crate::testing::TestResult {
-    use crate::testing::TestFailure;
+fn plant_in_user_space(not_a_table: u64, pt_page: u64) -> crate::testing::TestResult {
     let space = AddressSpace::new()
         .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
     let virt = 0x4000_0000;
-    let rw = MapFlags {
-        writable: true,
-        executable: false,
-    };
-    crate::check_eq!(space.map(virt, data, PageSize::Small, rw), Ok(()));
+    crate::check!(space.map(virt, frame(0)?, RW).is_ok(), "map failed");
     let root = space.root();
     let walk = crate::memory::walk::entry_at;
     let (Some(pd_entry), Some(leaf)) = (walk(root, virt, 2), walk(root, virt, 1)) else {
@@ -311,20 +364,14 @@ fn plant_in_user_space(data: u64, not_a_table: u64, pt_page: u64) -> crate::test
     let alias = violations_with(root, leaf, (leaf.0 & !ADDRESS) | pt_page);
     let stray_table = violations_with(root, pd_entry, (pd_entry.0 & !ADDRESS) | not_a_table);
     let restored = crate::memory::verify::verify_root(root).violations;
-    crate::check_eq!(space.unmap(virt, PageSize::Small), Ok(data));
+    crate::check!(space.unmap(virt, PageSize::Small).is_ok(), "unmap failed");
     crate::check_eq!((clean, alias, stray_table, restored), (0, 1, 1, 0));
     Ok(())
 }
 
 /// `walk_finds_planted_violations` in the kernel space: supervisor leaves,
 /// where the key (or read-only) decides.
-fn plant_in_kernel_space(
-    data: u64,
-    pt_page: u64,
-    big: u64,
-    pt_block: u64,
-) -> crate::testing::TestResult {
-    use crate::testing::TestFailure;
+fn plant_in_kernel_space(pt_page: u64, pt_block: u64) -> crate::testing::TestResult {
     let Some(kernel) = kernel_space() else {
         return Err(TestFailure::new(
             file!(),
@@ -337,20 +384,16 @@ fn plant_in_kernel_space(
         pkeys::Mechanism::Pks => pkeys::key::pte_with_key(entry, pkeys::PAGE_TABLE_KEY),
         _ => entry & !WRITABLE,
     };
-    let rw = MapFlags {
-        writable: true,
-        executable: false,
-    };
     let root = kernel.root();
     let mut found = [[0u64; 2]; 2];
-    for (case, (virt, frame, target, size)) in [
-        (KERNEL_TEST_VIRT, data, pt_page, PageSize::Small),
-        (KERNEL_TEST_VIRT + (2 << 20), big, pt_block, PageSize::Large),
+    for (case, (virt, order, target, size)) in [
+        (KERNEL_TEST_VIRT, 0, pt_page, PageSize::Small),
+        (KERNEL_TEST_VIRT + (2 << 20), 9, pt_block, PageSize::Large),
     ]
     .into_iter()
     .enumerate()
     {
-        crate::check_eq!(kernel.map(virt, frame, size, rw), Ok(()));
+        crate::check!(kernel.map(virt, frame(order)?, RW).is_ok(), "map failed");
         let Some(leaf) = crate::memory::walk::entry_at(root, virt, size.leaf_level()) else {
             let _ = kernel.unmap(virt, size);
             return Err(TestFailure::new(
@@ -364,7 +407,7 @@ fn plant_in_kernel_space(
             violations_with(root, leaf, planted),
             violations_with(root, leaf, with_protection(planted)),
         ];
-        crate::check_eq!(kernel.unmap(virt, size), Ok(frame));
+        crate::check!(kernel.unmap(virt, size).is_ok(), "unmap failed");
     }
     // Unprotected: one violation; protected: none.
     crate::check_eq!(found, [[1, 0], [1, 0]]);
@@ -373,8 +416,8 @@ fn plant_in_kernel_space(
 
 crate::kernel_test! {
     /// Churn: allocate and free over 10,000 page-table pages (fewer on a
-    /// small machine) by mapping one page in each of as many separate
-    /// 2 MiB regions, then unmapping them. Measures flushes per 1,000
+    /// small machine) by mapping a data frame of its own in each of as
+    /// many separate 2 MiB regions, then unmapping them. Measures flushes per 1,000
     /// page-table allocations (goal: at most 2), 2 MiB -> 4 KiB splits
     /// (goal: 0) and PKRS writes per map (goal: 2); the verification walk
     /// runs on the space at its peak.
@@ -386,19 +429,27 @@ crate::kernel_test! {
         let space = AddressSpace::new().map_err(|e| {
             crate::testing::TestFailure::new(file!(), line!(), format_args!("{e:?}"))
         })?;
-        let frame = allocator.alloc(0, 0, ptalloc::Freetype::KERNEL, AllocFlags::ZERO);
-        crate::check!(frame.is_ok(), "{:?}", frame);
-        let Ok(frame) = frame else { return Ok(()) };
         let before = allocator.stats();
         let free: u64 = ptalloc::Freetype::all().map(|ft| before.free_pages(ft)).sum();
-        let regions = REGIONS.min(free * 3 / 4);
+        // A data frame and a page table per region, and room to spare.
+        let regions = REGIONS.min(free / 3);
         let pkrs_before = pks::current().map_or(0, |p| p.pkrs_writes());
         let rw = MapFlags { writable: true, executable: false };
         let mut mapped = 0;
         let mut failure = None;
         while mapped < regions {
-            if let Err(error) = space.map(mapped << 21, frame.addr(), PageSize::Small, rw) {
-                failure = Some(error);
+            let frame = match frames::alloc_frame(0, ptalloc::Freetype::KERNEL, false) {
+                Ok(frame) => frame,
+                Err(error) => {
+                    failure = Some(PagingError::Alloc(match error {
+                        frames::FrameError::Alloc(e) => e,
+                        _ => AllocError::OutOfMemory,
+                    }));
+                    break;
+                }
+            };
+            if let Err(refused) = space.map(mapped << 21, frame, rw) {
+                failure = Some(refused.error);
                 break;
             }
             mapped += 1;
@@ -417,12 +468,13 @@ crate::kernel_test! {
             walk
         });
         for region in 0..mapped {
-            crate::check_eq!(space.unmap(region << 21, PageSize::Small), Ok(frame.addr()));
+            // The mapping hands its frame back; dropping it frees it.
+            crate::check!(space.unmap(region << 21, PageSize::Small).is_ok(), "region {} was not mapped", region);
         }
-        crate::check_eq!(allocator.free(0, frame, 0), Ok(()));
         crate::check_eq!(failure, None);
         let after = allocator.stats();
-        let table_allocations = at_peak.allocations - before.allocations;
+        // Every allocation but the data frames was a page table.
+        let table_allocations = at_peak.allocations - before.allocations - mapped;
         let flushes = after.flushes_local - before.flushes_local;
         let splits_2m = after.splits_2m - before.splits_2m;
         let per_thousand_x100 = flushes * 100_000 / table_allocations.max(1);
