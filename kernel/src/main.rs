@@ -52,6 +52,8 @@ pub struct BootState {
     pub reprotected: memory::early::Reprotected,
     /// The kernel image's W^X layout.
     pub image: memory::image::ImageProtection,
+    /// Pages of sealed records (`memory::sealed`).
+    pub sealed_pages: usize,
     /// The verification walk at boot.
     pub verified: memory::verify::VerifyReport,
 }
@@ -162,6 +164,13 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             exit_qemu(ExitCode::Failure);
         }
     };
+    let sealed_pages = match memory::sealed::seal() {
+        Ok(pages) => pages,
+        Err(error) => {
+            println!("boot: cannot seal the page-table records: {:?}", error);
+            exit_qemu(ExitCode::Failure);
+        }
+    };
     // Before any user space exists: they copy the kernel's PML4 entries.
     if let Err(error) = memory::paging::init_kernel_space() {
         println!("boot: no kernel mapping region: {:?}", error);
@@ -186,6 +195,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         frames,
         reprotected,
         image,
+        sealed_pages,
         verified,
     });
     report::print_boot_report(boot);

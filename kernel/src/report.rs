@@ -202,6 +202,10 @@ fn print_verification(boot: &BootState) {
         "kernel image W^X: {} pages r-x (text), {} r-- (boot stub, rodata, recovery table, tests, IDT, GDT), {} rw- (data, bss), {} past the image unmapped; direct-map alias read-only for {} frames (early page tables keep theirs)",
         i.read_execute, i.read_only, i.read_write, i.unmapped, i.direct_map_read_only
     );
+    println!(
+        "sealed records: pageblock protections and early page tables, {} pages with the metadata key; {} pageblocks disagree with the allocator's metadata",
+        boot.sealed_pages, boot.verified.metadata_mismatches
+    );
     let v = &boot.verified;
     if boot.ptprot == ProtectionPolicy::None {
         println!("verification walk: skipped (ptprot=none protects nothing)");

@@ -1,9 +1,11 @@
 //! Who uses which key: the static key table and the default PKRS.
 //!
-//! Key 0 is every page's default. Key 1 protects page tables: write-
-//! disabled except inside write windows. The other keys are free for the
-//! next consumers (capability tables are the obvious experiment): add a
-//! row to [`KEY_TABLE`] and the default PKRS follows.
+//! Key 0 is every page's default. Key 1 protects page tables, key 2 the
+//! allocator metadata the kernel's protection decisions read (which
+//! pageblocks are page-table memory): both write-disabled except inside
+//! their own write windows. The other keys are free for the next consumers
+//! (capability tables are the obvious experiment): add a row to
+//! [`KEY_TABLE`] and the default PKRS follows.
 
 use crate::key::{Pkey, Pkrs, Rights};
 
@@ -29,6 +31,9 @@ const fn key(k: u8) -> Pkey {
 pub const DEFAULT_KEY: Pkey = Pkey::DEFAULT;
 /// The page-table key.
 pub const PAGE_TABLE_KEY: Pkey = key(1);
+/// The key of the allocator metadata that decides what is page-table
+/// memory.
+pub const METADATA_KEY: Pkey = key(2);
 
 /// Every key in use. Keys not listed are read-write and unused.
 pub const KEY_TABLE: &[KeyConsumer] = &[
@@ -40,6 +45,11 @@ pub const KEY_TABLE: &[KeyConsumer] = &[
     KeyConsumer {
         key: PAGE_TABLE_KEY,
         name: "page tables",
+        rights: Rights::ReadOnly,
+    },
+    KeyConsumer {
+        key: METADATA_KEY,
+        name: "allocator metadata",
         rights: Rights::ReadOnly,
     },
 ];
@@ -61,8 +71,8 @@ pub fn consumer(key: Pkey) -> Option<&'static KeyConsumer> {
 }
 
 const _: () = assert!(
-    default_pkrs().bits() == 0b1000,
-    "only the page-table key is restricted"
+    default_pkrs().bits() == 0b10_1000,
+    "the page-table and metadata keys are write-disabled, nothing else"
 );
 
 #[cfg(test)]

@@ -584,7 +584,9 @@ mod tests {
         }
     }
 
-    const DEFAULT: u32 = 0b1000;
+    const DEFAULT: u32 = default_pkrs().bits();
+    /// The default with the page-table key open.
+    const OPEN: u32 = DEFAULT & !0b1000;
     const PINNED: u64 = 1 << 24 | 1 << 20;
 
     struct PageTables;
@@ -595,11 +597,12 @@ mod tests {
         const RIGHTS: Rights = Rights::ReadWrite;
     }
 
-    struct Key2;
+    /// A key nobody restricts.
+    struct Key3;
     // SAFETY: as above.
     #[allow(unsafe_code)]
-    unsafe impl WindowKind for Key2 {
-        const KEY: Pkey = match Pkey::new(2) {
+    unsafe impl WindowKind for Key3 {
+        const KEY: Pkey = match Pkey::new(3) {
             Some(key) => key,
             None => panic!(),
         };
@@ -658,7 +661,7 @@ mod tests {
             assert!(cpu.regs.read_pkrs().allows_write(PAGE_TABLE_KEY));
             // ... any number of PTE writes here ...
         });
-        assert_eq!(writes(&cpu), [Write::Pkrs(0), Write::Pkrs(DEFAULT)]);
+        assert_eq!(writes(&cpu), [Write::Pkrs(OPEN), Write::Pkrs(DEFAULT)]);
         assert_eq!(cpu.pkrs_writes(), 2);
         assert_eq!(cpu.depth(), 0);
         assert_eq!(cpu.windows_opened(), 1);
@@ -671,7 +674,7 @@ mod tests {
         cpu.with_window::<PageTables, _>(|| {
             cpu.with_window::<PageTables, _>(|| {}); // nothing to change
             assert_eq!(cpu.pkrs_writes(), 1);
-            cpu.with_window::<Key2, _>(|| {}); // key 2 is already writable
+            cpu.with_window::<Key3, _>(|| {}); // key 3 is already writable
             assert_eq!(cpu.pkrs_writes(), 1);
             assert!(
                 cpu.pkrs().allows_write(PAGE_TABLE_KEY),
@@ -680,7 +683,7 @@ mod tests {
             assert_eq!(cpu.depth(), 1);
         });
         assert_eq!(cpu.pkrs(), default_pkrs());
-        assert_eq!(writes(&cpu), [Write::Pkrs(0), Write::Pkrs(DEFAULT)]);
+        assert_eq!(writes(&cpu), [Write::Pkrs(OPEN), Write::Pkrs(DEFAULT)]);
         assert_eq!(cpu.windows_opened(), 3);
     }
 
@@ -689,7 +692,7 @@ mod tests {
         let cpu = pks_cpu();
         cpu.with_window::<Key15NoAccess, _>(|| {
             cpu.with_window::<PageTables, _>(|| {
-                assert_eq!(cpu.regs.read_pkrs().bits(), 1 << 30);
+                assert_eq!(cpu.regs.read_pkrs().bits(), 1 << 30 | OPEN);
             });
             assert_eq!(cpu.regs.read_pkrs().bits(), 1 << 30 | DEFAULT);
         });
@@ -697,15 +700,15 @@ mod tests {
     }
 
     #[test]
-    fn the_outermost_close_writes_the_default_whatever_the_cache_says() {
+    #[should_panic(expected = "grants key 2 more than its default")]
+    fn a_cache_and_register_opened_together_are_caught_at_close() {
         let cpu = pks_cpu();
         cpu.with_window::<PageTables, _>(|| {
-            // A stray write makes the cache claim "all open", and the
-            // register agrees (say a second bug): the close still writes
-            // the constant default.
+            // Two stray writes: the cache and the register both claim
+            // "all open". They agree, but key 2 has no window open.
             cpu.pkrs.store(0, Ordering::Relaxed);
+            cpu.regs.pkrs.set(0);
         });
-        assert_eq!(cpu.regs.read_pkrs().bits(), DEFAULT);
     }
 
     #[test]
@@ -746,7 +749,9 @@ mod tests {
         let key1_bit = 1 << PAGE_TABLE_KEY.index();
         assert_eq!(over_granted(default_pkrs(), 0), None);
         assert_eq!(over_granted(Pkrs::ALL_ACCESS, 0), Some(PAGE_TABLE_KEY));
-        assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit), None);
+        assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit), Some(crate::METADATA_KEY));
+        let key2_bit = 1 << crate::METADATA_KEY.index();
+        assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit | key2_bit), None);
         // Keys outside the table are read-write by default, and
         // restrictions are always fine.
         let restricted = default_pkrs().with_rights(key15, Rights::NoAccess);
@@ -810,11 +815,11 @@ mod tests {
         assert_eq!(
             writes(&cpu),
             [
-                Write::Pkrs(0),       // window opens
+                Write::Pkrs(OPEN),       // window opens
                 Write::Pkrs(DEFAULT), // exception entry
-                Write::Pkrs(0),       // handler window
+                Write::Pkrs(OPEN),       // handler window
                 Write::Pkrs(DEFAULT), // handler window closes
-                Write::Pkrs(0),       // exception exit
+                Write::Pkrs(OPEN),       // exception exit
                 Write::Pkrs(DEFAULT), // window closes
             ]
         );

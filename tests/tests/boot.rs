@@ -8,20 +8,22 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 29 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 22 passed, 0 failed, 8 skipped";
-const ALL_UNDER_NONE: &str = "tests: 20 passed, 0 failed, 10 skipped";
+const ALL_UNDER_PKS: &str = "tests: 31 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 24 passed, 0 failed, 8 skipped";
+const ALL_UNDER_NONE: &str = "tests: 22 passed, 0 failed, 10 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
     let run = boot(qemu(""));
     run.expect_outcome(Outcome::Success).expect_console(&[
         "pks-kernel",
-        "PKS: present, CR4.PKS on, PKRS 0x00000008 (key 1 ro)",
+        "PKS: present, CR4.PKS on, PKRS 0x00000028 (key 1 ro, key 2 ro)",
         "+PKS",
         "cpu protections: SMEP on, SMAP on, UMIP on, NX on, CR0.WP on",
         "protection policy: ptprot=pks (auto: PKS present), write windows by PKRS",
         "key 1: page tables, ReadOnly outside windows",
+        "key 2: allocator metadata, ReadOnly outside windows",
+        "sealed records: pageblock protections and early page tables, 9 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
         "early page tables: 9 recorded",
@@ -37,7 +39,7 @@ fn boots_with_pks_and_reports() {
         // The leaf count follows the image's size.
         "verification walk: PASS: 11 page-table frames, ",
         " leaf mappings, 19 aliases of protected frames, all protected; registers as required",
-        "register check: CR0.WP set, PKRS 0x00000008 (key 1 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
+        "register check: CR0.WP set, PKRS 0x00000028 (key 1 ro, key 2 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
         "boot complete",
     ]);
     // Boot time to the walk's pass is measured by the runner, as the
@@ -60,7 +62,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(29)
+        .expect_all_tests_passed(31)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -228,7 +230,7 @@ fn stray_write_under_panic_policy_reports_the_key() {
         "protection key fault: write of 0xffffffff8",
         "denied by key 1 (page tables) at RIP 0xffffffff8",
         "fault policy: pkfault=panic",
-        "PKRS of the faulting code: 0x00000008 (key 1 ro)",
+        "PKRS of the faulting code: 0x00000028 (key 1 ro, key 2 ro)",
     ]);
 }
 

@@ -15,7 +15,9 @@
 //! - `zero` writes through the direct map (inside a window for the key of
 //!   a protected page), or through the ephemeral slot for unmapped pages.
 //!
-//! Every page-table write happens inside a page-table write window.
+//! Every page-table write happens inside a page-table write window, and
+//! every pageblock change is written to the sealed record ([`super::sealed`])
+//! as the entries change; a range the record does not cover keeps `Mapped`.
 
 use super::direct_map::{DIRECT_MAP_BASE, GIB, MIB2};
 use super::ephemeral;
@@ -231,9 +233,13 @@ impl DirectMap for KernelDirectMap {
         if start / GIB != (end - 1) / GIB || self.pdpt_phys == 0 {
             return Err(DirectMapError::Failed);
         }
+        // The sealed record must be able to say what the range becomes.
+        if to != Protection::Mapped && !super::sealed::covers(start, range.pageblocks) {
+            return Err(DirectMapError::Failed);
+        }
         let attributes = self.attributes(to);
         let mut report = ProtectReport::default();
-        pte::with_window(|window| {
+        let changed = pte::with_window(|window| {
             let pdpt = any_table(self.pdpt_phys);
             let slot = (start / GIB) as usize;
             // SAFETY (this block and the writes below): the direct map's tables
@@ -306,7 +312,11 @@ impl DirectMap for KernelDirectMap {
                 at += MIB2;
             }
             Ok(report)
-        })
+        });
+        if changed.is_ok() {
+            super::sealed::record(start, range.pageblocks, to);
+        }
+        changed
     }
 
     fn flush(&self, range: PageblockRange) -> FlushReport {

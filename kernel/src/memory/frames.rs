@@ -268,12 +268,10 @@ pub fn inject_empty_reserve(on: bool) -> bool {
 }
 
 /// True if the frame at `phys` is in an `Unmapped` pageblock: covered by
-/// the direct map's ranges but absent from it, on purpose.
+/// the direct map's ranges but absent from it, on purpose (as the sealed
+/// record says).
 pub fn is_hidden(phys: u64) -> bool {
-    allocator()
-        .and_then(|a| a.frame_info(Pfn(phys / 4096)))
-        .and_then(|info| info.pageblock_freetype)
-        .is_some_and(|ft| ft.protection == ptalloc::Protection::Unmapped)
+    super::sealed::protection(phys) == Protection::Unmapped
 }
 
 crate::kernel_test! {

@@ -8,8 +8,9 @@
 //! ([`ephemeral`]), early-table reprotection ([`early`]), W^X for the
 //! kernel image ([`image`]), the
 //! verification walk ([`verify`]), kernel and user address spaces
-//! ([`paging`]), direct-map TLB flushes ([`tlb`]) and the one door to
-//! page-table entries ([`pte`]).
+//! ([`paging`]), direct-map TLB flushes ([`tlb`]), the one door to
+//! page-table entries ([`pte`]) and the key-protected record of what is
+//! page-table memory ([`sealed`]).
 
 use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
@@ -27,6 +28,7 @@ pub mod frames;
 pub mod image;
 pub mod paging;
 pub mod pte;
+pub mod sealed;
 pub mod tlb;
 pub mod verify;
 pub mod walk;

@@ -238,25 +238,22 @@ pub(crate) fn is_page_table_memory(phys: u64) -> bool {
     page_table_memory_in(phys & ADDRESS, 4096).is_some()
 }
 
-/// The first frame of page-table memory (a frame of a page-table-freetype
-/// pageblock, or an early page table) in the `span` bytes from `start`, a
-/// page of 4 KiB, 2 MiB or 1 GiB aligned to its size. Freetypes belong to
-/// whole pageblocks, so one look per 2 MiB does.
+/// The first frame of page-table memory (a frame of a pageblock the
+/// sealed record calls page-table memory, or an early page table) in the
+/// `span` bytes from `start`, a page of 4 KiB, 2 MiB or 1 GiB aligned to
+/// its size. Protections belong to whole pageblocks, so one look per
+/// 2 MiB does.
 pub(crate) fn page_table_memory_in(start: u64, span: u64) -> Option<u64> {
-    let early = super::EARLY_PAGE_TABLES
-        .lock()
-        .tables()
-        .iter()
-        .map(|t| t.phys)
-        .find(|&t| start <= t && t - start < span);
+    let early = super::sealed::with_early_tables(|list| {
+        list.tables()
+            .iter()
+            .map(|t| t.phys)
+            .find(|&t| start <= t && t - start < span)
+    });
     early.or_else(|| {
         (0..span.div_ceil(2 << 20))
             .map(|block| start + block * (2 << 20))
-            .find(|&phys| {
-                frames::allocator()
-                    .and_then(|a| a.frame_info(Pfn(phys / 4096)))
-                    .is_some_and(|info| info.pageblock_freetype == Some(PAGE_TABLES))
-            })
+            .find(|&phys| super::sealed::protection(phys) == PAGE_TABLES.protection)
     })
 }
 
@@ -298,10 +295,18 @@ fn new_unzeroed_table() -> Result<u64, PagingError> {
 
 fn alloc_table(flags: AllocFlags) -> Result<u64, PagingError> {
     let allocator = frames::allocator().ok_or(PagingError::NoAllocator)?;
-    allocator
+    let table = allocator
         .alloc(0, 0, PAGE_TABLES, flags)
         .map(Pfn::addr)
-        .map_err(PagingError::Alloc)
+        .map_err(PagingError::Alloc)?;
+    // The allocator's metadata is ordinary memory; the sealed record
+    // says whether the frame is really protected.
+    if !is_page_table_memory(table) {
+        panic!(
+            "the allocator handed out page table {table:#x} from a pageblock the sealed record does not protect: its metadata was tampered with"
+        );
+    }
+    Ok(table)
 }
 
 /// Zeroes a table not yet linked.

@@ -17,9 +17,11 @@
 //! on tables visited ([`MAX_TABLE_VISITS`]), far above any real space.
 //!
 //! [`verify`] walks the kernel's address space and every live user address
-//! space from `paging`, and checks the protection registers (PKRS, CR0.WP,
-//! the pinned CR4 bits) against what they must hold; [`verify_root`] walks
-//! one root.
+//! space from `paging`, checks the protection registers (PKRS, CR0.WP,
+//! the pinned CR4 bits) against what they must hold, and compares the
+//! allocator's per-pageblock freetypes with the sealed record
+//! (`memory::sealed`); [`verify_root`] walks one root. What counts as
+//! page-table memory comes from the sealed record.
 
 use super::KernelPhys;
 use super::paging::{is_page_table_memory, page_table_memory_in};
@@ -62,6 +64,9 @@ pub struct VerifyReport {
     /// A table could not be read, or more than [`MAX_TABLE_VISITS`] were
     /// reached: the walk is incomplete, which counts as a failure.
     pub truncated: bool,
+    /// Pageblocks whose freetype in `ptalloc`'s metadata disagrees with
+    /// the sealed record ([`verify`] only): forged metadata.
+    pub metadata_mismatches: u64,
     /// The register check ([`verify`] only; `None` before protection is
     /// set up): what was checked, and the first mismatch.
     pub registers: Option<RegisterCheck>,
@@ -84,6 +89,7 @@ impl VerifyReport {
     /// True if the walk was complete and found no violation.
     pub fn passed(&self) -> bool {
         self.violations == 0
+            && self.metadata_mismatches == 0
             && !self.truncated
             && self.registers.is_none_or(|check| check.result.is_ok())
     }
@@ -125,6 +131,7 @@ pub fn verify() -> VerifyReport {
             total.first_violation = user.first_violation;
         }
     }
+    total.metadata_mismatches = super::sealed::mismatches();
     total.registers = pks::current().map(|protection| RegisterCheck {
         mechanism: protection.mechanism(),
         pkrs: (protection.mechanism() == Mechanism::Pks)
