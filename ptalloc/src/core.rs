@@ -26,7 +26,7 @@
 
 use crate::backend::{DirectMap, DirectMapError, PageblockRange, ProtectReport, SplitPages};
 use crate::error::AllocError;
-use crate::freetype::{Freetype, NR_FREETYPES, Protection};
+use crate::freetype::{Freetype, NR_FREETYPES};
 use crate::meta::{FrameMeta, NIL, State};
 use crate::stats::Stats;
 use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
@@ -306,11 +306,12 @@ impl Core {
             start: self.pfn(index),
             pageblocks: 1 << (need - PAGEBLOCK_ORDER),
         };
-        // Frames leaving `Unmapped` may hold secrets: wipe them while they
-        // are still invisible, before any mapping shows them.
-        if source.protection == Protection::Unmapped
-            && target.protection != Protection::Unmapped
-            && let Err(error) = backend.zero(range.start, need, Protection::Unmapped)
+        // Frames leaving `Unmapped` may hold secrets, and frames leaving a
+        // key may hold stale page tables: wipe them while their old
+        // protection still hides them, before a new mapping shows them.
+        if source.protection.wiped_when_leaving()
+            && source.protection != target.protection
+            && let Err(error) = backend.zero(range.start, need, source.protection)
         {
             self.release_block(meta, index, need, source);
             return Err(AllocError::Backend(error));

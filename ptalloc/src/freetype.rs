@@ -55,6 +55,13 @@ impl Protection {
         self != to && self != Protection::Unmapped
     }
 
+    /// True if frames leaving this protection are zeroed first: the
+    /// contents of `Unmapped` frames are secrets, those of key-protected
+    /// ones (page tables) must not reappear as ordinary memory.
+    pub const fn wiped_when_leaving(self) -> bool {
+        !matches!(self, Self::Mapped)
+    }
+
     fn index(self) -> usize {
         match self {
             Self::Mapped => 0,

@@ -337,3 +337,29 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
         Err(InitError::PageTableFreetype(_))
     ));
 }
+
+#[test]
+fn page_table_pageblocks_are_wiped_before_they_become_ordinary_memory() {
+    let meta = meta(32 * 512);
+    let alloc = allocator(&meta);
+    // Every free pageblock becomes page tables, then is freed again.
+    let mut held = Vec::new();
+    while let Ok(block) = alloc.alloc(0, 9, PT, AllocFlags::empty()) {
+        held.push(block);
+    }
+    assert!(held.len() > 1, "only {} page-table blocks", held.len());
+    for block in held {
+        alloc.free(0, block, 9).unwrap();
+    }
+    alloc.drain_caches();
+    let zeroes = alloc.backend().zeroes.load(Ordering::SeqCst);
+    // Ordinary memory now comes from a page-table pageblock: its stale
+    // tables are wiped (under the key) before it is mapped without one.
+    alloc.alloc(0, 9, USER, AllocFlags::empty()).unwrap();
+    assert_eq!(alloc.stats().converted(PT, USER), 1);
+    assert_eq!(
+        alloc.backend().zeroes.load(Ordering::SeqCst) - zeroes,
+        1,
+        "the page-table pageblock was not wiped"
+    );
+}

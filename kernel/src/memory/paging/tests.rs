@@ -496,10 +496,18 @@ crate::kernel_test! {
         }
         if mechanism == Some(pkeys::Mechanism::Pks) {
             // One window per map; each of the allocator's conversions opens
-            // two of its own, outside the map's: one for the direct map's
-            // entries, one for the sealed record.
+            // two or three of its own, outside the map's: the direct map's
+            // entries, the sealed record, and the wipe of a pageblock
+            // leaving page-table memory.
             let batches = at_peak.conversion_batches - before.conversion_batches;
-            crate::check_eq!(pkrs_writes, 2 * mapped + 4 * batches);
+            let conversions = pkrs_writes.checked_sub(2 * mapped);
+            crate::check!(
+                conversions.is_some_and(|writes| writes <= 6 * batches),
+                "{} PKRS writes for {} maps and {} conversions",
+                pkrs_writes,
+                mapped,
+                batches
+            );
         }
         Ok(())
     }
