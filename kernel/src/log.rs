@@ -114,8 +114,13 @@ unsafe impl defmt::Logger for Com2Logger {
         }
     }
 
+    /// # Safety
+    /// defmt's contract: only between `acquire` and `release`. Nothing is
+    /// buffered, so there is nothing to flush.
     unsafe fn flush() {}
 
+    /// # Safety
+    /// defmt's contract: only after `acquire`, once per frame.
     unsafe fn release() {
         // SAFETY: defmt calls release only after acquire: we own the logger.
         let interrupts_were_on = unsafe {
@@ -131,6 +136,8 @@ unsafe impl defmt::Logger for Com2Logger {
         }
     }
 
+    /// # Safety
+    /// defmt's contract: only between `acquire` and `release`.
     unsafe fn write(bytes: &[u8]) {
         // SAFETY: defmt calls write only between acquire and release.
         unsafe {

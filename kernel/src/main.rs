@@ -42,18 +42,8 @@ pub struct BootState {
     pub features: CpuFeatures,
     /// Protections turned on.
     pub enabled: arch::pks::Enabled,
-    /// What the direct map covers.
-    pub direct_map: memory::direct_map::DirectMapInfo,
-    /// The flush-limit measurement (`None` under `flushlimit=N`).
-    pub flush_calibration: Option<memory::tlb::Calibration>,
-    /// How the page allocator was set up.
-    pub frames: memory::frames::FramesInfo,
-    /// What reprotecting the early page tables did.
-    pub reprotected: memory::early::Reprotected,
-    /// The kernel image's W^X layout.
-    pub image: memory::image::ImageProtection,
-    /// Pages of sealed records (`memory::sealed`).
-    pub sealed_pages: usize,
+    /// What memory bring-up did.
+    pub memory: memory::MemoryState,
     /// The verification walk at boot.
     pub verified: memory::verify::VerifyReport,
 }
@@ -130,55 +120,10 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         "protection windows: {=str}",
         report::mechanism_name(protection.mechanism())
     );
-    if let Err(error) = memory::record_boot_stub_tables() {
-        panic!("recording the boot stub's page tables failed: {error:?}");
-    }
-    let direct_map = match memory::direct_map::build(&info.memory, features.gib_pages, features.nx)
-    {
-        Ok(direct_map) => direct_map,
+    let memory = match memory::bring_up(&info.memory, &features, &config) {
+        Ok(memory) => memory,
         Err(error) => {
-            println!("boot: cannot build the direct map: {:?}", error);
-            exit_qemu(ExitCode::Failure);
-        }
-    };
-    // Before the allocator's first conversion flushes anything.
-    let flush_calibration = memory::tlb::init(config.flush_limit, &direct_map);
-    if let Err(error) = memory::ephemeral::init() {
-        panic!("recording the ephemeral slot's page tables failed: {error:?}");
-    }
-    let frames = match memory::frames::init(&info.memory, &direct_map, features.nx) {
-        Ok(frames) => frames,
-        Err(error) => {
-            println!("boot: cannot set up the page allocator: {}", error);
-            exit_qemu(ExitCode::Failure);
-        }
-    };
-    memory::narrow_boot_window();
-    if config.inject_empty_reserve && memory::frames::inject_empty_reserve(true) {
-        println!("fault injection: the split reserve gives nothing to direct-map splits");
-    }
-    let reprotected = match memory::early::reprotect() {
-        Ok(done) => done,
-        Err(error) => {
-            println!("boot: cannot reprotect the early page tables: {}", error);
-            exit_qemu(ExitCode::Failure);
-        }
-    };
-    let sealed_pages = match memory::sealed::seal() {
-        Ok(pages) => pages,
-        Err(error) => {
-            println!("boot: cannot seal the page-table records: {:?}", error);
-            exit_qemu(ExitCode::Failure);
-        }
-    };
-    // Before any user space exists: they copy the kernel's PML4 entries.
-    if let Err(error) = memory::paging::init_kernel_space() {
-        println!("boot: no kernel mapping region: {:?}", error);
-    }
-    let image = match memory::image::protect() {
-        Ok(image) => image,
-        Err(error) => {
-            println!("boot: cannot make the kernel image W^X: {}", error);
+            println!("boot: {}", error);
             exit_qemu(ExitCode::Failure);
         }
     };
@@ -190,12 +135,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         ptprot,
         features,
         enabled,
-        direct_map,
-        flush_calibration,
-        frames,
-        reprotected,
-        image,
-        sealed_pages,
+        memory,
         verified,
     });
     report::print_boot_report(boot);

@@ -103,7 +103,7 @@ pub fn print_boot_report(boot: &BootState) {
         "kernel image: physical [{:#x}, {:#x})",
         image.start, image.end
     );
-    let direct_map = &boot.direct_map;
+    let direct_map = &boot.memory.direct_map;
     println!(
         "direct map: {} MiB at {:#x}: {} x 1 GiB + {} x 2 MiB pages, {} page tables",
         direct_map.bytes() / MIB,
@@ -139,7 +139,7 @@ fn print_allocator(boot: &BootState) {
         println!("page allocator: not set up");
         return;
     };
-    let info = &boot.frames;
+    let info = &boot.memory.frames;
     println!(
         "page allocator: {} frames, metadata {} KiB at {:#x}",
         info.frames_given,
@@ -170,7 +170,7 @@ fn print_allocator(boot: &BootState) {
 /// The INVLPG-vs-CR3 limit: how it was chosen, and the flushes so far.
 fn print_flush_limit(boot: &BootState) {
     let limit = memory::tlb::limit();
-    match &boot.flush_calibration {
+    match &boot.memory.flush_calibration {
         None => print!(
             "tlb flush limit: {} pageblocks (flushlimit={})",
             limit, limit
@@ -192,19 +192,19 @@ fn print_flush_limit(boot: &BootState) {
 
 /// Early-table reprotection and the verification walk.
 fn print_verification(boot: &BootState) {
-    let r = &boot.reprotected;
+    let r = &boot.memory.reprotected;
     println!(
         "early page tables reprotected: {} (splits 1G->2M {}, 2M->4K {})",
         r.tables, r.splits_1g, r.splits_2m
     );
-    let i = &boot.image;
+    let i = &boot.memory.image;
     println!(
         "kernel image W^X: {} pages r-x (text), {} r-- (boot stub, rodata, recovery table, tests, IDT, GDT), {} rw- (data, bss), {} past the image unmapped; direct-map alias read-only for {} frames (early page tables keep theirs)",
         i.read_execute, i.read_only, i.read_write, i.unmapped, i.direct_map_read_only
     );
     println!(
         "sealed records: pageblock protections and early page tables, {} pages with the metadata key; {} pageblocks disagree with the allocator's metadata",
-        boot.sealed_pages, boot.verified.metadata_mismatches
+        boot.memory.sealed_pages, boot.verified.metadata_mismatches
     );
     let v = &boot.verified;
     if boot.ptprot == ProtectionPolicy::None {

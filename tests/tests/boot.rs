@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 31 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 24 passed, 0 failed, 8 skipped";
-const ALL_UNDER_NONE: &str = "tests: 22 passed, 0 failed, 10 skipped";
+const ALL_UNDER_PKS: &str = "tests: 33 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 26 passed, 0 failed, 8 skipped";
+const ALL_UNDER_NONE: &str = "tests: 24 passed, 0 failed, 10 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -62,7 +62,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(31)
+        .expect_all_tests_passed(33)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.

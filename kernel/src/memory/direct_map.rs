@@ -192,7 +192,7 @@ pub fn info() -> Option<&'static DirectMapInfo> {
 
 /// Builds the direct map for every usable region of `memory` and links it
 /// into the live address space.
-pub fn build(
+pub(super) fn build(
     memory: &MemoryMap,
     gib_pages: bool,
     nx: bool,
@@ -258,7 +258,7 @@ crate::kernel_test! {
     fn direct_map_covers_usable_memory() -> TestResult {
         use crate::memory::walk::{LeafSize, leaf};
         let boot = crate::boot_state();
-        let info = &boot.direct_map;
+        let info = &boot.memory.direct_map;
         let root = cpu::read_cr3();
         for region in boot.info.memory.usable() {
             for phys in [region.start, region.end - 1, (region.start + region.end) / 2] {

@@ -62,7 +62,7 @@ impl core::fmt::Display for ReprotectError {
 
 /// Gives every early page table the page-table protection on all its
 /// aliases. Under `ptprot=none` there is nothing to do.
-pub fn reprotect() -> Result<Reprotected, ReprotectError> {
+pub(super) fn reprotect() -> Result<Reprotected, ReprotectError> {
     let mut done = Reprotected::default();
     let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
     if mechanism == Mechanism::None {

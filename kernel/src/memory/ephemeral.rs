@@ -41,7 +41,7 @@ fn phys(table: *mut [u64; 512]) -> u64 {
 
 /// Builds the slot's tables, records them, and links them into the live
 /// PML4. Call once, at boot.
-pub fn init() -> Result<(), RecordError> {
+pub(super) fn init() -> Result<(), RecordError> {
     let (pdpt, pd, pt) = (table(0), table(1), table(2));
     {
         let mut early = EARLY_PAGE_TABLES.lock();
@@ -170,4 +170,30 @@ pub fn copy_from(frame_phys: u64, offset: usize, out: &mut [u8]) -> Option<()> {
         // SAFETY: as in `copy_to`, reading.
         unsafe { core::ptr::copy_nonoverlapping(page.add(offset), out.as_mut_ptr(), out.len()) }
     })
+}
+
+crate::kernel_test! {
+    /// The slot refuses page-table memory: an early table (the kernel's
+    /// root) and a page of a page-table pageblock. Before, `with_frame`
+    /// was public and mapped any frame writable with key 0, and the root
+    /// was written through it. The refusal is a check, not a key, so it
+    /// holds under every policy; a data frame still goes through (the
+    /// control).
+    fn the_slot_refuses_page_table_memory() -> TestResult {
+        let root = super::kernel_root();
+        crate::check_eq!(copy_to(root, 0, &[0u8; 8]), None);
+        crate::check_eq!(with_frame(root, |_| ()), None);
+        let Some(allocator) = super::frames::allocator() else {
+            return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let table = allocator.alloc(0, 0, super::frames::PAGE_TABLES, ptalloc::AllocFlags::ZERO);
+        crate::check!(table.is_ok(), "{:?}", table);
+        let Ok(table) = table else { return Ok(()) };
+        let refused = with_frame(table.addr(), |_| ());
+        crate::check_eq!(allocator.free(0, table, 0), Ok(()));
+        crate::check_eq!(refused, None);
+        let data = super::frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true);
+        crate::check!(data.as_ref().is_ok_and(|d| copy_to(d.addr(), 0, b"control").is_some()), "the control copy failed");
+        Ok(())
+    }
 }

@@ -77,7 +77,7 @@ pub struct FramesInfo {
 const FIRST_MIB: u64 = 1 << 20;
 
 /// Sets up the allocator. Call once, after the direct map is built.
-pub fn init(
+pub(super) fn init(
     memory: &MemoryMap,
     direct_map: &DirectMapInfo,
     nx: bool,

@@ -127,7 +127,7 @@ impl core::fmt::Display for ImageError {
 /// Applies W^X to the image and makes its direct-map alias read-only. Call
 /// once at boot, after the IDT and GDT are loaded and the early page tables
 /// reprotected.
-pub fn protect() -> Result<ImageProtection, ImageError> {
+pub(super) fn protect() -> Result<ImageProtection, ImageError> {
     let mut done = ImageProtection::default();
     let pt = EARLY_PAGE_TABLES
         .lock()

@@ -33,6 +33,101 @@ pub mod tlb;
 pub mod verify;
 pub mod walk;
 
+/// What memory bring-up did, for the boot report.
+pub struct MemoryState {
+    /// What the direct map covers.
+    pub direct_map: direct_map::DirectMapInfo,
+    /// The flush-limit measurement (`None` under `flushlimit=N`).
+    pub flush_calibration: Option<tlb::Calibration>,
+    /// How the page allocator was set up.
+    pub frames: frames::FramesInfo,
+    /// What reprotecting the early page tables did.
+    pub reprotected: early::Reprotected,
+    /// Pages of sealed records ([`sealed`]).
+    pub sealed_pages: usize,
+    /// The kernel image's W^X layout.
+    pub image: image::ImageProtection,
+}
+
+/// Why memory bring-up stopped.
+#[derive(Debug)]
+pub enum BringUpError {
+    /// It ran already: its steps rebuild what the kernel runs on.
+    AlreadyUp,
+    /// Too many early page tables to record.
+    EarlyTables(RecordError),
+    /// The direct map could not be built.
+    DirectMap(direct_map::DirectMapError),
+    /// The page allocator could not be set up.
+    Frames(frames::FramesError),
+    /// The early page tables could not be reprotected.
+    Reprotect(early::ReprotectError),
+    /// The sealed records' pages could not be keyed.
+    Seal(boot_tables::KeyError),
+    /// The kernel space's region could not be made.
+    KernelSpace(paging::PagingError),
+    /// The image could not be made W^X.
+    Image(image::ImageError),
+}
+
+impl core::fmt::Display for BringUpError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::AlreadyUp => write!(f, "memory bring-up ran twice"),
+            Self::EarlyTables(error) => write!(f, "cannot record the early page tables: {error:?}"),
+            Self::DirectMap(error) => write!(f, "cannot build the direct map: {error:?}"),
+            Self::Frames(error) => write!(f, "cannot set up the page allocator: {error}"),
+            Self::Reprotect(error) => write!(f, "cannot reprotect the early page tables: {error}"),
+            Self::Seal(error) => write!(f, "cannot seal the page-table records: {error:?}"),
+            Self::KernelSpace(error) => write!(f, "no kernel mapping region: {error:?}"),
+            Self::Image(error) => write!(f, "cannot make the kernel image W^X: {error}"),
+        }
+    }
+}
+
+static BROUGHT_UP: AtomicBool = AtomicBool::new(false);
+
+/// Brings memory up, once, at boot, in this order: records the boot
+/// stub's tables, builds the direct map, measures the flush limit (before
+/// the first conversion flushes anything), builds the ephemeral slot, sets
+/// up the page allocator, cuts the boot window down to the image, applies
+/// `inject=`, reprotects the early page tables, seals the records of what
+/// is page-table memory, gives the kernel space its PDPT (before any user
+/// space, which copies the kernel's PML4 entries), and makes the image
+/// W^X. Its steps are private to `memory`: run again they would rebuild
+/// what the kernel runs on, so a second call is refused.
+pub fn bring_up(
+    memory: &boot::memory_map::MemoryMap,
+    features: &crate::arch::cpu::CpuFeatures,
+    config: &boot::KernelConfig,
+) -> Result<MemoryState, BringUpError> {
+    if BROUGHT_UP.swap(true, Ordering::AcqRel) {
+        return Err(BringUpError::AlreadyUp);
+    }
+    record_boot_stub_tables().map_err(BringUpError::EarlyTables)?;
+    let direct_map = direct_map::build(memory, features.gib_pages, features.nx)
+        .map_err(BringUpError::DirectMap)?;
+    let flush_calibration = tlb::init(config.flush_limit, &direct_map);
+    ephemeral::init().map_err(BringUpError::EarlyTables)?;
+    let frames = frames::init(memory, &direct_map, features.nx).map_err(BringUpError::Frames)?;
+    narrow_boot_window();
+    if config.inject_empty_reserve && frames::inject_empty_reserve(true) {
+        crate::println!("fault injection: the split reserve gives nothing to direct-map splits");
+    }
+    let reprotected = early::reprotect().map_err(BringUpError::Reprotect)?;
+    let sealed_pages = sealed::seal().map_err(BringUpError::Seal)?;
+    paging::init_kernel_space().map_err(BringUpError::KernelSpace)?;
+    let image = image::protect().map_err(BringUpError::Image)?;
+    Ok(MemoryState {
+        direct_map,
+        flush_calibration,
+        frames,
+        reprotected,
+        sealed_pages,
+        image,
+    })
+}
+
 /// Reads physical memory: below 1 GiB through the boot window, elsewhere
 /// through the direct map once it exists (page tables the allocator makes
 /// can live anywhere in RAM).
@@ -76,7 +171,7 @@ fn image_window() -> Range<u64> {
 /// of physical [0, 1 GiB) at `KERNEL_VIRT` with 2 MiB pages: once page
 /// tables come from the allocator anywhere in RAM, that is a second,
 /// unprotected alias of them. The direct map covers RAM from here on.
-pub fn narrow_boot_window() {
+fn narrow_boot_window() {
     let pd = boot_stub_table(boot::TableLevel::Pd);
     let keep = image_window();
     let pd = (KERNEL_VIRT + pd) as *mut u64;
@@ -155,7 +250,7 @@ pub fn kernel_root() -> u64 {
 }
 
 /// Records the boot stub's tables. Returns how many were recorded.
-pub fn record_boot_stub_tables() -> Result<usize, RecordError> {
+fn record_boot_stub_tables() -> Result<usize, RecordError> {
     let mut list = EARLY_PAGE_TABLES.lock();
     for table in boot::entry::boot_stub_tables() {
         list.record(table)?;
@@ -215,6 +310,17 @@ crate::kernel_test! {
             used,
             boot::entry::BOOT_STACK_SIZE
         );
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Memory bring-up runs once: a second call (which would zero the
+    /// allocator's live metadata and rebuild the direct map) is refused.
+    fn memory_bring_up_runs_once() -> TestResult {
+        let boot = crate::boot_state();
+        let again = bring_up(&boot.info.memory, &boot.features, &boot.config);
+        crate::check!(matches!(again, Err(BringUpError::AlreadyUp)), "{:?}", again.err());
         Ok(())
     }
 }

@@ -202,7 +202,7 @@ pub fn kernel_space() -> Option<&'static AddressSpace> {
 /// mapping region, from the page-table freetype. Call once at boot, after
 /// the page allocator and before the first user space (which copies the
 /// kernel's PML4 entries).
-pub fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> {
+pub(super) fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> {
     if KERNEL_SPACE.is_completed() {
         return Err(PagingError::AlreadyInitialized);
     }

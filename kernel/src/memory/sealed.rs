@@ -128,7 +128,7 @@ pub(super) fn with_early_tables<T>(f: impl FnOnce(&EarlyPageTables) -> T) -> T {
 /// Freezes the early page tables and gives the sealed pages their key
 /// (read-only under `ro`). Call once at boot, after the last early table
 /// is recorded. Their direct-map alias is read-only (`image`).
-pub fn seal() -> Result<usize, super::boot_tables::KeyError> {
+pub(super) fn seal() -> Result<usize, super::boot_tables::KeyError> {
     let frozen = EARLY_PAGE_TABLES.lock().clone();
     with_window(|| {
         EARLY.call_once(|| frozen);
@@ -231,7 +231,7 @@ mod attacks {
             // ptalloc's metadata: 12 bytes per frame, the pageblock's
             // freetype index in the last byte of its first frame's entry.
             let entry = super::super::direct_map::DIRECT_MAP_BASE
-                + boot.frames.metadata.start
+                + boot.memory.frames.metadata.start
                 + (mapped_block / 4096) * ptalloc::METADATA_BYTES_PER_FRAME as u64
                 + 11;
             let byte = entry as *mut u8;

@@ -54,7 +54,10 @@ pub fn limit() -> u64 {
 
 /// Sets the limit as `flushlimit=` says: measured on the direct map `info`
 /// describes (returning the measurement), or fixed.
-pub fn init(setting: boot::cmdline::FlushLimit, info: &DirectMapInfo) -> Option<Calibration> {
+pub(super) fn init(
+    setting: boot::cmdline::FlushLimit,
+    info: &DirectMapInfo,
+) -> Option<Calibration> {
     let (limit, measured) = match setting {
         boot::cmdline::FlushLimit::Measured => {
             let measured = calibrate(info);
@@ -223,7 +226,7 @@ crate::kernel_test! {
         crate::check_eq!(made.limit(), 2);
         crate::check_eq!(made.crossover().map(|s| s.pageblocks), Some(4));
         let boot = crate::boot_state();
-        match (boot.config.flush_limit, &boot.flush_calibration) {
+        match (boot.config.flush_limit, &boot.memory.flush_calibration) {
             (boot::cmdline::FlushLimit::Fixed(n), None) => crate::check_eq!(limit(), u64::from(n)),
             (boot::cmdline::FlushLimit::Measured, Some(measured)) => {
                 crate::check!(!measured.samples.is_empty(), "nothing measured");
