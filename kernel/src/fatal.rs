@@ -133,6 +133,13 @@ pub fn protection_violation(violation: &pkeys::Violation) -> ! {
     begin_report();
     fatal_println!("!!! protection registers tampered with: {}", violation);
     fatal_println!("    the register check treats this as an attack and stops the machine");
+    end_report_here()
+}
+
+/// Ends a report made outside an exception: the test, the control
+/// registers and a backtrace from the caller, then the exit.
+#[inline(always)]
+fn end_report_here() -> ! {
     if let Some(test) = crate::testing::current_test() {
         fatal_println!("    during test {}", test);
     }
@@ -214,15 +221,5 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         None => fatal_println!("!!! kernel panic"),
     }
     fatal_println!("    {}", info.message());
-    if let Some(test) = crate::testing::current_test() {
-        fatal_println!("    during test {}", test);
-    }
-    print_control_registers();
-    let rbp: u64;
-    // SAFETY: reads the frame pointer register only.
-    unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
-    };
-    print_backtrace(None, rbp);
-    end_report()
+    end_report_here()
 }
