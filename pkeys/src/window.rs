@@ -749,7 +749,10 @@ mod tests {
         let key1_bit = 1 << PAGE_TABLE_KEY.index();
         assert_eq!(over_granted(default_pkrs(), 0), None);
         assert_eq!(over_granted(Pkrs::ALL_ACCESS, 0), Some(PAGE_TABLE_KEY));
-        assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit), Some(crate::METADATA_KEY));
+        assert_eq!(
+            over_granted(Pkrs::ALL_ACCESS, key1_bit),
+            Some(crate::METADATA_KEY)
+        );
         let key2_bit = 1 << crate::METADATA_KEY.index();
         assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit | key2_bit), None);
         // Keys outside the table are read-write by default, and
@@ -815,11 +818,11 @@ mod tests {
         assert_eq!(
             writes(&cpu),
             [
-                Write::Pkrs(OPEN),       // window opens
+                Write::Pkrs(OPEN),    // window opens
                 Write::Pkrs(DEFAULT), // exception entry
-                Write::Pkrs(OPEN),       // handler window
+                Write::Pkrs(OPEN),    // handler window
                 Write::Pkrs(DEFAULT), // handler window closes
-                Write::Pkrs(OPEN),       // exception exit
+                Write::Pkrs(OPEN),    // exception exit
                 Write::Pkrs(DEFAULT), // window closes
             ]
         );
