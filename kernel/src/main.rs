@@ -96,7 +96,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     };
 
     let features = CpuFeatures::detect();
-    let enabled = arch::pks::enable_protections(&features);
+    let enabled = arch::pks::enable_protections();
     let ptprot = match config.ptprot.resolve(features.pks) {
         Ok(policy) => policy,
         Err(error) => {
@@ -115,7 +115,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         None => None,
     };
     let protection = arch::pks::init(ptprot, &enabled, fatal::protection_violation);
-    pkfault::init(config.pkfault);
+    pkfault::init(config.pkfault, config.test.is_some());
     defmt::info!(
         "protection windows: {=str}",
         report::mechanism_name(protection.mechanism())

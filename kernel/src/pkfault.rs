@@ -21,6 +21,13 @@ use pkeys::{
 use spin::Mutex;
 
 static HANDLER: Mutex<FaultHandler> = Mutex::new(FaultHandler::new(FaultPolicy::Panic));
+
+/// The policy the command line chose, and whether tests may run under
+/// another (only with `test=`). Read-only once boot is done, like the IDT:
+/// outside test boots, the handler's policy is forced back to it, so one
+/// stray write to the handler cannot turn `panic` into `soft`.
+#[unsafe(link_section = ".ro_after_init")]
+static BOOT_POLICY: spin::Once<(FaultPolicy, bool)> = spin::Once::new();
 static LAST_FAULT: Mutex<Option<PkFault>> = Mutex::new(None);
 
 /// `soft`: a retry is pending (PENDING), and whether the interrupted code
@@ -36,8 +43,11 @@ const RFLAGS_TF: u64 = 1 << 8;
 /// DR6.BS: the #DB came from single-stepping.
 const DR6_SINGLE_STEP: u64 = 1 << 14;
 
-/// Applies the command line's fault policy.
-pub fn init(policy: FaultPolicy) {
+/// Applies the command line's fault policy; `tests_may_override` (a
+/// `test=` boot) lets [`with_policy`] change it for a test. Call once, at
+/// boot, before the image becomes read-only.
+pub fn init(policy: FaultPolicy, tests_may_override: bool) {
+    BOOT_POLICY.call_once(|| (policy, tests_may_override));
     *HANDLER.lock() = FaultHandler::new(policy);
 }
 
@@ -48,8 +58,15 @@ pub fn policy() -> Option<FaultPolicy> {
 }
 
 /// Runs `f` under another fault policy (tests exercise `report` and `soft`
-/// whatever the command line chose), then restores the previous one.
+/// whatever the command line chose), then restores the previous one. Only
+/// in a `test=` boot; elsewhere `f` runs under the boot policy.
 pub fn with_policy<R>(policy: FaultPolicy, f: impl FnOnce() -> R) -> R {
+    if !BOOT_POLICY
+        .get()
+        .is_some_and(|&(_, may_override)| may_override)
+    {
+        return f();
+    }
     let previous = core::mem::replace(&mut *HANDLER.lock(), FaultHandler::new(policy));
     let result = f();
     // The temporary handler's counts go with it.
@@ -88,7 +105,16 @@ pub fn page_fault(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) ->
     };
     *last = Some(fault);
     drop(last);
-    let Some(action) = HANDLER.try_lock().map(|mut handler| handler.handle(&fault)) else {
+    let Some(action) = HANDLER.try_lock().map(|mut handler| {
+        if let Some(&(policy, false)) = BOOT_POLICY.get()
+            && handler.policy() != policy
+        {
+            // Not a test boot: the policy can only have changed by a
+            // write behind the kernel's back. Back to the boot policy.
+            *handler = FaultHandler::new(policy);
+        }
+        handler.handle(&fault)
+    }) else {
         return false;
     };
     let key = fault.key.map_or(u8::MAX, |k| k.index());
@@ -215,7 +241,7 @@ mod tests {
     };
 
     /// The CPU's protection state if PKS is what protects page tables.
-    fn pks_or_skip() -> Result<&'static pkeys::CpuProtection<pks::Registers>, TestFailure> {
+    fn pks_or_skip() -> Result<&'static pks::Protection, TestFailure> {
         match pks::current() {
             Some(protection) if protection.mechanism() == Mechanism::Pks => Ok(protection),
             _ => Err(TestFailure::skipped("needs PKS (ptprot=pks)")),

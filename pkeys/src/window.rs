@@ -11,10 +11,13 @@
 //! associated constants of a [`WindowKind`], an `unsafe` trait: safe code
 //! cannot grant itself a key, and the kernel restricts who may name each
 //! kind (the page-table kind is private to its memory module). Every value
-//! written to PKRS is a constant (the default, or the default with the
-//! kind's key changed) or the register's own contents with the kind's key
-//! changed; the only exception is the exception exit inside a window (see
-//! below). Closing the outermost window writes the constant default.
+//! written to PKRS or CR0.WP is a constant (the default, or the default
+//! with the kind's key changed) or derived from the registers' own
+//! contents (a nested window, read after a check; a `soft` retry's keys,
+//! read at the fault's entry); the only exception is the exception exit
+//! inside a window (see below). Closing the outermost window writes the
+//! constant default. The depth, grants and caches in memory decide what a
+//! check accepts, never what is written.
 //!
 //! **Check, don't adopt.** [`CpuProtection`] caches what it last wrote.
 //! Window close, exception entry and exit, and [`CpuProtection::check`]
@@ -49,7 +52,7 @@
 use crate::key::{Pkey, Pkrs, Rights};
 use crate::keys::default_pkrs;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 /// How windows grant write access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +183,8 @@ pub struct CpuProtection<R: ProtectionRegisters> {
     pending: AtomicU64,
     /// What CR0.WP holds.
     write_protect: AtomicBool,
+    /// A CR0.WP value being written (`WP_PENDING_*`).
+    wp_pending: AtomicU8,
     /// Open windows on this CPU, in the current exception level.
     depth: AtomicU32,
     /// Keys the open windows grant more than their default (bit k for
@@ -196,6 +201,9 @@ pub struct CpuProtection<R: ProtectionRegisters> {
 }
 
 const NONE_PENDING: u64 = u64::MAX;
+const WP_NONE_PENDING: u8 = 0;
+const WP_PENDING_CLEAR: u8 = 1;
+const WP_PENDING_SET: u8 = 2;
 
 /// What an exception's entry found, for its exit to restore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +213,8 @@ pub struct SavedProtection {
     write_protect: bool,
     depth: u32,
     granted: u16,
+    pending: u64,
+    wp_pending: u8,
     /// Keys the `soft` policy opens for the retried instruction.
     allow_once: u16,
     /// The exception ends a `soft` retry: the key closes again.
@@ -263,6 +273,7 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
             pkrs: AtomicU32::new(pkrs.bits()),
             pending: AtomicU64::new(NONE_PENDING),
             write_protect: AtomicBool::new(true),
+            wp_pending: AtomicU8::new(WP_NONE_PENDING),
             depth: AtomicU32::new(0),
             granted: AtomicU16::new(0),
             allowed_once: AtomicU16::new(0),
@@ -340,41 +351,55 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         self.pending.store(NONE_PENDING, Ordering::Relaxed);
     }
 
+    // As for PKRS: `wp_pending` names the value being written.
     #[inline(always)]
     fn set_write_protect(&self, enabled: bool) {
         if self.write_protect.load(Ordering::Relaxed) != enabled {
+            self.wp_pending
+                .store(WP_PENDING_CLEAR + u8::from(enabled), Ordering::Relaxed);
             self.regs.set_write_protect(enabled);
             self.wp_writes.fetch_add(1, Ordering::Relaxed);
         }
         self.write_protect.store(enabled, Ordering::Relaxed);
+        self.wp_pending.store(WP_NONE_PENDING, Ordering::Relaxed);
     }
 
     /// Runs `f` with `K`'s key at `K`'s rights on this CPU, then restores
-    /// the rights it had. Under the CR0.WP mechanism only write windows
-    /// (read-write rights) change anything; under `None`, nothing does.
+    /// the rights it had. Under the CR0.WP mechanism only windows that
+    /// loosen a key (write windows on a write-disabled key) change
+    /// anything; under `None`, nothing does.
     #[inline(always)]
     pub fn with_window<K: WindowKind, T>(&self, f: impl FnOnce() -> T) -> T {
         let level = self.depth.load(Ordering::Relaxed);
-        let grants_write = matches!(K::RIGHTS, Rights::ReadWrite);
-        // Outermost: from the constant default. Nested: from the register
-        // itself, never from memory.
-        let before = match self.mechanism {
-            Mechanism::Pks if level > 0 => self.regs.read_pkrs(),
-            _ => default_pkrs(),
+        if level > 0 {
+            // Nested: what the register holds is about to be built on.
+            self.check_or_report();
+        }
+        let grants = looser_than_default(K::KEY, K::RIGHTS);
+        // Outermost: from the constants. Nested: from the registers
+        // themselves, never from memory.
+        let (before, before_wp) = if level == 0 {
+            (default_pkrs(), true)
+        } else {
+            let pkrs = match self.mechanism {
+                Mechanism::Pks => self.regs.read_pkrs(),
+                _ => default_pkrs(),
+            };
+            (pkrs, self.regs.write_protect())
         };
         let opened = before.with_rights(K::KEY, K::RIGHTS);
-        // The depth counts the window before the register opens and after
-        // it closes, so a check never sees an open register at depth 0.
+        // The depth and grants count the window before the register opens
+        // and after it closes, so a check never sees an open register
+        // without the window that opened it.
         self.depth.store(level + 1, Ordering::Relaxed);
-        let key_bit = 1u16 << K::KEY.index();
         let granted_before = self.granted.load(Ordering::Relaxed);
-        if looser_than_default(K::KEY, K::RIGHTS) {
+        if grants {
             self.granted
-                .store(granted_before | key_bit, Ordering::Relaxed);
+                .store(granted_before | 1 << K::KEY.index(), Ordering::Relaxed);
         }
         match self.mechanism {
             Mechanism::Pks => self.set_pkrs(opened),
-            Mechanism::WriteProtect if grants_write => self.set_write_protect(false),
+            Mechanism::WriteProtect if grants => self.set_write_protect(false),
             Mechanism::WriteProtect | Mechanism::None => {}
         }
         self.windows_opened.fetch_add(1, Ordering::Relaxed);
@@ -383,10 +408,9 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
 
         self.check_or_report();
         match self.mechanism {
-            Mechanism::Pks if level == 0 => self.set_pkrs(default_pkrs()),
             Mechanism::Pks => self.set_pkrs(before),
-            Mechanism::WriteProtect if level == 0 => self.set_write_protect(true),
-            Mechanism::WriteProtect | Mechanism::None => {}
+            Mechanism::WriteProtect => self.set_write_protect(before_wp),
+            Mechanism::None => {}
         }
         self.granted.store(granted_before, Ordering::Relaxed);
         self.depth.store(level, Ordering::Relaxed);
@@ -395,8 +419,10 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
 
     /// Checks the registers against what they must hold now: PKRS equals
     /// what the windows wrote (or a write in progress) and grants nothing
-    /// beyond the default but window keys inside a window; CR0.WP is set unless an `ro` write window
-    /// cleared it; the pinned CR4 bits are set.
+    /// beyond the default but the keys open windows (or a `soft` retry)
+    /// grant; CR0.WP equals what was written (or a write in progress) and
+    /// is clear only inside an `ro` write window; the pinned CR4 bits are
+    /// set.
     pub fn check(&self) -> Result<(), Violation> {
         self.checks.fetch_add(1, Ordering::Relaxed);
         let cr4 = self.regs.cr4();
@@ -408,13 +434,15 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
             });
         }
         let wp = self.regs.write_protect();
-        let expected_wp = self.write_protect.load(Ordering::Relaxed)
-            || self.mechanism != Mechanism::WriteProtect
-            || self.depth() == 0;
-        if wp != expected_wp {
+        let written = self.write_protect.load(Ordering::Relaxed);
+        let pending = self.wp_pending.load(Ordering::Relaxed);
+        let in_write_window =
+            self.mechanism == Mechanism::WriteProtect && self.granted.load(Ordering::Relaxed) != 0;
+        let being_written = pending != WP_NONE_PENDING && wp == (pending == WP_PENDING_SET);
+        if (wp != written && !being_written) || (!wp && !in_write_window) {
             return Err(Violation::WriteProtect {
                 found: wp,
-                expected: expected_wp,
+                expected: !wp,
             });
         }
         if self.mechanism == Mechanism::Pks {
@@ -452,20 +480,24 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
             write_protect: self.regs.write_protect(),
             depth: self.depth.load(Ordering::Relaxed),
             granted: self.granted.load(Ordering::Relaxed),
+            pending: self.pending.load(Ordering::Relaxed),
+            wp_pending: self.wp_pending.load(Ordering::Relaxed),
             allow_once: 0,
             ends_allow_once: false,
         };
         // An exception between a register write and its cache store found
-        // the new value: make the cache agree before switching.
+        // the new value: make the cache agree, then switch the registers
+        // before the bookkeeping (a nested exception in between finds a
+        // register no looser than the windows it sees).
         self.pkrs.store(found.bits(), Ordering::Relaxed);
         self.write_protect
             .store(saved.write_protect, Ordering::Relaxed);
-        self.depth.store(0, Ordering::Relaxed);
-        self.granted.store(0, Ordering::Relaxed);
         if self.mechanism == Mechanism::Pks {
             self.set_pkrs(default_pkrs());
         }
         self.set_write_protect(true);
+        self.depth.store(0, Ordering::Relaxed);
+        self.granted.store(0, Ordering::Relaxed);
         saved
     }
 
@@ -478,17 +510,23 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
             (self.on_violation)(&Violation::WindowLeftOpen { depth });
         }
         self.check_or_report();
+        // The bookkeeping first, then the registers (the reverse of entry).
+        self.granted.store(saved.granted, Ordering::Relaxed);
+        self.depth.store(saved.depth, Ordering::Relaxed);
         let once = if saved.ends_allow_once {
+            self.allowed_once.store(0, Ordering::Relaxed);
             0
         } else {
-            self.allowed_once.load(Ordering::Relaxed) | saved.allow_once
+            self.allowed_once
+                .fetch_or(saved.allow_once, Ordering::Relaxed);
+            saved.allow_once
         };
-        self.allowed_once.store(once, Ordering::Relaxed);
         if self.mechanism == Mechanism::Pks {
             let mut resume = if saved.depth == 0 {
                 default_pkrs()
             } else {
-                if let Some(key) = over_granted(saved.pkrs, saved.granted) {
+                let openable = saved.granted | self.allowed_once.load(Ordering::Relaxed);
+                if let Some(key) = over_granted(saved.pkrs, openable) {
                     (self.on_violation)(&Violation::PkrsGrants {
                         found: saved.pkrs,
                         key,
@@ -496,40 +534,55 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
                 }
                 saved.pkrs
             };
-            for key in Pkey::all().filter(|k| once & (1 << k.index()) != 0) {
+            for key in keys_in(once) {
                 resume = resume.with_rights(key, Rights::ReadWrite);
             }
             self.set_pkrs(resume);
         }
-        self.granted.store(saved.granted, Ordering::Relaxed);
-        self.depth.store(saved.depth, Ordering::Relaxed);
         // WP is clear only inside an `ro` write window.
         let write_protect =
-            saved.write_protect || saved.depth == 0 || self.mechanism != Mechanism::WriteProtect;
+            saved.write_protect || saved.granted == 0 || self.mechanism != Mechanism::WriteProtect;
         self.set_write_protect(write_protect);
+        // A write the exception interrupted finishes after this.
+        self.pending.store(saved.pending, Ordering::Relaxed);
+        self.wp_pending.store(saved.wp_pending, Ordering::Relaxed);
     }
 
     /// `soft` fault policy: the interrupted code resumes with `key` open
     /// for one instruction (with any key an earlier fault of the same
-    /// retry opened); the exception that follows it must call
-    /// [`end_allow_once`](Self::end_allow_once).
+    /// retry opened, as the register showed at entry); the exception that
+    /// follows it must call [`end_allow_once`](Self::end_allow_once).
     pub fn allow_once(&self, saved: &mut SavedProtection, key: Pkey) {
-        saved.allow_once |= 1 << key.index();
+        saved.allow_once |= 1 << key.index() | opened_beyond(saved.pkrs, saved.granted);
     }
 
     /// Ends [`allow_once`](Self::allow_once): the interrupted code resumes
-    /// with the keys closed again. False if none was pending.
+    /// with those keys closed again. False if none was pending.
     pub fn end_allow_once(&self, saved: &mut SavedProtection) -> bool {
-        let once = self.allowed_once.load(Ordering::Relaxed);
-        if once == 0 {
+        if self.allowed_once.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        for key in Pkey::all().filter(|k| once & (1 << k.index()) != 0) {
+        for key in keys_in(opened_beyond(saved.pkrs, saved.granted)) {
             saved.pkrs = saved.pkrs.with_rights(key, default_pkrs().rights(key));
         }
         saved.ends_allow_once = true;
         true
     }
+}
+
+/// The keys in `mask` (bit k for key k).
+fn keys_in(mask: u16) -> impl Iterator<Item = Pkey> {
+    Pkey::all().filter(move |k| mask & (1 << k.index()) != 0)
+}
+
+/// The keys `value` grants more than the default that `granted` does not
+/// account for.
+fn opened_beyond(value: Pkrs, granted: u16) -> u16 {
+    Pkey::all()
+        .filter(|&key| {
+            looser_than_default(key, value.rights(key)) && granted & (1 << key.index()) == 0
+        })
+        .fold(0, |mask, key| mask | 1 << key.index())
 }
 
 #[cfg(test)]
@@ -947,6 +1000,91 @@ mod tests {
             assert!(!cpu.regs.write_protect());
         });
         assert!(cpu.regs.write_protect());
+    }
+
+    #[test]
+    fn a_forged_one_shot_grant_opens_nothing() {
+        let cpu = pks_cpu();
+        // A stray write claims every key is open for a `soft` retry.
+        cpu.allowed_once.store(u16::MAX, Ordering::Relaxed);
+        let saved = cpu.enter_exception();
+        cpu.exit_exception(saved);
+        assert_eq!(
+            cpu.regs.read_pkrs(),
+            default_pkrs(),
+            "the exit opened a key"
+        );
+        cpu.with_window::<Key3, _>(|| {});
+        assert_eq!(cpu.regs.read_pkrs(), default_pkrs());
+    }
+
+    #[test]
+    fn a_forged_depth_cannot_keep_write_protect_clear() {
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        // A stray write makes the CPU look inside a window already.
+        cpu.depth.store(5, Ordering::Relaxed);
+        cpu.with_window::<PageTables, _>(|| assert!(!cpu.regs.write_protect()));
+        assert!(cpu.regs.write_protect(), "WP stayed clear after the window");
+    }
+
+    #[test]
+    fn only_windows_that_loosen_a_key_clear_write_protect() {
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        cpu.with_window::<Key3, _>(|| assert!(cpu.regs.write_protect()));
+        assert_eq!(cpu.write_protect_writes(), 0);
+    }
+
+    #[test]
+    fn exception_between_write_protect_write_and_cache_update_is_consistent() {
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        cpu.with_window::<PageTables, _>(|| {
+            // Closing: WP is set again, its cache not yet.
+            cpu.wp_pending.store(WP_PENDING_SET, Ordering::Relaxed);
+            cpu.regs.set_write_protect(true);
+            let saved = cpu.enter_exception();
+            cpu.exit_exception(saved);
+            assert_eq!(cpu.wp_pending.load(Ordering::Relaxed), WP_PENDING_SET);
+            assert_eq!(cpu.check(), Ok(()));
+            // The writer resumes.
+            cpu.write_protect.store(true, Ordering::Relaxed);
+            cpu.wp_pending.store(WP_NONE_PENDING, Ordering::Relaxed);
+            cpu.regs.set_write_protect(false); // put the window back
+            cpu.write_protect.store(false, Ordering::Relaxed);
+        });
+        assert!(cpu.regs.write_protect());
+    }
+
+    #[test]
+    #[should_panic(expected = "PKRS holds")]
+    fn a_nested_window_checks_the_register_it_builds_on() {
+        let cpu = pks_cpu();
+        cpu.with_window::<PageTables, _>(|| {
+            cpu.regs.pkrs.set(0); // opened behind the windows' back
+            cpu.with_window::<Key3, _>(|| {});
+        });
+    }
+
+    #[test]
+    fn a_soft_retry_keeps_every_key_its_faults_opened() {
+        let cpu = pks_cpu();
+        let key2 = crate::METADATA_KEY;
+        let mut saved = cpu.enter_exception();
+        cpu.allow_once(&mut saved, PAGE_TABLE_KEY);
+        cpu.exit_exception(saved);
+        // The retried instruction faults again, on key 2.
+        let mut saved = cpu.enter_exception();
+        cpu.allow_once(&mut saved, key2);
+        cpu.exit_exception(saved);
+        let open = cpu.regs.read_pkrs();
+        assert!(
+            open.allows_write(PAGE_TABLE_KEY) && open.allows_write(key2),
+            "{open}"
+        );
+        let mut saved = cpu.enter_exception();
+        assert!(cpu.end_allow_once(&mut saved));
+        cpu.exit_exception(saved);
+        assert_eq!(cpu.regs.read_pkrs(), default_pkrs());
+        assert_eq!(cpu.check(), Ok(()));
     }
 
     #[test]

@@ -75,10 +75,28 @@ pub fn table_address() -> u64 {
     GDT.0.get() as u64
 }
 
-/// Tables the CPU reads behind Rust's back; only raw pointers are ever
-/// taken to them. The TSS stays writable: context switches will set RSP0.
+/// The TSS, alone on its page in `.ro_after_init` like the GDT: its IST
+/// pointers choose the stack a #PF, #GP or #DF frame lands on, so one
+/// stray write there would steer the saved RIP. The CPU only reads it in
+/// long mode. (Context switches to user mode will need RSP0 to change:
+/// they will get a window of their own.)
+#[repr(C, align(4096))]
+struct TssPage(UnsafeCell<TaskStateSegment>);
+
+// SAFETY: written once by `init` on the boot CPU before anything else
+// runs; afterwards only the CPU reads it.
+unsafe impl Sync for TssPage {}
+
+#[unsafe(link_section = ".ro_after_init")]
+static TSS: TssPage = TssPage(UnsafeCell::new(TaskStateSegment::new()));
+
+/// The TSS's address, for the tests that check it is read-only.
+pub fn tss_address() -> u64 {
+    TSS.0.get() as u64
+}
+
+/// The IST stacks; only raw pointers are ever taken to them.
 struct CpuTables {
-    tss: UnsafeCell<TaskStateSegment>,
     ist_stacks: UnsafeCell<IstStacks>,
 }
 
@@ -87,7 +105,6 @@ struct CpuTables {
 unsafe impl Sync for CpuTables {}
 
 static TABLES: CpuTables = CpuTables {
-    tss: UnsafeCell::new(TaskStateSegment::new()),
     ist_stacks: UnsafeCell::new(IstStacks([[0; IST_STACK_SIZE]; IST_STACKS])),
 };
 
@@ -98,7 +115,7 @@ static TABLES: CpuTables = CpuTables {
 /// Call once, on the boot CPU, before anything depends on the tables: a
 /// second call rewrites a GDT and TSS the CPU is using.
 pub unsafe fn init() {
-    let tss = TABLES.tss.get();
+    let tss = TSS.0.get();
     let stacks = TABLES.ist_stacks.get() as u64;
     let kernel_code: Descriptor =
         DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteReadAccessed)

@@ -70,8 +70,10 @@ unsafe fn write_cr4(value: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
-/// Turns on SMEP, SMAP, UMIP and NX where present, and CR0.WP, on this CPU.
-pub fn enable_protections(features: &CpuFeatures) -> Enabled {
+/// Turns on SMEP, SMAP, UMIP and NX where CPUID reports them, and CR0.WP,
+/// on this CPU. It only ever sets bits the CPU has.
+pub fn enable_protections() -> Enabled {
+    let features = CpuFeatures::detect();
     let mut cr4 = cpu::read_cr4();
     for (present, bit) in [
         (features.smep, CR4_SMEP),
@@ -150,7 +152,72 @@ impl ProtectionRegisters for Registers {
     }
 }
 
-static BOOT_CPU: spin::Once<CpuProtection<Registers>> = spin::Once::new();
+/// One CPU's protection state, as the rest of the kernel may use it:
+/// windows of a kind it can name, the check, the counters, and the `soft`
+/// retry hooks (which need the `SavedProtection` only exception entry
+/// makes). Entering and leaving exceptions and bring-up are `arch`'s
+/// alone: reached from ordinary code, they would open keys with no window.
+pub struct Protection(CpuProtection<Registers>);
+
+impl Protection {
+    /// Runs `f` inside a window of kind `K` (see `pkeys::WindowKind`).
+    #[inline(always)]
+    pub fn with_window<K: pkeys::WindowKind, T>(&self, f: impl FnOnce() -> T) -> T {
+        self.0.with_window::<K, T>(f)
+    }
+
+    /// Checks the registers now (see `pkeys::CpuProtection::check`).
+    pub fn check(&self) -> Result<(), pkeys::Violation> {
+        self.0.check()
+    }
+
+    /// The mechanism in use.
+    pub fn mechanism(&self) -> Mechanism {
+        self.0.mechanism()
+    }
+
+    /// The PKRS value last written.
+    pub fn pkrs(&self) -> Pkrs {
+        self.0.pkrs()
+    }
+
+    /// The CR4 bits every check requires.
+    pub fn pinned_cr4(&self) -> u64 {
+        self.0.pinned_cr4()
+    }
+
+    /// PKRS writes so far.
+    pub fn pkrs_writes(&self) -> u64 {
+        self.0.pkrs_writes()
+    }
+
+    /// CR0.WP writes so far.
+    pub fn write_protect_writes(&self) -> u64 {
+        self.0.write_protect_writes()
+    }
+
+    /// `soft` policy: opens `key` for the interrupted instruction.
+    pub fn allow_once(&self, saved: &mut pkeys::SavedProtection, key: pkeys::Pkey) {
+        self.0.allow_once(saved, key);
+    }
+
+    /// `soft` policy: closes what [`allow_once`](Self::allow_once) opened.
+    pub fn end_allow_once(&self, saved: &mut pkeys::SavedProtection) -> bool {
+        self.0.end_allow_once(saved)
+    }
+
+    /// Exception entry (the IDT's dispatch only).
+    pub(super) fn enter_exception(&self) -> pkeys::SavedProtection {
+        self.0.enter_exception()
+    }
+
+    /// Exception exit (the IDT's dispatch only).
+    pub(super) fn exit_exception(&self, saved: pkeys::SavedProtection) {
+        self.0.exit_exception(saved);
+    }
+}
+
+static BOOT_CPU: spin::Once<Protection> = spin::Once::new();
 
 /// The window mechanism a resolved policy uses.
 pub fn mechanism_for(policy: ProtectionPolicy) -> Mechanism {
@@ -169,7 +236,7 @@ pub fn init(
     policy: ProtectionPolicy,
     enabled: &Enabled,
     on_violation: pkeys::ViolationHandler,
-) -> &'static CpuProtection<Registers> {
+) -> &'static Protection {
     let mechanism = mechanism_for(policy);
     BOOT_CPU.call_once(|| {
         let mut found = Pkrs::ALL_ACCESS;
@@ -192,12 +259,12 @@ pub fn init(
         let protection =
             CpuProtection::new(Registers { _private: () }, mechanism, found, on_violation);
         protection.init(pinned);
-        protection
+        Protection(protection)
     })
 }
 
 /// This CPU's protection state, once [`init`] ran.
-pub fn current() -> Option<&'static CpuProtection<Registers>> {
+pub fn current() -> Option<&'static Protection> {
     BOOT_CPU.get()
 }
 

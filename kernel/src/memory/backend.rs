@@ -287,6 +287,17 @@ impl DirectMap for KernelDirectMap {
                 report.splits_1g = 1;
                 page.addr()
             } else {
+                // All or nothing: refuse a range the direct map does not
+                // cover before writing any of it.
+                let pd = any_table(pdpte & ADDRESS);
+                let covered = (start..end).step_by(MIB2 as usize).all(|at| {
+                    // SAFETY: see above.
+                    let pde = unsafe { pd.add(((at % GIB) / MIB2) as usize).read_volatile() };
+                    pde & (PRESENT | LARGE) != 0
+                });
+                if !covered {
+                    return Err(DirectMapError::Failed);
+                }
                 pdpte & ADDRESS
             };
             let pd = any_table(pd_phys);

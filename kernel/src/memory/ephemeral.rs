@@ -6,11 +6,13 @@
 //! recorded as early page tables. [`with_frame`] maps the frame, runs the
 //! closure, unmaps it and flushes the slot, so the frame is visible only
 //! for the closure's duration and only at that address. It is private to
-//! `memory` and refuses page-table memory (the slot is a writable key-0
-//! mapping); [`copy_to`] and [`copy_from`] are the public way in. One slot: the boot
+//! `memory` and refuses page-table memory and the kernel image (the slot
+//! is a writable key-0 mapping); [`copy_to`] and [`copy_from`] are the
+//! public way in, on an owned `Frame` only. One slot: the boot
 //! CPU is the only CPU; SMP gives each CPU its own.
 
 use super::EARLY_PAGE_TABLES;
+use super::frames::Frame;
 use super::pte::{self, ADDRESS, PRESENT, WRITABLE};
 use crate::arch::cpu;
 use boot::early_tables::{EarlyPageTable, RecordError, TableLevel, TableOrigin};
@@ -80,10 +82,14 @@ pub(super) fn init() -> Result<(), RecordError> {
 
 /// Maps the 4 KiB frame at `frame_phys` at the slot, runs `f` on a pointer
 /// to it, then unmaps and flushes it. `None` before [`init`], or if the
-/// frame is page-table memory: the slot's key-0 writable mapping would be
-/// an unprotected alias of it.
+/// frame is page-table memory or part of the kernel image: the slot's
+/// key-0 writable mapping would be an unprotected alias of it.
 pub(super) fn with_frame<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
-    if super::paging::is_page_table_memory(frame_phys) {
+    // Nor the kernel image: its code, read-only tables and sealed records
+    // are protected by how the image maps them.
+    if super::paging::is_page_table_memory(frame_phys)
+        || super::kernel_image_phys().contains(&frame_phys)
+    {
         return None;
     }
     map_at_slot(frame_phys, f)
@@ -146,43 +152,53 @@ pub fn slot_entry() -> *mut u64 {
     table(2).cast::<u64>()
 }
 
-/// Copies `data` into the frame at `frame_phys` at `offset`, through the
-/// slot. `None` before [`init`], if it would cross the frame's end, or if
-/// the frame is page-table memory (see [`with_frame`]).
-pub fn copy_to(frame_phys: u64, offset: usize, data: &[u8]) -> Option<()> {
-    if offset.checked_add(data.len())? > 4096 {
-        return None;
-    }
-    with_frame(frame_phys, |page| {
-        // SAFETY: the slot maps the whole frame writable for the closure,
-        // and the range lies inside it (checked).
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), page.add(offset), data.len()) }
+/// The slot address of byte `offset` of `frame`, if `len` bytes from it
+/// stay inside one 4 KiB page of the block: (that page's physical
+/// address, the offset in it).
+fn page_of(frame: &Frame, offset: u64, len: usize) -> Option<(u64, usize)> {
+    let end = offset.checked_add(len as u64)?;
+    let block = 4096u64 << frame.order();
+    let page = offset / 4096;
+    (end <= block && end <= (page + 1) * 4096)
+        .then(|| (frame.addr() + page * 4096, (offset % 4096) as usize))
+}
+
+/// Copies `data` into `frame` (an owned block, typically `Unmapped`) at
+/// byte `offset`, through the slot. `None` before [`init`], or if the
+/// bytes would leave the block or cross one of its 4 KiB pages.
+pub fn copy_to(frame: &mut Frame, offset: u64, data: &[u8]) -> Option<()> {
+    let (page, offset) = page_of(frame, offset, data.len())?;
+    with_frame(page, |slot| {
+        // SAFETY: the slot maps the whole page writable for the closure,
+        // the range lies inside it (checked), and the frame is the
+        // caller's (`&mut Frame`).
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), slot.add(offset), data.len()) }
     })
 }
 
-/// Copies from the frame at `frame_phys` at `offset` into `out`; `None`
-/// as for [`copy_to`].
-pub fn copy_from(frame_phys: u64, offset: usize, out: &mut [u8]) -> Option<()> {
-    if offset.checked_add(out.len())? > 4096 {
-        return None;
-    }
-    with_frame(frame_phys, |page| {
+/// Copies from `frame` at byte `offset` into `out`; `None` as for
+/// [`copy_to`].
+pub fn copy_from(frame: &Frame, offset: u64, out: &mut [u8]) -> Option<()> {
+    let (page, offset) = page_of(frame, offset, out.len())?;
+    with_frame(page, |slot| {
         // SAFETY: as in `copy_to`, reading.
-        unsafe { core::ptr::copy_nonoverlapping(page.add(offset), out.as_mut_ptr(), out.len()) }
+        unsafe { core::ptr::copy_nonoverlapping(slot.add(offset), out.as_mut_ptr(), out.len()) }
     })
 }
 
 crate::kernel_test! {
-    /// The slot refuses page-table memory: an early table (the kernel's
-    /// root) and a page of a page-table pageblock. Before, `with_frame`
-    /// was public and mapped any frame writable with key 0, and the root
-    /// was written through it. The refusal is a check, not a key, so it
-    /// holds under every policy; a data frame still goes through (the
+    /// The slot refuses page-table memory (an early table, the kernel's
+    /// root; a page of a page-table pageblock) and the kernel image (its
+    /// code, and the sealed records). Before, `with_frame` and the copies
+    /// were public, took any address and mapped it writable with key 0,
+    /// and the root was written through them; now the copies take an
+    /// owned `Frame`. The refusal is a check, not a key, so it holds under
+    /// every policy; the caller's own frame still goes through (the
     /// control).
     fn the_slot_refuses_page_table_memory() -> TestResult {
-        let root = super::kernel_root();
-        crate::check_eq!(copy_to(root, 0, &[0u8; 8]), None);
-        crate::check_eq!(with_frame(root, |_| ()), None);
+        crate::check_eq!(with_frame(super::kernel_root(), |_| ()), None);
+        let code = super::kernel_image_phys().start + 0x1000;
+        crate::check_eq!(with_frame(code, |_| ()), None);
         let Some(allocator) = super::frames::allocator() else {
             return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
         };
@@ -193,7 +209,7 @@ crate::kernel_test! {
         crate::check_eq!(allocator.free(0, table, 0), Ok(()));
         crate::check_eq!(refused, None);
         let data = super::frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true);
-        crate::check!(data.as_ref().is_ok_and(|d| copy_to(d.addr(), 0, b"control").is_some()), "the control copy failed");
+        crate::check!(data.is_ok_and(|mut d| copy_to(&mut d, 0, b"control").is_some()), "the control copy failed");
         Ok(())
     }
 }

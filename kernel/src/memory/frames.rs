@@ -395,15 +395,21 @@ crate::kernel_test! {
             unsafe { (p as *const u64).read_volatile() }
         });
         crate::check_eq!(zero, Some(0));
-        // Copy in and out through the slot; the slot is empty afterwards.
-        use crate::memory::ephemeral::{EPHEMERAL_BASE, copy_from, copy_to};
-        crate::check_eq!(copy_to(page.addr(), 100, b"secret"), Some(()));
-        let mut back = [0u8; 6];
-        crate::check_eq!(copy_from(page.addr(), 100, &mut back), Some(()));
-        crate::check_eq!(&back, b"secret");
-        crate::check_eq!(copy_to(page.addr(), 4090, b"too long"), None);
-        crate::check!(leaf(crate::arch::cpu::read_cr3(), EPHEMERAL_BASE).is_none(), "the slot stayed mapped");
         crate::check_eq!(frames.free(0, page, 0), Ok(()));
+        // Copy in and out of an owned secret frame through the slot; the
+        // slot is empty afterwards.
+        use crate::memory::ephemeral::{EPHEMERAL_BASE, copy_from, copy_to};
+        let owned = alloc_frame(1, secret, true);
+        crate::check!(owned.is_ok(), "{:?}", owned);
+        let Ok(mut owned) = owned else { return Ok(()) };
+        crate::check_eq!(copy_to(&mut owned, 4096 + 100, b"secret"), Some(()));
+        let mut back = [0u8; 6];
+        crate::check_eq!(copy_from(&owned, 4096 + 100, &mut back), Some(()));
+        crate::check_eq!(&back, b"secret");
+        crate::check_eq!(copy_to(&mut owned, 4090, b"too long"), None, "crossed a page");
+        crate::check_eq!(copy_to(&mut owned, 8190, b"ab!"), None, "left the block");
+        crate::check!(leaf(crate::arch::cpu::read_cr3(), EPHEMERAL_BASE).is_none(), "the slot stayed mapped");
+        drop(owned);
         let stats = frames.stats();
         let into_secret: u64 = Freetype::all().map(|from| stats.converted(from, secret)).sum();
         crate::check!(into_secret >= 1, "no pageblock was converted to {}", secret);

@@ -8,7 +8,8 @@
 //! - the boot stub's note and 32-bit code (dead after boot): `r--`;
 //! - `.text`: `r-x`;
 //! - `.rodata`, the recovery table, the test registry and
-//!   `.ro_after_init` (the IDT and the GDT, written once at boot): `r--`;
+//!   `.ro_after_init` (the IDT, the GDT and the TSS, written once at
+//!   boot): `r--`;
 //! - `.data` and `.bss` (stacks, early page tables, statics): `rw-`, with
 //!   the early page tables keeping the key (or read-only bit) they got;
 //! - the rest of the 2 MiB, which is not the image: unmapped.
@@ -63,6 +64,12 @@ fn layout() -> Layout {
         read_only: at(&raw const __rodata_start)..at(&raw const __rodata_end),
         writable: at(&raw const __data_start)..at(&raw const __kernel_virt_end),
     }
+}
+
+/// Physical range of the image's read-only part: the boot stub, text,
+/// rodata and `.ro_after_init`. No mapping of it may be writable.
+pub(super) fn read_only_phys() -> core::ops::Range<u64> {
+    KERNEL_PHYS..layout().read_only.end - KERNEL_VIRT
 }
 
 /// The access the page at `virt` (in the image's 2 MiB) gets.
@@ -262,8 +269,8 @@ mod attacks {
     }
 
     crate::kernel_test! {
-        /// One stray write cannot patch code, the IDT, the GDT, read-only
-        /// data or the recovery table, at -2 GiB or through the direct map;
+        /// One stray write cannot patch code, the IDT, the GDT, the TSS,
+        /// read-only data or the recovery table, at -2 GiB or through the direct map;
         /// a write to a writable static lands (the control).
         fn image_writes_are_refused() -> TestResult {
             let control = CONTROL.as_ptr() as u64;
@@ -271,9 +278,10 @@ mod attacks {
             crate::check!(!lands(direct_map_alias(control)), "the control's direct-map alias is writable");
             let idt = crate::arch::idt::table_address();
             let gdt = crate::arch::gdt::table_address();
+            let tss = crate::arch::gdt::tss_address();
             let code = image_writes_are_refused as *const () as u64 & !7;
             let rodata = layout().read_only.start;
-            for (what, addr) in [("code", code), ("IDT", idt), ("GDT", gdt), ("read-only data", rodata)] {
+            for (what, addr) in [("code", code), ("IDT", idt), ("GDT", gdt), ("TSS", tss), ("read-only data", rodata)] {
                 crate::check!(!lands(addr), "a write to the {} at {:#x} landed", what, addr);
                 crate::check!(!lands(direct_map_alias(addr)), "a write to the {}'s direct-map alias landed", what);
             }

@@ -91,10 +91,10 @@ static BROUGHT_UP: AtomicBool = AtomicBool::new(false);
 /// stub's tables, builds the direct map, measures the flush limit (before
 /// the first conversion flushes anything), builds the ephemeral slot, sets
 /// up the page allocator, cuts the boot window down to the image, applies
-/// `inject=`, reprotects the early page tables, seals the records of what
-/// is page-table memory, gives the kernel space its PDPT (before any user
-/// space, which copies the kernel's PML4 entries), and makes the image
-/// W^X. Its steps are private to `memory`: run again they would rebuild
+/// `inject=`, reprotects the early page tables, gives the kernel space its
+/// PDPT (before any user space, which copies the kernel's PML4 entries),
+/// makes the image W^X, and seals the records of what is page-table
+/// memory. Its steps are private to `memory`: run again they would rebuild
 /// what the kernel runs on, so a second call is refused.
 pub fn bring_up(
     memory: &boot::memory_map::MemoryMap,
@@ -115,9 +115,11 @@ pub fn bring_up(
         crate::println!("fault injection: the split reserve gives nothing to direct-map splits");
     }
     let reprotected = early::reprotect().map_err(BringUpError::Reprotect)?;
-    let sealed_pages = sealed::seal().map_err(BringUpError::Seal)?;
     paging::init_kernel_space().map_err(BringUpError::KernelSpace)?;
+    // The image's direct-map alias turns read-only before the records are
+    // sealed, so they never have a writable alias without their key.
     let image = image::protect().map_err(BringUpError::Image)?;
+    let sealed_pages = sealed::seal().map_err(BringUpError::Seal)?;
     Ok(MemoryState {
         direct_map,
         flush_calibration,

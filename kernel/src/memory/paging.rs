@@ -14,9 +14,11 @@
 //!   however many entries it writes (tables zeroed and linked, leaf
 //!   written), and only around those writes: tables are allocated before
 //!   it opens and freed after it closes;
-//! - tables go back to the allocator zeroed (`unmap` frees the tables it
-//!   empties; dropping a space empties each table first), and a root is
-//!   never freed while CR3 holds it;
+//! - tables go back to the allocator empty (`unmap` frees the tables it
+//!   empties; dropping a space empties each table first; a failed `map`
+//!   frees tables it never linked), are zeroed again before use, and are
+//!   wiped by the allocator before their pageblock leaves page-table
+//!   memory; a root is never freed while CR3 holds it;
 //! - a mapping holds its frame: `map` takes an owned
 //!   [`frames::Frame`](super::frames::Frame), which only the allocator
 //!   makes (never of page-table memory), and `unmap` hands it back, so no

@@ -99,6 +99,9 @@ pub(super) fn covers(first_phys: u64, pageblocks: u64) -> bool {
 /// change it makes; a range the record does not cover stays `Mapped`
 /// (the backend refuses anything else there, see [`covers`]).
 pub(super) fn record(first_phys: u64, pageblocks: u64, to: Protection) {
+    if to != Protection::Mapped && !covers(first_phys, pageblocks) {
+        panic!("the backend gave pageblocks past the sealed record {to}");
+    }
     let first = (first_phys / PAGEBLOCK_BYTES) as usize;
     let byte = encode(to);
     with_window(|| {
@@ -116,6 +119,13 @@ pub fn protection(phys: u64) -> Protection {
     })
 }
 
+/// Physical range of the sealed pages (in the image).
+pub(super) fn phys_range() -> core::ops::Range<u64> {
+    let start = (&raw const __sealed_start) as u64;
+    let end = (&raw const __sealed_end) as u64;
+    start - boot::layout::KERNEL_VIRT..end - boot::layout::KERNEL_VIRT
+}
+
 /// Calls `f` with the early page tables: the frozen list once sealed, the
 /// boot-time list before.
 pub(super) fn with_early_tables<T>(f: impl FnOnce(&EarlyPageTables) -> T) -> T {
@@ -127,7 +137,8 @@ pub(super) fn with_early_tables<T>(f: impl FnOnce(&EarlyPageTables) -> T) -> T {
 
 /// Freezes the early page tables and gives the sealed pages their key
 /// (read-only under `ro`). Call once at boot, after the last early table
-/// is recorded. Their direct-map alias is read-only (`image`).
+/// is recorded and after `image` made the image's direct-map alias (theirs
+/// included) read-only.
 pub(super) fn seal() -> Result<usize, super::boot_tables::KeyError> {
     let frozen = EARLY_PAGE_TABLES.lock().clone();
     with_window(|| {

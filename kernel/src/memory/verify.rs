@@ -10,6 +10,8 @@
 //!    page, any frame of a page-table-freetype pageblock, an early table)
 //!    carries the page-table protection: key 1 under `pks`, read-only
 //!    under `ro`.
+//! 3. No leaf maps the image's read-only part (code, rodata, the IDT, GDT
+//!    and TSS) writable, nor the sealed records writable without key 2.
 //!
 //! Together they cover every alias of every table: by 1 each table is
 //! page-table memory, and by 2 every mapping of page-table memory is
@@ -165,6 +167,31 @@ fn protected(entry: u64, mechanism: Mechanism) -> bool {
     }
 }
 
+/// The first frame of the kernel image's protected parts that the leaf
+/// `entry` (mapping `span` bytes from `phys_base`) leaves writable: its
+/// read-only part (code, rodata, the IDT, GDT and TSS) may only be mapped
+/// read-only, and the sealed records read-only or, under `pks`, with the
+/// metadata key.
+fn unprotected_image_frame(
+    phys_base: u64,
+    span: u64,
+    entry: u64,
+    mechanism: Mechanism,
+) -> Option<u64> {
+    if entry & WRITABLE == 0 {
+        return None;
+    }
+    let overlap = |range: core::ops::Range<u64>| {
+        let start = range.start.max(phys_base);
+        (start < range.end.min(phys_base + span)).then_some(start)
+    };
+    let sealed_ok = mechanism == Mechanism::Pks
+        && entry & USER == 0
+        && pkeys::key::pte_key(entry) == pkeys::METADATA_KEY;
+    overlap(super::image::read_only_phys())
+        .or_else(|| overlap(super::sealed::phys_range()).filter(|_| !sealed_ok))
+}
+
 /// Checks the table at `table` (a `level` table translating from
 /// `virt_base`, linked by `link`) and everything below it.
 fn walk_table(
@@ -204,6 +231,13 @@ fn walk_table(
         }
         report.leaves += 1;
         let phys_base = e & ADDRESS & !(span - 1);
+        if let Some(phys) = unprotected_image_frame(phys_base, span, e, mechanism) {
+            report.violation(Violation {
+                virt,
+                phys,
+                entry: e,
+            });
+        }
         if let Some(phys) = page_table_memory_in(phys_base, span) {
             report.aliases += 1;
             if !protected(e, mechanism) {

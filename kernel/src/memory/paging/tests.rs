@@ -411,6 +411,34 @@ fn plant_in_kernel_space(pt_page: u64, pt_block: u64) -> crate::testing::TestRes
     }
     // Unprotected: one violation; protected: none.
     crate::check_eq!(found, [[1, 0], [1, 0]]);
+    // A writable alias of the image's code, or of the sealed records.
+    crate::check!(
+        kernel.map(KERNEL_TEST_VIRT, frame(0)?, RW).is_ok(),
+        "map failed"
+    );
+    let Some(leaf) = crate::memory::walk::entry_at(root, KERNEL_TEST_VIRT, 1) else {
+        let _ = kernel.unmap(KERNEL_TEST_VIRT, PageSize::Small);
+        return Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!("no path to the leaf"),
+        ));
+    };
+    let code = crate::memory::image::read_only_phys().start + 0x1000;
+    let sealed = crate::memory::sealed::phys_range().start;
+    let with_key2 = |entry: u64| pkeys::key::pte_with_key(entry, pkeys::METADATA_KEY);
+    let image = [
+        violations_with(root, leaf, (leaf.0 & !ADDRESS) | code),
+        violations_with(root, leaf, (leaf.0 & !(ADDRESS | WRITABLE)) | code),
+        violations_with(root, leaf, (leaf.0 & !ADDRESS) | sealed),
+        violations_with(root, leaf, with_key2((leaf.0 & !ADDRESS) | sealed)),
+    ];
+    crate::check!(
+        kernel.unmap(KERNEL_TEST_VIRT, PageSize::Small).is_ok(),
+        "unmap failed"
+    );
+    let key2_protects = u64::from(mechanism != pkeys::Mechanism::Pks);
+    crate::check_eq!(image, [1, 0, 1, key2_protects]);
     Ok(())
 }
 
