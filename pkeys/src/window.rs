@@ -617,6 +617,20 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// Runs right after each register write, before the writer
+        /// stores its cache: an exception striking there.
+        static AFTER_WRITE: RefCell<Option<Box<dyn Fn()>>> = RefCell::new(None);
+    }
+
+    fn after_write() {
+        AFTER_WRITE.with(|hook| {
+            if let Some(hook) = hook.borrow().as_ref() {
+                hook();
+            }
+        });
+    }
+
     impl ProtectionRegisters for Mock {
         fn read_pkrs(&self) -> Pkrs {
             Pkrs::from_bits(self.pkrs.get())
@@ -624,6 +638,7 @@ mod tests {
         fn write_pkrs(&self, value: Pkrs) {
             self.pkrs.set(value.bits());
             self.writes.borrow_mut().push(Write::Pkrs(value.bits()));
+            after_write();
         }
         fn write_protect(&self) -> bool {
             self.wp.get()
@@ -631,6 +646,7 @@ mod tests {
         fn set_write_protect(&self, enabled: bool) {
             self.wp.set(enabled);
             self.writes.borrow_mut().push(Write::Wp(enabled));
+            after_write();
         }
         fn cr4(&self) -> u64 {
             self.cr4.get()
@@ -1071,10 +1087,15 @@ mod tests {
         let mut saved = cpu.enter_exception();
         cpu.allow_once(&mut saved, PAGE_TABLE_KEY);
         cpu.exit_exception(saved);
+        assert!(
+            !cpu.regs.read_pkrs().allows_write(key2),
+            "opened more than the key"
+        );
         // The retried instruction faults again, on key 2.
         let mut saved = cpu.enter_exception();
         cpu.allow_once(&mut saved, key2);
         cpu.exit_exception(saved);
+        assert_eq!(cpu.check(), Ok(()), "both keys are the retry's");
         let open = cpu.regs.read_pkrs();
         assert!(
             open.allows_write(PAGE_TABLE_KEY) && open.allows_write(key2),
@@ -1085,6 +1106,124 @@ mod tests {
         cpu.exit_exception(saved);
         assert_eq!(cpu.regs.read_pkrs(), default_pkrs());
         assert_eq!(cpu.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_check_right_after_any_register_write_passes() {
+        for mechanism in [Mechanism::Pks, Mechanism::WriteProtect] {
+            let cpu: &'static CpuProtection<Mock> = Box::leak(Box::new(cpu_with(mechanism)));
+            let failures: &'static RefCell<Vec<Violation>> = Box::leak(Box::default());
+            AFTER_WRITE.with(|hook| {
+                *hook.borrow_mut() = Some(Box::new(move || {
+                    if let Err(violation) = cpu.check() {
+                        failures.borrow_mut().push(violation);
+                    }
+                }));
+            });
+            cpu.with_window::<PageTables, _>(|| {
+                cpu.with_window::<Key15NoAccess, _>(|| {});
+            });
+            AFTER_WRITE.with(|hook| *hook.borrow_mut() = None);
+            assert!(
+                !writes(cpu).is_empty(),
+                "{mechanism:?}: nothing was written"
+            );
+            assert_eq!(*failures.borrow(), [], "{mechanism:?}");
+            assert_eq!(
+                cpu.write_protect_writes() > 0,
+                mechanism == Mechanism::WriteProtect
+            );
+        }
+    }
+
+    #[test]
+    fn checks_are_counted_and_saved_depth_is_the_interrupted_one() {
+        let cpu = pks_cpu();
+        let saved = cpu.enter_exception();
+        assert_eq!(saved.depth(), 0);
+        cpu.exit_exception(saved);
+        let before = cpu.checks();
+        cpu.with_window::<PageTables, _>(|| {
+            cpu.with_window::<Key3, _>(|| {
+                let saved = cpu.enter_exception();
+                assert_eq!(saved.depth(), 2);
+                cpu.exit_exception(saved);
+            });
+        });
+        // Nested open, inner close, entry, exit, outer close.
+        assert_eq!(cpu.checks() - before, 5);
+    }
+
+    #[test]
+    fn write_protect_cleared_with_its_cache_is_still_caught() {
+        // Under PKS, WP is never clear; under `ro` only in a write window.
+        for mechanism in [Mechanism::Pks, Mechanism::WriteProtect] {
+            let cpu = cpu_with(mechanism);
+            cpu.regs.wp.set(false);
+            cpu.write_protect.store(false, Ordering::Relaxed);
+            assert!(cpu.check().is_err(), "{mechanism:?}");
+        }
+        // Inside an `ro` window, a cache forged back to "set" while the
+        // register is clear is a mismatch.
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        cpu.with_window::<PageTables, _>(|| {
+            cpu.write_protect.store(true, Ordering::Relaxed);
+            assert!(cpu.check().is_err());
+            cpu.write_protect.store(false, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn an_exception_in_the_gap_of_a_window_opening_keeps_write_protect_set() {
+        let cpu = cpu_with(Mechanism::WriteProtect);
+        // `with_window` counted the window and its grant; WP not yet clear.
+        cpu.depth.store(1, Ordering::Relaxed);
+        cpu.granted
+            .store(1 << PAGE_TABLE_KEY.index(), Ordering::Relaxed);
+        let saved = cpu.enter_exception();
+        cpu.exit_exception(saved);
+        assert!(
+            cpu.regs.write_protect(),
+            "the exit cleared WP for the window"
+        );
+    }
+
+    #[test]
+    fn a_stale_one_shot_grant_of_a_window_key_is_no_attack() {
+        let cpu = pks_cpu();
+        cpu.allowed_once
+            .store(1 << PAGE_TABLE_KEY.index(), Ordering::Relaxed);
+        cpu.with_window::<PageTables, _>(|| {
+            assert_eq!(cpu.check(), Ok(()));
+            // An exception inside the window resumes it as it was.
+            let saved = cpu.enter_exception();
+            cpu.exit_exception(saved);
+            assert!(cpu.regs.read_pkrs().allows_write(PAGE_TABLE_KEY));
+        });
+    }
+
+    #[test]
+    fn a_soft_retry_inside_a_window_leaves_the_window_open() {
+        let cpu = pks_cpu();
+        let key2 = crate::METADATA_KEY;
+        cpu.with_window::<PageTables, _>(|| {
+            let mut saved = cpu.enter_exception();
+            cpu.allow_once(&mut saved, key2);
+            cpu.exit_exception(saved);
+            assert!(cpu.regs.read_pkrs().allows_write(key2));
+            let mut saved = cpu.enter_exception();
+            assert!(cpu.end_allow_once(&mut saved));
+            cpu.exit_exception(saved);
+            let pkrs = cpu.regs.read_pkrs();
+            assert!(
+                pkrs.allows_write(PAGE_TABLE_KEY),
+                "the window was closed: {pkrs}"
+            );
+            assert!(
+                !pkrs.allows_write(key2),
+                "the retry's key stayed open: {pkrs}"
+            );
+        });
     }
 
     #[test]
