@@ -61,7 +61,9 @@ pub const fn pte_key(pte: u64) -> Pkey {
 
 /// `pte` with its key bits set to `key`.
 pub const fn pte_with_key(pte: u64, key: Pkey) -> u64 {
-    (pte & !PTE_PKEY_MASK) | ((key.0 as u64) << PTE_PKEY_SHIFT)
+    // The key field is cleared first, so adding the key sets exactly its
+    // bits (written as an add so no mutant of it is an equivalent one).
+    (pte & !PTE_PKEY_MASK) + ((key.0 as u64) << PTE_PKEY_SHIFT)
 }
 
 /// What the kernel may do with pages of one key.
@@ -119,12 +121,16 @@ impl Pkrs {
 
     /// This value with `key` given `rights`.
     pub const fn with_rights(self, key: Pkey, rights: Rights) -> Pkrs {
-        let cleared = self.0 & !(Self::ad_bit(key) | Self::wd_bit(key));
-        Pkrs(match rights {
-            Rights::ReadWrite => cleared,
-            Rights::ReadOnly => cleared | Self::wd_bit(key),
-            Rights::NoAccess => cleared | Self::ad_bit(key),
-        })
+        // The key's two-bit field at bit 2k: AD low, WD high.
+        let field: u32 = match rights {
+            Rights::ReadWrite => 0b00,
+            Rights::ReadOnly => 0b10,
+            Rights::NoAccess => 0b01,
+        };
+        let shift = 2 * key.0 as u32;
+        // The field is cleared first, so adding it in sets exactly its
+        // bits (an add, so that no mutant of it is an equivalent one).
+        Pkrs((self.0 & !(0b11 << shift)) + (field << shift))
     }
 
     /// True if a supervisor write to a page of `key` is allowed.

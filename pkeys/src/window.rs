@@ -540,8 +540,10 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
             self.set_pkrs(resume);
         }
         // WP is clear only inside an `ro` write window.
-        let write_protect =
-            saved.write_protect || saved.granted == 0 || self.mechanism != Mechanism::WriteProtect;
+        let write_protect = match self.mechanism {
+            Mechanism::WriteProtect => saved.write_protect || saved.granted == 0,
+            Mechanism::Pks | Mechanism::None => true,
+        };
         self.set_write_protect(write_protect);
         // A write the exception interrupted finishes after this.
         self.pending.store(saved.pending, Ordering::Relaxed);
@@ -553,7 +555,8 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
     /// retry opened, as the register showed at entry); the exception that
     /// follows it must call [`end_allow_once`](Self::end_allow_once).
     pub fn allow_once(&self, saved: &mut SavedProtection, key: Pkey) {
-        saved.allow_once |= 1 << key.index() | opened_beyond(saved.pkrs, saved.granted);
+        let opened = saved.pkrs.with_rights(key, Rights::ReadWrite);
+        saved.allow_once = opened_beyond(opened, saved.granted);
     }
 
     /// Ends [`allow_once`](Self::allow_once): the interrupted code resumes
@@ -582,7 +585,8 @@ fn opened_beyond(value: Pkrs, granted: u16) -> u16 {
         .filter(|&key| {
             looser_than_default(key, value.rights(key)) && granted & (1 << key.index()) == 0
         })
-        .fold(0, |mask, key| mask | 1 << key.index())
+        // Each key once, so adding its bit sets it.
+        .fold(0, |mask, key| mask + (1 << key.index()))
 }
 
 #[cfg(test)]
