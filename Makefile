@@ -7,9 +7,13 @@
 #   make gdb    boot paused with the gdbstub and print the gdb command
 #   make bench  ptalloc benchmarks: criterion timings, then a summary table
 #               (also written as JSON to target/bench/ptalloc.json)
+#   make mutants  mutation testing of the host crates with cargo-mutants
+#               (slow: about 40 minutes on 2 cores; not part of make test);
+#               MUTANTS.md lists the mutants no test catches, and why
 #
 # Variables for run and gdb: APPEND="test=all", CPU=qemu64, MEM=4G, SMP=2,
 # TIMEOUT=60 (seconds). APPEND replaces the default "demo=pte pkfault=report".
+# Variable for mutants: MUTANTS_CRATES="ptalloc pkeys boot" (the default).
 
 TARGET  := x86_64-unknown-none
 CPU     ?= max
@@ -21,7 +25,7 @@ APPEND  ?= demo=pte pkfault=report
 TIMEOUT ?= 60
 RUNNER  := cargo run --quiet --package tools --bin runner --
 
-.PHONY: run test gdb kernel host-test loom-test qemu-test deps toolchain qemu check bench
+.PHONY: run test gdb kernel host-test loom-test qemu-test deps toolchain qemu check bench mutants
 
 run: deps kernel
 	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)"
@@ -62,6 +66,38 @@ bench: deps kernel
 	  $(RUNNER) --accel kvm --append "flushlimit=auto" --timeout 120 | grep -E "flush cost|tlb flush limit|runner"; \
 	fi
 
+# Mutation testing: cargo-mutants changes the code one mutant at a time and
+# runs the crate's unit and integration tests against each. Settings (the
+# simulator and the bare-metal entry stub left out, test arguments) are in
+# .cargo/mutants.toml. Results per crate in target/mutants/CRATE/mutants.out
+# (missed.txt lists the survivors); a summary line per crate at the end.
+MUTANTS_CRATES ?= ptalloc pkeys boot
+MUTANTS_TIMEOUT := 60
+
+mutants: toolchain
+	@cargo mutants --version >/dev/null 2>&1 || { \
+	    echo "installing cargo-mutants (cargo install cargo-mutants --locked)"; \
+	    cargo install cargo-mutants --locked || { \
+	        echo "could not install cargo-mutants; run: cargo install cargo-mutants --locked"; exit 1; }; \
+	}
+	@failed=; for crate in $(MUTANTS_CRATES); do \
+	    echo "== cargo mutants --package $$crate"; \
+	    mkdir -p target/mutants/$$crate; \
+	    cargo mutants --package $$crate --timeout $(MUTANTS_TIMEOUT) --output target/mutants/$$crate; \
+	    status=$$?; \
+	    case $$status in 0|2|3) ;; *) failed="$$failed $$crate"; esac; \
+	done; \
+	echo "== mutants: caught or timed out, over viable (listed survivors: MUTANTS.md)"; \
+	for crate in $(MUTANTS_CRATES); do \
+	    out=target/mutants/$$crate/mutants.out; \
+	    [ -f $$out/caught.txt ] || { echo "$$crate: no results"; continue; }; \
+	    caught=$$(wc -l < $$out/caught.txt); timeout=$$(wc -l < $$out/timeout.txt); \
+	    missed=$$(wc -l < $$out/missed.txt); unviable=$$(wc -l < $$out/unviable.txt); \
+	    echo "$$crate: $$caught caught, $$timeout timed out, $$missed missed, $$unviable unviable" \
+	        | awk -v c=$$caught -v t=$$timeout -v m=$$missed \
+	            '{ v = c + t + m; printf "%s: %.1f%%\n", $$0, v ? 100 * (c + t) / v : 0 }'; \
+	done; \
+	[ -z "$$failed" ] || { echo "cargo-mutants could not run on:$$failed (see target/mutants/CRATE/mutants.out/log)"; exit 1; }
 
 deps: toolchain qemu
 
