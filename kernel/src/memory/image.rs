@@ -22,9 +22,9 @@
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::pte::{self, ADDRESS, NO_EXECUTE, PRESENT, WRITABLE};
-use super::{EARLY_PAGE_TABLES, frames, kernel_image_phys, tlb};
+use super::{frames, kernel_image_phys, tlb};
 use crate::arch::cpu;
-use boot::early_tables::{TableLevel, TableOrigin};
+use boot::early_tables::TableLevel;
 use boot::layout::{KERNEL_PHYS, KERNEL_VIRT};
 use ptalloc::Pfn;
 
@@ -136,15 +136,7 @@ impl core::fmt::Display for ImageError {
 /// reprotected.
 pub(super) fn protect() -> Result<ImageProtection, ImageError> {
     let mut done = ImageProtection::default();
-    let pt = EARLY_PAGE_TABLES
-        .lock()
-        .tables()
-        .iter()
-        .find(|t| t.origin == TableOrigin::BootStub && t.level == TableLevel::Pt)
-        .map(|t| t.phys);
-    let Some(pt) = pt else {
-        panic!("the boot stub's image page table is not among the early page tables")
-    };
+    let pt = super::boot_stub_table(TableLevel::Pt);
     let entries = (KERNEL_VIRT + pt) as *mut u64;
     let nx = cpu::no_execute_bit();
     pte::with_window(|window| {
