@@ -15,6 +15,21 @@ pub const KERNEL_VIRT: u64 = 0xffff_ffff_8000_0000;
 /// directory of 2 MiB pages.
 pub const BOOT_WINDOW_SIZE: u64 = 1 << 30;
 
+/// The smallest guest memory (QEMU `-m`) the kernel boots with on QEMU's PC
+/// memory map. Boot needs its image, the page allocator's metadata and one
+/// whole free 2 MiB pageblock above them for page-table memory; QEMU keeps
+/// the top 128 KiB of low RAM reserved, so `-m 6M` leaves no such
+/// pageblock and `-m 7M` leaves one. The boot stub and `memory::bring_up`
+/// check the real requirement against the real memory map and name this
+/// figure when they refuse; the boot matrix test checks both sides of it.
+pub const MIN_MEMORY: u64 = 7 << 20;
+
+/// Below this much guest memory the boot stub itself (at [`KERNEL_PHYS`])
+/// is not in RAM: QEMU jumps to an empty entry point and the guest hangs
+/// without a word. The runner refuses such a size before starting QEMU;
+/// from here up to [`MIN_MEMORY`] the kernel says why it cannot boot.
+pub const MIN_ENTRY_MEMORY: u64 = KERNEL_PHYS + (1 << 20);
+
 /// The kernel-window address of a physical address, if the boot window
 /// covers `len` bytes from it.
 pub fn boot_window_addr(phys: u64, len: u64) -> Option<u64> {

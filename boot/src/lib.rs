@@ -6,6 +6,8 @@
 //! - the boot page tables the stub builds, and the list of early page tables
 //!   that must be reprotected once the page-table allocator exists
 //!   ([`early_tables`]);
+//! - the exit statuses the guest reports through QEMU's debug-exit device
+//!   ([`exit_status`]), shared with the host runner;
 //! - parsing of `hvm_start_info` into a typed [`BootInfo`] ([`start_info`],
 //!   [`memory_map`]) and of the kernel command line into a typed
 //!   [`KernelConfig`] ([`cmdline`]).
@@ -21,6 +23,7 @@ pub mod cmdline;
 pub mod early_tables;
 #[cfg(target_os = "none")]
 pub mod entry;
+pub mod exit_status;
 pub mod layout;
 pub mod memory_map;
 pub mod start_info;
