@@ -14,11 +14,17 @@ pub const MAX_TEST_NAME: usize = 64;
 /// Most test names one `test=` can list.
 pub const MAX_SELECTED_TESTS: usize = 16;
 
+// The `test` entry of OPTIONS spells these out.
+const _: () = assert!(MAX_SELECTED_TESTS == 16 && MAX_TEST_NAME == 64);
+
 /// Every option, with the values it accepts, as shown in error messages.
 pub const OPTIONS: &[(&str, &str)] = &[
     ("ptprot", ProtectionPolicy::ACCEPTED),
     ("pkfault", FaultPolicy::ACCEPTED),
-    ("test", "all, or NAME[,NAME...] of in-kernel tests"),
+    (
+        "test",
+        "all, or NAME[,NAME...] of in-kernel tests (at most 16 names of [a-z0-9_], 64 bytes each)",
+    ),
     ("demo", "none, pte"),
     ("inject", "none, empty-reserve"),
     ("flushlimit", "auto, or 0-512 pageblocks"),
@@ -98,13 +104,47 @@ pub enum CmdlineError<'a> {
     },
     /// The same key twice.
     Repeated(&'static str),
+    /// `test=` lists more than [`MAX_SELECTED_TESTS`] names.
+    TooManyTests {
+        /// How many it lists.
+        given: usize,
+    },
+    /// A `test=` name longer than [`MAX_TEST_NAME`] bytes.
+    TestNameTooLong(&'a str),
+}
+
+/// Shows text from the command line with every character that is not
+/// printable escaped (`\x1b`, `\u{202e}`, ...), and backslashes doubled,
+/// so an echo can neither drive the reader's terminal (an ANSI escape
+/// sequence, a backspace) nor differ from what was typed.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                // escape_debug would also escape quotes, which are printable
+                // and read fine inside the messages' quotes.
+                '\'' | '"' => f.write_char(c)?,
+                // \xNN for every ASCII control, where escape_debug would
+                // write \u{1b} for ESC but \t for a tab.
+                c if c.is_ascii_control() => write!(f, "\\x{:02x}", c as u32)?,
+                c => write!(f, "{}", c.escape_debug())?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotKeyValue(word) => write!(f, "'{word}' is not of the form key=value"),
-            Self::UnknownOption(key) => write!(f, "unknown option '{key}'"),
+            Self::NotKeyValue(word) => {
+                write!(f, "'{}' is not of the form key=value", Escaped(word))
+            }
+            Self::UnknownOption(key) => write!(f, "unknown option '{}'", Escaped(key)),
             Self::BadValue {
                 option,
                 value,
@@ -112,10 +152,23 @@ impl fmt::Display for CmdlineError<'_> {
             } => {
                 write!(
                     f,
-                    "option '{option}' does not accept '{value}'; accepted values: {accepted}"
+                    "option '{option}' does not accept '{}'; accepted values: {accepted}",
+                    Escaped(value)
                 )
             }
             Self::Repeated(option) => write!(f, "option '{option}' is given more than once"),
+            Self::TooManyTests { given } => write!(
+                f,
+                "option 'test' lists {given} tests; at most {MAX_SELECTED_TESTS} can be named \
+                 (test=all runs every test)"
+            ),
+            Self::TestNameTooLong(name) => write!(
+                f,
+                "option 'test' names a test of {} bytes ('{}'); test names have at most \
+                 {MAX_TEST_NAME}",
+                name.len(),
+                Escaped(name)
+            ),
         }
     }
 }
@@ -146,7 +199,7 @@ impl KernelConfig {
             match option {
                 "ptprot" => config.ptprot = ProtectionPolicy::parse(value).ok_or(bad_value)?,
                 "pkfault" => config.pkfault = FaultPolicy::parse(value).ok_or(bad_value)?,
-                "test" => config.test = Some(parse_tests(value).ok_or(bad_value)?),
+                "test" => config.test = Some(parse_tests(value)?.ok_or(bad_value)?),
                 "inject" => {
                     config.inject_empty_reserve = match value {
                         "none" => false,
@@ -182,10 +235,15 @@ fn parse_flush_limit(value: &str) -> Option<FlushLimit> {
     (limit <= MAX_FLUSH_LIMIT).then_some(FlushLimit::Fixed(limit))
 }
 
-/// `all`, or a comma-separated list of test names (`[a-z0-9_]`).
-fn parse_tests(value: &str) -> Option<TestSelection> {
+/// `all`, or a comma-separated list of test names (`[a-z0-9_]`): `None`
+/// for a malformed list, an error naming the limit for one too long.
+fn parse_tests(value: &str) -> Result<Option<TestSelection>, CmdlineError<'_>> {
     if value == "all" {
-        return Some(TestSelection::All);
+        return Ok(Some(TestSelection::All));
+    }
+    let given = value.split(',').count();
+    if given > MAX_SELECTED_TESTS {
+        return Err(CmdlineError::TooManyTests { given });
     }
     let mut names = Vec::new();
     for name in value.split(',') {
@@ -194,11 +252,13 @@ fn parse_tests(value: &str) -> Option<TestSelection> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
-            return None;
+            return Ok(None);
         }
-        names.push(String::try_from(name).ok()?).ok()?;
+        let name = String::try_from(name).map_err(|_| CmdlineError::TestNameTooLong(name))?;
+        // At most MAX_SELECTED_TESTS names, checked above.
+        let _ = names.push(name);
     }
-    Some(TestSelection::Named(names))
+    Ok(Some(TestSelection::Named(names)))
 }
 
 #[cfg(test)]
@@ -305,10 +365,67 @@ mod tests {
                 "{bad}"
             );
         }
-        let long = std::format!("test={}", "x".repeat(MAX_TEST_NAME + 1));
-        assert!(KernelConfig::parse(&long).is_err());
+    }
+
+    #[test]
+    fn test_list_limits_are_named() {
+        let longest = "x".repeat(MAX_TEST_NAME);
+        let line = std::format!("test={longest}");
+        assert!(KernelConfig::parse(&line).is_ok());
+        let long = "x".repeat(MAX_TEST_NAME + 1);
+        let line = std::format!("test={long}");
+        let error = KernelConfig::parse(&line).unwrap_err();
+        assert_eq!(error, CmdlineError::TestNameTooLong(&long));
+        assert_eq!(
+            error.to_string(),
+            std::format!(
+                "option 'test' names a test of 65 bytes ('{long}'); test names have at most 64"
+            )
+        );
+
+        let most = std::format!("test={}", ["t"; MAX_SELECTED_TESTS].join(","));
+        assert!(KernelConfig::parse(&most).is_ok());
         let many = std::format!("test={}", ["t"; MAX_SELECTED_TESTS + 1].join(","));
-        assert!(KernelConfig::parse(&many).is_err());
+        let error = KernelConfig::parse(&many).unwrap_err();
+        assert_eq!(error, CmdlineError::TooManyTests { given: 17 });
+        assert_eq!(
+            error.to_string(),
+            "option 'test' lists 17 tests; at most 16 can be named (test=all runs every test)"
+        );
+        // A malformed list is still a bad value, whatever its length.
+        let bad = std::format!("test={},", ["t"; 3].join(","));
+        assert!(matches!(
+            KernelConfig::parse(&bad),
+            Err(CmdlineError::BadValue { option: "test", .. })
+        ));
+    }
+
+    #[test]
+    fn echoes_escape_what_is_not_printable() {
+        let escaped = |text: &str| std::format!("{}", Escaped(text));
+        // An ANSI "clear screen", backspace, DEL, a tab and a C1 control.
+        assert_eq!(escaped("a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(escaped("x\x08\x7fy\tz"), "x\\x08\\x7fy\\x09z");
+        assert_eq!(escaped("\u{9b}31m"), "\\u{9b}31m");
+        // A right-to-left override would reorder what follows on screen.
+        assert_eq!(escaped("ab\u{202e}cd"), "ab\\u{202e}cd");
+        // Backslashes are doubled so an escape cannot be forged.
+        assert_eq!(escaped("a\\x1b"), "a\\\\x1b");
+        // Printable text, quotes and non-ASCII letters pass unchanged.
+        assert_eq!(escaped("ptprot='pks' \"é\""), "ptprot='pks' \"é\"");
+
+        for (line, shown) in [
+            ("\x1b[2J", "'\\x1b[2J' is not of the form key=value"),
+            ("a\x7f=1", "unknown option 'a\\x7f'"),
+            (
+                "demo=\x08pte",
+                "option 'demo' does not accept '\\x08pte'; accepted values: none, pte",
+            ),
+        ] {
+            let error = KernelConfig::parse(line).unwrap_err();
+            assert_eq!(error.to_string(), shown, "{line:?}");
+            assert!(!error.to_string().chars().any(|c| c.is_control()));
+        }
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //!
 //! QEMU enters `pvh_start32` with paging off, flat 32-bit segments, and the
 //! physical address of `hvm_start_info` in `%ebx`. The stub:
-//! 1. zeroes `.bss` (QEMU's loader leaves whatever the firmware left there);
-//! 2. builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
+//! 1. checks, from the memory map in `hvm_start_info`, that RAM holds the
+//!    whole image, `.bss` included; if not, it prints one line on COM1
+//!    naming where RAM ends and [`MIN_MEMORY`], and exits with the
+//!    not-enough-memory status (39) before writing anything;
+//! 2. zeroes `.bss` (QEMU's loader leaves whatever the firmware left there);
+//! 3. builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
 //!    pages both at 0 (identity, needed while the jump is in flight) and at
 //!    [`KERNEL_VIRT`], except that the 2 MiB holding the start of the image
 //!    is mapped with 4 KiB pages so the page below the boot stack can stay
 //!    unmapped as a guard;
-//! 3. enables PAE, long mode and paging, and far-jumps into 64-bit code;
-//! 4. jumps to the higher half, switches to the boot stack, drops the
+//! 4. enables PAE, long mode and paging, and far-jumps into 64-bit code;
+//! 5. jumps to the higher half, switches to the boot stack, drops the
 //!    identity mapping (so null and low addresses fault), and calls
 //!    `kernel_boot_entry(start_info_phys: u64) -> !`, which the kernel
 //!    binary must define with `#[unsafe(no_mangle)] extern "C"`.
@@ -20,7 +24,9 @@
 //! against its own copies.
 
 use crate::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
-use crate::layout::{BOOT_WINDOW_SIZE, KERNEL_PHYS, KERNEL_VIRT};
+use crate::exit_status;
+use crate::layout::{BOOT_WINDOW_SIZE, KERNEL_PHYS, KERNEL_VIRT, MIN_MEMORY};
+use crate::start_info::{MEMMAP_ENTRY_SIZE, START_INFO_MAGIC};
 use core::ops::Range;
 
 /// Size of the stack `kernel_boot_entry` runs on. Boot builds large
@@ -46,6 +52,12 @@ core::arch::global_asm!(
     .set EFER_MSR, 0xc0000080
     .set EFER_LME, 1 << 8
     .set CR0_PE_PG, (1 << 0) | (1 << 31)
+    .set START_INFO_MAGIC, {start_info_magic}
+    .set MEMMAP_ENTRY_SIZE, {memmap_entry_size}
+    .set E820_RAM, 1
+    .set COM1, 0x3f8
+    .set DEBUG_EXIT_PORT, {debug_exit_port}
+    .set NOT_ENOUGH_MEMORY, {not_enough_memory}
 
     /* kernel.ld asserts these equal its own KERNEL_PHYS and KERNEL_VIRT. */
     .global __layout_kernel_phys, __layout_kernel_virt
@@ -68,6 +80,77 @@ pvh_start32:
     cli
     cld
     mov %ebx, %esi                      /* hvm_start_info, kept until the call */
+
+    /* Before .bss is touched: does RAM hold the whole image? With too
+       little memory, .bss runs past the end of RAM and the first static
+       the kernel writes is lost. The check reads the memory map in
+       hvm_start_info; if the structure looks wrong (bad magic, version 0,
+       a map above 4 GiB) it is skipped, and the kernel's parser reports
+       the structure instead. %edi = end of the RAM region holding the
+       image's start, 0 if none. */
+    cmpl $START_INFO_MAGIC, (%esi)
+    jne 19f
+    cmpl $1, 4(%esi)
+    jb 19f
+    cmpl $0, 44(%esi)
+    jne 19f
+    mov 40(%esi), %ebx                  /* memmap_paddr */
+    mov 48(%esi), %ecx                  /* memmap_entries */
+    xor %edi, %edi
+10: test %ecx, %ecx
+    jz 13f
+    cmpl $E820_RAM, 16(%ebx)
+    jne 12f
+    cmpl $0, 4(%ebx)                    /* starts above 4 GiB */
+    jne 12f
+    mov (%ebx), %eax
+    cmp $KERNEL_PHYS, %eax
+    ja 12f
+    mov 8(%ebx), %edx                   /* end = addr + size, 64 bits ... */
+    mov 12(%ebx), %ebp
+    add %eax, %edx
+    adc $0, %ebp
+    jz 11f
+    mov $0xffffffff, %edx               /* ... saturated at 4 GiB */
+11: cmp $KERNEL_PHYS, %edx
+    jbe 12f
+    mov %edx, %edi
+12: add $MEMMAP_ENTRY_SIZE, %ebx
+    dec %ecx
+    jmp 10b
+13: cmp $(__bss_end - KERNEL_VIRT), %edi
+    jae 19f
+
+    /* Too little: say so on COM1 (no stack here, so no calls), then
+       exit through the debug-exit device with NOT_ENOUGH_MEMORY. */
+    mov $COM1, %dx
+    mov $boot_memory_message, %ebx
+14: movb (%ebx), %al
+    test %al, %al
+    jz 15f
+    outb %al, %dx
+    inc %ebx
+    jmp 14b
+15: mov $8, %ecx                        /* %edi as 8 hex digits */
+16: rol $4, %edi
+    mov %edi, %eax
+    and $0xf, %eax
+    movb boot_hex_digits(%eax), %al
+    outb %al, %dx
+    loop 16b
+    mov $boot_memory_message_end, %ebx
+17: movb (%ebx), %al
+    test %al, %al
+    jz 18f
+    outb %al, %dx
+    inc %ebx
+    jmp 17b
+18: mov $DEBUG_EXIT_PORT, %dx
+    mov $NOT_ENOUGH_MEMORY, %eax
+    outl %eax, %dx
+    hlt                                 /* no exit device: stop here */
+    jmp 18b
+19:
 
     /* Zero .bss: page tables, stacks and statics all start at zero. */
     mov $(__bss_start - KERNEL_VIRT), %edi
@@ -134,6 +217,14 @@ pvh_start64_low:
     jmp *%rax
 
     .section .boot.rodata, "a"
+    /* The kernel's refusal line reads the same from here (see
+       kernel/src/memory/mod.rs, which checks the rest of what boot needs). */
+boot_memory_message:
+    .asciz "boot: not enough memory: the RAM holding the kernel image ends at 0x"
+boot_memory_message_end:
+    .asciz ", before the image does; pks-kernel needs at least {min_mib} MiB (QEMU -m {min_mib}M)\n"
+boot_hex_digits:
+    .ascii "0123456789abcdef"
     .balign 8
 boot_gdt:
     .quad 0                             /* null */
@@ -197,6 +288,11 @@ boot_stack_top:
     kernel_virt = const KERNEL_VIRT,
     kernel_phys = const KERNEL_PHYS,
     stack_size = const BOOT_STACK_SIZE,
+    start_info_magic = const START_INFO_MAGIC,
+    debug_exit_port = const exit_status::DEBUG_EXIT_PORT,
+    not_enough_memory = const exit_status::NOT_ENOUGH_MEMORY,
+    min_mib = const MIN_MEMORY >> 20,
+    memmap_entry_size = const MEMMAP_ENTRY_SIZE,
     options(att_syntax)
 );
 

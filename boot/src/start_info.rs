@@ -24,7 +24,7 @@ pub const START_INFO_MAGIC: u32 = 0x336e_c578;
 /// Size of the version-1 structure.
 const START_INFO_SIZE: usize = 56;
 /// Size of one memory map entry.
-const MEMMAP_ENTRY_SIZE: usize = 24;
+pub(crate) const MEMMAP_ENTRY_SIZE: usize = 24;
 /// Longest command line kept; a longer one is an error, not truncated.
 pub const MAX_COMMAND_LINE: usize = 1024;
 /// Most raw memory map entries read.
@@ -65,6 +65,10 @@ pub enum BootInfoError {
     },
     /// The magic number is wrong: this is not a PVH start.
     BadMagic(u32),
+    /// The magic number is four printable bytes: QEMU's loader put the
+    /// command line where it put `hvm_start_info` (it does so from about
+    /// 4 KiB of command line), so the structure is text.
+    OverwrittenByCommandLine(u32),
     /// Version 0 has no memory map, and the kernel needs one.
     NoMemoryMap {
         /// The version found.
@@ -90,6 +94,18 @@ impl core::fmt::Display for BootInfoError {
                 f,
                 "hvm_start_info magic is {m:#x}, expected {START_INFO_MAGIC:#x}"
             ),
+            Self::OverwrittenByCommandLine(m) => {
+                let bytes = m.to_le_bytes();
+                // Printable ASCII, checked when the error was made.
+                let text = core::str::from_utf8(&bytes).unwrap_or("?");
+                write!(
+                    f,
+                    "hvm_start_info magic is {m:#x} (\"{}\" as text), not {START_INFO_MAGIC:#x}: \
+                     the command line was probably too long (the kernel takes at most \
+                     {MAX_COMMAND_LINE} bytes) and the loader wrote it over hvm_start_info",
+                    crate::cmdline::Escaped(text)
+                )
+            }
             Self::NoMemoryMap { version } => {
                 write!(
                     f,
@@ -137,7 +153,12 @@ impl BootInfo {
             .ok_or(unreadable("hvm_start_info", phys))?;
         let magic = u32_at::<0, START_INFO_SIZE>(&info);
         if magic != START_INFO_MAGIC {
-            return Err(BootInfoError::BadMagic(magic));
+            let printable = magic.to_le_bytes().iter().all(|b| (0x20..0x7f).contains(b));
+            return Err(if printable {
+                BootInfoError::OverwrittenByCommandLine(magic)
+            } else {
+                BootInfoError::BadMagic(magic)
+            });
         }
         let version = u32_at::<4, START_INFO_SIZE>(&info);
         if version < 1 {
@@ -190,7 +211,10 @@ impl BootInfoError {
     /// True if the fault lies in the command line the user gave (rather
     /// than in what the loader or firmware handed over).
     pub fn is_command_line(&self) -> bool {
-        matches!(self, Self::CommandLineTooLong | Self::CommandLineNotUtf8)
+        matches!(
+            self,
+            Self::CommandLineTooLong | Self::CommandLineNotUtf8 | Self::OverwrittenByCommandLine(_)
+        )
     }
 }
 
@@ -421,11 +445,40 @@ mod tests {
                 "command line is not valid UTF-8",
                 true,
             ),
+            (
+                BootInfoError::OverwrittenByCommandLine(u32::from_le_bytes(*b"st=a")),
+                "hvm_start_info magic is 0x613d7473 (\"st=a\" as text), not 0x336ec578: the \
+                 command line was probably too long (the kernel takes at most 1024 bytes) and \
+                 the loader wrote it over hvm_start_info",
+                true,
+            ),
         ];
         for (error, text, user_fault) in cases {
             assert_eq!(error.to_string(), text);
             assert_eq!(error.is_command_line(), user_fault, "{text}");
         }
+    }
+
+    #[test]
+    fn text_over_the_magic_is_blamed_on_the_command_line() {
+        let mut mem = FakeMemory::new(0x4000);
+        // What QEMU leaves when a long -append lands on hvm_start_info.
+        mem.put(0x1000, &[b'x'; 56]);
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::OverwrittenByCommandLine(0x7878_7878))
+        );
+        // Text with a control character, or binary, is just a bad magic.
+        mem.put(0x1000, b"xx\x1bx");
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::BadMagic(0x781b_7878))
+        );
+        mem.put(0x1000, &0x336e_c579u32.to_le_bytes());
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::BadMagic(0x336e_c579))
+        );
     }
 
     #[test]

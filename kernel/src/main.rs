@@ -124,7 +124,11 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         Ok(memory) => memory,
         Err(error) => {
             println!("boot: {}", error);
-            exit_qemu(ExitCode::Failure);
+            exit_qemu(if error.is_not_enough_memory() {
+                ExitCode::NotEnoughMemory
+            } else {
+                ExitCode::Failure
+            });
         }
     };
     let verified = memory::verify::verify();

@@ -68,8 +68,23 @@ pub fn print_boot_report(boot: &BootState) {
             consumer.key, consumer.name, consumer.rights
         );
     }
-    println!("pk fault policy: pkfault={}", boot.config.pkfault.name());
-    println!("command line: \"{}\"", boot.info.command_line);
+    let applies = match boot.ptprot {
+        ProtectionPolicy::Pks => "",
+        ProtectionPolicy::ReadOnlyAlias => {
+            " (does not apply: ptprot=ro uses no protection keys; a write to a page table is \
+             a write-protection fault, which stops the machine)"
+        }
+        _ => " (does not apply: ptprot=none protects nothing, so no write faults)",
+    };
+    println!(
+        "pk fault policy: pkfault={}{}",
+        boot.config.pkfault.name(),
+        applies
+    );
+    println!(
+        "command line: \"{}\"",
+        boot::cmdline::Escaped(&boot.info.command_line)
+    );
 
     let memory = &boot.info.memory;
     let summary = memory.summary();

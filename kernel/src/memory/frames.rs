@@ -13,6 +13,7 @@
 
 use super::backend::KernelDirectMap;
 use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo};
+use boot::layout::MIN_MEMORY;
 use boot::memory_map::MemoryMap;
 use core::ops::Range;
 use ptalloc::{
@@ -44,6 +45,12 @@ pub enum FramesError {
         /// Bytes needed.
         bytes: u64,
     },
+    /// No whole 2 MiB pageblock is free above the image and the metadata,
+    /// so page-table memory cannot be made: the machine is too small.
+    NotEnoughMemory {
+        /// Where usable RAM ends.
+        usable_end: u64,
+    },
     /// `ptalloc` refused its set-up or memory.
     Init(InitError),
     /// Filling the split reserve failed.
@@ -59,6 +66,15 @@ impl core::fmt::Display for FramesError {
                     "no usable region above the kernel image holds {bytes} bytes of metadata"
                 )
             }
+            Self::NotEnoughMemory { usable_end } => write!(
+                f,
+                "not enough memory: usable RAM ends at {usable_end:#x} ({} KiB), leaving no whole \
+                 free 2 MiB pageblock above the kernel image for page tables; pks-kernel needs \
+                 at least {} MiB (QEMU -m {}M)",
+                usable_end >> 10,
+                MIN_MEMORY >> 20,
+                MIN_MEMORY >> 20
+            ),
             Self::Init(error) => write!(f, "{error}"),
             Self::Reserve(error) => write!(f, "filling the split reserve: {error}"),
         }
@@ -100,6 +116,23 @@ pub(super) fn init(
         .next()
         .ok_or(FramesError::NoRoomForMetadata { bytes })?;
 
+    // Page tables come from whole pageblocks converted to their key: with
+    // none free, boot cannot go on. Say so before touching anything.
+    let excluded = [0..FIRST_MIB, image.clone(), metadata.clone()];
+    let whole_free_pageblocks: u64 = memory
+        .usable()
+        .flat_map(|region| free_pieces(region.start..region.end, &excluded))
+        .map(|piece| {
+            (piece.end / ptalloc::PAGEBLOCK_SIZE)
+                .saturating_sub(piece.start.div_ceil(ptalloc::PAGEBLOCK_SIZE))
+        })
+        .sum();
+    if whole_free_pageblocks == 0 {
+        return Err(FramesError::NotEnoughMemory {
+            usable_end: highest,
+        });
+    }
+
     let virt = DIRECT_MAP_BASE + metadata.start;
     // SAFETY: the range is usable RAM that nothing else uses (above the
     // image and the first MiB, before any allocator exists), mapped
@@ -124,24 +157,7 @@ pub(super) fn init(
     let excluded = [0..FIRST_MIB, image.clone(), metadata.clone()];
     let mut frames_given = 0;
     for region in memory.usable() {
-        let mut pieces: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
-        let _ = pieces.push(region.start..region.end);
-        for cut in &excluded {
-            let mut next: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
-            for piece in &pieces {
-                for part in [
-                    piece.start..piece.end.min(cut.start),
-                    piece.start.max(cut.end)..piece.end,
-                ] {
-                    if part.start < part.end {
-                        // At most two parts per piece and three cuts: 8 fit.
-                        let _ = next.push(part);
-                    }
-                }
-            }
-            pieces = next;
-        }
-        for piece in pieces {
+        for piece in free_pieces(region.start..region.end, &excluded) {
             let first = piece.start.div_ceil(ptalloc::PAGE_SIZE);
             let last = piece.end / ptalloc::PAGE_SIZE;
             if first < last {
@@ -158,6 +174,28 @@ pub(super) fn init(
         metadata,
         frames_given,
     })
+}
+
+/// The parts of `region` outside every `excluded` range.
+fn free_pieces(region: Range<u64>, excluded: &[Range<u64>; 3]) -> heapless::Vec<Range<u64>, 8> {
+    let mut pieces: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
+    let _ = pieces.push(region);
+    for cut in excluded {
+        let mut next: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
+        for piece in &pieces {
+            for part in [
+                piece.start..piece.end.min(cut.start),
+                piece.start.max(cut.end)..piece.end,
+            ] {
+                if part.start < part.end {
+                    // At most two parts per piece and three cuts: 8 fit.
+                    let _ = next.push(part);
+                }
+            }
+        }
+        pieces = next;
+    }
+    pieces
 }
 
 /// The allocator, once [`init`] ran. Private to `memory`: through it

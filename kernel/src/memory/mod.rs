@@ -70,12 +70,26 @@ pub enum BringUpError {
     Image(image::ImageError),
 }
 
+impl BringUpError {
+    /// True if the machine has too little memory to boot (a documented
+    /// exit status of its own, not a kernel failure).
+    pub fn is_not_enough_memory(&self) -> bool {
+        matches!(
+            self,
+            Self::Frames(frames::FramesError::NotEnoughMemory { .. })
+        )
+    }
+}
+
 impl core::fmt::Display for BringUpError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::AlreadyUp => write!(f, "memory bring-up ran twice"),
             Self::EarlyTables(error) => write!(f, "cannot record the early page tables: {error:?}"),
             Self::DirectMap(error) => write!(f, "cannot build the direct map: {error:?}"),
+            Self::Frames(error @ frames::FramesError::NotEnoughMemory { .. }) => {
+                write!(f, "{error}")
+            }
             Self::Frames(error) => write!(f, "cannot set up the page allocator: {error}"),
             Self::Reprotect(error) => write!(f, "cannot reprotect the early page tables: {error}"),
             Self::Seal(error) => write!(f, "cannot seal the page-table records: {error:?}"),
