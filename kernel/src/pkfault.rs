@@ -196,7 +196,7 @@ pub fn single_step(frame: &mut TrapFrame, saved: Option<&mut SavedProtection>) -
 mod tests {
     use super::*;
     use crate::arch::recovery::{Faulted, read_u64, write_u64};
-    use crate::memory::boot_tables::TestPage;
+    use crate::memory::boot_tables::{KeyedTestPage, TestPage};
     use crate::testing::TestFailure;
     use pkeys::{Mechanism, PAGE_TABLE_KEY, Pkey, WindowKind, default_pkrs};
 
@@ -248,15 +248,16 @@ mod tests {
         }
     }
 
-    fn keyed(page: &'static TestPage, key: Pkey) -> Result<*mut u64, TestFailure> {
-        page.set_key(key).map_err(|e| {
+    /// `page` with `key` until the guard is dropped (at the end of the
+    /// test, passed or failed), which gives it back the default key.
+    fn keyed(page: &'static TestPage, key: Pkey) -> Result<KeyedTestPage, TestFailure> {
+        page.keyed(key).map_err(|e| {
             TestFailure::new(
                 file!(),
                 line!(),
                 format_args!("cannot key the test page: {e:?}"),
             )
-        })?;
-        Ok(page.word(0))
+        })
     }
 
     crate::kernel_test! {
@@ -264,7 +265,8 @@ mod tests {
         /// with the PK bit, is reported with its key, and is stopped.
         fn stray_write_to_page_table_key_faults() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             crate::check_eq!(protection.pkrs(), default_pkrs());
             let (result, counted) = with_policy(FaultPolicy::Report, || {
                 // SAFETY: the page is ours; the write either faults
@@ -286,7 +288,8 @@ mod tests {
         /// The same write inside a write window succeeds; reads need none.
         fn write_inside_a_window_succeeds_and_reads_are_allowed() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             let written = protection.with_window::<TestPageWrite, _>(|| {
                 // SAFETY: our page, writable inside the window.
                 with_policy(FaultPolicy::Report, || unsafe { write_u64(page, 0x600d) })
@@ -304,7 +307,8 @@ mod tests {
         /// Access-disable stops reads too.
         fn access_disable_blocks_reads() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&SPARE_KEY_PAGE, SPARE_KEY)?;
+            let test_page = keyed(&SPARE_KEY_PAGE, SPARE_KEY)?;
+            let page = test_page.word(0);
             let read = protection.with_window::<SpareNoAccess, _>(|| {
                 // SAFETY: our page; the read faults and is stopped.
                 with_policy(FaultPolicy::Report, || unsafe { read_u64(page) })
@@ -322,7 +326,8 @@ mod tests {
         /// one stays open after the inner closes.
         fn nested_windows_keep_the_outer_open() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             let before = protection.pkrs_writes();
             let written = protection.with_window::<TestPageWrite, _>(|| {
                 protection.with_window::<TestPageWrite, _>(|| {});
@@ -341,7 +346,8 @@ mod tests {
         /// and the window is intact when it returns.
         fn exception_inside_a_window_runs_with_the_default() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             let (in_handler, written, register) = protection.with_window::<TestPageWrite, _>(|| {
                 // SAFETY: int3 traps to the #BP handler, which records PKRS and returns.
                 unsafe { core::arch::asm!("int3") };
@@ -363,7 +369,8 @@ mod tests {
         /// writes, not two per write.
         fn batch_of_writes_costs_two_pkrs_writes() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             const ENTRIES: usize = 512;
             let before = protection.pkrs_writes();
             protection.with_window::<TestPageWrite, _>(|| {
@@ -385,7 +392,8 @@ mod tests {
         /// closes the key again after the one instruction.
         fn soft_policy_allows_once_and_recloses() -> TestResult {
             let protection = pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             let written = with_policy(FaultPolicy::Soft, || {
                 // SAFETY: our page; the soft policy lets the write through.
                 let first = unsafe { write_u64(page, 7) };
@@ -413,7 +421,8 @@ mod tests {
         /// the machine (the report names the key); `soft` lets it through.
         by_name fn deliberate_pk_fault() -> TestResult {
             pks_or_skip()?;
-            let page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let test_page = keyed(&PT_KEY_PAGE, PAGE_TABLE_KEY)?;
+            let page = test_page.word(0);
             // SAFETY: not safe, on purpose: the write faults and the
             // command line's policy decides what happens.
             unsafe { page.write_volatile(0xbad) };
@@ -435,10 +444,10 @@ mod tests {
                 Some(p) if p.mechanism() == Mechanism::WriteProtect => p,
                 _ => return Err(TestFailure::skipped("needs the CR0.WP mechanism (ptprot=ro)")),
             };
-            let page = READ_ONLY_PAGE.word(0);
-            READ_ONLY_PAGE
-                .set_writable(false)
+            let test_page = READ_ONLY_PAGE
+                .read_only()
                 .map_err(|e| TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+            let page = test_page.word(0);
             let entry = walk::leaf(cpu::read_cr3(), page as u64).map(|leaf| leaf.entry);
             crate::check_eq!(entry.map(|e| e & 0b10), Some(0), "the test page is not read-only");
             const WP: u64 = 1 << 16;

@@ -227,26 +227,12 @@ fn print_verification(boot: &BootState) {
         return;
     }
     print_register_check(v.registers.as_ref());
-    if let Some(Err(violation)) = v.registers.map(|check| check.result) {
-        println!(
-            "verification walk: FAIL: protection registers: {}",
-            violation
-        );
-        return;
-    }
-    match v.first_violation {
-        None if v.passed() => println!(
-            "verification walk: PASS: {} page-table frames, {} leaf mappings, {} aliases of protected frames, all protected; registers as required",
+    match v.failure() {
+        None => println!(
+            "verification walk: PASS: {} page-table frames, {} leaf mappings, {} aliases of protected frames, all protected; no stray keys; registers as required",
             v.tables, v.leaves, v.aliases
         ),
-        None => println!(
-            "verification walk: FAIL: incomplete (a table could not be read, or more than {} tables)",
-            memory::verify::MAX_TABLE_VISITS
-        ),
-        Some(bad) => println!(
-            "verification walk: FAIL: {} violations (unprotected aliases, or tables outside page-table memory); first: virtual {:#x}, frame {:#x}, entry {:#x}",
-            v.violations, bad.virt, bad.phys, bad.entry
-        ),
+        Some(failure) => println!("verification walk: FAIL: {}", failure),
     }
 }
 

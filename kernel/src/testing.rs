@@ -10,10 +10,15 @@
 //! Protocol, one line per test: `test NAME ... ok`, `test NAME ... FAILED`
 //! (a failure's reason follows on indented lines), or `test NAME ...
 //! skipped (REASON)` for a test this machine cannot run (a CPU without
-//! PKS); then a closing `tests: N passed, M failed, K skipped`. After each
-//! test that passes, the verification walk runs again (unless
-//! `ptprot=none`) and a failing walk fails the test. The exit
-//! status is success only if no selected test failed.
+//! PKS, too little memory); then a closing `tests: N passed, M failed, K
+//! skipped`. The exit status is success only if no selected test failed.
+//!
+//! Tests leave no state behind. Before each test the per-CPU page caches
+//! are drained, so every test starts from the same free lists. After each
+//! test that passes, the caches are drained again and the allocator must
+//! hold exactly as many frames as before (a leak fails the test), and the
+//! verification walk runs again (unless `ptprot=none`): unprotected page
+//! tables or a key left on a page fail the test.
 
 use crate::arch::exit::ExitCode;
 use crate::{print, println};
@@ -41,7 +46,7 @@ pub struct TestFailure {
     /// Line of the failed check.
     pub line: u32,
     /// What was expected and what was found.
-    pub message: heapless::String<192>,
+    pub message: heapless::String<256>,
     /// The test could not run here (say, a CPU without PKS): reported as
     /// `skipped`, neither passed nor failed.
     pub skipped: bool,
@@ -210,24 +215,38 @@ pub fn plan(selection: &TestSelection) -> Result<Plan, UnknownTest<'_>> {
     Ok(chosen)
 }
 
-/// After each test, the verification walk runs again: a test that
-/// changed mappings must leave every page-table frame protected.
-fn walk_after(test: &KernelTest) -> TestResult {
+/// After each test that passed: the verification walk runs again (a test
+/// that changed mappings must leave every page-table frame protected, and
+/// no key behind), and the allocator must hold as many frames as before
+/// (a test gives back every frame it took). `unheld` is
+/// `frames::frames_not_held` before the test.
+fn check_after(test: &KernelTest, unheld: Option<u64>) -> TestResult {
+    crate::memory::frames::drain_caches();
+    let now = crate::memory::frames::frames_not_held();
+    if let (Some(before), Some(after)) = (unheld, now)
+        && before != after
+    {
+        return Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!(
+                "after {}: {} frames were not held before the test, {} after: it left frames allocated (or freed some it did not own)",
+                test.name, before, after
+            ),
+        ));
+    }
     if crate::boot_state().ptprot == pkeys::ProtectionPolicy::None {
         return Ok(());
     }
     let report = crate::memory::verify::verify();
-    if report.passed() {
-        return Ok(());
+    match report.failure() {
+        None => Ok(()),
+        Some(failure) => Err(TestFailure::new(
+            file!(),
+            line!(),
+            format_args!("after {}: verification walk failed: {}", test.name, failure),
+        )),
     }
-    Err(TestFailure::new(
-        file!(),
-        line!(),
-        format_args!(
-            "after {}: verification walk failed: {} unprotected aliases, first {:?}",
-            test.name, report.violations, report.first_violation
-        ),
-    ))
 }
 
 /// Runs the planned tests and returns the exit code to stop with.
@@ -237,7 +256,12 @@ pub fn run(chosen: Plan) -> ExitCode {
     for test in chosen {
         print!("test {} ... ", test.name);
         CURRENT.store(core::ptr::from_ref(test).cast_mut(), Ordering::SeqCst);
-        let result = (test.run)().and_then(|()| walk_after(test));
+        // Pages parked in the per-CPU cache pin their pageblocks: drain
+        // it so each test starts from the same free lists, and the count
+        // after the test can be compared.
+        crate::memory::frames::drain_caches();
+        let unheld = crate::memory::frames::frames_not_held();
+        let result = (test.run)().and_then(|()| check_after(test, unheld));
         CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
         match result {
             Ok(()) => {
@@ -315,6 +339,33 @@ mod harness_checks {
             }
             let depth = recurse(0);
             Err(super::TestFailure::new(file!(), line!(), format_args!("returned at depth {depth}")))
+        }
+    }
+
+    crate::kernel_test! {
+        /// Keeps a frame it allocated and passes: the harness's count of
+        /// frames nobody holds fails it.
+        by_name fn deliberate_frame_leak() -> TestResult {
+            let frame = crate::memory::frames::alloc_frame(0, ptalloc::Freetype::KERNEL, false);
+            let frame = frame.map_err(|e| super::TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+            core::mem::forget(frame);
+            Ok(())
+        }
+    }
+
+    /// The page `deliberate_key_left_behind` keys.
+    static LEFT_KEYED: crate::memory::boot_tables::TestPage =
+        crate::memory::boot_tables::TestPage::new();
+
+    crate::kernel_test! {
+        /// Leaves a key on a page and passes: the verification walk after
+        /// the test fails it.
+        by_name fn deliberate_key_left_behind() -> TestResult {
+            let key = pkeys::Pkey::new(15).unwrap_or(pkeys::PAGE_TABLE_KEY);
+            let keyed = LEFT_KEYED.keyed(key);
+            let keyed = keyed.map_err(|e| super::TestFailure::new(file!(), line!(), format_args!("{e:?}")))?;
+            core::mem::forget(keyed);
+            Ok(())
         }
     }
 

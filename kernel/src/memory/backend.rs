@@ -343,13 +343,7 @@ impl DirectMap for KernelDirectMap {
         let frames = 1u64 << order;
         match protection {
             Protection::Unmapped => {
-                for frame in 0..frames {
-                    let phys = (start.0 + frame) * 4096;
-                    // SAFETY: the slot maps this one frame writable for the
-                    // closure; the frame belongs to the caller.
-                    ephemeral::with_frame(phys, |page| unsafe { page.write_bytes(0, 4096) })
-                        .ok_or(DirectMapError::Failed)?;
-                }
+                ephemeral::zero_frames(start.addr(), frames).ok_or(DirectMapError::Failed)?;
             }
             Protection::Mapped | Protection::Pkey(_) => {
                 let virt = DIRECT_MAP_BASE + start.addr();

@@ -34,14 +34,54 @@ impl TestPage {
         self.0.get().cast::<u64>().wrapping_add(index.min(511))
     }
 
-    /// Gives the page the protection key `key`.
-    pub fn set_key(&'static self, key: Pkey) -> Result<(), KeyError> {
-        set_page_key(self.word(0) as u64, key)
+    /// Gives the page the protection key `key` until the returned guard
+    /// is dropped, which gives it back the default key: a test leaves no
+    /// key behind (the verification walk after each test checks).
+    pub fn keyed(&'static self, key: Pkey) -> Result<KeyedTestPage, KeyError> {
+        set_page_key(self.word(0) as u64, key)?;
+        Ok(KeyedTestPage(self))
     }
 
-    /// Makes the page writable or read-only.
-    pub fn set_writable(&'static self, writable: bool) -> Result<(), KeyError> {
-        set_page_writable(self.word(0) as u64, writable)
+    /// Makes the page read-only until the returned guard is dropped, which
+    /// makes it writable again.
+    pub fn read_only(&'static self) -> Result<ReadOnlyTestPage, KeyError> {
+        set_page_writable(self.word(0) as u64, false)?;
+        Ok(ReadOnlyTestPage(self))
+    }
+}
+
+/// A [`TestPage`] with a protection key; dropping it restores key 0.
+pub struct KeyedTestPage(&'static TestPage);
+
+impl KeyedTestPage {
+    /// The address of word `index` (0 to 511).
+    pub fn word(&self, index: usize) -> *mut u64 {
+        self.0.word(index)
+    }
+}
+
+impl Drop for KeyedTestPage {
+    fn drop(&mut self) {
+        // The page was mapped by a 4 KiB leaf when it was keyed, and
+        // nothing unmaps the image: this cannot fail.
+        let _ = set_page_key(self.word(0) as u64, Pkey::DEFAULT);
+    }
+}
+
+/// A read-only [`TestPage`]; dropping it makes the page writable again.
+pub struct ReadOnlyTestPage(&'static TestPage);
+
+impl ReadOnlyTestPage {
+    /// The address of word `index` (0 to 511).
+    pub fn word(&self, index: usize) -> *mut u64 {
+        self.0.word(index)
+    }
+}
+
+impl Drop for ReadOnlyTestPage {
+    fn drop(&mut self) {
+        // As for KeyedTestPage: the 4 KiB leaf is still there.
+        let _ = set_page_writable(self.word(0) as u64, true);
     }
 }
 

@@ -5,7 +5,9 @@
 //! PDPT, a page directory and a page table from a small pool in the image,
 //! recorded as early page tables. [`with_frame`] maps the frame, runs the
 //! closure, unmaps it and flushes the slot, so the frame is visible only
-//! for the closure's duration and only at that address. It is private to
+//! for the closure's duration and only at that address. [`zero_frames`]
+//! uses the slot's whole page table (2 MiB) to wipe up to a pageblock at
+//! once, for two windows rather than two per frame. It is private to
 //! `memory` and refuses page-table memory and the kernel image (the slot
 //! is a writable key-0 mapping); [`copy_to`] and [`copy_from`] are the
 //! public way in, on an owned `Frame` only. One slot: the boot
@@ -132,6 +134,65 @@ fn map_at_slot<R>(frame_phys: u64, f: impl FnOnce(*mut u8) -> R) -> Option<R> {
     Some(result)
 }
 
+/// Zeroes `frames` 4 KiB frames from `start_phys` (a block of the
+/// `Unmapped` freetype leaving it, whose old contents may be secrets)
+/// through the slot's page table, up to 512 frames at a time: one window
+/// maps them all, the zeroing runs outside it, and one more window unmaps
+/// them. Frame by frame through [`with_frame`], a pageblock cost 1,024
+/// windows. `None` before [`init`], or if any frame is page-table memory or
+/// part of the kernel image (checked before anything is mapped).
+pub(super) fn zero_frames(start_phys: u64, frames: u64) -> Option<()> {
+    let refused = |phys: u64| {
+        super::paging::is_page_table_memory(phys) || super::kernel_image_phys().contains(&phys)
+    };
+    if (0..frames).any(|frame| refused(start_phys + frame * 4096)) {
+        return None;
+    }
+    let ready = SLOT.lock();
+    if !*ready {
+        return None;
+    }
+    let entries = table(2).cast::<u64>();
+    let mut done = 0;
+    while done < frames {
+        let batch = (frames - done).min(512);
+        let first = start_phys + done * 4096;
+        pte::with_window(|window| {
+            for i in 0..batch {
+                let phys = first + i * 4096;
+                // SAFETY: the slot table's entries, ours under SLOT (entry 0
+                // is the one-frame slot, free while SLOT is held); NX,
+                // kernel-only. They were empty and flushed, so no stale
+                // translation exists for them.
+                unsafe {
+                    pte::write(
+                        window,
+                        entries.add(i as usize),
+                        phys | PRESENT | WRITABLE | cpu::no_execute_bit(),
+                    )
+                };
+            }
+        });
+        // SAFETY: the slot table maps `batch` frames from EPHEMERAL_BASE,
+        // writable, for this function alone (SLOT is held); the frames are
+        // the caller's.
+        unsafe { (EPHEMERAL_BASE as *mut u8).write_bytes(0, (batch * 4096) as usize) };
+        pte::with_window(|window| {
+            for i in 0..batch {
+                // SAFETY: as above; the frames stop being visible here.
+                unsafe { pte::write(window, entries.add(i as usize), 0) };
+            }
+        });
+        for i in 0..batch {
+            // SAFETY: invalidating one translation is always safe.
+            unsafe { x86::tlb::flush((EPHEMERAL_BASE + i * 4096) as usize) };
+        }
+        done += batch;
+    }
+    drop(ready);
+    Some(())
+}
+
 /// Clears the slot's entry and flushes it: undoes what the write-what-where
 /// demo's simulated bug wrote there (under `ptprot=none`, where it lands).
 pub fn repair_slot() {
@@ -210,6 +271,41 @@ crate::kernel_test! {
         crate::check_eq!(refused, None);
         let data = super::frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true);
         crate::check!(data.is_ok_and(|mut d| copy_to(&mut d, 0, b"control").is_some()), "the control copy failed");
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// A block leaving `Unmapped` is wiped by `zero_frames`: every page of
+    /// a pageblock written through the slot reads back as zero, for two
+    /// windows in all (four PKRS writes under `pks`), not two per frame;
+    /// and it refuses page-table memory as `with_frame` does.
+    fn unmapped_blocks_are_wiped_in_two_windows() -> TestResult {
+        super::frames::needs_free_pageblocks(1, "to convert to Unmapped")?;
+        let hidden = ptalloc::Freetype {
+            mobility: ptalloc::Mobility::Movable,
+            protection: ptalloc::Protection::Unmapped,
+        };
+        let block = super::frames::alloc_frame(9, hidden, false);
+        crate::check!(block.is_ok(), "no Unmapped pageblock: {:?}", block.as_ref().err());
+        let Ok(mut block) = block else { return Ok(()) };
+        let secret = *b"secret!!";
+        for page in 0..512u64 {
+            crate::check!(copy_to(&mut block, page * 4096 + 8 * (page % 512), &secret).is_some(), "copy_to failed");
+        }
+        let writes = || crate::arch::pks::current().map_or(0, |p| p.pkrs_writes());
+        let before = writes();
+        crate::check_eq!(zero_frames(block.addr(), 512), Some(()));
+        let cost = writes() - before;
+        for page in 0..512u64 {
+            let mut read = [0xffu8; 8];
+            crate::check!(copy_from(&block, page * 4096 + 8 * (page % 512), &mut read).is_some(), "copy_from failed");
+            crate::check_eq!(read, [0u8; 8], "a page kept its contents");
+        }
+        if crate::arch::pks::current().map(|p| p.mechanism()) == Some(pkeys::Mechanism::Pks) {
+            crate::check_eq!(cost, 4);
+        }
+        crate::check_eq!(zero_frames(super::kernel_root(), 1), None);
         Ok(())
     }
 }

@@ -294,6 +294,65 @@ pub fn alloc_frame(order: u32, freetype: Freetype, zero: bool) -> Result<Frame, 
     Ok(Frame { pfn, order })
 }
 
+/// Gives every page parked in a per-CPU cache back to the allocator's
+/// free lists, where whole free pageblocks can form again (tests, after
+/// each test). Nothing before [`init`].
+pub fn drain_caches() {
+    if let Some(allocator) = allocator() {
+        allocator.drain_caches();
+    }
+}
+
+/// Frames nobody holds: free (in the lists or a per-CPU cache), in the
+/// split reserve, or spent as direct-map tables by splits (the direct map
+/// keeps them). What a test takes and gives back leaves it unchanged, so
+/// the test harness compares it across each test. `None` before [`init`].
+pub fn frames_not_held() -> Option<u64> {
+    let stats = stats()?;
+    let free: u64 = Freetype::all()
+        .map(|freetype| stats.free_pages(freetype))
+        .sum();
+    let cached: u64 = stats.cached_pages.iter().sum();
+    Some(free + cached + stats.reserve_level + stats.direct_map_tables)
+}
+
+/// Whole free 2 MiB pageblocks, of any freetype: what a conversion or a
+/// 2 MiB frame can take. 0 before [`init`].
+pub fn whole_free_pageblocks() -> u64 {
+    let order = ptalloc::PAGEBLOCK_ORDER as usize;
+    stats().map_or(0, |stats| {
+        let per_freetype = stats.free_blocks.iter();
+        per_freetype
+            .map(|by_order| {
+                let larger = by_order[order..].iter().enumerate();
+                larger.map(|(above, blocks)| blocks << above).sum::<u64>()
+            })
+            .sum()
+    })
+}
+
+/// For a test that needs `count` whole free pageblocks (`purpose` says
+/// what for): on a machine with fewer, the test is skipped, saying so.
+/// Small machines (from `boot::layout::MIN_MEMORY`) boot with none left
+/// once page tables have theirs.
+pub fn needs_free_pageblocks(count: u64, purpose: &str) -> crate::testing::TestResult {
+    let free = whole_free_pageblocks();
+    if free >= count {
+        return Ok(());
+    }
+    let mut reason: heapless::String<160> = heapless::String::new();
+    // A cut-off reason still says enough.
+    let _ = core::fmt::write(
+        &mut reason,
+        format_args!(
+            "needs {count} whole free 2 MiB pageblock{} {purpose}; this machine has {free}: \
+             boot with more memory",
+            if count == 1 { "" } else { "s" }
+        ),
+    );
+    Err(crate::testing::TestFailure::skipped(&reason))
+}
+
 /// The allocator's counters, once [`init`] ran.
 pub fn stats() -> Option<ptalloc::Stats> {
     allocator().map(FrameAllocator::stats)
@@ -343,6 +402,7 @@ crate::kernel_test! {
     /// that must split fails with a clear error and leaves the map as it
     /// was: no page table is made from anything but a reserve page.
     fn empty_split_reserve_is_a_clear_error() -> TestResult {
+        needs_free_pageblocks(1, "for a 2 MiB frame to split")?;
         use crate::memory::walk::leaf;
         let Some(frames) = allocator() else {
             return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
@@ -374,6 +434,7 @@ crate::kernel_test! {
     /// Running out of memory for page tables is a clear error, and the
     /// kernel keeps running (everything is given back and still verified).
     fn page_table_exhaustion_is_a_clear_error() -> TestResult {
+        needs_free_pageblocks(1, "to convert to page tables")?;
         let Some(frames) = allocator() else {
             return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));
         };
@@ -418,6 +479,7 @@ crate::kernel_test! {
     /// Unmapped pages are absent from the direct map and still get zeroed
     /// (through the ephemeral slot).
     fn unmapped_pages_leave_the_direct_map() -> TestResult {
+        needs_free_pageblocks(1, "to convert to Unmapped")?;
         use crate::memory::walk::leaf;
         let Some(frames) = allocator() else {
             return Err(crate::testing::TestFailure::new(file!(), line!(), format_args!("no allocator")));

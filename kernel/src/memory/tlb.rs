@@ -250,6 +250,7 @@ crate::kernel_test! {
     /// TLB sets up to 256 pageblocks (512 MiB); on a larger machine a
     /// later probe may evict the target and the test proves less.
     fn a_conversion_drops_the_old_translation() -> TestResult {
+        super::frames::needs_free_pageblocks(1, "to convert")?;
         use crate::arch::recovery::read_u64_if_mapped;
         use ptalloc::{AllocFlags, Freetype, Mobility, Pfn, Protection};
         let Some(frames) = super::frames::allocator() else {
@@ -263,6 +264,17 @@ crate::kernel_test! {
             let page_in_block = (block.addr() / MIB2) % 512;
             (DIRECT_MAP_BASE + block.addr() + page_in_block * 4096) as *const u64
         };
+        // Earlier tests may have left whole free pageblocks `Unmapped`:
+        // make them mapped kernel memory again (allocated and freed as
+        // such), so that the one pageblock a small machine has converts.
+        let mut remapped: heapless::Vec<Pfn, 64> = heapless::Vec::new();
+        while !remapped.is_full() {
+            let Ok(block) = frames.alloc(0, 9, Freetype::KERNEL, AllocFlags::empty()) else { break };
+            // Capacity checked by the loop condition.
+            let _ = remapped.push(block);
+        }
+        let freed = remapped.iter().all(|&block| frames.free(0, block, 9).is_ok());
+        crate::check!(freed, "a remapped block could not be freed");
         // Take whole Unmapped pageblocks until one comes from a conversion
         // of a mapped block with exactly one flush, its own (earlier tests
         // may have left free Unmapped blocks, and a reserve refill on the

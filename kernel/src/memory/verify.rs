@@ -12,6 +12,11 @@
 //!    under `ro`.
 //! 3. No leaf maps the image's read-only part (code, rodata, the IDT, GDT
 //!    and TSS) writable, nor the sealed records writable without key 2.
+//! 4. Keys go only where the key table puts them: a supervisor leaf with
+//!    key 1 maps page-table memory, one with key 2 the sealed records, and
+//!    no supervisor leaf carries any other key but the default. A key left
+//!    behind (by a test, or a stray write to a PTE's key bits) is a
+//!    *stray key*.
 //!
 //! Together they cover every alias of every table: by 1 each table is
 //! page-table memory, and by 2 every mapping of page-table memory is
@@ -66,6 +71,11 @@ pub struct VerifyReport {
     /// A table could not be read, or more than [`MAX_TABLE_VISITS`] were
     /// reached: the walk is incomplete, which counts as a failure.
     pub truncated: bool,
+    /// Supervisor leaves with a key the key table does not give what they
+    /// map (see the module doc, point 4).
+    pub stray_keys: u64,
+    /// The first of them.
+    pub first_stray_key: Option<Violation>,
     /// Pageblocks whose freetype in `ptalloc`'s metadata disagrees with
     /// the sealed record ([`verify`] only): forged metadata.
     pub metadata_mismatches: u64,
@@ -90,15 +100,92 @@ pub struct RegisterCheck {
 impl VerifyReport {
     /// True if the walk was complete and found no violation.
     pub fn passed(&self) -> bool {
-        self.violations == 0
-            && self.metadata_mismatches == 0
-            && !self.truncated
-            && self.registers.is_none_or(|check| check.result.is_ok())
+        self.failure().is_none()
+    }
+
+    /// Why the walk failed, the first reason in the order the module doc
+    /// lists its checks; `None` if it passed.
+    pub fn failure(&self) -> Option<Failure> {
+        if let Some(Err(violation)) = self.registers.map(|check| check.result) {
+            Some(Failure::Registers(violation))
+        } else if self.truncated {
+            Some(Failure::Incomplete)
+        } else if let Some(first) = self.first_violation {
+            Some(Failure::Unprotected {
+                count: self.violations,
+                first,
+            })
+        } else if let Some(first) = self.first_stray_key {
+            Some(Failure::StrayKeys {
+                count: self.stray_keys,
+                first,
+            })
+        } else if self.metadata_mismatches != 0 {
+            Some(Failure::MetadataMismatches(self.metadata_mismatches))
+        } else {
+            None
+        }
     }
 
     fn violation(&mut self, found: Violation) {
         self.violations += 1;
         self.first_violation.get_or_insert(found);
+    }
+}
+
+/// Why a walk failed ([`VerifyReport::failure`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Failure {
+    /// The protection registers do not hold what they must.
+    Registers(pkeys::Violation),
+    /// A table could not be read, or too many were reached.
+    Incomplete,
+    /// Unprotected aliases of page-table memory, or tables outside it.
+    Unprotected {
+        /// How many.
+        count: u64,
+        /// The first.
+        first: Violation,
+    },
+    /// Keys where the key table puts none.
+    StrayKeys {
+        /// How many leaves.
+        count: u64,
+        /// The first.
+        first: Violation,
+    },
+    /// Pageblocks whose metadata disagrees with the sealed record.
+    MetadataMismatches(u64),
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Registers(violation) => write!(f, "protection registers: {violation}"),
+            Self::Incomplete => write!(
+                f,
+                "incomplete (a table could not be read, or more than {MAX_TABLE_VISITS} tables)"
+            ),
+            Self::Unprotected { count, first } => write!(
+                f,
+                "{count} violations (unprotected aliases, or tables outside page-table memory); \
+                 first: virtual {:#x}, frame {:#x}, entry {:#x}",
+                first.virt, first.phys, first.entry
+            ),
+            Self::StrayKeys { count, first } => write!(
+                f,
+                "stray keys on {count} leaves (keys the key table does not give what they \
+                 map); first: virtual {:#x}, key {}, entry {:#x}",
+                first.virt,
+                pkeys::key::pte_key(first.entry).index(),
+                first.entry
+            ),
+            Self::MetadataMismatches(count) => write!(
+                f,
+                "{count} pageblocks whose freetype in the allocator's metadata disagrees with the \
+                 sealed record"
+            ),
+        }
     }
 }
 
@@ -128,9 +215,13 @@ pub fn verify() -> VerifyReport {
         total.leaves += user.leaves;
         total.aliases += user.aliases;
         total.violations += user.violations;
+        total.stray_keys += user.stray_keys;
         total.truncated |= user.truncated;
         if total.first_violation.is_none() {
             total.first_violation = user.first_violation;
+        }
+        if total.first_stray_key.is_none() {
+            total.first_stray_key = user.first_stray_key;
         }
     }
     total.metadata_mismatches = super::sealed::mismatches();
@@ -192,6 +283,27 @@ fn unprotected_image_frame(
         .or_else(|| overlap(super::sealed::phys_range()).filter(|_| !sealed_ok))
 }
 
+/// True if the supervisor leaf `entry` (mapping `span` bytes from
+/// `phys_base`) carries a key that the key table does not give what it
+/// maps. User leaves are left alone: supervisor keys do not apply to them.
+fn stray_key(phys_base: u64, span: u64, entry: u64) -> bool {
+    if entry & USER != 0 {
+        return false;
+    }
+    let key = pkeys::key::pte_key(entry);
+    let overlaps =
+        |range: core::ops::Range<u64>| range.start < phys_base + span && phys_base < range.end;
+    if key == pkeys::keys::DEFAULT_KEY {
+        false
+    } else if key == PAGE_TABLE_KEY {
+        page_table_memory_in(phys_base, span).is_none()
+    } else if key == pkeys::METADATA_KEY {
+        !overlaps(super::sealed::phys_range())
+    } else {
+        true
+    }
+}
+
 /// Checks the table at `table` (a `level` table translating from
 /// `virt_base`, linked by `link`) and everything below it.
 fn walk_table(
@@ -231,6 +343,14 @@ fn walk_table(
         }
         report.leaves += 1;
         let phys_base = e & ADDRESS & !(span - 1);
+        if stray_key(phys_base, span, e) {
+            report.stray_keys += 1;
+            report.first_stray_key.get_or_insert(Violation {
+                virt,
+                phys: phys_base,
+                entry: e,
+            });
+        }
         if let Some(phys) = unprotected_image_frame(phys_base, span, e, mechanism) {
             report.violation(Violation {
                 virt,
@@ -264,6 +384,39 @@ crate::kernel_test! {
         crate::check!(report.tables >= 4, "only {} tables found", report.tables);
         crate::check_eq!(report.violations, 0, "unprotected aliases");
         crate::check!(report.aliases as usize >= report.tables, "fewer aliases than tables: {:?}", report);
+        Ok(())
+    }
+}
+
+/// A page of the image for [`walk_reports_stray_keys`] to key.
+static STRAY_KEY_PAGE: super::boot_tables::TestPage = super::boot_tables::TestPage::new();
+
+crate::kernel_test! {
+    /// A key left on a page the key table does not give it is a stray
+    /// key, and fails the walk: key 1 on a page that is not page-table
+    /// memory, and a spare key anywhere. Once the key is taken back, the
+    /// walk passes again.
+    fn walk_reports_stray_keys() -> TestResult {
+        let before = verify();
+        crate::check_eq!(before.stray_keys, 0);
+        const SPARE_KEY: pkeys::Pkey = match pkeys::Pkey::new(15) {
+            Some(key) => key,
+            None => panic!("key 15 exists"),
+        };
+        for key in [PAGE_TABLE_KEY, pkeys::METADATA_KEY, SPARE_KEY] {
+            let keyed = STRAY_KEY_PAGE.keyed(key).map_err(|e| {
+                crate::testing::TestFailure::new(file!(), line!(), format_args!("{e:?}"))
+            })?;
+            let report = verify();
+            let first = report.first_stray_key.map(|v| (v.virt, pkeys::key::pte_key(v.entry)));
+            crate::check_eq!(report.stray_keys, 1);
+            crate::check_eq!(first, Some((keyed.word(0) as u64, key)));
+            // Under ptprot=none the walk fails anyway, for unprotected tables.
+            if before.passed() {
+                crate::check!(matches!(report.failure(), Some(Failure::StrayKeys { count: 1, .. })));
+            }
+        }
+        crate::check_eq!(verify().stray_keys, 0, "the guard left the key behind");
         Ok(())
     }
 }

@@ -50,6 +50,7 @@ crate::kernel_test! {
     /// `map` takes an owned `Frame`, which only the allocator makes, for
     /// data freetypes only.
     fn map_unmap_and_bad_input() -> TestResult {
+        frames::needs_free_pageblocks(1, "for a 2 MiB frame")?;
         let space = AddressSpace::new().map_err(|e| {
             TestFailure::new(file!(), line!(), format_args!("{e:?}"))
         })?;
@@ -104,6 +105,7 @@ crate::kernel_test! {
     /// mapping of page-table memory made anyway (the write the attack
     /// needs, planted) is what the walk reports.
     fn a_mapped_frame_keeps_its_pageblock() -> TestResult {
+        frames::needs_free_pageblocks(1, "to convert")?;
         let Some(allocator) = frames::allocator() else {
             return Err(TestFailure::new(file!(), line!(), format_args!("no allocator")));
         };
@@ -138,6 +140,7 @@ crate::kernel_test! {
     /// it made freed again (down to the region's PDPT), and bad input
     /// refused without change.
     fn kernel_space_map_unmap() -> TestResult {
+        frames::needs_free_pageblocks(1, "for a 2 MiB frame")?;
         let Some(kernel) = kernel_space() else {
             return Err(TestFailure::new(file!(), line!(), format_args!("no kernel space")));
         };
@@ -303,6 +306,7 @@ crate::kernel_test! {
     /// and a 2 MiB alias of page-table memory, reported without the
     /// protection and not with it. Everything planted is undone.
     fn walk_finds_planted_violations() -> TestResult {
+        frames::needs_free_pageblocks(2, "for a 2 MiB page-table block and a 2 MiB frame")?;
         if crate::boot_state().ptprot == pkeys::ProtectionPolicy::None {
             return Err(TestFailure::skipped("ptprot=none protects nothing"));
         }
