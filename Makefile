@@ -13,6 +13,8 @@
 #
 # Variables for run and gdb: APPEND="test=all", CPU=qemu64, MEM=4G, SMP=2,
 # TIMEOUT=60 (seconds). APPEND replaces the default "demo=pte pkfault=report".
+# The runner refuses an APPEND over 1024 bytes and a MEM below 3M before
+# starting QEMU (exit code 11 or 17, as when the kernel itself refuses).
 # Variable for mutants: MUTANTS_CRATES="ptalloc pkeys boot" (the default).
 
 TARGET  := x86_64-unknown-none

@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 33 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 26 passed, 0 failed, 8 skipped";
-const ALL_UNDER_NONE: &str = "tests: 24 passed, 0 failed, 10 skipped";
+const ALL_UNDER_PKS: &str = "tests: 35 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 28 passed, 0 failed, 8 skipped";
+const ALL_UNDER_NONE: &str = "tests: 26 passed, 0 failed, 10 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -38,7 +38,7 @@ fn boots_with_pks_and_reports() {
         "direct-map alias read-only for ",
         // The leaf count follows the image's size.
         "verification walk: PASS: 11 page-table frames, ",
-        " leaf mappings, 19 aliases of protected frames, all protected; registers as required",
+        " leaf mappings, 19 aliases of protected frames, all protected; no stray keys; registers as required",
         "register check: CR0.WP set, PKRS 0x00000028 (key 1 ro, key 2 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
         "boot complete",
     ]);
@@ -62,7 +62,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(33)
+        .expect_all_tests_passed(35)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.
@@ -279,6 +279,14 @@ fn bad_command_lines_are_rejected_with_the_reason() {
             "test=no_such_test",
             "option 'test' names unknown test 'no_such_test'; known tests:",
         ),
+        (
+            &format!("test={}", ["a"; 17].join(",")),
+            "option 'test' lists 17 tests; at most 16 can be named (test=all runs every test)",
+        ),
+        (
+            &format!("test={}", "n".repeat(65)),
+            "option 'test' names a test of 65 bytes (",
+        ),
     ];
     for (append, reason) in cases {
         boot(qemu(append))
@@ -289,11 +297,83 @@ fn bad_command_lines_are_rejected_with_the_reason() {
 }
 
 #[test]
-fn overlong_command_line_is_rejected() {
-    let long = format!("test={}", "a".repeat(1100));
-    boot(qemu(&long))
-        .expect_outcome(Outcome::BadCommandLine)
-        .expect_console(&["kernel command line rejected: command line is longer than 1024 bytes"]);
+fn overlong_command_lines_are_refused_before_qemu_starts() {
+    // 1024 bytes is the kernel's limit, and boots.
+    let longest = format!("{:<1024}", "ptprot=pks");
+    boot(qemu(&longest))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&["boot complete"]);
+    // Longer lines never reach QEMU: from about 4 KiB QEMU's loader would
+    // write them over hvm_start_info, from about 24 KiB the guest hangs.
+    for len in [1025, 4 << 10, 24 << 10, 128 << 10] {
+        let line = "x".repeat(len);
+        let run = boot(qemu(&line));
+        run.expect_outcome(Outcome::BadCommandLine);
+        let refusal = run
+            .0
+            .refusal
+            .as_ref()
+            .unwrap_or_else(|| panic!("{len} bytes: QEMU ran\n{}", run.0.transcript()));
+        assert_eq!(run.0.status, None, "{len} bytes: no QEMU status");
+        assert_eq!(refusal.status(), 37, "{len} bytes");
+        assert_eq!(
+            refusal.to_string(),
+            "kernel command line rejected: command line is longer than 1024 bytes",
+            "{len} bytes"
+        );
+        assert_eq!(refusal.detail(), format!("{len} bytes given"));
+    }
+}
+
+#[test]
+fn control_characters_are_escaped_in_every_echo() {
+    // An ANSI "clear screen", a backspace and DEL in a rejected word: the
+    // echo shows them escaped, and no control character reaches COM1.
+    for (append, shown) in [
+        (
+            "\u{1b}[2J",
+            "kernel command line rejected: '\\x1b[2J' is not of the form key=value",
+        ),
+        (
+            "ptprot=pk\u{8}s",
+            "option 'ptprot' does not accept 'pk\\x08s'",
+        ),
+        ("a\u{7f}=1", "unknown option 'a\\x7f'"),
+        (
+            "demo=\u{202e}pte",
+            "option 'demo' does not accept '\\u{202e}pte'",
+        ),
+    ] {
+        let run = boot(qemu(append));
+        run.expect_outcome(Outcome::BadCommandLine)
+            .expect_console(&[shown]);
+        assert!(
+            !run.0.console.chars().any(|c| c.is_control() && c != '\n'),
+            "a control character reached the console for {append:?}\n{}",
+            run.0.transcript()
+        );
+    }
+    // A tab separates words; the boot report's echo of the line shows it.
+    boot(qemu("ptprot=pks\tdemo=none"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&["command line: \"ptprot=pks\\x09demo=none\""]);
+}
+
+#[test]
+fn fault_policy_is_marked_as_not_applying_without_keys() {
+    boot(qemu("ptprot=ro pkfault=report"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "pk fault policy: pkfault=report (does not apply: ptprot=ro uses no protection keys",
+        ]);
+    boot(qemu("ptprot=none"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&[
+            "pk fault policy: pkfault=panic (does not apply: ptprot=none protects nothing",
+        ]);
+    boot(qemu("ptprot=pks pkfault=report"))
+        .expect_outcome(Outcome::Success)
+        .expect_console(&["pk fault policy: pkfault=report\n"]);
 }
 
 #[test]
@@ -363,6 +443,31 @@ fn failed_check_is_reported_and_later_tests_still_run() {
         [
             ("deliberate_check_failure".to_string(), false),
             ("breakpoint_returns".to_string(), true)
+        ]
+    );
+}
+
+#[test]
+fn a_test_that_leaves_state_behind_fails() {
+    // A frame kept, a key left on a page: each test passes by itself and
+    // the harness's checks after it fail it; later tests still run.
+    let run = boot(qemu(
+        "test=deliberate_frame_leak,deliberate_key_left_behind,breakpoint_returns",
+    ));
+    run.expect_outcome(Outcome::KernelFailure).expect_console(&[
+        "after deliberate_frame_leak: ",
+        " after: it left frames allocated",
+        "after deliberate_key_left_behind: verification walk failed: stray keys on 1 leaves",
+        "tests: 0 passed, 3 failed",
+    ]);
+    // The key stays, so the walk after the last test fails it too: the
+    // check runs after every test, not once.
+    assert_eq!(
+        run.test_results(),
+        [
+            ("deliberate_frame_leak".to_string(), false),
+            ("deliberate_key_left_behind".to_string(), false),
+            ("breakpoint_returns".to_string(), false)
         ]
     );
 }

@@ -4,17 +4,22 @@
 //! The kernel writes a value v to port 0xf4 and QEMU exits with
 //! `(v << 1) | 1`. Only 0x10 (status 33) is a pass. A triple fault under
 //! `-no-reboot` exits with 0 and QEMU's own errors with 1, so neither 0 nor 1
-//! may ever be read as success.
+//! may ever be read as success. The kernel's values and the mapping to
+//! statuses come from `boot::exit_status`, which the guest uses too.
 
 use std::fmt;
 use std::time::Duration;
 
-/// Exit status QEMU reports when the kernel writes 0x10 (success).
-pub const STATUS_SUCCESS: i32 = (0x10 << 1) | 1;
-/// Exit status for 0x11: panic, unexpected exception or failed test.
-pub const STATUS_KERNEL_FAILURE: i32 = (0x11 << 1) | 1;
-/// Exit status for 0x12: the kernel rejected its `-append` options.
-pub const STATUS_BAD_COMMAND_LINE: i32 = (0x12 << 1) | 1;
+use boot::exit_status::{self, qemu_status};
+
+/// Exit status QEMU reports when the kernel reports success (33).
+pub const STATUS_SUCCESS: i32 = qemu_status(exit_status::SUCCESS);
+/// Exit status for a panic, unexpected exception or failed test (35).
+pub const STATUS_KERNEL_FAILURE: i32 = qemu_status(exit_status::FAILURE);
+/// Exit status when the kernel rejected its `-append` options (37).
+pub const STATUS_BAD_COMMAND_LINE: i32 = qemu_status(exit_status::BAD_COMMAND_LINE);
+/// Exit status when guest memory is too small to boot (39).
+pub const STATUS_NOT_ENOUGH_MEMORY: i32 = qemu_status(exit_status::NOT_ENOUGH_MEMORY);
 /// Exit status after a triple fault or reset with `-no-reboot`.
 pub const STATUS_TRIPLE_FAULT: i32 = 0;
 /// Exit status of QEMU's own errors (bad option, unloadable kernel, ...).
@@ -27,8 +32,12 @@ pub enum Outcome {
     Success,
     /// The kernel wrote 0x11: panic, unexpected exception or failed test (35).
     KernelFailure,
-    /// The kernel wrote 0x12: it rejected its `-append` options (37).
+    /// The kernel wrote 0x12: it rejected its `-append` options (37); or the
+    /// runner refused them before starting QEMU ([`crate::Refusal`]).
     BadCommandLine,
+    /// The kernel wrote 0x13: guest memory is too small to boot (39); or
+    /// the runner refused a memory size below the kernel's entry stub.
+    NotEnoughMemory,
     /// QEMU exited with 0: triple fault or CPU reset under `-no-reboot`.
     TripleFaultOrReset,
     /// QEMU exited with 1: QEMU itself failed; its stderr says why.
@@ -48,6 +57,7 @@ impl Outcome {
             STATUS_SUCCESS => Self::Success,
             STATUS_KERNEL_FAILURE => Self::KernelFailure,
             STATUS_BAD_COMMAND_LINE => Self::BadCommandLine,
+            STATUS_NOT_ENOUGH_MEMORY => Self::NotEnoughMemory,
             STATUS_TRIPLE_FAULT => Self::TripleFaultOrReset,
             STATUS_QEMU_ERROR => Self::QemuError,
             other => Self::UnexpectedStatus(other),
@@ -80,6 +90,7 @@ impl Outcome {
             Self::UnexpectedStatus(_) => 14,
             Self::Signalled => 15,
             Self::Timeout(_) => 16,
+            Self::NotEnoughMemory => 17,
         }
     }
 }
@@ -97,6 +108,10 @@ impl fmt::Display for Outcome {
                 f,
                 "kernel rejected its command line, the -append options \
                  (exit status {STATUS_BAD_COMMAND_LINE})"
+            ),
+            Self::NotEnoughMemory => write!(
+                f,
+                "kernel refused to boot: not enough memory (exit status {STATUS_NOT_ENOUGH_MEMORY})"
             ),
             Self::TripleFaultOrReset => write!(
                 f,
@@ -131,11 +146,26 @@ mod tests {
         assert_eq!(Outcome::from_status(33), Outcome::Success);
         assert_eq!(Outcome::from_status(35), Outcome::KernelFailure);
         assert_eq!(Outcome::from_status(37), Outcome::BadCommandLine);
+        assert_eq!(Outcome::from_status(39), Outcome::NotEnoughMemory);
         assert_eq!(Outcome::from_status(0), Outcome::TripleFaultOrReset);
         assert_eq!(Outcome::from_status(1), Outcome::QemuError);
         assert_eq!(Outcome::from_status(3), Outcome::UnexpectedStatus(3));
+        assert_eq!(Outcome::from_status(41), Outcome::UnexpectedStatus(41));
         assert_eq!(Outcome::from_status(-1), Outcome::UnexpectedStatus(-1));
         assert_eq!(Outcome::from_status(255), Outcome::UnexpectedStatus(255));
+    }
+
+    #[test]
+    fn statuses_are_the_boot_crates() {
+        assert_eq!(
+            [
+                STATUS_SUCCESS,
+                STATUS_KERNEL_FAILURE,
+                STATUS_BAD_COMMAND_LINE,
+                STATUS_NOT_ENOUGH_MEMORY
+            ],
+            [33, 35, 37, 39]
+        );
     }
 
     #[test]
@@ -172,9 +202,13 @@ mod tests {
             Outcome::UnexpectedStatus(7),
             Outcome::Signalled,
             Outcome::Timeout(Duration::from_secs(1)),
+            Outcome::NotEnoughMemory,
         ];
         let mut codes: Vec<u8> = all.iter().map(Outcome::exit_code).collect();
         assert_eq!(codes[0], 0);
+        // The runner's documented codes for the kernel's two refusals.
+        assert_eq!(Outcome::BadCommandLine.exit_code(), 11);
+        assert_eq!(Outcome::NotEnoughMemory.exit_code(), 17);
         assert!(codes[1..].iter().all(|&c| c >= 10));
         codes.sort_unstable();
         codes.dedup();
@@ -186,6 +220,10 @@ mod tests {
         assert_eq!(
             Outcome::Success.to_string(),
             "kernel reported success (exit status 33)"
+        );
+        assert_eq!(
+            Outcome::NotEnoughMemory.to_string(),
+            "kernel refused to boot: not enough memory (exit status 39)"
         );
         assert_eq!(
             Outcome::Timeout(Duration::from_secs(60)).to_string(),

@@ -1,6 +1,12 @@
 //! Running the kernel under QEMU: [`QemuConfig`], finding (or installing)
 //! QEMU, and [`run`], which boots the image and collects a [`RunReport`].
 //!
+//! [`run`] first checks the configuration ([`crate::preflight`]) and
+//! returns a refused report without starting QEMU if the kernel could not
+//! report the problem itself. Under KVM with `-cpu host` it retries once
+//! with [`KVM_HOST_FALLBACK_CPU`] when QEMU cannot set the host CPU up
+//! ([`kvm_cpu_fallback`]).
+//!
 //! Streams: COM1 is QEMU's stdout (`-serial stdio`), read line by line.
 //! COM2 goes to a Unix-domain socket in a private temp dir (`-serial
 //! unix:PATH`); QEMU connects to it as a client at startup and the runner
@@ -10,6 +16,7 @@
 //! Arrival order is the host's: lines the guest wrote within microseconds
 //! of each other on different ports may swap places.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -26,6 +33,7 @@ use defmt_decoder::Table;
 
 use crate::defmt_log::{self, Decoded};
 use crate::error::describe_exit;
+use crate::preflight;
 use crate::report::{LOG_PREFIX, NOTE_PREFIX, STDERR_PREFIX};
 use crate::{Outcome, RunReport, RunnerError};
 
@@ -40,6 +48,14 @@ pub const GDB_PORT: u16 = 1234;
 
 /// How often the main loop checks QEMU's status while waiting for output.
 const POLL: Duration = Duration::from_millis(10);
+
+/// The `-cpu` model KVM's `host` is retried with when QEMU cannot set it up
+/// ([`kvm_cpu_fallback`]): the host CPU without `IA32_ARCH_CAPABILITIES`,
+/// the MSR (0x10a) that some nested KVM hosts refuse to have written.
+pub const KVM_HOST_FALLBACK_CPU: &str = "host,-arch-capabilities";
+
+/// What QEMU writes to stderr when KVM refuses one of the vCPU's MSRs.
+const MSR_SET_FAILED: &str = "failed to set MSR";
 
 /// Which QEMU accelerator to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -448,11 +464,108 @@ fn load_defmt_table(
 ///
 /// Errors are for runs that could not happen (no QEMU, no kernel, host
 /// I/O); anything the kernel or QEMU did is in [`RunReport::outcome`].
+/// A configuration the kernel could not report on itself is refused before
+/// anything else, QEMU and the kernel image not needed:
+/// [`RunReport::refusal`] says why (and with `echo`, its line is printed).
+/// Under KVM with `-cpu host`, a QEMU that cannot set up the host CPU is
+/// retried once with [`KVM_HOST_FALLBACK_CPU`]; the report is the retry's,
+/// with a note saying so.
 pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
+    if let Err(refusal) = preflight::check(cfg) {
+        let report = RunReport::refused(refusal);
+        if cfg.echo {
+            echo_lines(&report.interleaved);
+        }
+        return Ok(report);
+    }
     if !cfg.kernel.is_file() {
         return Err(RunnerError::KernelNotFound(cfg.kernel.clone()));
     }
     let qemu = find_or_install_qemu()?;
+    run_with_fallback(&qemu, cfg)
+}
+
+/// [`run_qemu`], and the one retry [`kvm_cpu_fallback`] asks for.
+fn run_with_fallback(qemu: &Path, cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
+    let report = run_qemu(qemu, cfg)?;
+    let Some(fallback) = kvm_cpu_fallback(cfg, report.outcome, &report.qemu_stderr) else {
+        return Ok(report);
+    };
+    let note = fallback.to_string();
+    let shown = format!("{NOTE_PREFIX}{note}");
+    if cfg.echo {
+        echo_lines(std::slice::from_ref(&shown));
+    }
+    let mut retry = run_qemu(qemu, &cfg.clone().cpu(fallback.cpu))?;
+    retry.notes.insert(0, note);
+    retry.interleaved.insert(0, shown);
+    Ok(retry)
+}
+
+/// Why a KVM `-cpu host` run is retried, and with what ([`kvm_cpu_fallback`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuFallback {
+    /// The `-cpu` model to retry with.
+    pub cpu: String,
+    /// What QEMU said went wrong ("failed to set MSR 0x10a").
+    pub reason: String,
+}
+
+impl fmt::Display for CpuFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "-cpu host failed on this KVM host ({}); retrying with -cpu {}",
+            self.reason, self.cpu
+        )
+    }
+}
+
+/// Whether a finished run should be retried with [`KVM_HOST_FALLBACK_CPU`]:
+/// only under [`Accel::Kvm`] with `-cpu host` exactly, when QEMU itself
+/// failed and its stderr says KVM refused an MSR. QEMU reports that with
+/// status 1, or (QEMU 7, which asserts after the message) by aborting, so
+/// both [`Outcome::QemuError`] and [`Outcome::Signalled`] count. Any other
+/// CPU model was chosen by hand and is left alone, so a retry never
+/// repeats.
+pub fn kvm_cpu_fallback(
+    cfg: &QemuConfig,
+    outcome: Outcome,
+    qemu_stderr: &str,
+) -> Option<CpuFallback> {
+    if cfg.accel != Accel::Kvm || cfg.cpu != "host" {
+        return None;
+    }
+    if !matches!(outcome, Outcome::QemuError | Outcome::Signalled) {
+        return None;
+    }
+    let at = qemu_stderr.find(MSR_SET_FAILED)?;
+    let rest = &qemu_stderr[at + MSR_SET_FAILED.len()..];
+    // The MSR's number, when QEMU gives one: "failed to set MSR 0x10a to ...".
+    let reason = match rest.split_whitespace().next() {
+        Some(msr) if rest.starts_with(' ') && msr.starts_with("0x") => {
+            format!("{MSR_SET_FAILED} {msr}")
+        }
+        _ => MSR_SET_FAILED.to_string(),
+    };
+    Some(CpuFallback {
+        cpu: KVM_HOST_FALLBACK_CPU.to_string(),
+        reason,
+    })
+}
+
+/// Prints lines to stdout as the live echo does.
+fn echo_lines(lines: &[String]) {
+    let mut out = io::stdout().lock();
+    for line in lines {
+        // A closed stdout (e.g. `runner | head`) must not stop the run.
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
+/// Boots the kernel once with the QEMU binary at `qemu`.
+fn run_qemu(qemu: &Path, cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
     let mut collector = Collector {
         echo: cfg.echo,
         ..Collector::default()
@@ -478,7 +591,7 @@ pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
             cfg.gdb_attach_command()
         );
     }
-    let mut child = Command::new(&qemu)
+    let mut child = Command::new(qemu)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -555,6 +668,7 @@ pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
         qemu_stderr: collector.stderr,
         elapsed,
         command,
+        refusal: None,
     })
 }
 
@@ -768,6 +882,211 @@ mod tests {
             }
             other => panic!("expected KernelNotFound, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn refusals_come_before_needing_a_kernel_or_qemu() {
+        // No kernel image exists, and no QEMU is needed: the refusal comes first.
+        let cases = [
+            (
+                QemuConfig::new("/nonexistent/kernel").append("x".repeat(1025)),
+                Outcome::BadCommandLine,
+                "kernel command line rejected: command line is longer than 1024 bytes",
+            ),
+            (
+                QemuConfig::new("/nonexistent/kernel").append("a\0b"),
+                Outcome::BadCommandLine,
+                "kernel command line rejected: command line has a NUL byte at offset 1, \
+                 where QEMU would cut it short",
+            ),
+            (
+                QemuConfig::new("/nonexistent/kernel").memory("2M"),
+                Outcome::NotEnoughMemory,
+                "not enough memory: -m 2M does not hold",
+            ),
+        ];
+        for (cfg, outcome, line) in cases {
+            let report = match run(&cfg) {
+                Ok(report) => report,
+                Err(e) => panic!("{e}"),
+            };
+            assert_eq!(report.outcome, outcome);
+            assert_eq!(report.status, None);
+            assert!(report.refusal.is_some());
+            assert!(
+                report.interleaved[0].starts_with(line),
+                "{:?}",
+                report.interleaved
+            );
+        }
+        // At the limit the run goes on, to the missing kernel.
+        let at_limit = QemuConfig::new("/nonexistent/kernel")
+            .append("x".repeat(1024))
+            .memory("3M");
+        assert!(matches!(
+            run(&at_limit),
+            Err(RunnerError::KernelNotFound(_))
+        ));
+    }
+
+    const MSR_STDERR: &str =
+        "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000000000000b\n";
+
+    #[test]
+    fn kvm_host_is_retried_when_qemu_cannot_set_an_msr() {
+        let kvm = QemuConfig::new("k").accel(Accel::Kvm);
+        for outcome in [Outcome::QemuError, Outcome::Signalled] {
+            let fallback = kvm_cpu_fallback(&kvm, outcome, MSR_STDERR);
+            assert_eq!(
+                fallback,
+                Some(CpuFallback {
+                    cpu: "host,-arch-capabilities".to_string(),
+                    reason: "failed to set MSR 0x10a".to_string(),
+                }),
+                "{outcome}"
+            );
+        }
+        let Some(fallback) = kvm_cpu_fallback(&kvm, Outcome::QemuError, MSR_STDERR) else {
+            return;
+        };
+        assert_eq!(
+            fallback.to_string(),
+            "-cpu host failed on this KVM host (failed to set MSR 0x10a); \
+             retrying with -cpu host,-arch-capabilities"
+        );
+        // Without an MSR number, the reason is QEMU's phrase alone.
+        assert_eq!(
+            kvm_cpu_fallback(&kvm, Outcome::QemuError, "failed to set MSR\n").map(|f| f.reason),
+            Some("failed to set MSR".to_string())
+        );
+    }
+
+    #[test]
+    fn no_retry_unless_kvm_host_failed_on_an_msr() {
+        let kvm = QemuConfig::new("k").accel(Accel::Kvm);
+        let cases = [
+            // Not KVM, or a CPU model chosen by hand (the retry's own among them).
+            (
+                QemuConfig::new("k").cpu("host"),
+                Outcome::QemuError,
+                MSR_STDERR,
+            ),
+            (kvm.clone().cpu("max"), Outcome::QemuError, MSR_STDERR),
+            (
+                kvm.clone().cpu(KVM_HOST_FALLBACK_CPU),
+                Outcome::QemuError,
+                MSR_STDERR,
+            ),
+            (kvm.clone().cpu("host,+pks"), Outcome::QemuError, MSR_STDERR),
+            // QEMU did not fail, or failed for another reason.
+            (kvm.clone(), Outcome::Success, MSR_STDERR),
+            (kvm.clone(), Outcome::KernelFailure, MSR_STDERR),
+            (
+                kvm.clone(),
+                Outcome::Timeout(Duration::from_secs(1)),
+                MSR_STDERR,
+            ),
+            (
+                kvm.clone(),
+                Outcome::QemuError,
+                "qemu-system-x86_64: failed to initialize kvm: Permission denied\n",
+            ),
+            (kvm.clone(), Outcome::QemuError, "failed to get MSR 0x10a\n"),
+            (kvm.clone(), Outcome::QemuError, ""),
+        ];
+        for (cfg, outcome, stderr) in cases {
+            assert_eq!(
+                kvm_cpu_fallback(&cfg, outcome, stderr),
+                None,
+                "{:?} -cpu {} {outcome} {stderr:?}",
+                cfg.accel,
+                cfg.cpu
+            );
+        }
+    }
+
+    /// Serialises the tests that write and run a fake QEMU, so no test
+    /// forks while another holds its script open for writing (which makes
+    /// the exec fail with "text file busy").
+    static FAKE_QEMU: Mutex<()> = Mutex::new(());
+
+    /// A temp dir with a "kernel" (not an ELF: COM2 is then ignored) and a
+    /// shell script standing in for QEMU.
+    fn fake_qemu(script: &str) -> (TempDir, PathBuf, PathBuf) {
+        let dir = match TempDir::new() {
+            Ok(dir) => dir,
+            Err(e) => panic!("temp dir: {e}"),
+        };
+        let kernel = dir.0.join("kernel");
+        let qemu = dir.0.join("qemu");
+        let written = fs::write(&kernel, b"not an ELF")
+            .and_then(|()| fs::write(&qemu, format!("#!/bin/sh\n{script}")))
+            .and_then(|()| fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755)));
+        if let Err(e) = written {
+            panic!("writing the fake QEMU: {e}");
+        }
+        (dir, kernel, qemu)
+    }
+
+    /// Fails like a KVM host that refuses IA32_ARCH_CAPABILITIES, unless
+    /// the CPU model drops it; then "boots" and exits with success.
+    const MSR_FAILING_QEMU: &str = r#"
+case " $* " in
+  *" -cpu host,-arch-capabilities "*) echo "boot complete"; exit 33 ;;
+esac
+echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000000000000b" >&2
+exit 1
+"#;
+
+    #[test]
+    fn a_failing_kvm_host_run_is_retried_once() {
+        let _serial = FAKE_QEMU.lock().unwrap_or_else(|e| e.into_inner());
+        let (_dir, kernel, qemu) = fake_qemu(MSR_FAILING_QEMU);
+        let cfg = QemuConfig::new(&kernel).accel(Accel::Kvm);
+        let report = match run_with_fallback(&qemu, &cfg) {
+            Ok(report) => report,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(report.outcome, Outcome::Success, "{}", report.transcript());
+        assert!(report.command.contains("-cpu host,-arch-capabilities"));
+        assert_eq!(report.console, "boot complete\n");
+        let note = "-cpu host failed on this KVM host (failed to set MSR 0x10a); \
+                    retrying with -cpu host,-arch-capabilities";
+        assert_eq!(report.notes.first().map(String::as_str), Some(note));
+        assert_eq!(
+            report.interleaved.first().map(String::as_str),
+            Some(format!("{NOTE_PREFIX}{note}").as_str())
+        );
+
+        // Under TCG the same failure is QEMU's error, reported as it is.
+        let tcg = QemuConfig::new(&kernel).cpu("host");
+        let report = match run_with_fallback(&qemu, &tcg) {
+            Ok(report) => report,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(report.outcome, Outcome::QemuError);
+        assert!(report.qemu_stderr.contains("failed to set MSR 0x10a"));
+        assert!(report.notes.iter().all(|n| !n.contains("retrying")));
+    }
+
+    #[test]
+    fn a_retry_that_fails_too_is_reported_and_not_repeated() {
+        let _serial = FAKE_QEMU.lock().unwrap_or_else(|e| e.into_inner());
+        // Fails whatever the CPU model, and counts its runs.
+        let (dir, kernel, qemu) = fake_qemu(
+            "echo run >> \"$(dirname \"$0\")/runs\"\n\
+             echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x1' >&2\nexit 1\n",
+        );
+        let cfg = QemuConfig::new(&kernel).accel(Accel::Kvm);
+        let report = match run_with_fallback(&qemu, &cfg) {
+            Ok(report) => report,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(report.outcome, Outcome::QemuError);
+        assert!(report.command.contains("-cpu host,-arch-capabilities"));
+        assert!(report.notes.iter().any(|n| n.contains("retrying")));
+        let runs = fs::read_to_string(dir.0.join("runs")).unwrap_or_default();
+        assert_eq!(runs.lines().count(), 2, "one run and one retry");
     }
 
     #[test]

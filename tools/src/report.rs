@@ -1,10 +1,11 @@
-//! [`RunReport`]: everything one QEMU run produced, and parsing of the COM1
-//! test protocol (`test NAME ... ok` / `test NAME ... FAILED`).
+//! [`RunReport`]: everything one QEMU run produced (or why the runner
+//! refused to start it), and parsing of the COM1 test protocol
+//! (`test NAME ... ok` / `test NAME ... FAILED`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::Outcome;
+use crate::{Outcome, Refusal};
 
 /// Prefix of decoded defmt (COM2) lines in the interleaved log.
 pub const LOG_PREFIX: &str = "  log| ";
@@ -13,13 +14,21 @@ pub const NOTE_PREFIX: &str = "runner| ";
 /// Prefix of QEMU's stderr lines when echoed live.
 pub const STDERR_PREFIX: &str = " qemu| ";
 
-/// The result of one QEMU run.
+/// The result of one QEMU run, or of a configuration the runner refused
+/// before starting QEMU ([`RunReport::refused`]).
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    /// What the exit status means.
+    /// What the exit status means; for a refusal, the outcome the kernel
+    /// gives for the same input ([`Refusal::outcome`]).
     pub outcome: Outcome,
-    /// QEMU's exit status; `None` when killed (timeout or signal).
+    /// QEMU's exit status; `None` when QEMU was killed (timeout or signal)
+    /// or never started (a refusal: [`Refusal::status`] has the status the
+    /// kernel would have given).
     pub status: Option<i32>,
+    /// Why the runner did not start QEMU. When this is `Some`, no QEMU ran:
+    /// `console`, `log` and `qemu_stderr` are empty, `command` is empty,
+    /// `elapsed` is zero, and `interleaved` holds the refusal's one line.
+    pub refusal: Option<Refusal>,
     /// COM1 text, one `\n`-terminated line per line received (`\r` removed).
     pub console: String,
     /// When each COM1 line arrived, counted from QEMU's start (one entry
@@ -41,6 +50,28 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The report of a run the runner refused before starting QEMU.
+    pub fn refused(refusal: Refusal) -> Self {
+        Self {
+            outcome: refusal.outcome(),
+            status: None,
+            console: String::new(),
+            console_arrivals: Vec::new(),
+            log: Vec::new(),
+            notes: Vec::new(),
+            interleaved: vec![refusal.to_string()],
+            qemu_stderr: String::new(),
+            elapsed: Duration::ZERO,
+            command: String::new(),
+            refusal: Some(refusal),
+        }
+    }
+
+    /// Whether QEMU ran at all (it did unless the runner refused).
+    pub fn qemu_started(&self) -> bool {
+        self.refusal.is_none()
+    }
+
     /// Test results parsed from the COM1 `test NAME ... ok|FAILED` lines, in
     /// order. Lines that do not follow the protocol are ignored.
     pub fn test_results(&self) -> Vec<(String, bool)> {
@@ -77,10 +108,23 @@ impl RunReport {
         let mut out = String::new();
         // Writing to a String cannot fail, so the fmt::Results are ignored.
         let _ = writeln!(out, "===== QEMU run =====");
-        let _ = writeln!(out, "command: {}", self.command);
-        let status = match self.status {
-            Some(code) => code.to_string(),
-            None => "none (killed)".to_string(),
+        if let Some(refusal) = &self.refusal {
+            let _ = writeln!(
+                out,
+                "command: none: the runner refused to start QEMU ({})",
+                refusal.detail()
+            );
+            let _ = writeln!(out, "refused: {refusal}");
+        } else {
+            let _ = writeln!(out, "command: {}", self.command);
+        }
+        let status = match (self.status, &self.refusal) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(refusal)) => format!(
+                "none (QEMU not started; the kernel's would be {})",
+                refusal.status()
+            ),
+            (None, None) => "none (killed)".to_string(),
         };
         let _ = writeln!(
             out,
@@ -167,7 +211,37 @@ mod tests {
             qemu_stderr: "warning: something".to_string(),
             elapsed: Duration::from_millis(420),
             command: "qemu-system-x86_64 -kernel k".to_string(),
+            refusal: None,
         }
+    }
+
+    #[test]
+    fn a_refused_run_says_no_qemu_ran() {
+        let refusal = Refusal::CommandLineTooLong { len: 1025 };
+        let report = RunReport::refused(refusal.clone());
+        assert_eq!(report.outcome, Outcome::BadCommandLine);
+        assert_eq!(report.status, None);
+        assert!(!report.qemu_started());
+        assert!(report.console.is_empty() && report.qemu_stderr.is_empty());
+        assert_eq!(
+            report.interleaved,
+            ["kernel command line rejected: command line is longer than 1024 bytes"]
+        );
+        let t = report.transcript();
+        for needle in [
+            "command: none: the runner refused to start QEMU (1025 bytes given)\n",
+            "refused: kernel command line rejected: command line is longer than 1024 bytes\n",
+            "status: none (QEMU not started; the kernel's would be 37)",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        let memory = RunReport::refused(Refusal::NotEnoughMemory {
+            memory: "1M".to_string(),
+            bytes: 1 << 20,
+        });
+        assert_eq!(memory.outcome, Outcome::NotEnoughMemory);
+        assert!(memory.transcript().contains("the kernel's would be 39"));
+        assert!(report_with_console("").qemu_started());
     }
 
     #[test]
@@ -265,6 +339,7 @@ mod tests {
             "boot",
             "  log| [INFO ] hello",
             "warning: something\n",
+            "command: qemu-system-x86_64 -kernel k\n",
         ] {
             assert!(t.contains(needle), "missing {needle:?} in\n{t}");
         }

@@ -6,6 +6,16 @@
 //!        [--smp 1] [--append "..."] [--timeout SECS] [--accel tcg|kvm] [--gdb]
 //! ```
 //!
+//! Before starting QEMU the runner refuses what the kernel could not report
+//! itself: an `--append` line over the kernel's 1024 bytes (or with a NUL
+//! byte), and `--memory` below the 3 MiB that holds the kernel's entry
+//! stub. It prints one line saying why (for the command line, the kernel's
+//! own `kernel command line rejected: ...`), a summary saying QEMU was not
+//! started, and exits with the code of the kernel's own refusal. Under
+//! `--accel kvm` with `-cpu host`, a QEMU that cannot set up the host CPU
+//! (`failed to set MSR`) is retried once with `-cpu host,-arch-capabilities`,
+//! and a `runner|` note says so.
+//!
 //! Exit codes (only 0 is a pass):
 //!
 //! | code | meaning |
@@ -14,12 +24,13 @@
 //! | 1  | the runner could not run: no QEMU, no kernel image, build failed, I/O |
 //! | 2  | bad command-line options (clap) |
 //! | 10 | kernel reported failure: panic, unexpected exception, failed test (35) |
-//! | 11 | kernel rejected its `--append` command line (37) |
+//! | 11 | kernel rejected its `--append` command line (37), or the runner refused it |
 //! | 12 | triple fault or reset (QEMU status 0 under `-no-reboot`) |
 //! | 13 | QEMU itself failed (status 1); its stderr was printed |
 //! | 14 | any other QEMU exit status |
 //! | 15 | QEMU was killed by a signal |
 //! | 16 | timeout: the runner killed QEMU |
+//! | 17 | not enough memory: the kernel refused to boot (39), or the runner refused `--memory` |
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,7 +80,8 @@ struct Cli {
     #[arg(long)]
     cpu: Option<String>,
 
-    /// Guest memory, in QEMU's syntax.
+    /// Guest memory, in QEMU's syntax; below 3M is refused (the kernel's
+    /// entry would not be in RAM).
     #[arg(short = 'm', long, default_value = "128M")]
     memory: String,
 
@@ -77,7 +89,8 @@ struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     smp: u32,
 
-    /// Kernel command line (policies such as protection and fault response).
+    /// Kernel command line (policies such as protection and fault response);
+    /// at most 1024 bytes, the kernel's limit.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     append: String,
 
@@ -138,6 +151,13 @@ const WALK_PASSED: &str = "verification walk: PASS";
 
 /// The one-line verdict printed after the log.
 fn summary(report: &RunReport) -> String {
+    if let Some(refusal) = &report.refusal {
+        return format!(
+            "runner: FAILED: refused before starting QEMU ({}), with status {} as the kernel would",
+            refusal.detail(),
+            refusal.status()
+        );
+    }
     let mut line = if report.outcome.is_success() {
         format!("runner: {}", report.outcome)
     } else {
@@ -171,7 +191,7 @@ fn summary(report: &RunReport) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
-    use tools::Outcome;
+    use tools::{Outcome, Refusal};
 
     fn report(outcome: Outcome, console: &str) -> RunReport {
         RunReport {
@@ -185,7 +205,35 @@ mod tests {
             qemu_stderr: String::new(),
             elapsed: Duration::from_millis(420),
             command: String::new(),
+            refusal: None,
         }
+    }
+
+    #[test]
+    fn refusals_print_the_kernels_line_and_say_qemu_did_not_start() {
+        let long = RunReport::refused(Refusal::CommandLineTooLong { len: 1025 });
+        assert_eq!(
+            long.interleaved,
+            ["kernel command line rejected: command line is longer than 1024 bytes"]
+        );
+        assert_eq!(
+            summary(&long),
+            "runner: FAILED: refused before starting QEMU (1025 bytes given), with status 37 \
+             as the kernel would"
+        );
+        // The same exit code as when the kernel rejects its line.
+        assert_eq!(long.outcome.exit_code(), 11);
+
+        let small = RunReport::refused(Refusal::NotEnoughMemory {
+            memory: "2M".to_string(),
+            bytes: 2 << 20,
+        });
+        assert_eq!(
+            summary(&small),
+            "runner: FAILED: refused before starting QEMU (2048 KiB given), with status 39 \
+             as the kernel would"
+        );
+        assert_eq!(small.outcome.exit_code(), 17);
     }
 
     #[test]

@@ -1,0 +1,157 @@
+//! The boot matrix: every memory size, CPU model and CPU count from the
+//! issue either boots, or stops with the documented not-enough-memory
+//! line and status 39. No hang, fault or panic. `test=all` passes at
+//! every size that boots (the larger sizes are in `boot.rs`).
+//!
+//! Where a too-small machine is refused, by size (QEMU's `pc` memory map):
+//! - below `boot::layout::MIN_ENTRY_MEMORY` (3 MiB) the runner refuses
+//!   before starting QEMU: the kernel's entry stub would not be in RAM;
+//! - where RAM ends inside the image (3 MiB) the boot stub refuses;
+//! - where no whole free 2 MiB pageblock is left for page tables (4 to
+//!   6 MiB) memory bring-up refuses;
+//! - from `boot::layout::MIN_MEMORY` (7 MiB) the kernel boots.
+
+use std::sync::Mutex;
+use std::thread;
+
+use qemu_tests::{Run, boot, qemu};
+use tools::Outcome;
+
+const SIZES: [&str; 12] = [
+    "1M", "2M", "3M", "4M", "6M", "8M", "16M", "24M", "32M", "129M", "1G", "4G",
+];
+const CPUS: [&str; 4] = ["max", "qemu64", "qemu64,+pks", "max,pdpe1gb=off"];
+const SMP: [u32; 2] = [1, 2];
+
+/// Who should stop a boot at this size, or `None` if it boots.
+fn refused_by(size: &str) -> Option<&'static str> {
+    match size {
+        "1M" | "2M" => Some("runner"),
+        "3M" => Some("boot stub"),
+        "4M" | "6M" => Some("memory bring-up"),
+        _ => None,
+    }
+}
+
+/// The line each refusal point prints (the runner's is checked on its
+/// report); every one names the minimum.
+fn refusal_line(by: &str) -> &'static str {
+    match by {
+        "boot stub" => "boot: not enough memory: the RAM holding the kernel image ends at 0x",
+        "memory bring-up" => "boot: not enough memory: usable RAM ends at 0x",
+        _ => "not enough memory: ",
+    }
+}
+
+const MINIMUM: &str = "pks-kernel needs at least 7 MiB (QEMU -m 7M)";
+
+/// What is wrong with one run of the matrix, if anything.
+fn check(size: &str, cpu: &str, smp: u32, run: &Run) -> Option<String> {
+    let report = &run.0;
+    let problem = match refused_by(size) {
+        None if report.outcome != Outcome::Success => Some(format!("outcome {}", report.outcome)),
+        None if !report.console_has("boot complete") => Some("no \"boot complete\"".into()),
+        None => None,
+        Some(_) if report.outcome != Outcome::NotEnoughMemory => Some(format!(
+            "outcome {}, expected not enough memory",
+            report.outcome
+        )),
+        Some("runner") => match &report.refusal {
+            None => Some("QEMU ran: the runner should have refused the size".into()),
+            Some(refusal) if refusal.to_string().ends_with(MINIMUM) => None,
+            Some(refusal) => Some(format!("the refusal does not name the minimum: {refusal}")),
+        },
+        Some(by) => {
+            let lines: Vec<&str> = report
+                .console
+                .lines()
+                .filter(|line| line.contains("not enough memory"))
+                .collect();
+            match lines.as_slice() {
+                [line] if line.starts_with(refusal_line(by)) && line.contains(MINIMUM) => None,
+                _ => Some(format!(
+                    "expected one refusal line from the {by}, got {lines:?}"
+                )),
+            }
+        }
+    };
+    problem.map(|problem| {
+        format!(
+            "-m {size} -cpu {cpu} -smp {smp}: {problem}\n{}",
+            report.transcript()
+        )
+    })
+}
+
+#[test]
+fn every_machine_in_the_matrix_boots_or_says_why_not() {
+    let combinations: Vec<(&str, &str, u32)> = SIZES
+        .iter()
+        .flat_map(|&size| {
+            CPUS.iter()
+                .flat_map(move |&cpu| SMP.iter().map(move |&smp| (size, cpu, smp)))
+        })
+        .collect();
+    let next = Mutex::new(combinations.iter());
+    let problems = Mutex::new(Vec::new());
+    // Two boots at a time: QEMU under TCG keeps one host core busy each.
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                // The lock is let go inside `take`, before the boot.
+                let take = || next.lock().ok().and_then(|mut n| n.next().copied());
+                while let Some((size, cpu, smp)) = take() {
+                    let run = boot(qemu("").memory(size).cpu(cpu).smp(smp));
+                    if let Some(problem) = check(size, cpu, smp, &run)
+                        && let Ok(mut problems) = problems.lock()
+                    {
+                        problems.push(problem);
+                    }
+                }
+            });
+        }
+    });
+    let problems = problems.into_inner().unwrap_or_default();
+    assert!(
+        problems.is_empty(),
+        "{} of {} combinations went wrong:\n\n{}",
+        problems.len(),
+        combinations.len(),
+        problems.join("\n\n")
+    );
+}
+
+#[test]
+fn all_kernel_tests_pass_on_small_machines() {
+    // From the minimum up to where every test has room (the larger sizes
+    // run in boot.rs); a test that needs more memory skips, saying so.
+    let machines = ["7M", "8M", "16M", "24M"]
+        .map(|size| (size, "max"))
+        .into_iter()
+        .chain([("7M", "qemu64"), ("16M", "qemu64")]);
+    for (size, cpu) in machines {
+        let run = boot(qemu("test=all").memory(size).cpu(cpu));
+        run.expect_outcome(Outcome::Success)
+            .expect_all_tests_passed(18)
+            .expect_console(&[" passed, 0 failed, "]);
+        let skipped_for_memory = run
+            .0
+            .console
+            .lines()
+            .filter(|line| {
+                line.contains("skipped (needs ") && line.contains("boot with more memory")
+            })
+            .count();
+        // At 8 MiB no whole pageblock is free once page tables have theirs.
+        let expected_skips = match size {
+            "7M" | "8M" => 9,
+            _ => 0,
+        };
+        assert_eq!(
+            skipped_for_memory,
+            expected_skips,
+            "-m {size} -cpu {cpu}\n{}",
+            run.0.transcript()
+        );
+    }
+}
