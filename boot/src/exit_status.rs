@@ -20,7 +20,9 @@ pub const NOT_ENOUGH_MEMORY: u32 = 0x13;
 
 /// QEMU's exit status when the guest writes `value` to the device.
 pub const fn qemu_status(value: u32) -> i32 {
-    ((value << 1) | 1) as i32
+    // `+ 1` rather than `| 1`: the same value (bit 0 is clear), and a
+    // mutation of it is caught.
+    ((value << 1) + 1) as i32
 }
 
 #[cfg(test)]

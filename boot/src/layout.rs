@@ -42,6 +42,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn minimum_memory_figures_hold_on_the_pc_memory_map() {
+        const MIB: u64 = 1 << 20;
+        // QEMU's pc machine keeps the top 128 KiB of low RAM reserved.
+        let usable_end = |memory: u64| memory - (128 << 10);
+        // The entry stub's page lies below the entry-memory threshold.
+        assert!(KERNEL_PHYS + 4096 <= usable_end(MIN_ENTRY_MEMORY));
+        assert!(MIN_ENTRY_MEMORY <= MIN_MEMORY);
+        // At the minimum, a whole 2 MiB pageblock lies above the one the
+        // image starts in; one MiB less leaves none (the image's own end
+        // depends on the build, and the QEMU boot matrix checks it).
+        let first_free_block = KERNEL_PHYS + 2 * MIB;
+        assert!(first_free_block + 2 * MIB <= usable_end(MIN_MEMORY));
+        assert!(first_free_block + 2 * MIB > usable_end(MIN_MEMORY - MIB));
+        assert_eq!((MIN_ENTRY_MEMORY / MIB, MIN_MEMORY / MIB), (3, 7));
+    }
+
+    #[test]
     fn boot_window_bounds() {
         assert_eq!(boot_window_addr(0, 16), Some(KERNEL_VIRT));
         assert_eq!(

@@ -2,6 +2,10 @@
 //! real direct map.
 //!
 //! Set-up, once at boot after the direct map exists:
+//! - if no whole 2 MiB pageblock is free above the image and the metadata,
+//!   the machine is too small to make page-table memory: set-up stops with
+//!   [`FramesError::NotEnoughMemory`], which names the minimum
+//!   (`boot::layout::MIN_MEMORY`), before touching anything;
 //! - metadata (`ptalloc::METADATA_BYTES_PER_FRAME` per frame up to the
 //!   highest usable address) is carved from the first usable region above
 //!   the kernel image that fits it, zeroed through the direct map;
