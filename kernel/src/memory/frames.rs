@@ -122,7 +122,7 @@ pub(super) fn init(
 
     // Page tables come from whole pageblocks converted to their key: with
     // none free, boot cannot go on. Say so before touching anything.
-    let excluded = [0..FIRST_MIB, image.clone(), metadata.clone()];
+    let excluded = [0..FIRST_MIB, image, metadata.clone()];
     let whole_free_pageblocks: u64 = memory
         .usable()
         .flat_map(|region| free_pieces(region.start..region.end, &excluded))
@@ -158,7 +158,6 @@ pub(super) fn init(
     )
     .map_err(FramesError::Init)?;
 
-    let excluded = [0..FIRST_MIB, image.clone(), metadata.clone()];
     let mut frames_given = 0;
     for region in memory.usable() {
         for piece in free_pieces(region.start..region.end, &excluded) {
