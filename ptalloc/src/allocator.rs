@@ -5,6 +5,10 @@
 //! takes no shared lock. Everything else takes the core lock. Lock order is
 //! always cache, then core.
 //!
+//! An allocation that fails for lack of memory first drains every CPU's
+//! cache into the core and tries once more: pages cached on another CPU
+//! are free, and each one pins its pageblock against conversion.
+//!
 //! `cpu` arguments name the calling CPU. The kernel passes its own CPU
 //! number with preemption off; host tests pass a thread's number. Using
 //! another CPU's cache is safe (each cache has its own lock), only slower.
@@ -213,12 +217,14 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 return Err(AllocError::ReserveNeedsOrderZero(order));
             }
         }
-        let result = if order == 0 {
-            self.alloc_cached(cpu, freetype, flags)
-        } else {
-            self.alloc_core(order, freetype, flags)
-                .map(|pfn| (pfn, false))
-        };
+        let mut result = self.alloc_uncounted(cpu, order, freetype, flags);
+        // Free pages parked in per-CPU caches (this CPU's or another's) are
+        // free memory too, and they pin their pageblocks: before saying
+        // OutOfMemory, take them all back and try once more.
+        if result == Err(AllocError::OutOfMemory) && self.drain_all_caches() > 0 {
+            self.core.lock().stats.drains_before_failing += 1;
+            result = self.alloc_uncounted(cpu, order, freetype, flags);
+        }
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
             Err(error) => {
@@ -243,6 +249,23 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             return Err(AllocError::Backend(error));
         }
         Ok(pfn)
+    }
+
+    /// One attempt at an allocation, through the cache for order 0; the
+    /// flag says whether the page came from the split reserve.
+    fn alloc_uncounted(
+        &self,
+        cpu: usize,
+        order: u32,
+        freetype: Freetype,
+        flags: AllocFlags,
+    ) -> Result<(Pfn, bool), AllocError> {
+        if order == 0 {
+            self.alloc_cached(cpu, freetype, flags)
+        } else {
+            self.alloc_core(order, freetype, flags)
+                .map(|pfn| (pfn, false))
+        }
     }
 
     fn alloc_core(
@@ -407,19 +430,32 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     }
 
     /// Returns every cached page to the core (for statistics, tests, and
-    /// before taking a CPU offline).
+    /// before taking a CPU offline). Allocations do it themselves before
+    /// they fail for lack of memory.
     pub fn drain_caches(&self) {
+        self.drain_all_caches();
+    }
+
+    /// Drains every CPU's cache, of every freetype, into the core, one
+    /// cache at a time (cache lock, then core lock, as everywhere: the
+    /// caller holds neither). Pages of other freetypes matter too: one
+    /// cached page keeps its whole pageblock from being converted.
+    /// Returns how many pages came back.
+    fn drain_all_caches(&self) -> usize {
+        let mut drained = 0;
         for cache in &self.caches {
             let mut cache = cache.lock();
             let mut core = self.core.lock();
             for freetype in Freetype::all() {
                 let stack = &mut cache.pages[freetype.index()];
                 if !stack.is_empty() {
+                    drained += stack.len();
                     self.drain(&mut core, stack, freetype, CACHE_CAPACITY);
                     core.stats.cache_drains += 1;
                 }
             }
         }
+        drained
     }
 
     /// Tops the split reserve up to its target. Call before an operation

@@ -45,6 +45,9 @@ pub struct Stats {
     pub cache_refills: u64,
     /// Per-CPU cache drains to the locked core.
     pub cache_drains: u64,
+    /// Allocations that found no memory, drained every CPU's cache, and
+    /// tried again (whether or not the retry succeeded).
+    pub drains_before_failing: u64,
 }
 
 impl Stats {
@@ -69,6 +72,7 @@ impl Stats {
             failed_allocations: 0,
             cache_refills: 0,
             cache_drains: 0,
+            drains_before_failing: 0,
         }
     }
 

@@ -9,8 +9,9 @@
 //! Memory is kernel memory only, on a direct map that never needs to
 //! change: the models are about the caches and the core lock, not about
 //! conversion. They check that no frame is live on two CPUs at once,
-//! that a racing double free is refused exactly once, and that every page
-//! comes back once both CPUs are done.
+//! that a racing double free is refused exactly once, that a CPU out of
+//! memory takes back the pages another CPU caches before it fails, and
+//! that every page comes back once both CPUs are done.
 #![cfg(loom)]
 
 use loom::thread;
@@ -258,6 +259,41 @@ fn a_full_cache_drains_to_the_core_while_another_cpu_refills() {
                 .free(0, pfn, 0)
                 .expect("freeing a page just allocated");
         }
+        assert_all_back(&alloc, FRAMES);
+    });
+}
+
+/// Two frames, two CPUs, one page each, at once: whichever CPU refills
+/// first takes both frames into its cache and hands out one; the other
+/// finds the core empty, drains every cache before failing, and gets the
+/// second. Under every interleaving both succeed and no frame is live on
+/// both CPUs.
+#[test]
+fn a_cpu_out_of_memory_takes_the_pages_another_cpu_caches() {
+    const FRAMES: u64 = 2;
+    model(|| {
+        let alloc = allocator(FRAMES);
+        let owned = Arc::new(Owned::default());
+        let (other, other_owned) = (alloc.clone(), owned.clone());
+        let cpu1 = spawn(move || {
+            let pfn = other
+                .alloc(1, 0, KERNEL, AllocFlags::empty())
+                .expect("CPU 1 gets a page: two frames for two CPUs");
+            other_owned.claim(pfn);
+            pfn
+        });
+        let mine = alloc
+            .alloc(0, 0, KERNEL, AllocFlags::empty())
+            .expect("CPU 0 gets a page: two frames for two CPUs");
+        owned.claim(mine);
+        let theirs = cpu1.join().expect("CPU 1 passed");
+        for pfn in [mine, theirs] {
+            owned.release(pfn);
+            alloc
+                .free(0, pfn, 0)
+                .expect("freeing a page just allocated");
+        }
+        assert!(alloc.stats().drains_before_failing >= 1);
         assert_all_back(&alloc, FRAMES);
     });
 }

@@ -363,3 +363,33 @@ fn page_table_pageblocks_are_wiped_before_they_become_ordinary_memory() {
         "the page-table pageblock was not wiped"
     );
 }
+
+#[test]
+fn an_allocation_takes_back_pages_another_cpu_caches_before_failing() {
+    // One pageblock: CPU 1's first page-table page converts it and parks
+    // 31 more in CPU 1's cache. CPU 0 must still get every other page but
+    // the one the conversion's own split used: the last 31 come out of
+    // CPU 1's cache, drained when the core ran dry.
+    let meta = meta(512);
+    let alloc = allocator(&meta);
+    let held_by_cpu1 = alloc.alloc(1, 0, PT, AllocFlags::empty()).unwrap();
+    assert_eq!(
+        alloc.stats().cached_pages[PT.index()],
+        CACHE_BATCH as u64 - 1
+    );
+    let mut pages = Vec::new();
+    let error = loop {
+        match alloc.alloc(0, 0, PT, AllocFlags::empty()) {
+            Ok(page) => pages.push(page),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error, AllocError::OutOfMemory);
+    let stats = alloc.stats();
+    assert_eq!(pages.len(), 512 - 1 - 1, "pages CPU 0 got");
+    assert_eq!(stats.cached_pages.iter().sum::<u64>(), 0);
+    // Once, when CPU 1's pages came back; at the final failure every
+    // cache was empty, so there was nothing to drain.
+    assert_eq!(stats.drains_before_failing, 1);
+    assert!(!pages.contains(&held_by_cpu1));
+}
