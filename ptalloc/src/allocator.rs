@@ -191,6 +191,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         (index < self.frames()).then_some(index as u32)
     }
 
+    /// The freetype of the pageblock holding frame `index`: where a free
+    /// block of it belongs.
+    fn home_freetype(&self, index: u32) -> Option<Freetype> {
+        let pageblock = index & !((1 << PAGEBLOCK_ORDER) - 1);
+        self.meta[pageblock as usize].pageblock_freetype()
+    }
+
     fn pfn_of(&self, index: u32) -> Pfn {
         Pfn(self.base.0 + u64::from(index))
     }
@@ -315,6 +322,20 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                     freetype,
                     may_convert && taken == 0,
                 ) {
+                    // A page stolen from another mobility's pageblock
+                    // (`Core::steal`) is handed out at once, never cached:
+                    // a cache holds pages of its own freetype only.
+                    Ok(index) if self.home_freetype(index) != Some(freetype) => {
+                        if taken == 0 {
+                            core.mark_allocated(self.meta, index, 0, freetype);
+                            return Ok((self.pfn_of(index), false));
+                        }
+                        self.meta[index as usize].set_state(State::Tail);
+                        if let Some(home) = self.home_freetype(index) {
+                            core.release(self.meta, index, 0, home);
+                        }
+                        break;
+                    }
                     Ok(index) => {
                         let frame = &self.meta[index as usize];
                         frame.set_order(0);
@@ -371,8 +392,10 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 given: order,
             });
         }
-        let Some(freetype) = frame.freetype() else {
-            unreachable!("an allocated head records a valid freetype")
+        // A block goes back to its pageblock's freetype, which is the one
+        // it was allocated as unless it was stolen (same protection).
+        let Some(freetype) = self.home_freetype(index) else {
+            unreachable!("a managed frame's pageblock records a valid freetype")
         };
         if order == 0 {
             return self.free_cached(cpu, index, pfn, freetype);
@@ -399,9 +422,11 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if !frame.transition(State::AllocatedHead, State::Cached) {
             return Err(FreeError::NotAllocated(pfn));
         }
-        // Read the freetype again now that the page is ours: the one read
-        // before the claim may belong to an earlier life of the frame.
-        let freetype = frame.freetype().unwrap_or(freetype);
+        // Read the pageblock's freetype again now that the page is ours:
+        // the one read before the claim may belong to an earlier life of
+        // the frame (its pageblock converted since).
+        let freetype = self.home_freetype(index).unwrap_or(freetype);
+        frame.set_freetype(freetype);
         cache.frees += 1;
         let stack = &mut cache.pages[freetype.index()];
         if stack.is_full() {

@@ -38,6 +38,9 @@ pub const RESERVE_CAPACITY: usize = 64;
 /// into the metadata array (frame minus base).
 pub(crate) struct Core {
     heads: [[u32; NR_ORDERS]; NR_FREETYPES],
+    /// Last block of each list: blocks likely to merge soon go there, so
+    /// allocations (which take from the head) leave them alone.
+    tails: [[u32; NR_ORDERS]; NR_FREETYPES],
     reserve: heapless::Vec<u32, RESERVE_CAPACITY>,
     reserve_target: usize,
     reserve_ever_filled: bool,
@@ -95,6 +98,7 @@ impl Core {
     pub(crate) fn new(base: u64, page_table: Freetype, reserve_target: usize) -> Self {
         Self {
             heads: [[NIL; NR_ORDERS]; NR_FREETYPES],
+            tails: [[NIL; NR_ORDERS]; NR_FREETYPES],
             reserve: heapless::Vec::new(),
             reserve_target: reserve_target.min(RESERVE_CAPACITY),
             reserve_ever_filled: false,
@@ -111,33 +115,79 @@ impl Core {
 
     // ---- free lists ----
 
+    /// Puts a free block at the head of its list: the next allocation of
+    /// its order and freetype takes it.
     fn push_free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
         let frame = &meta[index as usize];
-        let head = &mut self.heads[ft.index()][order as usize];
+        let (list, k) = (ft.index(), order as usize);
         frame.set_state(State::FreeHead);
         frame.set_order(order);
         frame.set_freetype(ft);
         frame.set_prev(NIL);
-        frame.set_next(*head);
-        if *head != NIL {
-            meta[*head as usize].set_prev(index);
+        let head = self.heads[list][k];
+        frame.set_next(head);
+        if head == NIL {
+            self.tails[list][k] = index;
+        } else {
+            meta[head as usize].set_prev(index);
         }
-        *head = index;
-        self.stats.free_blocks[ft.index()][order as usize] += 1;
+        self.heads[list][k] = index;
+        self.stats.free_blocks[list][k] += 1;
+    }
+
+    /// Puts a free block at the tail of its list: allocations reach it
+    /// last, which gives its buddy time to come back and merge with it.
+    fn push_free_tail(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
+        let frame = &meta[index as usize];
+        let (list, k) = (ft.index(), order as usize);
+        frame.set_state(State::FreeHead);
+        frame.set_order(order);
+        frame.set_freetype(ft);
+        frame.set_next(NIL);
+        let tail = self.tails[list][k];
+        frame.set_prev(tail);
+        if tail == NIL {
+            self.heads[list][k] = index;
+        } else {
+            meta[tail as usize].set_next(index);
+        }
+        self.tails[list][k] = index;
+        self.stats.free_blocks[list][k] += 1;
     }
 
     fn unlink_free(&mut self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) {
         let frame = &meta[index as usize];
+        let (list, k) = (ft.index(), order as usize);
         let (prev, next) = (frame.prev(), frame.next());
         if prev == NIL {
-            self.heads[ft.index()][order as usize] = next;
+            self.heads[list][k] = next;
         } else {
             meta[prev as usize].set_next(next);
         }
-        if next != NIL {
+        if next == NIL {
+            self.tails[list][k] = prev;
+        } else {
             meta[next as usize].set_prev(prev);
         }
-        self.stats.free_blocks[ft.index()][order as usize] -= 1;
+        self.stats.free_blocks[list][k] -= 1;
+    }
+
+    /// True if the block at `index` of `order` would merge twice once its
+    /// buddy is free: the buddy of the block they would form is free
+    /// already. Such a block goes to the tail of its list (Linux does the
+    /// same), so small allocations fill the pageblocks that are in use
+    /// and leave the nearly free ones to become whole.
+    fn merge_likely(&self, meta: &[FrameMeta], index: u32, order: u32, ft: Freetype) -> bool {
+        if order + 1 >= MAX_ORDER {
+            return false;
+        }
+        let pair = index & !(1 << order);
+        let higher_buddy = pair ^ (1 << (order + 1));
+        meta.get(higher_buddy as usize).is_some_and(|frame| {
+            frame.state() == State::FreeHead
+                && frame.order() == order + 1
+                && frame.freetype() == Some(ft)
+        })
     }
 
     fn pop_free(&mut self, meta: &[FrameMeta], order: u32, ft: Freetype) -> Option<u32> {
@@ -185,7 +235,11 @@ impl Core {
             index = index.min(buddy);
             order += 1;
         }
-        self.push_free(meta, index, order, ft);
+        if self.merge_likely(meta, index, order, ft) {
+            self.push_free_tail(meta, index, order, ft);
+        } else {
+            self.push_free(meta, index, order, ft);
+        }
     }
 
     /// Frees every frame of `[start, end)` as maximal aligned blocks.
@@ -219,6 +273,9 @@ impl Core {
         if let Some(index) = self.take_block(meta, order, ft) {
             return Ok(index);
         }
+        if let Some(index) = self.steal(meta, order, ft) {
+            return Ok(index);
+        }
         if !may_convert {
             return Err(AllocError::WouldBlock);
         }
@@ -233,6 +290,30 @@ impl Core {
                 return Ok(index);
             }
         }
+    }
+
+    /// Below a pageblock, a free block of another mobility with the same
+    /// protection serves as well: the direct map needs no change, and the
+    /// whole free pageblocks stay whole for the conversions that need them
+    /// (page tables above all). The smallest fitting block is taken, never
+    /// a whole pageblock (that is a conversion's job). The block stays in
+    /// its pageblock's freetype: freeing it returns it there. Never for
+    /// the page-table freetype, which has no same-protection sibling in use.
+    pub(crate) fn steal(&mut self, meta: &[FrameMeta], order: u32, ft: Freetype) -> Option<u32> {
+        if order >= PAGEBLOCK_ORDER || ft == self.page_table {
+            return None;
+        }
+        let (donor, _) = Freetype::all()
+            .filter(|&other| other != ft && other.protection == ft.protection)
+            .filter_map(|other| {
+                self.closest_fit(other, order)
+                    .filter(|&fit| fit < PAGEBLOCK_ORDER)
+                    .map(|fit| (other, fit))
+            })
+            .min_by_key(|&(other, fit)| (fit, other.index()))?;
+        let index = self.take_block(meta, order, donor)?;
+        self.stats.stolen_blocks += 1;
+        Some(index)
     }
 
     /// Marks a taken block as allocated.
@@ -290,15 +371,17 @@ impl Core {
             .pick_source(need, target)
             .ok_or(AllocError::OutOfMemory)?;
         let changes_protection = source.protection != target.protection;
-        let largest = (need..=MAX_ORDER)
-            .rev()
-            .find(|&k| self.heads[source.index()][k as usize] != NIL)
+        // The smallest block that fits: whole free gigabytes stay whole,
+        // and a small free run is most likely in a region the direct map
+        // has split already, so the conversion splits nothing new.
+        let fitting = self
+            .closest_fit(source, need)
             .ok_or(AllocError::OutOfMemory)?;
         let index = self
-            .pop_free(meta, largest, source)
+            .pop_free(meta, fitting, source)
             .ok_or(AllocError::OutOfMemory)?;
         // Keep only what is needed; the upper halves stay with the source.
-        for k in (need..largest).rev() {
+        for k in (need..fitting).rev() {
             self.push_free(meta, index + (1 << k), k, source);
         }
 
@@ -370,18 +453,29 @@ impl Core {
         Ok(())
     }
 
+    /// The smallest order from `order` up with a free block of `ft`.
+    fn closest_fit(&self, ft: Freetype, order: u32) -> Option<u32> {
+        (order..=MAX_ORDER).find(|&k| self.heads[ft.index()][k as usize] != NIL)
+    }
+
     /// The freetype to convert from: among those (other than `target`)
-    /// with a free block of at least `order`, the one with most free memory.
+    /// with a free block of at least `order`, first one of `target`'s
+    /// protection (that conversion changes no mapping, wipes and flushes
+    /// nothing), then the one whose smallest such block is smallest (so no
+    /// larger block is broken up while a fitting one exists elsewhere),
+    /// then the one with most free memory.
     fn pick_source(&self, order: u32, target: Freetype) -> Option<Freetype> {
         Freetype::all()
             .filter(|&ft| ft != target)
-            .filter(|ft| (order..=MAX_ORDER).any(|k| self.heads[ft.index()][k as usize] != NIL))
-            .max_by_key(|ft| {
+            .filter_map(|ft| self.closest_fit(ft, order).map(|fit| (ft, fit)))
+            .min_by_key(|&(ft, fit)| {
                 let free: u64 = (0..NR_ORDERS)
                     .map(|k| self.stats.free_blocks[ft.index()][k] << k)
                     .sum();
-                (free, core::cmp::Reverse(ft.index()))
+                let changes_mapping = ft.protection != target.protection;
+                (changes_mapping, fit, core::cmp::Reverse(free), ft.index())
             })
+            .map(|(ft, _)| ft)
     }
 
     // ---- split reserve ----

@@ -947,7 +947,8 @@ fn coalesce(managed: &[(Pfn, Pfn)], base: u64, frames: u64) -> Result<Vec<(u64, 
 /// Rules, each named in the message of the first frame that breaks it:
 /// 1. each live block is an allocated head with that order and freetype;
 ///    no two blocks overlap (no page is handed out twice); every frame of
-///    it has the freetype's protection;
+///    it has the freetype's protection, and lies in a pageblock of its
+///    freetype or (stolen, below a pageblock) of one with its protection;
 /// 2. each free block is aligned to its order, its freetype is that of
 ///    every pageblock it touches, and its frames have that protection; no
 ///    two free buddies of one order and freetype are left unmerged;
@@ -1231,7 +1232,10 @@ pub fn check<const CPUS: usize>(
                 pageblocks[pageblock_ft.index()] += 1;
             }
             let ft = who.freetype(page_table);
-            if ft != pageblock_ft {
+            // A live block below a pageblock may be stolen from another
+            // mobility's pageblock of the same protection.
+            let stolen = matches!(who, Owner::Live(_)) && ft.protection == pageblock_ft.protection;
+            if ft != pageblock_ft && !stolen {
                 let rule = match who {
                     Owner::Free(_) => 2,
                     Owner::Live(_) | Owner::Cached(_) => 1,

@@ -48,6 +48,9 @@ pub struct Stats {
     /// Allocations that found no memory, drained every CPU's cache, and
     /// tried again (whether or not the retry succeeded).
     pub drains_before_failing: u64,
+    /// Blocks below a pageblock served from a freetype of another mobility
+    /// with the same protection (its own had none free).
+    pub stolen_blocks: u64,
 }
 
 impl Stats {
@@ -73,6 +76,7 @@ impl Stats {
             cache_refills: 0,
             cache_drains: 0,
             drains_before_failing: 0,
+            stolen_blocks: 0,
         }
     }
 

@@ -150,7 +150,7 @@ fn conversion_to_unmapped_uses_the_reserve_and_adding_permissions_does_not_flush
     assert_eq!(
         stats.converted(SECRET, USER),
         0,
-        "USER takes from the larger KERNEL pool"
+        "USER takes from KERNEL, of its own protection: no mapping changes"
     );
 }
 

@@ -1,0 +1,151 @@
+//! Fragmentation behaviours, each on the checking simulator (`ptalloc::sim`)
+//! with the invariant checker run after the case: a small block of one
+//! mobility is stolen from a sibling of the same protection rather than a
+//! whole pageblock broken up, conversions take the smallest fitting source
+//! of the target's own protection first, and an allocation that finds no
+//! memory takes back what per-CPU caches hold (also in `scenarios.rs`
+//! and the loom models).
+
+use ptalloc::sim::{self, LargestPage, SimDirectMap};
+use ptalloc::*;
+
+const PT: Freetype = Freetype {
+    mobility: Mobility::Unmovable,
+    protection: Protection::Pkey(1),
+};
+const USER: Freetype = Freetype {
+    mobility: Mobility::Movable,
+    protection: Protection::Mapped,
+};
+
+/// Frames per pageblock.
+const PB: u64 = 512;
+
+type Alloc<'m> = PageAllocator<'m, SimDirectMap, 2>;
+
+fn meta(frames: u64) -> Vec<FrameMeta> {
+    (0..frames).map(|_| FrameMeta::new()).collect()
+}
+
+/// `frames` frames of kernel memory from frame 0 on a map of `largest`
+/// pages, with a split reserve of 4.
+fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
+    let frames = meta.len() as u64;
+    let config = Config {
+        page_table: PT,
+        reserve_target: 4,
+    };
+    let map = SimDirectMap::new(frames, largest, 2);
+    let alloc = Alloc::new(meta, Pfn(0), config, map).expect("set-up");
+    alloc
+        .add_memory(Pfn(0), Pfn(frames), Freetype::KERNEL)
+        .expect("memory");
+    alloc
+}
+
+fn whole_free_pageblocks(alloc: &Alloc<'_>) -> u64 {
+    let stats = alloc.stats();
+    stats
+        .free_blocks
+        .iter()
+        .map(|by_order| {
+            by_order[PAGEBLOCK_ORDER as usize..]
+                .iter()
+                .enumerate()
+                .map(|(above, n)| n << above)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+#[test]
+fn a_small_block_is_stolen_from_a_sibling_of_the_same_protection() {
+    let meta = meta(4 * PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    // One kernel page breaks pageblock 0; three stay whole.
+    let kernel = alloc
+        .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    alloc.drain_caches();
+    assert_eq!(whole_free_pageblocks(&alloc), 3);
+    // USER has no pageblock: its order-3 block comes out of the kernel's
+    // broken pageblock, not out of a whole one converted to USER.
+    let user = alloc.alloc(0, 3, USER, AllocFlags::empty()).unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.stolen_blocks, 1);
+    assert_eq!(stats.total_conversions(), 0);
+    assert_eq!(whole_free_pageblocks(&alloc), 3);
+    assert_eq!(user.0 / PB, 0, "the stolen block lies in pageblock 0");
+    let info = alloc.frame_info(user).unwrap();
+    assert_eq!(
+        (info.freetype, info.pageblock_freetype),
+        (Some(USER), Some(Freetype::KERNEL))
+    );
+    let live = [(kernel, 0, Freetype::KERNEL), (user, 3, USER)];
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+    // Freed, it goes home to the kernel's lists and everything merges.
+    alloc.free(1, user, 3).unwrap();
+    alloc.free(0, kernel, 0).unwrap();
+    alloc.drain_caches();
+    assert_eq!(alloc.stats().free_pages(Freetype::KERNEL), 4 * PB);
+    assert_eq!(alloc.stats().free_pages(USER), 0);
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &[]).unwrap();
+}
+
+#[test]
+fn order_zero_pages_are_stolen_one_at_a_time_never_cached() {
+    let meta = meta(2 * PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    let kernel = alloc
+        .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    // Take the only whole pageblock left, so USER can only steal.
+    let block = alloc
+        .alloc(0, 9, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    let user = alloc.alloc(1, 0, USER, AllocFlags::empty()).unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.stolen_blocks, 1);
+    assert_eq!(
+        stats.cached_pages[USER.index()],
+        0,
+        "a stolen page is not cached"
+    );
+    let live = [
+        (kernel, 0, Freetype::KERNEL),
+        (block, 9, Freetype::KERNEL),
+        (user, 0, USER),
+    ];
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(2 * PB))], &live).unwrap();
+    // The page-table freetype never steals: it converts, or fails.
+    assert_eq!(
+        alloc.alloc(0, 0, PT, AllocFlags::empty()),
+        Err(AllocError::OutOfMemory)
+    );
+    assert_eq!(alloc.stats().stolen_blocks, 1);
+}
+
+#[test]
+fn a_conversion_takes_the_smallest_fitting_block_of_its_own_protection_first() {
+    // Pageblock 0 is broken by a kernel page; pageblock 1 is free alone;
+    // pageblocks 2-3 form a free order-10 block. USER needs a pageblock:
+    // it takes pageblock 1 (the exact fit), not half of the order-10 one.
+    let meta = meta(4 * PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    let kernel = alloc
+        .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    alloc.drain_caches();
+    let stats = alloc.stats();
+    assert_eq!(stats.free_blocks[Freetype::KERNEL.index()][9], 1);
+    assert_eq!(stats.free_blocks[Freetype::KERNEL.index()][10], 1);
+    let user = alloc.alloc(0, 9, USER, AllocFlags::empty()).unwrap();
+    assert_eq!(user, Pfn(PB), "the exact fit, pageblock 1");
+    assert_eq!(
+        alloc.stats().free_blocks[Freetype::KERNEL.index()][10],
+        1,
+        "order 10 kept whole"
+    );
+    let live = [(kernel, 0, Freetype::KERNEL), (user, 9, USER)];
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+}
