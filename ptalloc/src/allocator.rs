@@ -301,9 +301,33 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if stack.is_empty() {
             let mut core = self.core.lock();
             let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
-            // Fast refill: one aligned block of a whole batch, split here
-            // into pages, costs one free-list operation instead of 32.
-            if let Some(first) = core.take_block(self.meta, CACHE_BATCH_ORDER, freetype) {
+            // Refill with whole free blocks, smallest first: single pages
+            // before pairs, pairs before quads, up to a whole batch. Taking
+            // the smallest keeps the larger blocks whole (breaking a batch
+            // block while single pages lay free scattered order-0 pages
+            // over every pageblock), and taking whole blocks costs one
+            // free-list operation per block, not per page.
+            while stack.len() < CACHE_BATCH {
+                let room = (CACHE_BATCH - stack.len()).ilog2();
+                let Some((first, order)) = core.take_smallest_whole(self.meta, freetype, room)
+                else {
+                    break;
+                };
+                for index in (first..first + (1 << order)).rev() {
+                    let frame = &self.meta[index as usize];
+                    frame.set_order(0);
+                    frame.set_freetype(freetype);
+                    frame.set_state(State::Cached);
+                    // At most `room` pages were taken, and CACHE_BATCH <=
+                    // CACHE_CAPACITY.
+                    let _ = stack.push(index);
+                }
+            }
+            // No block that small at all: split one batch-sized block off a
+            // larger one in one go (that block has to be broken anyway).
+            if stack.is_empty()
+                && let Some(first) = core.take_block(self.meta, CACHE_BATCH_ORDER, freetype)
+            {
                 for index in (first..first + CACHE_BATCH as u32).rev() {
                     let frame = &self.meta[index as usize];
                     frame.set_order(0);
@@ -313,6 +337,8 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                     let _ = stack.push(index);
                 }
             }
+            // What is left comes page by page: split from a larger block,
+            // stolen, or converted (for the first page only).
             for taken in stack.len()..CACHE_BATCH {
                 // Convert for the first page only; a partial batch is fine.
                 match core.alloc(

@@ -453,6 +453,21 @@ impl Core {
         Ok(())
     }
 
+    /// Takes the smallest free block of `ft` of an order up to `most`,
+    /// whole (no split): its first frame and order. The caller marks its
+    /// frames.
+    pub(crate) fn take_smallest_whole(
+        &mut self,
+        meta: &[FrameMeta],
+        ft: Freetype,
+        most: u32,
+    ) -> Option<(u32, u32)> {
+        let order =
+            (0..=most.min(MAX_ORDER)).find(|&k| self.heads[ft.index()][k as usize] != NIL)?;
+        let index = self.pop_free(meta, order, ft)?;
+        Some((index, order))
+    }
+
     /// The smallest order from `order` up with a free block of `ft`.
     fn closest_fit(&self, ft: Freetype, order: u32) -> Option<u32> {
         (order..=MAX_ORDER).find(|&k| self.heads[ft.index()][k as usize] != NIL)

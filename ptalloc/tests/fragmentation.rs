@@ -2,9 +2,11 @@
 //! with the invariant checker run after the case: a small block of one
 //! mobility is stolen from a sibling of the same protection rather than a
 //! whole pageblock broken up, conversions take the smallest fitting source
-//! of the target's own protection first, and an allocation that finds no
-//! memory takes back what per-CPU caches hold (also in `scenarios.rs`
-//! and the loom models).
+//! of the target's own protection first, and a per-CPU cache refills from
+//! the smallest free blocks first. (An allocation that finds no memory
+//! takes back what per-CPU caches hold: `scenarios.rs` and the loom
+//! models.) The fragmentation benchmark (`benches/fragmentation.rs`)
+//! measures what they add up to.
 
 use ptalloc::sim::{self, LargestPage, SimDirectMap};
 use ptalloc::*;
@@ -148,4 +150,48 @@ fn a_conversion_takes_the_smallest_fitting_block_of_its_own_protection_first() {
     );
     let live = [(kernel, 0, Freetype::KERNEL), (user, 9, USER)];
     sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+}
+
+#[test]
+fn a_cache_refill_takes_small_free_blocks_before_breaking_a_pageblock() {
+    // Pageblock 0 filled with pairs, every other pair freed: 128 free
+    // order-1 blocks that cannot merge. Pageblock 1 stays whole.
+    let meta = meta(2 * PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    let pairs: Vec<Pfn> = (0..PB / 2)
+        .map(|_| {
+            alloc
+                .alloc(0, 1, Freetype::KERNEL, AllocFlags::empty())
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        pairs.iter().all(|pfn| pfn.0 < PB),
+        "the pairs fill pageblock 0"
+    );
+    for pfn in pairs.iter().step_by(2) {
+        alloc.free(0, *pfn, 1).unwrap();
+    }
+    assert_eq!(whole_free_pageblocks(&alloc), 1);
+    // A page on CPU 1: its cache refills with 16 of the free pairs (32
+    // pages), and pageblock 1 stays whole.
+    let page = alloc
+        .alloc(1, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    let stats = alloc.stats();
+    assert!(page.0 < PB, "the page comes from pageblock 0");
+    assert_eq!(whole_free_pageblocks(&alloc), 1);
+    assert_eq!(stats.free_blocks[Freetype::KERNEL.index()][1], 128 - 16);
+    assert_eq!(
+        stats.cached_pages[Freetype::KERNEL.index()],
+        CACHE_BATCH as u64 - 1
+    );
+    let mut live: Vec<(Pfn, u32, Freetype)> = pairs
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|&pfn| (pfn, 1, Freetype::KERNEL))
+        .collect();
+    live.push((page, 0, Freetype::KERNEL));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(2 * PB))], &live).unwrap();
 }
