@@ -156,10 +156,11 @@ fn print_allocator(boot: &BootState) {
     };
     let info = &boot.memory.frames;
     println!(
-        "page allocator: {} frames, metadata {} KiB at {:#x}",
+        "page allocator: {} frames, metadata {} KiB at {:#x}, conversion watermark {} pageblocks",
         info.frames_given,
         (info.metadata.end - info.metadata.start) / 1024,
-        info.metadata.start
+        info.metadata.start,
+        info.conversion_watermark
     );
     print!("pageblocks:");
     for freetype in ptalloc::Freetype::all() {

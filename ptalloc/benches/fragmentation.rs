@@ -34,8 +34,8 @@ mod common;
 use common::{MAPPED, PEER_ORDER, PT, RESERVE_TARGET, Rng, new_meta};
 use ptalloc::sim::{LargestPage, SimDirectMap};
 use ptalloc::{
-    AllocError, AllocFlags, Config, Freetype, Mobility, PAGEBLOCK_ORDER, PageAllocator, Pfn,
-    Protection,
+    AllocError, AllocFlags, Config, DEFAULT_CONVERSION_WATERMARK, Freetype, Mobility,
+    PAGEBLOCK_ORDER, PageAllocator, Pfn, Protection,
 };
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -65,6 +65,14 @@ const HIGH_PERCENT: u64 = 90;
 
 const GOAL_FLUSH_RATIO: f64 = 1.5;
 
+/// Page-table pages allocated at once at every peak in the watermark
+/// sweep: 4 pageblocks' worth, a large address space built in one go.
+const PT_BURST: usize = 2048;
+/// How full the sweep's load gets before each burst.
+const SWEEP_HIGH_PERCENT: u64 = 98;
+/// Watermarks the sweep tries.
+const SWEEP: [usize; 6] = [0, 1, 2, 4, 8, 16];
+
 /// ptalloc as the benchmark runs it: two CPU caches.
 type Ours<'m> = PageAllocator<'m, SimDirectMap, 2>;
 
@@ -92,7 +100,9 @@ struct Load {
 }
 
 impl Load {
-    fn generate(machine_frames: u64, seed: u64) -> Self {
+    /// The load; `pt_burst` page-table pages more are allocated at once at
+    /// every peak (a large address space built in one go), 0 for none.
+    fn generate(machine_frames: u64, seed: u64, high_percent: u64, pt_burst: usize) -> Self {
         let mut rng = Rng::new(seed);
         // Count weights from frame shares: share_k / 2^k, in parts per
         // 2^20 of the order-0 weight.
@@ -105,7 +115,7 @@ impl Load {
         let total_weight: u64 = weights.iter().sum();
         let (low, high) = (
             machine_frames * LOW_PERCENT / 100,
-            machine_frames * HIGH_PERCENT / 100,
+            machine_frames * high_percent / 100,
         );
         let mut ops = Vec::new();
         // Frames each allocation asked for (0 for frees), by operation.
@@ -145,6 +155,13 @@ impl Load {
                 frames.push(size);
                 filled += size;
                 if filled >= high {
+                    for _ in 0..pt_burst {
+                        let cpu = (rng.next_u64() & 1) as usize;
+                        live.push(ops.len());
+                        ops.push(Op::PageTable { cpu });
+                        frames.push(1);
+                        filled += 1;
+                    }
                     filling = false;
                     half_swings += 1;
                 }
@@ -189,11 +206,12 @@ fn free_frames(alloc: &Ours<'_>) -> u64 {
     free + stats.cached_pages.iter().sum::<u64>()
 }
 
-fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage) -> Outcome {
+fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: usize) -> Outcome {
     let meta = new_meta(machine_frames);
     let config = Config {
         page_table: PT,
         reserve_target: RESERVE_TARGET,
+        conversion_watermark: watermark,
     };
     let map = SimDirectMap::new(machine_frames, largest, 2);
     let alloc = Ours::new(&meta, Pfn(0), config, map).expect("allocator set-up");
@@ -344,9 +362,14 @@ fn main() {
             peer: Vec::new(),
         };
         for seed in SEEDS {
-            let load = Load::generate(frames, seed);
+            let load = Load::generate(frames, seed, HIGH_PERCENT, 0);
             result.ops += load.ops.len() as u64;
-            result.ours.push(run_ours(&load, frames, largest));
+            result.ours.push(run_ours(
+                &load,
+                frames,
+                largest,
+                DEFAULT_CONVERSION_WATERMARK,
+            ));
             result.peer.push(run_peer(&load, frames));
         }
         eprintln!(
@@ -355,10 +378,11 @@ fn main() {
         );
         results.push(result);
     }
-    let table = render(&results);
+    let sweep = watermark_sweep();
+    let table = render(&results) + &render_sweep(&sweep);
     println!("{table}");
     let dir = bench_dir();
-    let json = to_json(&results);
+    let json = to_json(&results, &sweep);
     if std::fs::create_dir_all(&dir).is_ok() {
         let path = dir.join("fragmentation.json");
         match std::fs::write(&path, json) {
@@ -452,7 +476,63 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
     })
 }
 
-fn to_json(results: &[MachineResult]) -> String {
+/// The conversion watermark against the load with a page-table burst at
+/// every peak, on the 1 GiB machine: how many whole free pageblocks must
+/// be kept for page tables so that none fails while memory is free.
+struct SweepRow {
+    watermark: usize,
+    ours: Vec<Outcome>,
+}
+
+fn watermark_sweep() -> Vec<SweepRow> {
+    let frames = 1u64 << 18;
+    let loads: Vec<Load> = SEEDS
+        .iter()
+        .map(|&seed| Load::generate(frames, seed, SWEEP_HIGH_PERCENT, PT_BURST))
+        .collect();
+    SWEEP
+        .iter()
+        .map(|&watermark| SweepRow {
+            watermark,
+            ours: loads
+                .iter()
+                .map(|load| run_ours(load, frames, LargestPage::Giga, watermark))
+                .collect(),
+        })
+        .collect()
+}
+
+fn render_sweep(rows: &[SweepRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nconversion watermark, 1 GiB with 1 GiB pages, the same load to {SWEEP_HIGH_PERCENT}% full, \
+         then {PT_BURST} page-table pages at once at every peak ({} seeds; default \
+         {DEFAULT_CONVERSION_WATERMARK}):\n",
+        SEEDS.len()
+    );
+    let _ = writeln!(
+        out,
+        "| watermark (pageblocks) | PT failed with >= 1 pageblock free | PT failed | data refused by order 0-9 |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---|");
+    for row in rows {
+        let refused: Vec<String> = (0..DATA_ORDERS)
+            .map(|k| MachineResult::refused(&row.ours, k).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            row.watermark,
+            MachineResult::sum(&row.ours, |o| o.pt_failed_with_free_memory),
+            MachineResult::sum(&row.ours, |o| o.pt_failed),
+            refused.join(" ")
+        );
+    }
+    out
+}
+
+fn to_json(results: &[MachineResult], sweep: &[SweepRow]) -> String {
     let machines: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
@@ -477,6 +557,12 @@ fn to_json(results: &[MachineResult]) -> String {
             "cpus": 2,
         },
         "machines": machines,
+        "watermark_sweep": sweep.iter().map(|row| serde_json::json!({
+            "watermark": row.watermark,
+            "pt_burst": PT_BURST,
+            "ours": row.ours.iter().map(outcome_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "default_conversion_watermark": DEFAULT_CONVERSION_WATERMARK,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }

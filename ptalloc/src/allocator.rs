@@ -55,7 +55,18 @@ pub struct Config {
     /// splits at most one 1 GiB mapping (one page); protecting a 4 KiB
     /// page inside a 1 GiB mapping costs two (1 GiB -> 2 MiB -> 4 KiB).
     pub reserve_target: usize,
+    /// Whole free pageblocks kept for conversions to the page-table
+    /// freetype: no other allocation may take one (break it up, or convert
+    /// it) when that would leave fewer. [`DEFAULT_CONVERSION_WATERMARK`] is
+    /// the measured default; 0 turns the watermark off.
+    pub conversion_watermark: usize,
 }
+
+/// The default [`Config::conversion_watermark`], in pageblocks. Measured
+/// with the fragmentation benchmark (`benches/fragmentation.rs`, which
+/// prints it): see the README's "Fragmentation" section for the figures
+/// and why this many.
+pub const DEFAULT_CONVERSION_WATERMARK: usize = 4;
 
 /// One CPU's cache. Its counters live here, not in the core, so the fast
 /// path never touches the core lock.
@@ -111,6 +122,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 base.0,
                 config.page_table,
                 config.reserve_target.min(RESERVE_CAPACITY),
+                config.conversion_watermark as u64,
             )),
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,

@@ -43,6 +43,9 @@ pub(crate) struct Core {
     tails: [[u32; NR_ORDERS]; NR_FREETYPES],
     reserve: heapless::Vec<u32, RESERVE_CAPACITY>,
     reserve_target: usize,
+    /// Whole free pageblocks only conversions to the page-table freetype
+    /// may take.
+    watermark: u64,
     reserve_ever_filled: bool,
     /// Fault injection: the reserve gives nothing to splits.
     pub(crate) reserve_fault: bool,
@@ -95,12 +98,18 @@ impl SplitPages for SelfHostedPages {
 }
 
 impl Core {
-    pub(crate) fn new(base: u64, page_table: Freetype, reserve_target: usize) -> Self {
+    pub(crate) fn new(
+        base: u64,
+        page_table: Freetype,
+        reserve_target: usize,
+        watermark: u64,
+    ) -> Self {
         Self {
             heads: [[NIL; NR_ORDERS]; NR_FREETYPES],
             tails: [[NIL; NR_ORDERS]; NR_FREETYPES],
             reserve: heapless::Vec::new(),
             reserve_target: reserve_target.min(RESERVE_CAPACITY),
+            watermark,
             reserve_ever_filled: false,
             reserve_fault: false,
             page_table,
@@ -208,11 +217,42 @@ impl Core {
         ft: Freetype,
     ) -> Option<u32> {
         let found = (order..=MAX_ORDER).find(|&k| self.heads[ft.index()][k as usize] != NIL)?;
+        if found >= PAGEBLOCK_ORDER && !self.may_take_pageblocks(ft, order) {
+            return None;
+        }
         let index = self.pop_free(meta, found, ft)?;
         for k in (order..found).rev() {
             self.push_free(meta, index + (1 << k), k, ft);
         }
         Some(index)
+    }
+
+    /// Whole free pageblocks, of every freetype.
+    fn whole_free_pageblocks(&self) -> u64 {
+        self.stats
+            .free_blocks
+            .iter()
+            .map(|by_order| {
+                let whole = by_order[PAGEBLOCK_ORDER as usize..].iter().enumerate();
+                whole.map(|(above, blocks)| blocks << above).sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// The conversion watermark: may an allocation of `order` for `ft`
+    /// consume whole free pageblocks (break one up, take or convert
+    /// some)? Page tables always may; anything else only if at least the
+    /// watermark's worth stay whole. Counts a refusal.
+    fn may_take_pageblocks(&mut self, ft: Freetype, order: u32) -> bool {
+        if ft == self.page_table || self.watermark == 0 {
+            return true;
+        }
+        let consumed = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
+        let allowed = self.whole_free_pageblocks() >= self.watermark + consumed;
+        if !allowed {
+            self.stats.watermark_refusals += 1;
+        }
+        allowed
     }
 
     /// Returns a block to the free lists, merging it with free buddies of
@@ -355,6 +395,9 @@ impl Core {
         target: Freetype,
     ) -> Result<(), AllocError> {
         let need = order.max(PAGEBLOCK_ORDER);
+        if !self.may_take_pageblocks(target, need) {
+            return Err(AllocError::OutOfMemory);
+        }
         let source = self
             .pick_source(need, target)
             .ok_or(AllocError::OutOfMemory)?;
@@ -366,7 +409,11 @@ impl Core {
             // and then the backend reports it.
             let _ = self.refill_reserve(meta, backend);
         }
-        // Refilling may have converted or used the block picked: pick again.
+        // Refilling may have converted or used the block picked: check the
+        // watermark and pick again.
+        if !self.may_take_pageblocks(target, need) {
+            return Err(AllocError::OutOfMemory);
+        }
         let source = self
             .pick_source(need, target)
             .ok_or(AllocError::OutOfMemory)?;

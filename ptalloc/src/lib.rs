@@ -44,7 +44,8 @@ mod sync;
 
 pub use crate::core::{MAX_SPLIT_PAGES_PER_CALL, RESERVE_CAPACITY};
 pub use allocator::{
-    AllocFlags, CACHE_BATCH, CACHE_CAPACITY, Config, FrameInfo, FrameState, PageAllocator,
+    AllocFlags, CACHE_BATCH, CACHE_CAPACITY, Config, DEFAULT_CONVERSION_WATERMARK, FrameInfo,
+    FrameState, PageAllocator,
 };
 pub use backend::{
     DirectMap, DirectMapError, FlushReport, PageblockRange, ProtectReport, SplitPages,

@@ -51,6 +51,10 @@ pub struct Stats {
     /// Blocks below a pageblock served from a freetype of another mobility
     /// with the same protection (its own had none free).
     pub stolen_blocks: u64,
+    /// Times an allocation other than a page table was refused whole free
+    /// pageblocks because taking them would leave fewer than the
+    /// conversion watermark.
+    pub watermark_refusals: u64,
 }
 
 impl Stats {
@@ -77,6 +81,7 @@ impl Stats {
             cache_drains: 0,
             drains_before_failing: 0,
             stolen_blocks: 0,
+            watermark_refusals: 0,
         }
     }
 

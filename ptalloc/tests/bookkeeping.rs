@@ -145,6 +145,7 @@ fn config(reserve_target: usize) -> Config {
     Config {
         page_table: PT,
         reserve_target,
+        conversion_watermark: 0,
     }
 }
 

@@ -36,6 +36,7 @@ fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
     let config = Config {
         page_table: PT,
         reserve_target: 4,
+        conversion_watermark: 0,
     };
     let map = SimDirectMap::new(frames, largest, 2);
     let alloc = Alloc::new(meta, Pfn(0), config, map).expect("set-up");

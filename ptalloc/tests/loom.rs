@@ -65,6 +65,7 @@ fn allocator(frames: u64) -> Arc<Alloc> {
     let config = Config {
         page_table: PT,
         reserve_target: 0,
+        conversion_watermark: 0,
     };
     let alloc = Alloc::new(meta, Pfn(0), config, Flat).expect("valid configuration");
     alloc

@@ -53,10 +53,11 @@ fn meta(frames: u64) -> Vec<FrameMeta> {
     (0..frames).map(|_| FrameMeta::new()).collect()
 }
 
-fn config(reserve_target: usize) -> Config {
+fn config(reserve_target: usize, conversion_watermark: usize) -> Config {
     Config {
         page_table: PT,
         reserve_target,
+        conversion_watermark,
     }
 }
 
@@ -67,11 +68,14 @@ struct Layout {
     largest: LargestPage,
     ranges: Vec<(Pfn, Pfn, Freetype)>,
     reserve_target: usize,
+    /// Whole free pageblocks kept for page-table conversions.
+    watermark: usize,
 }
 
 fn new_allocator<'m>(meta: &'m [FrameMeta], layout: &Layout) -> Alloc<'m> {
     let sim = SimDirectMap::new(layout.frames, layout.largest, CPUS as u32);
-    let alloc = Alloc::new(meta, Pfn(0), config(layout.reserve_target), sim).unwrap();
+    let config = config(layout.reserve_target, layout.watermark);
+    let alloc = Alloc::new(meta, Pfn(0), config, sim).unwrap();
     for &(start, end, ft) in &layout.ranges {
         alloc.add_memory(start, end, ft).unwrap();
     }
@@ -85,8 +89,9 @@ fn dense_layout() -> impl Strategy<Value = Layout> {
         0u64..=32,
         prop_oneof![Just(LargestPage::Giga), Just(LargestPage::Mega)],
         prop_oneof![1 => Just(0usize), 2 => Just(2), 4 => Just(8)],
+        prop_oneof![Just(0usize), Just(1), Just(3)],
     )
-        .prop_map(|(pageblocks, split, largest, reserve_target)| {
+        .prop_map(|(pageblocks, split, largest, reserve_target, watermark)| {
             let (split, end) = (split.min(pageblocks) * 512, pageblocks * 512);
             let mut ranges = Vec::new();
             if split > 0 {
@@ -100,6 +105,7 @@ fn dense_layout() -> impl Strategy<Value = Layout> {
                 largest,
                 ranges,
                 reserve_target,
+                watermark,
             }
         })
 }
@@ -116,12 +122,17 @@ fn sparse_ranges() -> Vec<(Pfn, Pfn, Freetype)> {
 }
 
 fn sparse_layout() -> impl Strategy<Value = Layout> {
-    prop_oneof![Just(2usize), Just(8)].prop_map(|reserve_target| Layout {
-        frames: GIB + 34 * MIB,
-        largest: LargestPage::Giga,
-        ranges: sparse_ranges(),
-        reserve_target,
-    })
+    (
+        prop_oneof![Just(2usize), Just(8)],
+        prop_oneof![Just(0usize), Just(2)],
+    )
+        .prop_map(|(reserve_target, watermark)| Layout {
+            frames: GIB + 34 * MIB,
+            largest: LargestPage::Giga,
+            ranges: sparse_ranges(),
+            reserve_target,
+            watermark,
+        })
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +219,8 @@ struct World<'m> {
     /// Blocks freed lately, for double frees.
     freed: Vec<(Pfn, u32)>,
     reserve_target: usize,
+    /// The conversion watermark, in pageblocks.
+    watermark: usize,
 }
 
 /// Everything a refused call must leave as it was.
@@ -233,6 +246,7 @@ impl<'m> World<'m> {
             live: Vec::new(),
             freed: Vec::new(),
             reserve_target: layout.reserve_target,
+            watermark: layout.watermark,
         }
     }
 
@@ -400,6 +414,27 @@ impl<'m> World<'m> {
         // pageblocks elsewhere survive a reserve refill (which converts at
         // most one), so converting cannot run out.
         let own = (order..=MAX_ORDER).any(|k| free[ft.index()][k as usize] > 0);
+        let own_small = (order..PAGEBLOCK_ORDER).any(|k| free[ft.index()][k as usize] > 0);
+        // The conversion watermark: an allocation other than a page table
+        // may not bring whole free pageblocks below it.
+        let whole = |free: &[[u64; NR_ORDERS]; NR_FREETYPES]| -> u64 {
+            free.iter()
+                .map(|by_order| {
+                    let orders = by_order[PAGEBLOCK_ORDER as usize..].iter().enumerate();
+                    orders.map(|(above, n)| n << above).sum::<u64>()
+                })
+                .sum()
+        };
+        let whole_before = whole(free);
+        let watermark = self.watermark as u64;
+        let consumed = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
+        let watermarked = ft != PT && watermark > 0 && whole_before < watermark + consumed;
+        // Below a pageblock, a sibling of the same protection lends a block.
+        let stealable = ft != PT
+            && order < PAGEBLOCK_ORDER
+            && Freetype::all()
+                .filter(|&other| other != ft && other.protection == ft.protection)
+                .any(|other| (order..PAGEBLOCK_ORDER).any(|k| free[other.index()][k as usize] > 0));
         let need = order.max(PAGEBLOCK_ORDER);
         let elsewhere: u64 = Freetype::all()
             .filter(|&other| other != ft)
@@ -432,6 +467,19 @@ impl<'m> World<'m> {
                     );
                 }
                 self.live.push((pfn, order, ft));
+                if ft != PT && watermark > 0 {
+                    let whole_after = whole(&after.free_blocks);
+                    prop_assert!(
+                        whole_after >= whole_before.min(watermark),
+                        "a {} allocation of order {} took whole pageblocks below the \
+                         watermark: {} -> {} (watermark {})",
+                        ft,
+                        order,
+                        whole_before,
+                        whole_after,
+                        watermark
+                    );
+                }
             }
             Err(error) => {
                 prop_assert_eq!(
@@ -449,7 +497,7 @@ impl<'m> World<'m> {
                             "backend failed with no fault injected"
                         );
                     }
-                    _ if own && !zero_fault => {
+                    _ if (own_small || (own && !watermarked) || stealable) && !zero_fault => {
                         prop_assert!(
                             false,
                             "{error:?} for order {order} {ft} with a free block of it"
@@ -465,7 +513,7 @@ impl<'m> World<'m> {
                     }
                     AllocError::OutOfMemory => {
                         prop_assert!(
-                            !no_block && elsewhere < 2,
+                            !no_block && (elsewhere < 2 || watermarked),
                             "OutOfMemory with {elsewhere} free runs to convert"
                         );
                     }
@@ -620,6 +668,7 @@ fn layout(frames: u64, ranges: Vec<(Pfn, Pfn, Freetype)>, reserve_target: usize)
         largest: LargestPage::Giga,
         ranges,
         reserve_target,
+        watermark: 0,
     }
 }
 

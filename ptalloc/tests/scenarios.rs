@@ -84,6 +84,7 @@ fn allocator(meta: &[FrameMeta]) -> PageAllocator<'_, Counting, 2> {
     let config = Config {
         page_table: PT,
         reserve_target: 4,
+        conversion_watermark: 0,
     };
     let alloc = PageAllocator::new(meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -218,6 +219,7 @@ fn empty_reserve_gives_a_clear_error_and_no_unprotected_table() {
     let config = Config {
         page_table: PT,
         reserve_target: 0,
+        conversion_watermark: 0,
     };
     let alloc = PageAllocator::<_, 1>::new(&meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -305,6 +307,7 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
     let config = Config {
         page_table: PT,
         reserve_target: 4,
+        conversion_watermark: 0,
     };
     let alloc = PageAllocator::<_, 1>::new(&meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -331,6 +334,7 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
     let bad_pt = Config {
         page_table: USER,
         reserve_target: 4,
+        conversion_watermark: 0,
     };
     assert!(matches!(
         PageAllocator::<_, 1>::new(&meta, Pfn(0), bad_pt, Counting::default()),

@@ -13,7 +13,10 @@
 //!   except the first MiB (firmware and `hvm_start_info`), the kernel image
 //!   and the metadata;
 //! - the split reserve is filled, which converts the first pageblock to the
-//!   page-table freetype.
+//!   page-table freetype;
+//! - from 1 GiB of whole free pageblocks up, `ptalloc`'s conversion
+//!   watermark holds `ptalloc::DEFAULT_CONVERSION_WATERMARK` whole free
+//!   pageblocks for page tables (none on a smaller machine).
 
 use super::backend::KernelDirectMap;
 use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo};
@@ -92,6 +95,8 @@ pub struct FramesInfo {
     pub metadata: Range<u64>,
     /// Frames given to the allocator.
     pub frames_given: u64,
+    /// Whole free pageblocks held for page-table conversions.
+    pub conversion_watermark: usize,
 }
 
 const FIRST_MIB: u64 = 1 << 20;
@@ -146,9 +151,11 @@ pub(super) fn init(
         (virt as *mut u8).write_bytes(0, bytes as usize);
         core::slice::from_raw_parts(virt as *const FrameMeta, frames as usize)
     };
+    let watermark = conversion_watermark(whole_free_pageblocks);
     let config = Config {
         page_table: PAGE_TABLES,
         reserve_target: RESERVE_TARGET,
+        conversion_watermark: watermark,
     };
     let allocator = PageAllocator::new(
         meta,
@@ -176,7 +183,25 @@ pub(super) fn init(
     Ok(FramesInfo {
         metadata,
         frames_given,
+        conversion_watermark: watermark,
     })
+}
+
+/// Machines with fewer whole free pageblocks than this at boot keep no
+/// conversion watermark: 512 pageblocks is 1 GiB, where the default
+/// watermark (8 MiB) is under 1% of memory.
+const WATERMARK_FROM_PAGEBLOCKS: u64 = 512;
+
+/// The conversion watermark for a machine with `whole_free_pageblocks` at
+/// boot: `ptalloc`'s measured default where it is small change, none on a
+/// small machine, where every pageblock counts and holding a few back for
+/// page tables would refuse most 2 MiB allocations.
+fn conversion_watermark(whole_free_pageblocks: u64) -> usize {
+    if whole_free_pageblocks >= WATERMARK_FROM_PAGEBLOCKS {
+        ptalloc::DEFAULT_CONVERSION_WATERMARK
+    } else {
+        0
+    }
 }
 
 /// The parts of `region` outside every `excluded` range.

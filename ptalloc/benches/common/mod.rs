@@ -66,6 +66,7 @@ pub fn ours(meta: &[FrameMeta]) -> Ours<'_> {
     let config = Config {
         page_table: PT,
         reserve_target: RESERVE_TARGET,
+        conversion_watermark: 0,
     };
     let map = SimDirectMap::new(frames, LargestPage::Giga, 1);
     let alloc = PageAllocator::new(meta, Pfn(0), config, map).expect("allocator set-up");
