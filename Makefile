@@ -5,8 +5,9 @@
 #   make run    boot the kernel under QEMU (TCG, -cpu max) and show its report
 #   make test   host tests, then QEMU integration tests
 #   make gdb    boot paused with the gdbstub and print the gdb command
-#   make bench  ptalloc benchmarks: criterion timings, then a summary table
-#               (also written as JSON to target/bench/ptalloc.json)
+#   make bench  ptalloc benchmarks: criterion timings, the fragmentation
+#               benchmark (target/bench/fragmentation.json), then a summary
+#               table (also written as JSON to target/bench/ptalloc.json)
 #   make mutants  mutation testing of the host crates with cargo-mutants
 #               (slow: about 40 minutes on 2 cores; not part of make test);
 #               MUTANTS.md lists the mutants no test catches, and why
