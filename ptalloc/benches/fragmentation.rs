@@ -189,6 +189,8 @@ struct Outcome {
     /// Page-table allocations that failed with at least a pageblock's
     /// worth of frames free.
     pt_failed_with_free_memory: u64,
+    /// Those failures by error: out of memory, reserve exhausted, other.
+    pt_errors_with_free_memory: [u64; 3],
     /// Free frames at the worst such failure.
     most_free_at_failure: u64,
     peak_live_pt: u64,
@@ -196,8 +198,18 @@ struct Outcome {
     flushes: u64,
     splits_1g: u64,
     splits_2m: u64,
+    single_page_fallbacks: u64,
     violations: u64,
     ns_per_op: f64,
+}
+
+/// Index of an allocation error in `pt_errors_with_free_memory`.
+fn error_index(error: AllocError) -> usize {
+    match error {
+        AllocError::OutOfMemory => 0,
+        AllocError::ReserveExhausted => 1,
+        _ => 2,
+    }
 }
 
 fn free_frames(alloc: &Ours<'_>) -> u64 {
@@ -212,12 +224,15 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
         page_table: PT,
         reserve_target: RESERVE_TARGET,
         conversion_watermark: watermark,
+        single_page_fallback: true,
     };
     let map = SimDirectMap::new(machine_frames, largest, 2);
     let alloc = Ours::new(&meta, Pfn(0), config, map).expect("allocator set-up");
     alloc
         .add_memory(Pfn(0), Pfn(machine_frames), MAPPED)
         .expect("add memory");
+    // As the kernel does at boot: the split reserve starts full.
+    alloc.refill_reserve().expect("fill the split reserve");
     let mut out = Outcome::default();
     let mut held: Vec<Option<(Pfn, u32)>> = vec![None; load.ops.len()];
     let mut live_pt = 0u64;
@@ -243,7 +258,8 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
                     Err(error) => {
                         out.pt_failed += 1;
                         let free = free_frames(&alloc);
-                        if error == AllocError::OutOfMemory && free >= PAGEBLOCK_FRAMES {
+                        if free >= PAGEBLOCK_FRAMES {
+                            out.pt_errors_with_free_memory[error_index(error)] += 1;
                             out.pt_failed_with_free_memory += 1;
                             out.most_free_at_failure = out.most_free_at_failure.max(free);
                         }
@@ -267,6 +283,7 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
     out.flushes = counters.flushes_local;
     out.splits_1g = counters.splits_1g;
     out.splits_2m = counters.splits_2m;
+    out.single_page_fallbacks = alloc.stats().single_page_fallbacks;
     out.violations = alloc.backend().violations().len() as u64;
     out
 }
@@ -403,10 +420,13 @@ fn render(results: &[MachineResult]) -> String {
     let _ = writeln!(
         out,
         "| machine | ops | PT allocs | PT failed (with >= 1 pageblock free; most free) | \
-         flushes /1000 PT | flushes / lower bound (worst seed) | 2M->4K | 1G->2M | \
+         flushes /1000 PT | flushes / lower bound (worst seed) | 2M->4K | single-page fallbacks | 1G->2M | \
          data refused by order 0-9, ours / peer | ns/op ours / peer | violations |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|"
+    );
     let mut all_met = true;
     for r in results {
         let failed_free = MachineResult::sum(&r.ours, |o| o.pt_failed_with_free_memory);
@@ -424,12 +444,16 @@ fn render(results: &[MachineResult]) -> String {
         };
         let ratio = r.flush_ratio();
         let splits_2m = MachineResult::sum(&r.ours, |o| o.splits_2m);
-        let met =
-            failed_free == 0 && ratio <= GOAL_FLUSH_RATIO && splits_2m == 0 && r.refusals_met();
+        let fallbacks = MachineResult::sum(&r.ours, |o| o.single_page_fallbacks);
+        let met = failed_free == 0
+            && ratio <= GOAL_FLUSH_RATIO
+            && splits_2m == 0
+            && fallbacks == 0
+            && r.refusals_met();
         all_met &= met;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} ({}; {} frames) {} | {:.2} | {:.2} {} | {} {} | {} | {} / {} {} | {:.0} / {:.0} | {} |",
+            "| {} | {} | {} | {} ({}; {} frames) {} | {:.2} | {:.2} {} | {} {} | {} {} | {} | {} / {} {} | {:.0} / {:.0} | {} |",
             r.name,
             r.ops,
             MachineResult::sum(&r.ours, |o| o.pt_allocs),
@@ -442,6 +466,8 @@ fn render(results: &[MachineResult]) -> String {
             yes(ratio <= GOAL_FLUSH_RATIO),
             splits_2m,
             yes(splits_2m == 0),
+            fallbacks,
+            yes(fallbacks == 0),
             MachineResult::sum(&r.ours, |o| o.splits_1g),
             refused(&r.ours),
             refused(&r.peer),
@@ -454,7 +480,7 @@ fn render(results: &[MachineResult]) -> String {
     let _ = writeln!(
         out,
         "\ngoals: PT failed with free memory 0; flushes at most {GOAL_FLUSH_RATIO}x the lower bound; \
-         2M->4K splits 0; data refusals no more than the peer's, order by order: {}",
+         2M->4K splits and single-page fallbacks 0; data refusals no more than the peer's, order by order: {}",
         if all_met { "all met" } else { "NOT all met" }
     );
     out
@@ -465,12 +491,14 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "pt_allocs": o.pt_allocs,
         "pt_failed": o.pt_failed,
         "pt_failed_with_free_memory": o.pt_failed_with_free_memory,
+        "pt_errors_with_free_memory_oom_reserve_other": o.pt_errors_with_free_memory,
         "most_free_at_failure": o.most_free_at_failure,
         "peak_live_pt": o.peak_live_pt,
         "data_refused_by_order": o.data_refused,
         "flushes": o.flushes,
         "splits_1g": o.splits_1g,
         "splits_2m": o.splits_2m,
+        "single_page_fallbacks": o.single_page_fallbacks,
         "violations": o.violations,
         "ns_per_op": o.ns_per_op,
     })
@@ -513,19 +541,22 @@ fn render_sweep(rows: &[SweepRow]) -> String {
     );
     let _ = writeln!(
         out,
-        "| watermark (pageblocks) | PT failed with >= 1 pageblock free | PT failed | data refused by order 0-9 |"
+        "| watermark (pageblocks) | PT failed with >= 1 pageblock free (out of memory / reserve exhausted) | PT failed | single-page fallbacks | data refused by order 0-9 |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---|");
     for row in rows {
         let refused: Vec<String> = (0..DATA_ORDERS)
             .map(|k| MachineResult::refused(&row.ours, k).to_string())
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} ({} / {}) | {} | {} | {} |",
             row.watermark,
             MachineResult::sum(&row.ours, |o| o.pt_failed_with_free_memory),
+            MachineResult::sum(&row.ours, |o| o.pt_errors_with_free_memory[0]),
+            MachineResult::sum(&row.ours, |o| o.pt_errors_with_free_memory[1]),
             MachineResult::sum(&row.ours, |o| o.pt_failed),
+            MachineResult::sum(&row.ours, |o| o.single_page_fallbacks),
             refused.join(" ")
         );
     }

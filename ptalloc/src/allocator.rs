@@ -60,6 +60,14 @@ pub struct Config {
     /// it) when that would leave fewer. [`DEFAULT_CONVERSION_WATERMARK`] is
     /// the measured default; 0 turns the watermark off.
     pub conversion_watermark: usize,
+    /// The last resort when no pageblock can be converted: protect one
+    /// free page of a mapped pageblock by itself as a page-table page
+    /// (splitting that pageblock's 2 MiB mapping with a reserve page), and
+    /// give it back its pageblock's protection when it is freed. A page
+    /// table is never handed out unprotected; with this, OutOfMemory means
+    /// no mapped page is free at all. Needs a backend that implements
+    /// [`DirectMap::protect_frame`](crate::DirectMap::protect_frame).
+    pub single_page_fallback: bool,
 }
 
 /// The default [`Config::conversion_watermark`], in pageblocks. Measured
@@ -123,6 +131,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 config.page_table,
                 config.reserve_target.min(RESERVE_CAPACITY),
                 config.conversion_watermark as u64,
+                config.single_page_fallback,
             )),
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
@@ -243,6 +252,17 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if result == Err(AllocError::OutOfMemory) && self.drain_all_caches() > 0 {
             self.core.lock().stats.drains_before_failing += 1;
             result = self.alloc_uncounted(cpu, order, freetype, flags);
+        }
+        // A single-page fallback may have taken a reserve page for its
+        // split: top the reserve up again here, outside the core's
+        // allocation path (refilling from inside it could recurse).
+        if result.is_ok() && freetype == self.page_table {
+            let mut core = self.core.lock();
+            if core.reserve_low_after_fallback() {
+                // Best effort, as for conversions: an empty reserve only
+                // matters to the next split, which reports it.
+                let _ = core.refill_reserve(self.meta, &self.backend);
+            }
         }
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
@@ -431,10 +451,25 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             });
         }
         // A block goes back to its pageblock's freetype, which is the one
-        // it was allocated as unless it was stolen (same protection).
+        // it was allocated as unless it was stolen (same protection) or is
+        // a single page-table page in a mapped pageblock (the fallback).
         let Some(freetype) = self.home_freetype(index) else {
             unreachable!("a managed frame's pageblock records a valid freetype")
         };
+        if frame.freetype() == Some(self.page_table) && freetype != self.page_table {
+            let mut core = self.core.lock();
+            // Claim it under the lock: a racing free of the same page fails.
+            if !frame.transition(State::AllocatedHead, State::Tail) {
+                return Err(FreeError::NotAllocated(pfn));
+            }
+            return core
+                .free_single_page(self.meta, &self.backend, index, freetype)
+                .map_err(|error| {
+                    // Still allocated and still protected: nothing lost.
+                    frame.set_state(State::AllocatedHead);
+                    FreeError::Backend(error)
+                });
+        }
         if order == 0 {
             return self.free_cached(cpu, index, pfn, freetype);
         }

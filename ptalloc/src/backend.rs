@@ -14,6 +14,9 @@
 //!   the mapping as it was.
 //! - `protect` does not flush; the allocator calls [`DirectMap::flush`]
 //!   once per batch, and only when permissions were taken away.
+//! - [`DirectMap::protect_frame`] does the same for one 4 KiB frame (the
+//!   allocator's single-page fallback), splitting 2 MiB (and 1 GiB)
+//!   mappings around it with [`SplitPages`] only.
 //! - [`DirectMap::zero`] clears pages of any protection: inside a write
 //!   window for key-protected pages, through a temporary mapping for
 //!   unmapped ones.
@@ -85,6 +88,21 @@ pub trait DirectMap: Sync {
     fn protect(
         &self,
         range: PageblockRange,
+        from: Protection,
+        to: Protection,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError>;
+
+    /// Gives the one 4 KiB frame `pfn` (which has `from`) the protection
+    /// `to`, splitting the mappings around it with pages from
+    /// `split_pages` only, as [`protect`](Self::protect) does; does not
+    /// flush. The allocator's last resort (`Config::single_page_fallback`)
+    /// protects single page-table pages inside a mixed pageblock with it,
+    /// and gives them back their pageblock's protection when freed. A
+    /// backend that cannot returns [`DirectMapError::Failed`].
+    fn protect_frame(
+        &self,
+        pfn: Pfn,
         from: Protection,
         to: Protection,
         split_pages: &mut dyn SplitPages,

@@ -26,10 +26,13 @@
 
 use crate::backend::{DirectMap, DirectMapError, PageblockRange, ProtectReport, SplitPages};
 use crate::error::AllocError;
-use crate::freetype::{Freetype, NR_FREETYPES};
+use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, NIL, State};
 use crate::stats::Stats;
 use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
+
+/// Pageblocks the single-page fallback remembers as split.
+const MIXED_PAGEBLOCKS: usize = 16;
 
 /// Most pages the split reserve holds.
 pub const RESERVE_CAPACITY: usize = 64;
@@ -46,6 +49,15 @@ pub(crate) struct Core {
     /// Whole free pageblocks only conversions to the page-table freetype
     /// may take.
     watermark: u64,
+    /// Whether the single-page fallback is on (`Config::single_page_fallback`).
+    single_page_fallback: bool,
+    /// Pageblocks (first frame indices) where the fallback split the 2 MiB
+    /// mapping already: their free pages are taken first, as protecting
+    /// one of them costs no further split. A hint only, so a bounded list.
+    mixed: heapless::Vec<u32, MIXED_PAGEBLOCKS>,
+    /// The reserve fell below its target since the last refill, through a
+    /// single-page fallback's split.
+    reserve_used_by_fallback: bool,
     reserve_ever_filled: bool,
     /// Fault injection: the reserve gives nothing to splits.
     pub(crate) reserve_fault: bool,
@@ -97,12 +109,22 @@ impl SplitPages for SelfHostedPages {
     }
 }
 
+/// Split pages for a change that needs none.
+struct NoSplitPages;
+
+impl SplitPages for NoSplitPages {
+    fn take(&mut self) -> Option<Pfn> {
+        None
+    }
+}
+
 impl Core {
     pub(crate) fn new(
         base: u64,
         page_table: Freetype,
         reserve_target: usize,
         watermark: u64,
+        single_page_fallback: bool,
     ) -> Self {
         Self {
             heads: [[NIL; NR_ORDERS]; NR_FREETYPES],
@@ -110,6 +132,9 @@ impl Core {
             reserve: heapless::Vec::new(),
             reserve_target: reserve_target.min(RESERVE_CAPACITY),
             watermark,
+            single_page_fallback,
+            mixed: heapless::Vec::new(),
+            reserve_used_by_fallback: false,
             reserve_ever_filled: false,
             reserve_fault: false,
             page_table,
@@ -325,11 +350,137 @@ impl Core {
         // either splits a gigabyte not split before or yields a whole
         // block, and converting stops with OutOfMemory when nothing is left.
         loop {
-            self.convert(meta, backend, order, ft)?;
-            if let Some(index) = self.take_block(meta, order, ft) {
-                return Ok(index);
+            match self.convert(meta, backend, order, ft) {
+                Ok(()) => {
+                    if let Some(index) = self.take_block(meta, order, ft) {
+                        return Ok(index);
+                    }
+                }
+                Err(AllocError::OutOfMemory)
+                    if ft == self.page_table && order == 0 && self.single_page_fallback =>
+                {
+                    return self.protect_single_page(meta, backend);
+                }
+                Err(error) => return Err(error),
             }
         }
+    }
+
+    // ---- the single-page fallback ----
+
+    /// The last resort for a page-table page: no pageblock can be
+    /// converted, so protect one free page of a mapped pageblock by
+    /// itself. Its pageblock's 2 MiB mapping is split (a reserve page, once
+    /// per pageblock: pageblocks split already are tried first) and the
+    /// old translation flushed. The page keeps its pageblock's freetype in
+    /// the books and goes back to it, unprotected again, when freed.
+    fn protect_single_page(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+    ) -> Result<u32, AllocError> {
+        let (index, home) = self
+            .take_fallback_page(meta)
+            .ok_or(AllocError::OutOfMemory)?;
+        let target = self.page_table;
+        let pfn = self.pfn(index);
+        let reserve_before = self.reserve.len();
+        let result = self.split_with_reserve(meta, |pages| {
+            backend.protect_frame(pfn, home.protection, target.protection, pages)
+        });
+        if let Err(error) = result {
+            self.release_block(meta, index, 0, home);
+            return Err(match error {
+                DirectMapError::NoSplitPage => AllocError::ReserveExhausted,
+                other => AllocError::Backend(other),
+            });
+        }
+        let pageblock = index & !((1 << PAGEBLOCK_ORDER) - 1);
+        if home.protection.needs_flush_to(target.protection) {
+            // The old translation may be the 2 MiB one: flush the pageblock.
+            let flush = backend.flush(PageblockRange {
+                start: self.pfn(pageblock),
+                pageblocks: 1,
+            });
+            self.stats.flushes_local += u64::from(flush.local);
+            self.stats.flushes_remote += u64::from(flush.remote);
+        }
+        if !self.mixed.contains(&pageblock) {
+            if self.mixed.is_full() {
+                self.mixed.remove(0);
+            }
+            // Room was made above.
+            let _ = self.mixed.push(pageblock);
+        }
+        self.reserve_used_by_fallback |= self.reserve.len() < reserve_before;
+        self.stats.single_page_fallbacks += 1;
+        self.stats.single_pages_live += 1;
+        Ok(index)
+    }
+
+    /// A free page of a mapped freetype for the fallback, taken off the
+    /// free lists: from a pageblock split already if one has a free page,
+    /// else the smallest free block of any mapped freetype. With its
+    /// freetype (its pageblock's).
+    fn take_fallback_page(&mut self, meta: &[FrameMeta]) -> Option<(u32, Freetype)> {
+        let pageblock_frames = 1u32 << PAGEBLOCK_ORDER;
+        let mixed = self.mixed.clone();
+        for pageblock in mixed {
+            let end = (pageblock + pageblock_frames).min(meta.len() as u32);
+            let found = (pageblock..end).find(|&i| {
+                let frame = &meta[i as usize];
+                frame.state() == State::FreeHead
+                    && frame
+                        .freetype()
+                        .is_some_and(|ft| ft.protection == Protection::Mapped)
+            });
+            if let Some(index) = found {
+                let frame = &meta[index as usize];
+                let (order, ft) = (frame.order(), frame.freetype()?);
+                self.unlink_free(meta, index, order, ft);
+                // Keep the first page; the rest stays free.
+                for k in (0..order).rev() {
+                    self.push_free(meta, index + (1 << k), k, ft);
+                }
+                return Some((index, ft));
+            }
+        }
+        let (donor, _) = Freetype::all()
+            .filter(|ft| ft.protection == Protection::Mapped)
+            .filter_map(|ft| self.closest_fit(ft, 0).map(|fit| (ft, fit)))
+            .min_by_key(|&(ft, fit)| (fit, ft.index()))?;
+        let index = self.take_block(meta, 0, donor)?;
+        Some((index, donor))
+    }
+
+    /// Frees a page the fallback protected: wipes it while it is still
+    /// protected, gives it back its pageblock's protection (which only
+    /// adds permissions: no flush), and returns it to `home`'s free lists.
+    /// On a backend failure the page stays as it was, for the caller to
+    /// keep allocated.
+    pub(crate) fn free_single_page(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+        index: u32,
+        home: Freetype,
+    ) -> Result<(), DirectMapError> {
+        let pfn = self.pfn(index);
+        let protection = self.page_table.protection;
+        backend.zero(pfn, 0, protection)?;
+        // The page has its own 4 KiB entry already: nothing to split.
+        backend.protect_frame(pfn, protection, home.protection, &mut NoSplitPages)?;
+        self.release_block(meta, index, 0, home);
+        self.stats.frees += 1;
+        self.stats.single_pages_live -= 1;
+        Ok(())
+    }
+
+    /// True once: a single-page fallback took a reserve page since the
+    /// last time this was asked (the allocator then refills the reserve,
+    /// outside the allocation path).
+    pub(crate) fn reserve_low_after_fallback(&mut self) -> bool {
+        core::mem::take(&mut self.reserve_used_by_fallback)
     }
 
     /// Below a pageblock, a free block of another mobility with the same

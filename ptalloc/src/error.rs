@@ -87,6 +87,9 @@ pub enum FreeError {
         /// Order given to `free`.
         given: u32,
     },
+    /// A single page-table page (the fallback) could not be wiped or given
+    /// back its pageblock's protection; it stays allocated and protected.
+    Backend(crate::backend::DirectMapError),
 }
 
 impl fmt::Display for FreeError {
@@ -110,6 +113,10 @@ impl fmt::Display for FreeError {
                 f,
                 "frame {:#x} was allocated with order {allocated}, freed with order {given}",
                 pfn.0
+            ),
+            Self::Backend(e) => write!(
+                f,
+                "direct-map backend failed giving a single page-table page back: {e:?}"
             ),
         }
     }

@@ -574,6 +574,26 @@ impl DirectMap for SimDirectMap {
         Ok(report)
     }
 
+    fn protect_frame(
+        &self,
+        pfn: Pfn,
+        from: Protection,
+        to: Protection,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        {
+            let mut state = self.lock();
+            if pfn.0 < self.frames && state.protection_of(pfn.0) != from {
+                let actual = state.protection_of(pfn.0);
+                return Err(state.fail(format!(
+                    "protect_frame {:#x}: it has {actual}, not {from}",
+                    pfn.0
+                )));
+            }
+        }
+        self.protect_page(pfn, to, split_pages)
+    }
+
     fn flush(&self, range: PageblockRange) -> FlushReport {
         let report = FlushReport {
             local: 1,
@@ -948,7 +968,8 @@ fn coalesce(managed: &[(Pfn, Pfn)], base: u64, frames: u64) -> Result<Vec<(u64, 
 /// 1. each live block is an allocated head with that order and freetype;
 ///    no two blocks overlap (no page is handed out twice); every frame of
 ///    it has the freetype's protection, and lies in a pageblock of its
-///    freetype or (stolen, below a pageblock) of one with its protection;
+///    freetype, or (stolen, below a pageblock) of one with its protection,
+///    or (a page-table page of the single-page fallback) of any freetype;
 /// 2. each free block is aligned to its order, its freetype is that of
 ///    every pageblock it touches, and its frames have that protection; no
 ///    two free buddies of one order and freetype are left unmerged;
@@ -958,9 +979,10 @@ fn coalesce(managed: &[(Pfn, Pfn)], base: u64, frames: u64) -> Result<Vec<(u64, 
 ///    tables = managed frames, and the free-list, cache, reserve and
 ///    allocation counters agree with the frames;
 /// 5. reserve frames, direct-map tables, live page-table blocks and every
-///    frame the simulator used as a page table lie in page-table
-///    pageblocks and have the page-table protection; the simulator's
-///    tables are exactly the allocator's direct-map table frames;
+///    frame the simulator used as a page table have the page-table
+///    protection, and lie in page-table pageblocks unless the single-page
+///    fallback protected them alone; the simulator's tables are exactly
+///    the allocator's direct-map table frames;
 /// 6. the simulator saw no violation, every permission removal was
 ///    flushed, and the allocator's flush and split counters match it.
 pub fn check<const CPUS: usize>(
@@ -1235,7 +1257,12 @@ pub fn check<const CPUS: usize>(
             // A live block below a pageblock may be stolen from another
             // mobility's pageblock of the same protection.
             let stolen = matches!(who, Owner::Live(_)) && ft.protection == pageblock_ft.protection;
-            if ft != pageblock_ft && !stolen {
+            // A page-table page the single-page fallback protected alone
+            // in a mapped pageblock, live, in the reserve, or made a
+            // direct-map table since (its protection is checked below).
+            let single =
+                ft == page_table && matches!(who, Owner::Live(_) | Owner::Reserve | Owner::Table);
+            if ft != pageblock_ft && !stolen && !single {
                 let rule = match who {
                     Owner::Free(_) => 2,
                     Owner::Live(_) | Owner::Cached(_) => 1,

@@ -55,6 +55,11 @@ pub struct Stats {
     /// pageblocks because taking them would leave fewer than the
     /// conversion watermark.
     pub watermark_refusals: u64,
+    /// Page-table pages the single-page fallback protected alone inside a
+    /// mapped pageblock.
+    pub single_page_fallbacks: u64,
+    /// Of those, the ones still allocated.
+    pub single_pages_live: u64,
 }
 
 impl Stats {
@@ -82,6 +87,8 @@ impl Stats {
             drains_before_failing: 0,
             stolen_blocks: 0,
             watermark_refusals: 0,
+            single_page_fallbacks: 0,
+            single_pages_live: 0,
         }
     }
 

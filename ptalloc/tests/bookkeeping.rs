@@ -116,6 +116,17 @@ impl DirectMap for Recording {
         Ok(splits)
     }
 
+    fn protect_frame(
+        &self,
+        _pfn: Pfn,
+        _from: Protection,
+        _to: Protection,
+        _split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        // This backend cannot protect single frames.
+        Err(DirectMapError::Failed)
+    }
+
     fn flush(&self, range: PageblockRange) -> FlushReport {
         self.calls.lock().unwrap().push(Call::Flush(range));
         FlushReport {
@@ -146,6 +157,7 @@ fn config(reserve_target: usize) -> Config {
         page_table: PT,
         reserve_target,
         conversion_watermark: 0,
+        single_page_fallback: false,
     }
 }
 

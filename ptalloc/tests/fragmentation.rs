@@ -37,6 +37,7 @@ fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
         page_table: PT,
         reserve_target: 4,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     let map = SimDirectMap::new(frames, largest, 2);
     let alloc = Alloc::new(meta, Pfn(0), config, map).expect("set-up");
@@ -195,4 +196,131 @@ fn a_cache_refill_takes_small_free_blocks_before_breaking_a_pageblock() {
         .collect();
     live.push((page, 0, Freetype::KERNEL));
     sim::check(&alloc, PT, &[(Pfn(0), Pfn(2 * PB))], &live).unwrap();
+}
+
+/// `frames` frames of kernel memory with the single-page fallback on (and
+/// a reserve of 8, no watermark), on a map of 2 MiB pages.
+fn allocator_with_fallback(meta: &[FrameMeta]) -> Alloc<'_> {
+    let frames = meta.len() as u64;
+    let config = Config {
+        page_table: PT,
+        reserve_target: 8,
+        conversion_watermark: 0,
+        single_page_fallback: true,
+    };
+    let map = SimDirectMap::new(frames, LargestPage::Mega, 2);
+    let alloc = Alloc::new(meta, Pfn(0), config, map).expect("set-up");
+    alloc
+        .add_memory(Pfn(0), Pfn(frames), Freetype::KERNEL)
+        .expect("memory");
+    alloc
+}
+
+fn free_frames(alloc: &Alloc<'_>) -> u64 {
+    let stats = alloc.stats();
+    Freetype::all().map(|ft| stats.free_pages(ft)).sum::<u64>()
+        + stats.cached_pages.iter().sum::<u64>()
+}
+
+#[test]
+fn page_tables_keep_coming_while_every_pageblock_holds_a_live_page() {
+    // 64 MiB; the reserve's pageblock, then one live kernel page in every
+    // other pageblock. Without the fallback, page tables stop after the
+    // reserve's pageblock (504) with 96.7% of memory free.
+    const FRAMES: u64 = 64 << 8;
+    let meta = meta(FRAMES);
+    let alloc = allocator_with_fallback(&meta);
+    alloc.refill_reserve().unwrap();
+    let all: Vec<Pfn> = std::iter::from_fn(|| {
+        alloc
+            .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+            .ok()
+    })
+    .collect();
+    let mut live: Vec<(Pfn, u32, Freetype)> = Vec::new();
+    for pfn in all {
+        if pfn.0 % PB == 0 {
+            live.push((pfn, 0, Freetype::KERNEL));
+        } else {
+            alloc.free(0, pfn, 0).unwrap();
+        }
+    }
+    alloc.drain_caches();
+    // No pageblock is whole: the reserve's holds its free page-table
+    // pages, every other a live kernel page.
+    assert_eq!(whole_free_pageblocks(&alloc), 0);
+    let free_tables = alloc.stats().free_pages(PT);
+    assert!(
+        (500..512).contains(&free_tables),
+        "{free_tables} free page-table pages"
+    );
+    let managed = [(Pfn(0), Pfn(FRAMES))];
+    sim::check(&alloc, PT, &managed, &live).unwrap();
+
+    let mut tables = Vec::new();
+    let error = loop {
+        match alloc.alloc(tables.len() % 2, 0, PT, AllocFlags::ZERO) {
+            Ok(pfn) => tables.push(pfn),
+            Err(error) => break error,
+        }
+    };
+    let stats = alloc.stats();
+    // Memory really is full: less than a pageblock's worth is free.
+    assert_eq!(error, AllocError::OutOfMemory);
+    let free = free_frames(&alloc);
+    assert!(free < PB, "OutOfMemory with {free} frames free");
+    assert!(
+        tables.len() as u64 > FRAMES * 9 / 10,
+        "only {} page tables",
+        tables.len()
+    );
+    assert!(stats.single_page_fallbacks > 0);
+    assert_eq!(stats.single_pages_live, stats.single_page_fallbacks);
+    // Every page table is protected, on every frame (the checker compares
+    // each frame's protection in the map with its block's freetype).
+    live.extend(tables.iter().map(|&pfn| (pfn, 0, PT)));
+    sim::check(&alloc, PT, &managed, &live).unwrap();
+
+    // Freed, the single pages go back to their kernel pageblocks,
+    // unprotected again, and the pageblocks become whole.
+    for (i, &pfn) in tables.iter().enumerate() {
+        alloc.free(i % 2, pfn, 0).unwrap();
+    }
+    alloc.drain_caches();
+    live.retain(|&(_, _, ft)| ft == Freetype::KERNEL);
+    sim::check(&alloc, PT, &managed, &live).unwrap();
+    // What stays protected in kernel pageblocks: the reserve pages and the
+    // direct-map tables that single pages became (the map never merges).
+    let kept_in_mixed = (0..FRAMES)
+        .filter_map(|pfn| alloc.frame_info(Pfn(pfn)))
+        .filter(|info| {
+            matches!(info.state, FrameState::Reserve | FrameState::DirectMapTable)
+                && info.pageblock_freetype != Some(PT)
+        })
+        .count() as u64;
+    assert_eq!(alloc.stats().single_pages_live, kept_in_mixed);
+    for (pfn, _, _) in live.drain(..) {
+        alloc.free(0, pfn, 0).unwrap();
+    }
+    alloc.drain_caches();
+    sim::check(&alloc, PT, &managed, &[]).unwrap();
+    // Every pageblock without such a page is whole again.
+    let holding = (0..FRAMES / PB)
+        .filter(|&block| {
+            (block * PB..(block + 1) * PB).any(|pfn| {
+                alloc.frame_info(Pfn(pfn)).is_some_and(|info| {
+                    matches!(info.state, FrameState::Reserve | FrameState::DirectMapTable)
+                })
+            })
+        })
+        .count() as u64;
+    assert_eq!(whole_free_pageblocks(&alloc), FRAMES / PB - holding);
+    // The map never merges 4 KiB entries back into a 2 MiB one, so each
+    // split keeps its table page: at most one held page per split (and
+    // the reserve's own pageblock).
+    let splits = alloc.stats().splits_2m;
+    assert!(
+        holding <= splits + 1,
+        "{holding} pageblocks held, {splits} splits"
+    );
 }

@@ -40,6 +40,17 @@ impl DirectMap for Flat {
         Err(DirectMapError::Failed)
     }
 
+    fn protect_frame(
+        &self,
+        _pfn: Pfn,
+        _from: Protection,
+        _to: Protection,
+        _split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        // This backend cannot protect single frames.
+        Err(DirectMapError::Failed)
+    }
+
     fn flush(&self, _range: PageblockRange) -> FlushReport {
         FlushReport::default()
     }
@@ -66,6 +77,7 @@ fn allocator(frames: u64) -> Arc<Alloc> {
         page_table: PT,
         reserve_target: 0,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     let alloc = Alloc::new(meta, Pfn(0), config, Flat).expect("valid configuration");
     alloc

@@ -53,11 +53,16 @@ fn meta(frames: u64) -> Vec<FrameMeta> {
     (0..frames).map(|_| FrameMeta::new()).collect()
 }
 
-fn config(reserve_target: usize, conversion_watermark: usize) -> Config {
+fn config(
+    reserve_target: usize,
+    conversion_watermark: usize,
+    single_page_fallback: bool,
+) -> Config {
     Config {
         page_table: PT,
         reserve_target,
         conversion_watermark,
+        single_page_fallback,
     }
 }
 
@@ -70,11 +75,13 @@ struct Layout {
     reserve_target: usize,
     /// Whole free pageblocks kept for page-table conversions.
     watermark: usize,
+    /// Whether the single-page fallback is on.
+    fallback: bool,
 }
 
 fn new_allocator<'m>(meta: &'m [FrameMeta], layout: &Layout) -> Alloc<'m> {
     let sim = SimDirectMap::new(layout.frames, layout.largest, CPUS as u32);
-    let config = config(layout.reserve_target, layout.watermark);
+    let config = config(layout.reserve_target, layout.watermark, layout.fallback);
     let alloc = Alloc::new(meta, Pfn(0), config, sim).unwrap();
     for &(start, end, ft) in &layout.ranges {
         alloc.add_memory(start, end, ft).unwrap();
@@ -90,24 +97,28 @@ fn dense_layout() -> impl Strategy<Value = Layout> {
         prop_oneof![Just(LargestPage::Giga), Just(LargestPage::Mega)],
         prop_oneof![1 => Just(0usize), 2 => Just(2), 4 => Just(8)],
         prop_oneof![Just(0usize), Just(1), Just(3)],
+        any::<bool>(),
     )
-        .prop_map(|(pageblocks, split, largest, reserve_target, watermark)| {
-            let (split, end) = (split.min(pageblocks) * 512, pageblocks * 512);
-            let mut ranges = Vec::new();
-            if split > 0 {
-                ranges.push((Pfn(0), Pfn(split), KERNEL));
-            }
-            if split < end {
-                ranges.push((Pfn(split), Pfn(end), USER));
-            }
-            Layout {
-                frames: end,
-                largest,
-                ranges,
-                reserve_target,
-                watermark,
-            }
-        })
+        .prop_map(
+            |(pageblocks, split, largest, reserve_target, watermark, fallback)| {
+                let (split, end) = (split.min(pageblocks) * 512, pageblocks * 512);
+                let mut ranges = Vec::new();
+                if split > 0 {
+                    ranges.push((Pfn(0), Pfn(split), KERNEL));
+                }
+                if split < end {
+                    ranges.push((Pfn(split), Pfn(end), USER));
+                }
+                Layout {
+                    frames: end,
+                    largest,
+                    ranges,
+                    reserve_target,
+                    watermark,
+                    fallback,
+                }
+            },
+        )
 }
 
 /// Memory in two 1 GiB regions, with holes and partial pageblocks at
@@ -132,6 +143,7 @@ fn sparse_layout() -> impl Strategy<Value = Layout> {
             ranges: sparse_ranges(),
             reserve_target,
             watermark,
+            fallback: true,
         })
 }
 
@@ -669,6 +681,7 @@ fn layout(frames: u64, ranges: Vec<(Pfn, Pfn, Freetype)>, reserve_target: usize)
         ranges,
         reserve_target,
         watermark: 0,
+        fallback: false,
     }
 }
 

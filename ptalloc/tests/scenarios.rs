@@ -57,6 +57,17 @@ impl DirectMap for Counting {
         Ok(report)
     }
 
+    fn protect_frame(
+        &self,
+        _pfn: Pfn,
+        _from: Protection,
+        _to: Protection,
+        _split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        // This backend cannot protect single frames.
+        Err(DirectMapError::Failed)
+    }
+
     fn flush(&self, _range: PageblockRange) -> FlushReport {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         FlushReport {
@@ -85,6 +96,7 @@ fn allocator(meta: &[FrameMeta]) -> PageAllocator<'_, Counting, 2> {
         page_table: PT,
         reserve_target: 4,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     let alloc = PageAllocator::new(meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -220,6 +232,7 @@ fn empty_reserve_gives_a_clear_error_and_no_unprotected_table() {
         page_table: PT,
         reserve_target: 0,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     let alloc = PageAllocator::<_, 1>::new(&meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -308,6 +321,7 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
         page_table: PT,
         reserve_target: 4,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     let alloc = PageAllocator::<_, 1>::new(&meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -335,6 +349,7 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
         page_table: USER,
         reserve_target: 4,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     assert!(matches!(
         PageAllocator::<_, 1>::new(&meta, Pfn(0), bad_pt, Counting::default()),

@@ -220,6 +220,22 @@ impl KernelDirectMap {
 }
 
 impl DirectMap for KernelDirectMap {
+    /// Refused: the sealed record (`memory::sealed`) names page-table
+    /// memory per pageblock, so a page-table page protected alone inside a
+    /// mapped pageblock would be one the verification walk and `paging`
+    /// cannot recognise. The kernel keeps `ptalloc`'s single-page fallback
+    /// off until the record can name single pages; its own single-page
+    /// changes (early tables, the image) go through `protect_page`.
+    fn protect_frame(
+        &self,
+        _pfn: Pfn,
+        _from: Protection,
+        _to: Protection,
+        _split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        Err(DirectMapError::Failed)
+    }
+
     fn protect(
         &self,
         range: PageblockRange,

@@ -156,6 +156,10 @@ pub(super) fn init(
         page_table: PAGE_TABLES,
         reserve_target: RESERVE_TARGET,
         conversion_watermark: watermark,
+        // Off until the sealed record can name single page-table pages in
+        // a mapped pageblock: the verification walk and `paging` ask it
+        // what page-table memory is, per pageblock (issue 11).
+        single_page_fallback: false,
     };
     let allocator = PageAllocator::new(
         meta,

@@ -67,6 +67,7 @@ pub fn ours(meta: &[FrameMeta]) -> Ours<'_> {
         page_table: PT,
         reserve_target: RESERVE_TARGET,
         conversion_watermark: 0,
+        single_page_fallback: false,
     };
     let map = SimDirectMap::new(frames, LargestPage::Giga, 1);
     let alloc = PageAllocator::new(meta, Pfn(0), config, map).expect("allocator set-up");
