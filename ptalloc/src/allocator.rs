@@ -212,6 +212,16 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         (index < self.frames()).then_some(index as u32)
     }
 
+    /// The index of `pfn` if it is a single page-table page of the
+    /// fallback: allocated as a page table in a pageblock of another
+    /// freetype.
+    fn single_page(&self, pfn: Pfn) -> Option<u32> {
+        let index = self.index_of(pfn)?;
+        let frame = &self.meta[index as usize];
+        let home = self.home_freetype(index)?;
+        (frame.freetype() == Some(self.page_table) && home != self.page_table).then_some(index)
+    }
+
     /// The freetype of the pageblock holding frame `index`: where a free
     /// block of it belongs.
     fn home_freetype(&self, index: u32) -> Option<Freetype> {
@@ -253,17 +263,6 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             self.core.lock().stats.drains_before_failing += 1;
             result = self.alloc_uncounted(cpu, order, freetype, flags);
         }
-        // A single-page fallback may have taken a reserve page for its
-        // split: top the reserve up again here, outside the core's
-        // allocation path (refilling from inside it could recurse).
-        if result.is_ok() && freetype == self.page_table {
-            let mut core = self.core.lock();
-            if core.reserve_low_after_fallback() {
-                // Best effort, as for conversions: an empty reserve only
-                // matters to the next split, which reports it.
-                let _ = core.refill_reserve(self.meta, &self.backend);
-            }
-        }
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
             Err(error) => {
@@ -281,11 +280,37 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 if let Some(index) = self.index_of(pfn) {
                     core.return_reserve_page(self.meta, index);
                 }
+            } else if let Some(index) = self.single_page(pfn) {
+                // A single page-table page, never handed out: give it back
+                // its pageblock's protection without a wipe (it holds that
+                // pageblock's old contents only), or, if even that fails,
+                // keep it protected in the split reserve.
+                let mut core = self.core.lock();
+                let home = self.home_freetype(index);
+                let given_back = home.is_some_and(|home| {
+                    core.free_single_page(self.meta, &self.backend, index, home, false)
+                        .is_ok()
+                });
+                if !given_back && !core.park_in_reserve(self.meta, index) {
+                    unreachable!("a reserve of {RESERVE_CAPACITY} pages is never full here");
+                }
             } else if let Err(free_error) = self.free(cpu, pfn, order) {
                 unreachable!("freeing a block just allocated failed: {free_error}");
             }
             self.core.lock().stats.failed_allocations += 1;
             return Err(AllocError::Backend(error));
+        }
+        // A single-page fallback may have taken a reserve page for its
+        // split: top the reserve up again now that this allocation is
+        // done, outside the core's allocation path (refilling from inside
+        // it could recurse).
+        if freetype == self.page_table {
+            let mut core = self.core.lock();
+            if core.reserve_low_after_fallback() {
+                // Best effort, as for conversions: an empty reserve only
+                // matters to the next split, which reports it.
+                let _ = core.refill_reserve(self.meta, &self.backend);
+            }
         }
         Ok(pfn)
     }
@@ -463,7 +488,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 return Err(FreeError::NotAllocated(pfn));
             }
             return core
-                .free_single_page(self.meta, &self.backend, index, freetype)
+                .free_single_page(self.meta, &self.backend, index, freetype, true)
                 .map_err(|error| {
                     // Still allocated and still protected: nothing lost.
                     frame.set_state(State::AllocatedHead);

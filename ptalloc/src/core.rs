@@ -454,26 +454,54 @@ impl Core {
     }
 
     /// Frees a page the fallback protected: wipes it while it is still
-    /// protected, gives it back its pageblock's protection (which only
-    /// adds permissions: no flush), and returns it to `home`'s free lists.
-    /// On a backend failure the page stays as it was, for the caller to
-    /// keep allocated.
+    /// protected (unless `wipe` is false: a page never handed out holds
+    /// only its pageblock's old contents), gives it back its pageblock's
+    /// protection (and flushes the old translation: a stale key would
+    /// fault spuriously), and returns it to `home`'s free lists. On a
+    /// backend failure the page stays as it was, for the caller to keep.
     pub(crate) fn free_single_page(
         &mut self,
         meta: &[FrameMeta],
         backend: &impl DirectMap,
         index: u32,
         home: Freetype,
+        wipe: bool,
     ) -> Result<(), DirectMapError> {
         let pfn = self.pfn(index);
         let protection = self.page_table.protection;
-        backend.zero(pfn, 0, protection)?;
+        if wipe {
+            backend.zero(pfn, 0, protection)?;
+        }
         // The page has its own 4 KiB entry already: nothing to split.
         backend.protect_frame(pfn, protection, home.protection, &mut NoSplitPages)?;
+        if protection.needs_flush_to(home.protection) {
+            let pageblock = index & !((1 << PAGEBLOCK_ORDER) - 1);
+            let flush = backend.flush(PageblockRange {
+                start: self.pfn(pageblock),
+                pageblocks: 1,
+            });
+            self.stats.flushes_local += u64::from(flush.local);
+            self.stats.flushes_remote += u64::from(flush.remote);
+        }
         self.release_block(meta, index, 0, home);
         self.stats.frees += 1;
         self.stats.single_pages_live -= 1;
         Ok(())
+    }
+
+    /// Puts a protected page-table page that an allocation took and could
+    /// not hand out into the split reserve, undoing that allocation. False
+    /// if the reserve is full.
+    pub(crate) fn park_in_reserve(&mut self, meta: &[FrameMeta], index: u32) -> bool {
+        if self.reserve.is_full() {
+            return false;
+        }
+        meta[index as usize].set_state(State::Reserve);
+        // Not full: checked above.
+        let _ = self.reserve.push(index);
+        self.stats.allocations -= 1;
+        self.note_reserve_level();
+        true
     }
 
     /// True once: a single-page fallback took a reserve page since the

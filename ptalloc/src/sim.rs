@@ -591,7 +591,17 @@ impl DirectMap for SimDirectMap {
                 )));
             }
         }
-        self.protect_page(pfn, to, split_pages)
+        let report = self.protect_page(pfn, to, split_pages)?;
+        // The allocator must flush what it took permissions from: the old
+        // translation may be the pageblock's 2 MiB one, so the pageblock.
+        if from.needs_flush_to(to) {
+            let start = Pfn(pfn.0 & !(MEGA_FRAMES - 1));
+            self.lock().unflushed.push(PageblockRange {
+                start,
+                pageblocks: 1,
+            });
+        }
+        Ok(report)
     }
 
     fn flush(&self, range: PageblockRange) -> FlushReport {

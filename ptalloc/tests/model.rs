@@ -174,6 +174,12 @@ enum Op {
     InjectZeroFailure,
     RefillReserve,
     DrainCaches,
+    /// Takes every free page of a mapped freetype, then gives back all but
+    /// one per pageblock: no pageblock is whole after it, so page tables
+    /// come from the single-page fallback (where it is on), or not at all.
+    Fragment {
+        user: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +225,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::InjectZeroFailure),
         1 => Just(Op::RefillReserve),
         1 => Just(Op::DrainCaches),
+        1 => any::<bool>().prop_map(|user| Op::Fragment { user }),
     ]
 }
 
@@ -233,6 +240,8 @@ struct World<'m> {
     reserve_target: usize,
     /// The conversion watermark, in pageblocks.
     watermark: usize,
+    /// Whether the single-page fallback is on.
+    fallback: bool,
 }
 
 /// Everything a refused call must leave as it was.
@@ -259,6 +268,7 @@ impl<'m> World<'m> {
             freed: Vec::new(),
             reserve_target: layout.reserve_target,
             watermark: layout.watermark,
+            fallback: layout.fallback,
         }
     }
 
@@ -278,17 +288,21 @@ impl<'m> World<'m> {
     fn check(&self) -> Result<(), TestCaseError> {
         sim::check(&self.alloc, PT, &self.managed, &self.live).map_err(TestCaseError::fail)?;
         let stats = self.alloc.stats();
+        // One flush per conversion batch at most, and one per page the
+        // single-page fallback protected or gave back.
+        let single_page_changes = 2 * stats.single_page_fallbacks;
         prop_assert!(
-            stats.flushes_local <= stats.conversion_batches,
+            stats.flushes_local <= stats.conversion_batches + single_page_changes,
             "more than one flush per batch"
         );
         prop_assert_eq!(
             stats.flushes_remote,
             stats.flushes_local * (CPUS as u64 - 1)
         );
-        prop_assert_eq!(
-            self.sim().counters().splits_2m,
-            0,
+        // Pageblock conversions never split a 2 MiB page; only the
+        // single-page fallback does, at most once per page it protects.
+        prop_assert!(
+            self.sim().counters().splits_2m <= stats.single_page_fallbacks,
             "a pageblock conversion split a 2 MiB page"
         );
         Ok(())
@@ -358,8 +372,20 @@ impl<'m> World<'m> {
                 if self.live.is_empty() {
                     return Ok(());
                 }
-                let (pfn, order, _) = self.live.swap_remove(pick.index(self.live.len()));
-                prop_assert_eq!(self.alloc.free(cpu, pfn, order), Ok(()));
+                let (pfn, order, ft) = self.live.swap_remove(pick.index(self.live.len()));
+                let faults_pending = self.sim().pending_zero_failures() > 0
+                    || self.sim().pending_protect_failures() > 0;
+                match self.alloc.free(cpu, pfn, order) {
+                    Ok(()) => {}
+                    // A single page-table page is wiped and reprotected on
+                    // its way back: a fault keeps it allocated, and
+                    // protected (the checker sees to that).
+                    Err(FreeError::Backend(_)) if faults_pending && ft == PT => {
+                        self.live.push((pfn, order, ft));
+                        return Ok(());
+                    }
+                    Err(error) => prop_assert!(false, "freeing live {:#x}: {error:?}", pfn.0),
+                }
                 self.freed.push((pfn, order));
                 if self.freed.len() > 64 {
                     self.freed.remove(0);
@@ -384,10 +410,57 @@ impl<'m> World<'m> {
                     ),
                     Err(AllocError::OutOfMemory) => {}
                     Err(AllocError::Backend(DirectMapError::Failed)) => prop_assert!(faults > 0),
+                    // The fallback's split needs a reserve page, and refills
+                    // start when the reserve is low: it may be empty.
+                    Err(AllocError::ReserveExhausted) if self.fallback => {}
                     Err(other) => prop_assert!(
                         false,
                         "refill failed with {other:?}: PT conversions host their own split"
                     ),
+                }
+                Ok(())
+            }
+            Op::Fragment { user } => {
+                let ft = if user { USER } else { KERNEL };
+                let mut taken = Vec::new();
+                while (taken.len() as u64) < self.managed_frames() {
+                    match self.alloc.alloc(0, 0, ft, AllocFlags::empty()) {
+                        Ok(pfn) => taken.push(pfn),
+                        Err(_) => break,
+                    }
+                }
+                let mut kept = std::collections::HashSet::new();
+                for pfn in taken {
+                    if kept.insert(pfn.0 >> PAGEBLOCK_ORDER) {
+                        self.live.push((pfn, 0, ft));
+                    } else {
+                        prop_assert_eq!(self.alloc.free(0, pfn, 0), Ok(()));
+                    }
+                }
+                // Then page tables until one fails: with the fallback on,
+                // the last ones are single pages in mapped pageblocks (later
+                // frees give them back), and a failure means no mapped page
+                // is free.
+                let before = self.alloc.stats().single_page_fallbacks;
+                let error = loop {
+                    match self.alloc.alloc(1, 0, PT, AllocFlags::empty()) {
+                        Ok(pfn) => self.live.push((pfn, 0, PT)),
+                        Err(error) => break error,
+                    }
+                };
+                let stats = self.alloc.stats();
+                let mapped_free: u64 = [KERNEL, USER]
+                    .iter()
+                    .map(|&ft| stats.free_pages(ft) + stats.cached_pages[ft.index()])
+                    .sum();
+                if self.fallback
+                    && error == AllocError::OutOfMemory
+                    && self.sim().pending_protect_failures() == 0
+                {
+                    prop_assert_eq!(mapped_free, 0, "page tables failed with mapped pages free");
+                }
+                if !self.fallback {
+                    prop_assert_eq!(stats.single_page_fallbacks, before);
                 }
                 Ok(())
             }
@@ -440,7 +513,8 @@ impl<'m> World<'m> {
         let whole_before = whole(free);
         let watermark = self.watermark as u64;
         let consumed = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
-        let watermarked = ft != PT && watermark > 0 && whole_before < watermark + consumed;
+        // (A conversion may refill the reserve first, which can take one.)
+        let watermarked = ft != PT && watermark > 0 && whole_before < watermark + consumed + 1;
         // Below a pageblock, a sibling of the same protection lends a block.
         let stealable = ft != PT
             && order < PAGEBLOCK_ORDER
@@ -458,8 +532,13 @@ impl<'m> World<'m> {
             .sum();
         match result {
             Ok(pfn) => {
+                // The injected fault may fire on a conversion's wipe on the
+                // way (the conversion then fails, and a page-table page can
+                // still come from the reserve); but it must fire.
+                let zero_failed =
+                    self.sim().counters().zero_failures > before.counters.zero_failures;
                 prop_assert!(
-                    !zero_fault,
+                    !zero_fault || zero_failed,
                     "zeroing was made to fail, yet the allocation succeeded"
                 );
                 prop_assert!(
