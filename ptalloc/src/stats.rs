@@ -53,7 +53,8 @@ pub struct Stats {
     pub stolen_blocks: u64,
     /// Times an allocation other than a page table was refused whole free
     /// pageblocks because taking them would leave fewer than the
-    /// conversion watermark.
+    /// conversion watermark (at the free lists or at a conversion: one
+    /// allocation may count more than once).
     pub watermark_refusals: u64,
     /// Page-table pages the single-page fallback protected alone inside a
     /// mapped pageblock.

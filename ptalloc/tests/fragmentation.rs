@@ -324,3 +324,83 @@ fn page_tables_keep_coming_while_every_pageblock_holds_a_live_page() {
         "{holding} pageblocks held, {splits} splits"
     );
 }
+
+/// Order-1 blocks straight from the core (order 0 would go through a
+/// cache), for the placement tests.
+fn pairs(alloc: &Alloc<'_>, count: usize) -> Vec<Pfn> {
+    (0..count)
+        .map(|_| {
+            alloc
+                .alloc(0, 1, Freetype::KERNEL, AllocFlags::empty())
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_block_about_to_merge_goes_to_the_tail_of_its_list() {
+    let meta = meta(PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    let taken = pairs(&alloc, 10);
+    let expected: Vec<Pfn> = (0..10).map(|i| Pfn(2 * i)).collect();
+    assert_eq!(taken, expected, "the set-up assumes pairs in address order");
+    // [8, 10) freed: its buddy is live and so is the quad above it, so it
+    // merges with nothing soon: the head of the order-1 list.
+    alloc.free(0, Pfn(8), 1).unwrap();
+    // [4, 8) freed and merged into a quad; then [2, 4): its buddy [0, 2)
+    // is live, but the quad beside their pair is free, so once [0, 2)
+    // comes back it merges twice: the tail.
+    alloc.free(0, Pfn(4), 1).unwrap();
+    alloc.free(0, Pfn(6), 1).unwrap();
+    alloc.free(0, Pfn(2), 1).unwrap();
+    // The next pair comes from the head, [8, 10), and leaves [2, 4) to
+    // merge.
+    assert_eq!(
+        alloc.alloc(0, 1, Freetype::KERNEL, AllocFlags::empty()),
+        Ok(Pfn(8))
+    );
+    alloc.free(0, Pfn(0), 1).unwrap();
+    let merged = alloc
+        .frame_info(Pfn(0))
+        .map(|info| (info.state, info.order));
+    assert_eq!(merged, Some((FrameState::FreeHead, 3)), "[0, 8) merged");
+}
+
+#[test]
+fn the_watermark_holds_whole_pageblocks_for_page_tables_only() {
+    // Three pageblocks and a partial one of 16 frames, a watermark of 1.
+    let frames = 3 * PB + 16;
+    let meta = meta(frames);
+    let config = Config {
+        page_table: PT,
+        reserve_target: 0,
+        conversion_watermark: 1,
+        single_page_fallback: false,
+    };
+    let map = SimDirectMap::new(frames, LargestPage::Mega, 2);
+    let alloc = Alloc::new(&meta, Pfn(0), config, map).expect("set-up");
+    alloc
+        .add_memory(Pfn(0), Pfn(frames), Freetype::KERNEL)
+        .expect("memory");
+    let kernel = |order| alloc.alloc(0, order, Freetype::KERNEL, AllocFlags::empty());
+    let first = kernel(9).unwrap();
+    let second = kernel(9).unwrap();
+    assert_eq!(whole_free_pageblocks(&alloc), 1);
+    // The last whole pageblock is the page tables'.
+    assert_eq!(kernel(9), Err(AllocError::OutOfMemory));
+    // Refused at the free lists and again at conversion.
+    assert!(alloc.stats().watermark_refusals >= 1);
+    // Small blocks still come from the partial pageblock.
+    let small = kernel(0).unwrap();
+    assert!(small.0 >= 3 * PB, "from the partial pageblock");
+    // A page table may take the last one.
+    let table = alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap();
+    assert_eq!(whole_free_pageblocks(&alloc), 0);
+    let live = [
+        (first, 9, Freetype::KERNEL),
+        (second, 9, Freetype::KERNEL),
+        (small, 0, Freetype::KERNEL),
+        (table, 0, PT),
+    ];
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(frames))], &live).unwrap();
+}
