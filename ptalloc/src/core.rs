@@ -14,8 +14,17 @@
 //!   owned by the converting code (taken off the free lists), and its
 //!   direct-map protection is changed in the same step.
 //! - Reserve pages are page-table-freetype frames, already protected.
+//! - An allocated block lies in pageblocks of its own freetype, with two
+//!   exceptions, both with the right protection on every frame: a block
+//!   below a pageblock stolen from a sibling of the same protection, and
+//!   a page-table page the single-page fallback protected alone inside a
+//!   mapped pageblock (which may also become a reserve page or a
+//!   direct-map table). Freed, a block returns to its pageblock's
+//!   freetype, a single page only after its protection is given back.
 //!
 //! # Limits, by design
+//! - The direct map is never merged back: a pageblock the single-page
+//!   fallback split keeps its 4 KiB table page (protected) for good.
 //! - A conversion takes one free block from one other freetype. A large
 //!   request (order > 9) fails if the pageblocks it needs are free but
 //!   split between freetypes; merging across freetypes would need a

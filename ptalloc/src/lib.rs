@@ -19,7 +19,17 @@
 //!   own split page, so refilling cannot recurse);
 //! - typed errors for bad input ([`AllocError`], [`FreeError`]), leaving
 //!   the allocator unchanged;
-//! - per-CPU caches of order-0 pages in front of a locked core; the
+//! - placement that keeps whole pageblocks whole (smallest blocks first,
+//!   blocks about to merge at the tail, caches refilled from the smallest
+//!   free blocks, small blocks borrowed from a sibling freetype of the same
+//!   protection), conversions from the closest fitting source of the
+//!   target's own protection first, and a conversion watermark of whole
+//!   free pageblocks that only page tables may take;
+//! - with `Config::single_page_fallback`, a page table whenever a mapped
+//!   page is free: the last resort protects one page of a mapped
+//!   pageblock alone, never hands out an unprotected one;
+//! - per-CPU caches of order-0 pages in front of a locked core, drained
+//!   into it before any allocation fails for lack of memory; the
 //!   allocator is `Sync`;
 //! - counters for conversions, flushes, splits and the reserve ([`Stats`]).
 //!
