@@ -404,3 +404,73 @@ fn the_watermark_holds_whole_pageblocks_for_page_tables_only() {
     ];
     sim::check(&alloc, PT, &[(Pfn(0), Pfn(frames))], &live).unwrap();
 }
+
+#[test]
+fn a_cache_refill_stops_at_a_batch_of_small_blocks() {
+    // Page 0 live, pages 1-31 back as blocks of orders 0 to 4: a refill
+    // takes all five (31 pages) and splits one more page off a larger
+    // block, never a whole 32-page block on top.
+    let meta = meta(2 * PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    let first = alloc
+        .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    assert_eq!(first, Pfn(0));
+    alloc.drain_caches();
+    let next = alloc
+        .alloc(1, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    let stats = alloc.stats();
+    assert_eq!(
+        stats.cached_pages[Freetype::KERNEL.index()],
+        CACHE_BATCH as u64 - 1
+    );
+    let live = [(first, 0, Freetype::KERNEL), (next, 0, Freetype::KERNEL)];
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(2 * PB))], &live).unwrap();
+}
+
+#[test]
+fn borrowing_never_takes_a_whole_pageblock_nor_serves_page_tables() {
+    // No reserve, so no conversion to page tables happens on the side.
+    let meta = meta(4 * PB);
+    let config = Config {
+        page_table: PT,
+        reserve_target: 0,
+        conversion_watermark: 0,
+        single_page_fallback: false,
+    };
+    let map = SimDirectMap::new(4 * PB, LargestPage::Mega, 2);
+    let alloc = Alloc::new(&meta, Pfn(0), config, map).expect("set-up");
+    alloc
+        .add_memory(Pfn(0), Pfn(4 * PB), Freetype::KERNEL)
+        .expect("memory");
+    // The kernel's smallest free block is a whole pageblock: a small user
+    // block converts one to USER rather than borrow a piece of it.
+    let kernel = alloc
+        .alloc(0, 9, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    let user = alloc.alloc(0, 3, USER, AllocFlags::empty()).unwrap();
+    let stats = alloc.stats();
+    assert_eq!((stats.stolen_blocks, stats.total_conversions()), (0, 1));
+    // A movable page-table-key block converts a pageblock of its own; a
+    // page table then converts another rather than borrow from it.
+    let movable_key = Freetype {
+        mobility: Mobility::Movable,
+        protection: PT.protection,
+    };
+    let other = alloc.alloc(0, 1, movable_key, AllocFlags::empty()).unwrap();
+    let table = alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.stolen_blocks, 0);
+    assert_eq!(
+        alloc.frame_info(table).unwrap().pageblock_freetype,
+        Some(PT)
+    );
+    let live = [
+        (kernel, 9, Freetype::KERNEL),
+        (user, 3, USER),
+        (other, 1, movable_key),
+        (table, 0, PT),
+    ];
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+}
