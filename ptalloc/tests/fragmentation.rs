@@ -347,17 +347,20 @@ fn a_block_about_to_merge_goes_to_the_tail_of_its_list() {
     // [8, 10) freed: its buddy is live and so is the quad above it, so it
     // merges with nothing soon: the head of the order-1 list.
     alloc.free(0, Pfn(8), 1).unwrap();
+    // So is [12, 14), freed later: the head now.
+    alloc.free(0, Pfn(12), 1).unwrap();
     // [4, 8) freed and merged into a quad; then [2, 4): its buddy [0, 2)
     // is live, but the quad beside their pair is free, so once [0, 2)
     // comes back it merges twice: the tail.
     alloc.free(0, Pfn(4), 1).unwrap();
     alloc.free(0, Pfn(6), 1).unwrap();
     alloc.free(0, Pfn(2), 1).unwrap();
-    // The next pair comes from the head, [8, 10), and leaves [2, 4) to
-    // merge.
+    // The list is [12, 8, 2]: the next pair comes from the head, the
+    // latest block freed with nothing to merge soon, and [2, 4) is left
+    // to merge.
     assert_eq!(
         alloc.alloc(0, 1, Freetype::KERNEL, AllocFlags::empty()),
-        Ok(Pfn(8))
+        Ok(Pfn(12))
     );
     alloc.free(0, Pfn(0), 1).unwrap();
     let merged = alloc
