@@ -258,12 +258,19 @@ fn page_tables_keep_coming_while_every_pageblock_holds_a_live_page() {
     sim::check(&alloc, PT, &managed, &live).unwrap();
 
     let mut tables = Vec::new();
+    let mut splits_early = None;
     let error = loop {
         match alloc.alloc(tables.len() % 2, 0, PT, AllocFlags::ZERO) {
             Ok(pfn) => tables.push(pfn),
             Err(error) => break error,
         }
+        if tables.len() as u64 == free_tables + 200 {
+            splits_early = Some(alloc.stats().splits_2m);
+        }
     };
+    // The fallback keeps to pageblocks it split already: the first 200
+    // single pages cost one split, not one each.
+    assert_eq!(splits_early, Some(1));
     let stats = alloc.stats();
     // Memory really is full: less than a pageblock's worth is free.
     assert_eq!(error, AllocError::OutOfMemory);
@@ -484,4 +491,22 @@ fn borrowing_never_takes_a_whole_pageblock_nor_serves_page_tables() {
         (table, 0, PT),
     ];
     sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+}
+
+#[test]
+fn a_block_whose_free_neighbour_lies_below_also_goes_to_the_tail() {
+    let meta = meta(PB);
+    let alloc = allocator(&meta, LargestPage::Mega);
+    pairs(&alloc, 10);
+    // [0, 4) free as a quad; [8, 10) free with nothing to merge soon.
+    alloc.free(0, Pfn(0), 1).unwrap();
+    alloc.free(0, Pfn(2), 1).unwrap();
+    alloc.free(0, Pfn(8), 1).unwrap();
+    // [6, 8): its buddy [4, 6) is live, the quad below their pair is free:
+    // the tail, behind [8, 10).
+    alloc.free(0, Pfn(6), 1).unwrap();
+    assert_eq!(
+        alloc.alloc(0, 1, Freetype::KERNEL, AllocFlags::empty()),
+        Ok(Pfn(8))
+    );
 }
