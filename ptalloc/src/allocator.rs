@@ -19,7 +19,7 @@ use crate::error::{AllocError, FreeError, InitError};
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, State};
 use crate::stats::Stats;
-use crate::sync::Lock;
+use crate::sync::{AtomicU8, Lock, Ordering};
 use crate::{MAX_ORDER, PAGEBLOCK_ORDER, Pfn};
 
 /// Pages a per-CPU cache holds per freetype.
@@ -102,6 +102,10 @@ pub struct PageAllocator<'m, D: DirectMap, const CPUS: usize> {
     core: Lock<Core>,
     caches: [Lock<CpuCache>; CPUS],
     backend: D,
+    /// Set (under the core lock) when a single-page fallback took a
+    /// reserve page: the allocation that made it refills the reserve on
+    /// its way out. An atomic, so the fast path reads it without the lock.
+    reserve_to_refill: AtomicU8,
 }
 
 impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
@@ -135,6 +139,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             )),
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
+            reserve_to_refill: AtomicU8::new(0),
         })
     }
 
@@ -304,13 +309,12 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         // split: top the reserve up again now that this allocation is
         // done, outside the core's allocation path (refilling from inside
         // it could recurse).
-        if freetype == self.page_table {
-            let mut core = self.core.lock();
-            if core.reserve_low_after_fallback() {
-                // Best effort, as for conversions: an empty reserve only
-                // matters to the next split, which reports it.
-                let _ = core.refill_reserve(self.meta, &self.backend);
-            }
+        if self.reserve_to_refill.load(Ordering::Acquire) != 0
+            && self.reserve_to_refill.swap(0, Ordering::AcqRel) != 0
+        {
+            // Best effort, as for conversions: an empty reserve only
+            // matters to the next split, which reports it.
+            let _ = self.core.lock().refill_reserve(self.meta, &self.backend);
         }
         Ok(pfn)
     }
@@ -411,6 +415,9 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                     Ok(index) if self.home_freetype(index) != Some(freetype) => {
                         if taken == 0 {
                             core.mark_allocated(self.meta, index, 0, freetype);
+                            if core.reserve_low_after_fallback() {
+                                self.reserve_to_refill.store(1, Ordering::Release);
+                            }
                             return Ok((self.pfn_of(index), false));
                         }
                         self.meta[index as usize].set_state(State::Tail);
