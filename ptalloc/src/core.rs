@@ -261,18 +261,6 @@ impl Core {
         Some(index)
     }
 
-    /// Whole free pageblocks, of every freetype.
-    fn whole_free_pageblocks(&self) -> u64 {
-        self.stats
-            .free_blocks
-            .iter()
-            .map(|by_order| {
-                let whole = by_order[PAGEBLOCK_ORDER as usize..].iter().enumerate();
-                whole.map(|(above, blocks)| blocks << above).sum::<u64>()
-            })
-            .sum()
-    }
-
     /// The conversion watermark: may an allocation of `order` for `ft`
     /// consume whole free pageblocks (break one up, take or convert
     /// some)? Page tables always may; anything else only if at least the
@@ -282,7 +270,7 @@ impl Core {
             return true;
         }
         let consumed = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
-        let allowed = self.whole_free_pageblocks() >= self.watermark + consumed;
+        let allowed = self.stats.whole_free_pageblocks() >= self.watermark + consumed;
         if !allowed {
             self.stats.watermark_refusals += 1;
         }

@@ -102,6 +102,20 @@ impl Stats {
             .sum()
     }
 
+    /// Whole free pageblocks, of every freetype (free blocks of a
+    /// pageblock or more, counted in pageblocks): what conversions and
+    /// pageblock-sized allocations can take.
+    pub fn whole_free_pageblocks(&self) -> u64 {
+        let first = crate::PAGEBLOCK_ORDER as usize;
+        self.free_blocks
+            .iter()
+            .map(|by_order| {
+                let whole = by_order[first..].iter().enumerate();
+                whole.map(|(above, blocks)| blocks << above).sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Pageblocks converted from `from` to `to`.
     pub fn converted(&self, from: Freetype, to: Freetype) -> u64 {
         self.conversions[from.index()][to.index()]

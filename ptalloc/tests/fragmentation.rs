@@ -48,18 +48,7 @@ fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
 }
 
 fn whole_free_pageblocks(alloc: &Alloc<'_>) -> u64 {
-    let stats = alloc.stats();
-    stats
-        .free_blocks
-        .iter()
-        .map(|by_order| {
-            by_order[PAGEBLOCK_ORDER as usize..]
-                .iter()
-                .enumerate()
-                .map(|(above, n)| n << above)
-                .sum::<u64>()
-        })
-        .sum()
+    alloc.stats().whole_free_pageblocks()
 }
 
 #[test]

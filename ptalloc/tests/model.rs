@@ -502,15 +502,7 @@ impl<'m> World<'m> {
         let own_small = (order..PAGEBLOCK_ORDER).any(|k| free[ft.index()][k as usize] > 0);
         // The conversion watermark: an allocation other than a page table
         // may not bring whole free pageblocks below it.
-        let whole = |free: &[[u64; NR_ORDERS]; NR_FREETYPES]| -> u64 {
-            free.iter()
-                .map(|by_order| {
-                    let orders = by_order[PAGEBLOCK_ORDER as usize..].iter().enumerate();
-                    orders.map(|(above, n)| n << above).sum::<u64>()
-                })
-                .sum()
-        };
-        let whole_before = whole(free);
+        let whole_before = before.stats.whole_free_pageblocks();
         let watermark = self.watermark as u64;
         let consumed = 1u64 << order.saturating_sub(PAGEBLOCK_ORDER);
         // (A conversion may refill the reserve first, which can take one.)
@@ -559,7 +551,7 @@ impl<'m> World<'m> {
                 }
                 self.live.push((pfn, order, ft));
                 if ft != PT && watermark > 0 {
-                    let whole_after = whole(&after.free_blocks);
+                    let whole_after = after.whole_free_pageblocks();
                     prop_assert!(
                         whole_after >= whole_before.min(watermark),
                         "a {} allocation of order {} took whole pageblocks below the \

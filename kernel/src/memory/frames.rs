@@ -351,16 +351,7 @@ pub fn frames_not_held() -> Option<u64> {
 /// Whole free 2 MiB pageblocks, of any freetype: what a conversion or a
 /// 2 MiB frame can take. 0 before [`init`].
 pub fn whole_free_pageblocks() -> u64 {
-    let order = ptalloc::PAGEBLOCK_ORDER as usize;
-    stats().map_or(0, |stats| {
-        let per_freetype = stats.free_blocks.iter();
-        per_freetype
-            .map(|by_order| {
-                let larger = by_order[order..].iter().enumerate();
-                larger.map(|(above, blocks)| blocks << above).sum::<u64>()
-            })
-            .sum()
-    })
+    stats().map_or(0, |stats| stats.whole_free_pageblocks())
 }
 
 /// For a test that needs `count` whole free pageblocks (`purpose` says
