@@ -29,22 +29,27 @@ fn meta(frames: u64) -> Vec<FrameMeta> {
     (0..frames).map(|_| FrameMeta::new()).collect()
 }
 
-/// `frames` frames of kernel memory from frame 0 on a map of `largest`
-/// pages, with a split reserve of 4.
-fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
+/// All of `meta` as kernel memory from frame 0, on a map of `largest`
+/// pages, set up as `config` says.
+fn allocator_with(meta: &[FrameMeta], largest: LargestPage, config: Config) -> Alloc<'_> {
     let frames = meta.len() as u64;
-    let config = Config {
-        page_table: PT,
-        reserve_target: 4,
-        conversion_watermark: 0,
-        single_page_fallback: false,
-    };
     let map = SimDirectMap::new(frames, largest, 2);
     let alloc = Alloc::new(meta, Pfn(0), config, map).expect("set-up");
     alloc
         .add_memory(Pfn(0), Pfn(frames), Freetype::KERNEL)
         .expect("memory");
     alloc
+}
+
+/// The same with a split reserve of 4, no watermark, no fallback.
+fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
+    let config = Config {
+        page_table: PT,
+        reserve_target: 4,
+        conversion_watermark: 0,
+        single_page_fallback: false,
+    };
+    allocator_with(meta, largest, config)
 }
 
 fn whole_free_pageblocks(alloc: &Alloc<'_>) -> u64 {
@@ -190,19 +195,13 @@ fn a_cache_refill_takes_small_free_blocks_before_breaking_a_pageblock() {
 /// `frames` frames of kernel memory with the single-page fallback on (and
 /// a reserve of 8, no watermark), on a map of 2 MiB pages.
 fn allocator_with_fallback(meta: &[FrameMeta]) -> Alloc<'_> {
-    let frames = meta.len() as u64;
     let config = Config {
         page_table: PT,
         reserve_target: 8,
         conversion_watermark: 0,
         single_page_fallback: true,
     };
-    let map = SimDirectMap::new(frames, LargestPage::Mega, 2);
-    let alloc = Alloc::new(meta, Pfn(0), config, map).expect("set-up");
-    alloc
-        .add_memory(Pfn(0), Pfn(frames), Freetype::KERNEL)
-        .expect("memory");
-    alloc
+    allocator_with(meta, LargestPage::Mega, config)
 }
 
 fn free_frames(alloc: &Alloc<'_>) -> u64 {
@@ -376,11 +375,7 @@ fn the_watermark_holds_whole_pageblocks_for_page_tables_only() {
         conversion_watermark: 1,
         single_page_fallback: false,
     };
-    let map = SimDirectMap::new(frames, LargestPage::Mega, 2);
-    let alloc = Alloc::new(&meta, Pfn(0), config, map).expect("set-up");
-    alloc
-        .add_memory(Pfn(0), Pfn(frames), Freetype::KERNEL)
-        .expect("memory");
+    let alloc = allocator_with(&meta, LargestPage::Mega, config);
     let kernel = |order| alloc.alloc(0, order, Freetype::KERNEL, AllocFlags::empty());
     let first = kernel(9).unwrap();
     assert_eq!(alloc.stats().watermark_refusals, 0);
@@ -446,11 +441,7 @@ fn borrowing_never_takes_a_whole_pageblock_nor_serves_page_tables() {
         conversion_watermark: 0,
         single_page_fallback: false,
     };
-    let map = SimDirectMap::new(4 * PB, LargestPage::Mega, 2);
-    let alloc = Alloc::new(&meta, Pfn(0), config, map).expect("set-up");
-    alloc
-        .add_memory(Pfn(0), Pfn(4 * PB), Freetype::KERNEL)
-        .expect("memory");
+    let alloc = allocator_with(&meta, LargestPage::Mega, config);
     // The kernel's smallest free block is a whole pageblock: a small user
     // block converts one to USER rather than borrow a piece of it.
     let kernel = alloc
