@@ -264,7 +264,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         // Free pages parked in per-CPU caches (this CPU's or another's) are
         // free memory too, and they pin their pageblocks: before saying
         // OutOfMemory, take them all back and try once more.
-        if result == Err(AllocError::OutOfMemory) && self.drain_all_caches() > 0 {
+        if result == Err(AllocError::OutOfMemory) && self.drain_caches() > 0 {
             self.core.lock().stats.drains_before_failing += 1;
             result = self.alloc_uncounted(cpu, order, freetype, flags);
         }
@@ -559,19 +559,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         }
     }
 
-    /// Returns every cached page to the core (for statistics, tests, and
-    /// before taking a CPU offline). Allocations do it themselves before
-    /// they fail for lack of memory.
-    pub fn drain_caches(&self) {
-        self.drain_all_caches();
-    }
-
-    /// Drains every CPU's cache, of every freetype, into the core, one
-    /// cache at a time (cache lock, then core lock, as everywhere: the
-    /// caller holds neither). Pages of other freetypes matter too: one
-    /// cached page keeps its whole pageblock from being converted.
-    /// Returns how many pages came back.
-    fn drain_all_caches(&self) -> usize {
+    /// Returns every cached page, of every freetype and CPU, to the core,
+    /// one cache at a time (cache lock, then core lock, as everywhere: the
+    /// caller holds neither), and says how many came back. For statistics,
+    /// tests, and before taking a CPU offline; allocations do it themselves
+    /// before they fail for lack of memory, since one cached page keeps its
+    /// whole pageblock from being converted.
+    pub fn drain_caches(&self) -> usize {
         let mut drained = 0;
         for cache in &self.caches {
             let mut cache = cache.lock();
