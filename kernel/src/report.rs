@@ -172,14 +172,16 @@ fn print_allocator(boot: &BootState) {
     println!();
     print_flush_limit(boot);
     println!(
-        "allocator counters: {} conversions in {} batches, {} flushes, splits 1G->2M {} 2M->4K {}, reserve {} (low-water {})",
+        "allocator counters: {} conversions in {} batches, {} flushes, splits 1G->2M {} 2M->4K {}, reserve {} (low-water {}), single-page fallbacks {} ({} live)",
         stats.total_conversions(),
         stats.conversion_batches,
         stats.flushes_local,
         stats.splits_1g,
         stats.splits_2m,
         stats.reserve_level,
-        stats.reserve_low_water
+        stats.reserve_low_water,
+        stats.single_page_fallbacks,
+        stats.single_pages_live
     );
 }
 
@@ -218,9 +220,14 @@ fn print_verification(boot: &BootState) {
         "kernel image W^X: {} pages r-x (text), {} r-- (boot stub, rodata, recovery table, tests, IDT, GDT, TSS), {} rw- (data, bss), {} past the image unmapped; direct-map alias read-only for {} frames (early page tables keep theirs)",
         i.read_execute, i.read_only, i.read_write, i.unmapped, i.direct_map_read_only
     );
+    let (singles, mixed) = memory::sealed::single_pages();
     println!(
-        "sealed records: pageblock protections and early page tables, {} pages with the metadata key; {} pageblocks disagree with the allocator's metadata",
-        boot.memory.sealed_pages, boot.verified.metadata_mismatches
+        "sealed records: pageblock protections, single page-table pages ({} in {} of {} mixed-pageblock slots) and early page tables, {} pages with the metadata key; {} pageblocks disagree with the allocator's metadata",
+        singles,
+        mixed,
+        memory::sealed::MIXED_SLOTS,
+        boot.memory.sealed_pages,
+        boot.verified.metadata_mismatches
     );
     let v = &boot.verified;
     if boot.ptprot == ProtectionPolicy::None {

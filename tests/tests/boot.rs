@@ -8,9 +8,9 @@ use tools::Outcome;
 /// What `test=all` reports under each protection mechanism: PKS tests skip
 /// without PKS, the CR0.WP window test skips without `ro`. Update these
 /// when adding kernel tests.
-const ALL_UNDER_PKS: &str = "tests: 35 passed, 0 failed, 1 skipped";
-const ALL_UNDER_RO: &str = "tests: 28 passed, 0 failed, 8 skipped";
-const ALL_UNDER_NONE: &str = "tests: 26 passed, 0 failed, 10 skipped";
+const ALL_UNDER_PKS: &str = "tests: 40 passed, 0 failed, 1 skipped";
+const ALL_UNDER_RO: &str = "tests: 33 passed, 0 failed, 8 skipped";
+const ALL_UNDER_NONE: &str = "tests: 30 passed, 0 failed, 11 skipped";
 
 #[test]
 fn boots_with_pks_and_reports() {
@@ -23,7 +23,7 @@ fn boots_with_pks_and_reports() {
         "protection policy: ptprot=pks (auto: PKS present), write windows by PKRS",
         "key 1: page tables, ReadOnly outside windows",
         "key 2: allocator metadata, ReadOnly outside windows",
-        "sealed records: pageblock protections and early page tables, 9 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
+        "sealed records: pageblock protections, single page-table pages (0 in 0 of 128 mixed-pageblock slots) and early page tables, 11 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
         "early page tables: 9 recorded",
@@ -31,7 +31,7 @@ fn boots_with_pks_and_reports() {
         // The limit itself depends on the host's timing.
         "tlb flush limit: ",
         " pageblocks, measured at boot (INVLPG ",
-        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7)",
+        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7), single-page fallbacks 0 (0 live)",
         "early page tables reprotected: 9 (splits 1G->2M 0, 2M->4K 1)",
         "kernel image W^X: ",
         " pages r-x (text), ",
@@ -62,7 +62,7 @@ fn boots_with_pks_and_reports() {
 fn all_kernel_tests_pass() {
     let run = boot(qemu("test=all"));
     run.expect_outcome(Outcome::Success)
-        .expect_all_tests_passed(35)
+        .expect_all_tests_passed(40)
         .expect_console(&[ALL_UNDER_PKS])
         .expect_no_console("boot complete")
         // One window around 512 writes: two PKRS writes.

@@ -5,19 +5,24 @@
 //!   comes from the `SplitPages` source only). A 2 MiB entry that an
 //!   earlier 4 KiB split turned into a page table has all 512 entries
 //!   rewritten instead.
+//! - `protect_frame` gives one 4 KiB frame of a `Mapped` pageblock the
+//!   page-table key by itself, or gives it back `Mapped` (`ptalloc`'s
+//!   single-page fallback), through the same 4 KiB path as the kernel's
+//!   own single-page changes (early tables, the image's alias).
 //! - What a protection looks like in an entry depends on the policy:
 //!   `Pkey(k)` carries key k under `ptprot=pks`, is read-only under `ro`,
 //!   and is a plain mapping under `none`; `Unmapped` is not present.
 //! - `flush` drops the run's translations through [`tlb`]: INVLPG each
 //!   up to the limit (measured at boot, or `flushlimit=`), a CR3 reload
-//!   beyond it or where a 2 MiB entry was split to 4 KiB (`tlb`'s doc
+//!   beyond it or where 4 KiB entries changed (`tlb`'s doc
 //!   says what the QEMU tests can and cannot see of flushes).
 //! - `zero` writes through the direct map (inside a window for the key of
 //!   a protected page), or through the ephemeral slot for unmapped pages.
 //!
 //! Every page-table write happens inside a page-table write window, and
-//! every pageblock change is written to the sealed record ([`super::sealed`])
-//! as the entries change; a range the record does not cover keeps `Mapped`.
+//! every pageblock change, and every single page-table page, is written
+//! to the sealed record ([`super::sealed`]) in the same call, under the
+//! same lock; a range the record does not cover keeps `Mapped`.
 
 use super::direct_map::{DIRECT_MAP_BASE, GIB, MIB2};
 use super::ephemeral;
@@ -43,8 +48,9 @@ pub struct KernelDirectMap {
     /// Serialises edits (ptalloc converts under its lock, but the kernel's
     /// own sub-pageblock changes come from elsewhere).
     edits: Mutex<()>,
-    /// Set by `protect` when it rewrote 4 KiB entries: INVLPG on a 2 MiB
-    /// address would drop only one of them, so the next flush is full.
+    /// Set by `protect` when it rewrote 4 KiB entries, and by
+    /// `protect_frame`: INVLPG on a 2 MiB address would drop only one of
+    /// them, so the next flush is full.
     needs_full_flush: AtomicBool,
 }
 
@@ -140,6 +146,17 @@ impl KernelDirectMap {
         split_pages: &mut dyn SplitPages,
     ) -> Result<ProtectReport, DirectMapError> {
         let _edits = self.edits.lock();
+        self.edit_page(pfn, attributes, split_pages)
+    }
+
+    /// The 4 KiB path of [`set_page_attributes`](Self::set_page_attributes),
+    /// for a caller holding `edits`.
+    fn edit_page(
+        &self,
+        pfn: Pfn,
+        attributes: u64,
+        split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
         let addr = pfn.addr();
         if self.pdpt_phys == 0 {
             return Err(DirectMapError::Failed);
@@ -220,20 +237,53 @@ impl KernelDirectMap {
 }
 
 impl DirectMap for KernelDirectMap {
-    /// Refused: the sealed record (`memory::sealed`) names page-table
-    /// memory per pageblock, so a page-table page protected alone inside a
-    /// mapped pageblock would be one the verification walk and `paging`
-    /// cannot recognise. The kernel keeps `ptalloc`'s single-page fallback
-    /// off until the record can name single pages; its own single-page
-    /// changes (early tables, the image) go through `protect_page`.
+    /// `ptalloc`'s single-page fallback: gives one frame of a `Mapped`
+    /// pageblock the page-table key by itself (splitting the pageblock's
+    /// 2 MiB entry, and a 1 GiB one above it, with pages from
+    /// `split_pages`), or gives such a page back `Mapped`. Nothing else:
+    /// any other pair of protections, a frame past the sealed record, or
+    /// one the record does not agree about is refused with `Failed` before
+    /// anything changes, and so is a page in a new pageblock when the
+    /// record has no slot left for it. The sealed record names the page as
+    /// page-table memory before its entry gets the key and until after the
+    /// key is gone, so `paging` and the ephemeral slot refuse it the whole
+    /// time. The caller flushes; the flush reloads CR3, since INVLPG on the
+    /// pageblock's address would not drop the page's own 4 KiB entry.
     fn protect_frame(
         &self,
-        _pfn: Pfn,
-        _from: Protection,
-        _to: Protection,
-        _split_pages: &mut dyn SplitPages,
+        pfn: Pfn,
+        from: Protection,
+        to: Protection,
+        split_pages: &mut dyn SplitPages,
     ) -> Result<ProtectReport, DirectMapError> {
-        Err(DirectMapError::Failed)
+        let page_tables = super::frames::PAGE_TABLES.protection;
+        let protecting = match (from, to) {
+            (Protection::Mapped, to) if to == page_tables => true,
+            (from, Protection::Mapped) if from == page_tables => false,
+            _ => return Err(DirectMapError::Failed),
+        };
+        let _edits = self.edits.lock();
+        let addr = pfn.addr();
+        if self.pdpt_phys == 0 {
+            return Err(DirectMapError::Failed);
+        }
+        if protecting {
+            super::sealed::record_single_protected(addr).map_err(|_| DirectMapError::Failed)?;
+        } else if !super::sealed::is_single_page(addr) {
+            return Err(DirectMapError::Failed);
+        }
+        let edited = self.edit_page(pfn, self.attributes(to), split_pages);
+        // A page that did not get its key leaves the record again, and so
+        // does one that lost it. Under `edits` the record still says what
+        // it said a moment ago, so this cannot fail.
+        let leaves_record = matches!((protecting, &edited), (true, Err(_)) | (false, Ok(_)));
+        if leaves_record && super::sealed::record_single_given_back(addr).is_err() {
+            panic!("the sealed record lost single page-table page {addr:#x} under the edit lock");
+        }
+        if edited.is_ok() {
+            self.needs_full_flush.store(true, Ordering::Relaxed);
+        }
+        edited
     }
 
     fn protect(
@@ -249,8 +299,12 @@ impl DirectMap for KernelDirectMap {
         if start / GIB != (end - 1) / GIB || self.pdpt_phys == 0 {
             return Err(DirectMapError::Failed);
         }
-        // The sealed record must be able to say what the range becomes.
-        if to != Protection::Mapped && !super::sealed::covers(start, range.pageblocks) {
+        // The sealed record must be able to say what the range becomes,
+        // and a pageblock holding single page-table pages (never wholly
+        // free, so never converted by `ptalloc`) keeps them.
+        if (to != Protection::Mapped && !super::sealed::covers(start, range.pageblocks))
+            || super::sealed::holds_single_pages(start, range.pageblocks)
+        {
             return Err(DirectMapError::Failed);
         }
         let attributes = self.attributes(to);

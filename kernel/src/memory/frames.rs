@@ -16,7 +16,13 @@
 //!   page-table freetype;
 //! - from 1 GiB of whole free pageblocks up, `ptalloc`'s conversion
 //!   watermark holds `ptalloc::DEFAULT_CONVERSION_WATERMARK` whole free
-//!   pageblocks for page tables (none on a smaller machine).
+//!   pageblocks for page tables (none on a smaller machine);
+//! - `ptalloc`'s single-page fallback is on: when no whole free pageblock
+//!   can become page-table memory, a page table is one free page of a
+//!   mapped pageblock keyed by itself, which the backend records in the
+//!   sealed record's set of single page-table pages. So a page-table
+//!   allocation fails for lack of memory only when no mapped page is free
+//!   (or when the sealed record has no room for another mixed pageblock).
 
 use super::backend::KernelDirectMap;
 use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo};
@@ -156,10 +162,10 @@ pub(super) fn init(
         page_table: PAGE_TABLES,
         reserve_target: RESERVE_TARGET,
         conversion_watermark: watermark,
-        // Off until the sealed record can name single page-table pages in
-        // a mapped pageblock: the verification walk and `paging` ask it
-        // what page-table memory is, per pageblock (issue 11).
-        single_page_fallback: false,
+        // The last resort for a page table, never an unprotected one: the
+        // sealed record names the single pages it keys, so the walk,
+        // `paging` and the ephemeral slot see them as page-table memory.
+        single_page_fallback: true,
     };
     let allocator = PageAllocator::new(
         meta,
@@ -345,7 +351,11 @@ pub fn frames_not_held() -> Option<u64> {
         .map(|freetype| stats.free_pages(freetype))
         .sum();
     let cached: u64 = stats.cached_pages.iter().sum();
-    Some(free + cached + stats.reserve_level + stats.direct_map_tables)
+    // Every split spends one page as a direct-map table, from the
+    // conversion it serves or from the reserve (the single-page fallback's
+    // splits, the kernel's own): `direct_map_tables` counts only the first.
+    let direct_map_tables = stats.splits_1g + stats.splits_2m;
+    Some(free + cached + stats.reserve_level + direct_map_tables)
 }
 
 /// Whole free 2 MiB pageblocks, of any freetype: what a conversion or a
@@ -540,3 +550,5 @@ crate::kernel_test! {
         Ok(())
     }
 }
+
+mod fallback_tests;

@@ -211,7 +211,10 @@ impl PhysMemory for BootWindow {
     fn read(&self, phys: u64, buf: &mut [u8]) -> Option<()> {
         let virt = boot_window_addr(phys, buf.len() as u64)?;
         if BOOT_WINDOW_NARROWED.load(Ordering::Acquire) {
-            let keep = image_window();
+            // The image itself, not the 2 MiB pages the window keeps: the
+            // image's W^X step unmaps the rest of them, which is allocator
+            // memory (a frame there is read through the direct map).
+            let keep = kernel_image_phys();
             let end = phys.checked_add(buf.len() as u64)?;
             if !(keep.start <= phys && end <= keep.end) {
                 return None;

@@ -17,8 +17,9 @@
 //! - tables go back to the allocator empty (`unmap` frees the tables it
 //!   empties; dropping a space empties each table first; a failed `map`
 //!   frees tables it never linked), are zeroed again before use, and are
-//!   wiped by the allocator before their pageblock leaves page-table
-//!   memory; a root is never freed while CR3 holds it;
+//!   wiped by the allocator before they leave page-table memory (with
+//!   their pageblock, or alone for a single page of the allocator's
+//!   fallback); a root is never freed while CR3 holds it;
 //! - a mapping holds its frame: `map` takes an owned
 //!   [`frames::Frame`](super::frames::Frame), which only the allocator
 //!   makes (never of page-table memory), and `unmap` hands it back, so no
@@ -241,10 +242,11 @@ pub(crate) fn is_page_table_memory(phys: u64) -> bool {
 }
 
 /// The first frame of page-table memory (a frame of a pageblock the
-/// sealed record calls page-table memory, or an early page table) in the
+/// sealed record calls page-table memory, a single page-table page the
+/// record names inside a mixed pageblock, or an early page table) in the
 /// `span` bytes from `start`, a page of 4 KiB, 2 MiB or 1 GiB aligned to
-/// its size. Protections belong to whole pageblocks, so one look per
-/// 2 MiB does.
+/// its size. The record answers with one look per 2 MiB, and for a mixed
+/// pageblock with its bitmap of single pages.
 pub(crate) fn page_table_memory_in(start: u64, span: u64) -> Option<u64> {
     let early = super::sealed::with_early_tables(|list| {
         list.tables()
@@ -252,11 +254,7 @@ pub(crate) fn page_table_memory_in(start: u64, span: u64) -> Option<u64> {
             .map(|t| t.phys)
             .find(|&t| start <= t && t - start < span)
     });
-    early.or_else(|| {
-        (0..span.div_ceil(2 << 20))
-            .map(|block| start + block * (2 << 20))
-            .find(|&phys| super::sealed::protection(phys) == PAGE_TABLES.protection)
-    })
+    early.or_else(|| super::sealed::first_page_table_frame(start, span))
 }
 
 fn table(phys: u64) -> *mut u64 {
@@ -305,7 +303,7 @@ fn alloc_table(flags: AllocFlags) -> Result<u64, PagingError> {
     // says whether the frame is really protected.
     if !is_page_table_memory(table) {
         panic!(
-            "the allocator handed out page table {table:#x} from a pageblock the sealed record does not protect: its metadata was tampered with"
+            "the allocator handed out page table {table:#x}, which the sealed record does not call page-table memory: its metadata was tampered with"
         );
     }
     Ok(table)

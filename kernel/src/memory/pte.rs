@@ -23,10 +23,12 @@
 //! writer of entries.
 //!
 //! Some windows write no entries: `backend::zero` zeroes new page-table
-//! pages inside one, and a `frames` test writes links into page-table
-//! pages it holds. The PKS mechanism's own tests (in `pkfault`) open key-1
-//! windows on test pages through a window kind of their own, an `unsafe
-//! impl` that says why.
+//! pages inside one, and `frames` tests write links into page-table
+//! pages they hold. Tests plant entries through the same door (`paging`'s
+//! walk tests, and `sealed`'s, which take a single page-table page's key
+//! off its direct-map leaf and put it back). The PKS mechanism's own
+//! tests (in `pkfault`) open key-1 windows on test pages through a window
+//! kind of their own, an `unsafe impl` that says why.
 
 use crate::arch::pks;
 

@@ -4,12 +4,15 @@
 //! From a root, the walk descends through every present non-leaf entry
 //! and checks two things:
 //! 1. Every table it reaches (the root included) is page-table memory: a
-//!    frame of a page-table-freetype pageblock, or a recorded early page
-//!    table. A table anywhere else is a violation in itself.
+//!    frame of a page-table-freetype pageblock, a single page-table page
+//!    the sealed record names inside a mapped pageblock (`ptalloc`'s
+//!    single-page fallback), or a recorded early page table. A table
+//!    anywhere else is a violation in itself.
 //! 2. Every present leaf that maps page-table memory (a table, a reserve
-//!    page, any frame of a page-table-freetype pageblock, an early table)
-//!    carries the page-table protection: key 1 under `pks`, read-only
-//!    under `ro`.
+//!    page, any frame of a page-table-freetype pageblock, a single
+//!    page-table page, an early table) carries the page-table protection:
+//!    key 1 under `pks`, read-only under `ro`. A leaf of 2 MiB or more
+//!    over a pageblock with single page-table pages is such a leaf.
 //! 3. No leaf maps the image's read-only part (code, rodata, the IDT, GDT
 //!    and TSS) writable, nor the sealed records writable without key 2.
 //! 4. Keys go only where the key table puts them: a supervisor leaf with
