@@ -32,11 +32,12 @@
 mod common;
 
 use common::{MAPPED, PEER_ORDER, PT, RESERVE_TARGET, Rng, new_meta};
-use ptalloc::sim::{LargestPage, SimDirectMap};
+use ptalloc::sim::{LargestPage, SimDirectMap, SimMover};
 use ptalloc::{
     AllocError, AllocFlags, Config, DEFAULT_CONVERSION_WATERMARK, Freetype, Mobility,
     PAGEBLOCK_ORDER, PageAllocator, Pfn, Protection,
 };
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -199,6 +200,11 @@ struct Outcome {
     splits_1g: u64,
     splits_2m: u64,
     single_page_fallbacks: u64,
+    /// Pageblocks compaction emptied, compactions that emptied nothing,
+    /// and frames moved.
+    compactions: u64,
+    compactions_failed: u64,
+    pages_moved: u64,
     violations: u64,
     ns_per_op: f64,
 }
@@ -218,8 +224,18 @@ fn free_frames(alloc: &Ours<'_>) -> u64 {
     free + stats.cached_pages.iter().sum::<u64>()
 }
 
-fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: usize) -> Outcome {
+/// Replays `load` on ptalloc; with `compaction`, the user blocks' owner
+/// (`SimMover`, which checks every move) is named to the allocator, and
+/// the replay follows the blocks it moves.
+fn run_ours(
+    load: &Load,
+    machine_frames: u64,
+    largest: LargestPage,
+    watermark: usize,
+    compaction: bool,
+) -> Outcome {
     let meta = new_meta(machine_frames);
+    let owner = SimMover::new();
     let config = Config {
         page_table: PT,
         reserve_target: RESERVE_TARGET,
@@ -227,7 +243,10 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
         single_page_fallback: true,
     };
     let map = SimDirectMap::new(machine_frames, largest, 2);
-    let alloc = Ours::new(&meta, Pfn(0), config, map).expect("allocator set-up");
+    let mut alloc = Ours::new(&meta, Pfn(0), config, map).expect("allocator set-up");
+    if compaction {
+        alloc = alloc.with_migrator(&owner);
+    }
     alloc
         .add_memory(Pfn(0), Pfn(machine_frames), MAPPED)
         .expect("add memory");
@@ -235,6 +254,8 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
     alloc.refill_reserve().expect("fill the split reserve");
     let mut out = Outcome::default();
     let mut held: Vec<Option<(Pfn, u32)>> = vec![None; load.ops.len()];
+    // Movable blocks by first frame: which operation allocated them.
+    let mut movable: HashMap<u64, usize> = HashMap::new();
     let mut live_pt = 0u64;
     let start = Instant::now();
     for (i, &op) in load.ops.iter().enumerate() {
@@ -244,7 +265,13 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
                 freetype,
                 cpu,
             } => match alloc.alloc(cpu, order, freetype, AllocFlags::empty()) {
-                Ok(pfn) => held[i] = Some((pfn, order)),
+                Ok(pfn) => {
+                    held[i] = Some((pfn, order));
+                    if freetype.mobility == Mobility::Movable {
+                        owner.hold(pfn, order, freetype);
+                        movable.insert(pfn.0, i);
+                    }
+                }
                 Err(_) => out.data_refused[order as usize] += 1,
             },
             Op::PageTable { cpu } => {
@@ -271,12 +298,29 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
                     if matches!(load.ops[block], Op::PageTable { .. }) {
                         live_pt -= 1;
                     }
+                    if movable.remove(&pfn.0).is_some() {
+                        owner.release(pfn);
+                    }
                     alloc.free(cpu, pfn, order).expect("freeing a live block");
+                }
+            }
+        }
+        // Follow the blocks compaction moved.
+        for (from, to) in owner.take_moves() {
+            if let Some(block) = movable.remove(&from.0) {
+                movable.insert(to.0, block);
+                if let Some((pfn, _)) = held[block].as_mut() {
+                    *pfn = to;
                 }
             }
         }
     }
     out.ns_per_op = start.elapsed().as_nanos() as f64 / load.ops.len() as f64;
+    let stats = alloc.stats();
+    out.compactions = stats.compactions;
+    out.compactions_failed = stats.compactions_failed;
+    out.pages_moved = stats.pages_moved;
+    out.violations += owner.violations().len() as u64;
     let counters = alloc.backend().counters();
     // One flush round is one local flush (and a shootdown to the other
     // CPU, counted apart by the simulator).
@@ -284,7 +328,7 @@ fn run_ours(load: &Load, machine_frames: u64, largest: LargestPage, watermark: u
     out.splits_1g = counters.splits_1g;
     out.splits_2m = counters.splits_2m;
     out.single_page_fallbacks = alloc.stats().single_page_fallbacks;
-    out.violations = alloc.backend().violations().len() as u64;
+    out.violations += alloc.backend().violations().len() as u64;
     out
 }
 
@@ -386,6 +430,7 @@ fn main() {
                 frames,
                 largest,
                 DEFAULT_CONVERSION_WATERMARK,
+                true,
             ));
             result.peer.push(run_peer(&load, frames));
         }
@@ -421,11 +466,11 @@ fn render(results: &[MachineResult]) -> String {
         out,
         "| machine | ops | PT allocs | PT failed (with >= 1 pageblock free; most free) | \
          flushes /1000 PT | flushes / lower bound (worst seed) | 2M->4K | single-page fallbacks | 1G->2M | \
-         data refused by order 0-9, ours / peer | ns/op ours / peer | violations |"
+         compactions (failed) / pages moved | data refused by order 0-9, ours / peer | ns/op ours / peer | violations |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|---:|"
     );
     let mut all_met = true;
     for r in results {
@@ -453,7 +498,7 @@ fn render(results: &[MachineResult]) -> String {
         all_met &= met;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} ({}; {} frames) {} | {:.2} | {:.2} {} | {} {} | {} {} | {} | {} / {} {} | {:.0} / {:.0} | {} |",
+            "| {} | {} | {} | {} ({}; {} frames) {} | {:.2} | {:.2} {} | {} {} | {} {} | {} | {} ({}) / {} | {} / {} {} | {:.0} / {:.0} | {} |",
             r.name,
             r.ops,
             MachineResult::sum(&r.ours, |o| o.pt_allocs),
@@ -469,6 +514,9 @@ fn render(results: &[MachineResult]) -> String {
             fallbacks,
             yes(fallbacks == 0),
             MachineResult::sum(&r.ours, |o| o.splits_1g),
+            MachineResult::sum(&r.ours, |o| o.compactions),
+            MachineResult::sum(&r.ours, |o| o.compactions_failed),
+            MachineResult::sum(&r.ours, |o| o.pages_moved),
             refused(&r.ours),
             refused(&r.peer),
             yes(r.refusals_met()),
@@ -499,6 +547,9 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "splits_1g": o.splits_1g,
         "splits_2m": o.splits_2m,
         "single_page_fallbacks": o.single_page_fallbacks,
+        "compactions": o.compactions,
+        "compactions_failed": o.compactions_failed,
+        "pages_moved": o.pages_moved,
         "violations": o.violations,
         "ns_per_op": o.ns_per_op,
     })
@@ -509,6 +560,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
 /// be kept for page tables so that none fails while memory is free.
 struct SweepRow {
     watermark: usize,
+    compaction: bool,
     ours: Vec<Outcome>,
 }
 
@@ -520,11 +572,13 @@ fn watermark_sweep() -> Vec<SweepRow> {
         .collect();
     SWEEP
         .iter()
-        .map(|&watermark| SweepRow {
+        .flat_map(|&watermark| [false, true].map(|compaction| (watermark, compaction)))
+        .map(|(watermark, compaction)| SweepRow {
             watermark,
+            compaction,
             ours: loads
                 .iter()
-                .map(|load| run_ours(load, frames, LargestPage::Giga, watermark))
+                .map(|load| run_ours(load, frames, LargestPage::Giga, watermark, compaction))
                 .collect(),
         })
         .collect()
@@ -541,22 +595,26 @@ fn render_sweep(rows: &[SweepRow]) -> String {
     );
     let _ = writeln!(
         out,
-        "| watermark (pageblocks) | PT failed with >= 1 pageblock free (out of memory / reserve exhausted) | PT failed | single-page fallbacks | data refused by order 0-9 |"
+        "| watermark (pageblocks) | compaction | PT failed with >= 1 pageblock free (out of memory / reserve exhausted) | PT failed | single-page fallbacks | compactions (failed) / pages moved | data refused by order 0-9 |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---|---|");
     for row in rows {
         let refused: Vec<String> = (0..DATA_ORDERS)
             .map(|k| MachineResult::refused(&row.ours, k).to_string())
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} ({} / {}) | {} | {} | {} |",
+            "| {} | {} | {} ({} / {}) | {} | {} | {} ({}) / {} | {} |",
             row.watermark,
+            if row.compaction { "on" } else { "off" },
             MachineResult::sum(&row.ours, |o| o.pt_failed_with_free_memory),
             MachineResult::sum(&row.ours, |o| o.pt_errors_with_free_memory[0]),
             MachineResult::sum(&row.ours, |o| o.pt_errors_with_free_memory[1]),
             MachineResult::sum(&row.ours, |o| o.pt_failed),
             MachineResult::sum(&row.ours, |o| o.single_page_fallbacks),
+            MachineResult::sum(&row.ours, |o| o.compactions),
+            MachineResult::sum(&row.ours, |o| o.compactions_failed),
+            MachineResult::sum(&row.ours, |o| o.pages_moved),
             refused.join(" ")
         );
     }
@@ -590,6 +648,7 @@ fn to_json(results: &[MachineResult], sweep: &[SweepRow]) -> String {
         "machines": machines,
         "watermark_sweep": sweep.iter().map(|row| serde_json::json!({
             "watermark": row.watermark,
+            "compaction": row.compaction,
             "pt_burst": PT_BURST,
             "ours": row.ours.iter().map(outcome_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

@@ -5,16 +5,22 @@
 //! takes no shared lock. Everything else takes the core lock. Lock order is
 //! always cache, then core.
 //!
-//! An allocation that fails for lack of memory first drains every CPU's
-//! cache into the core and tries once more: pages cached on another CPU
-//! are free, and each one pins its pageblock against conversion.
+//! An allocation that fails for lack of memory climbs a rescue ladder,
+//! trying again after each rung that may have helped ([`Rescue`]):
+//! 1. drain every CPU's cache into the core: pages cached on another CPU
+//!    are free, and each one pins its pageblock against conversion;
+//! 2. for a page-table page, compact: move the movable blocks out of one
+//!    pageblock (through the owner's [`Migrate`] hook, see
+//!    [`PageAllocator::with_migrator`]) so it can be converted whole;
+//! 3. for a page-table page, the single-page fallback
+//!    (`Config::single_page_fallback`), never an unprotected page.
 //!
 //! `cpu` arguments name the calling CPU. The kernel passes its own CPU
 //! number with preemption off; host tests pass a thread's number. Using
 //! another CPU's cache is safe (each cache has its own lock), only slower.
 
-use crate::backend::{DirectMap, DirectMapError, ProtectReport, SplitPages};
-use crate::core::{Core, RESERVE_CAPACITY};
+use crate::backend::{DirectMap, DirectMapError, Migrate, ProtectReport, SplitPages};
+use crate::core::{Core, RESERVE_CAPACITY, Reach};
 use crate::error::{AllocError, FreeError, InitError};
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, State};
@@ -26,6 +32,8 @@ use crate::{MAX_ORDER, PAGEBLOCK_ORDER, Pfn};
 pub const CACHE_CAPACITY: usize = 64;
 /// Pages moved between a cache and the core at a time.
 pub const CACHE_BATCH: usize = 32;
+mod compact;
+
 const CACHE_BATCH_ORDER: u32 = CACHE_BATCH.trailing_zeros();
 const _: () = assert!(CACHE_BATCH.is_power_of_two() && CACHE_BATCH <= CACHE_CAPACITY);
 
@@ -76,6 +84,19 @@ pub struct Config {
 /// and why this many.
 pub const DEFAULT_CONVERSION_WATERMARK: usize = 4;
 
+/// The rungs of the rescue ladder an allocation climbs before it reports
+/// `OutOfMemory`, cheapest and least disruptive first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rescue {
+    DrainCaches,
+    Compact,
+    SinglePage,
+}
+
+impl Rescue {
+    const LADDER: [Rescue; 3] = [Rescue::DrainCaches, Rescue::Compact, Rescue::SinglePage];
+}
+
 /// One CPU's cache. Its counters live here, not in the core, so the fast
 /// path never touches the core lock.
 struct CpuCache {
@@ -102,6 +123,8 @@ pub struct PageAllocator<'m, D: DirectMap, const CPUS: usize> {
     core: Lock<Core>,
     caches: [Lock<CpuCache>; CPUS],
     backend: D,
+    /// The owner of movable blocks, which compaction asks to move them.
+    migrator: Option<&'m dyn Migrate>,
     /// Set (under the core lock) when a single-page fallback took a
     /// reserve page: the allocation that made it refills the reserve on
     /// its way out. An atomic, so the fast path reads it without the lock.
@@ -139,8 +162,19 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             )),
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
+            migrator: None,
             reserve_to_refill: AtomicU8::new(0),
         })
+    }
+
+    /// Names the owner of movable blocks ([`Mobility::Movable`](crate::Mobility::Movable)
+    /// freetypes): with it, a page-table allocation that finds no whole
+    /// free pageblock compacts one, moving its movable blocks elsewhere
+    /// through `migrator` (see [`Migrate`] for the contract). Without it,
+    /// movable blocks stay put.
+    pub fn with_migrator(mut self, migrator: &'m dyn Migrate) -> Self {
+        self.migrator = Some(migrator);
+        self
     }
 
     /// The direct-map backend.
@@ -260,13 +294,25 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 return Err(AllocError::ReserveNeedsOrderZero(order));
             }
         }
-        let mut result = self.alloc_uncounted(cpu, order, freetype, flags);
-        // Free pages parked in per-CPU caches (this CPU's or another's) are
-        // free memory too, and they pin their pageblocks: before saying
-        // OutOfMemory, take them all back and try once more.
-        if result == Err(AllocError::OutOfMemory) && self.drain_caches() > 0 {
-            self.core.lock().stats.drains_before_failing += 1;
-            result = self.alloc_uncounted(cpu, order, freetype, flags);
+        let first_reach = if flags.contains(AllocFlags::NO_BLOCK) {
+            Reach::FreeLists
+        } else {
+            Reach::Convert
+        };
+        let mut result = self.alloc_uncounted(cpu, order, freetype, flags, first_reach);
+        // Out of memory: climb the rescue ladder, cheapest first, trying
+        // again after each rung that may have helped.
+        for rescue in Rescue::LADDER {
+            if result != Err(AllocError::OutOfMemory) {
+                break;
+            }
+            if self.rescue(rescue, order, freetype, flags) {
+                let reach = match rescue {
+                    Rescue::SinglePage => Reach::SinglePage,
+                    Rescue::DrainCaches | Rescue::Compact => first_reach,
+                };
+                result = self.alloc_uncounted(cpu, order, freetype, flags, reach);
+            }
         }
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
@@ -319,6 +365,28 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(pfn)
     }
 
+    /// Runs one rung of the rescue ladder for a failed allocation; true
+    /// if it may have made room, so trying again is worth it.
+    fn rescue(&self, rescue: Rescue, order: u32, freetype: Freetype, flags: AllocFlags) -> bool {
+        let page_table = freetype == self.page_table && !flags.contains(AllocFlags::NO_BLOCK);
+        match rescue {
+            // Free pages parked in per-CPU caches (this CPU's or
+            // another's) are free memory too, and they pin their
+            // pageblocks.
+            Rescue::DrainCaches => {
+                let drained = self.drain_caches() > 0;
+                if drained {
+                    self.core.lock().stats.drains_before_failing += 1;
+                }
+                drained
+            }
+            Rescue::Compact => page_table && order <= PAGEBLOCK_ORDER && self.compact(),
+            Rescue::SinglePage => {
+                page_table && order == 0 && self.core.lock().single_page_fallback()
+            }
+        }
+    }
+
     /// One attempt at an allocation, through the cache for order 0; the
     /// flag says whether the page came from the split reserve.
     fn alloc_uncounted(
@@ -327,24 +395,19 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         order: u32,
         freetype: Freetype,
         flags: AllocFlags,
+        reach: Reach,
     ) -> Result<(Pfn, bool), AllocError> {
         if order == 0 {
-            self.alloc_cached(cpu, freetype, flags)
+            self.alloc_cached(cpu, freetype, flags, reach)
         } else {
-            self.alloc_core(order, freetype, flags)
+            self.alloc_core(order, freetype, reach)
                 .map(|pfn| (pfn, false))
         }
     }
 
-    fn alloc_core(
-        &self,
-        order: u32,
-        freetype: Freetype,
-        flags: AllocFlags,
-    ) -> Result<Pfn, AllocError> {
+    fn alloc_core(&self, order: u32, freetype: Freetype, reach: Reach) -> Result<Pfn, AllocError> {
         let mut core = self.core.lock();
-        let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
-        let index = core.alloc(self.meta, &self.backend, order, freetype, may_convert)?;
+        let index = core.alloc(self.meta, &self.backend, order, freetype, reach)?;
         core.mark_allocated(self.meta, index, order, freetype);
         Ok(self.pfn_of(index))
     }
@@ -356,12 +419,12 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         cpu: usize,
         freetype: Freetype,
         flags: AllocFlags,
+        reach: Reach,
     ) -> Result<(Pfn, bool), AllocError> {
         let mut cache = self.caches[cpu].lock();
         let stack = &mut cache.pages[freetype.index()];
         if stack.is_empty() {
             let mut core = self.core.lock();
-            let may_convert = !flags.contains(AllocFlags::NO_BLOCK);
             // Refill with whole free blocks, smallest first: single pages
             // before pairs, pairs before quads, up to a whole batch. Taking
             // the smallest keeps the larger blocks whole (breaking a batch
@@ -402,13 +465,8 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             // stolen, or converted (for the first page only).
             for taken in stack.len()..CACHE_BATCH {
                 // Convert for the first page only; a partial batch is fine.
-                match core.alloc(
-                    self.meta,
-                    &self.backend,
-                    0,
-                    freetype,
-                    may_convert && taken == 0,
-                ) {
+                let reach = if taken == 0 { reach } else { Reach::FreeLists };
+                match core.alloc(self.meta, &self.backend, 0, freetype, reach) {
                     // A page stolen from another mobility's pageblock
                     // (`Core::steal`) is handed out at once, never cached:
                     // a cache holds pages of its own freetype only.

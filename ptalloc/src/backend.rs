@@ -114,3 +114,50 @@ pub trait DirectMap: Sync {
     /// Zeroes the `1 << order` frames from `start`, which have `protection`.
     fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError>;
 }
+
+/// Why a movable block was not moved. Either way the owner changed
+/// nothing: the block is still its, where it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrateError {
+    /// The block cannot move now: pinned (a device or the kernel holds
+    /// its address), or the lock its mappings need is held on this path.
+    Pinned,
+    /// The owner holds no block there (it was freed meanwhile), or not
+    /// with that order and freetype.
+    NotOwned,
+}
+
+/// The owner of movable pages: whoever allocated blocks of a
+/// [`Mobility::Movable`](crate::Mobility::Movable) freetype and can move
+/// their contents and mappings (the microkernel's user frames, or a test).
+///
+/// Compaction calls it to empty a pageblock: the allocator picks the
+/// pageblock and a free destination of the same order, freetype and
+/// protection, and the owner moves the data. The allocator updates its own
+/// books; the owner updates its (it holds `to` from now on, and `from` is
+/// no longer its to free).
+///
+/// # Contract
+/// - `migrate` is called with no allocator lock held, from inside an
+///   allocation of a page-table page on any CPU. It must not allocate or
+///   free pages itself. An owner whose mappings need a lock the
+///   allocating path may hold must try that lock and return
+///   [`MigrateError::Pinned`] rather than wait.
+/// - On `Ok`, the contents of `from` are at `to`, every mapping of
+///   `from` now maps `to` (stale translations flushed), and the owner
+///   will never free or touch `from` again.
+/// - On `Err`, nothing changed, and `from` is still the owner's.
+/// - A block the owner is freeing concurrently is `NotOwned`: the owner
+///   serialises its own frees with `migrate`.
+pub trait Migrate: Sync {
+    /// Moves the allocated block of `1 << order` frames at `from`, of
+    /// `freetype`, to the block at `to`, which the allocator has allocated
+    /// for it with the same order and freetype (same protection).
+    fn migrate(
+        &self,
+        from: Pfn,
+        to: Pfn,
+        order: u32,
+        freetype: crate::Freetype,
+    ) -> Result<(), MigrateError>;
+}

@@ -21,6 +21,9 @@
 //!   mapped pageblock (which may also become a reserve page or a
 //!   direct-map table). Freed, a block returns to its pageblock's
 //!   freetype, a single page only after its protection is given back.
+//! - While a compaction runs, the frames it holds in its pageblock (free
+//!   blocks taken off the lists, blocks moved out) are tails with no
+//!   head: on no list, given to nobody, and so never merged with.
 //!
 //! # Limits, by design
 //! - The direct map is never merged back: a pageblock the single-page
@@ -35,10 +38,24 @@
 
 use crate::backend::{DirectMap, DirectMapError, PageblockRange, ProtectReport, SplitPages};
 use crate::error::AllocError;
-use crate::freetype::{Freetype, NR_FREETYPES, Protection};
+use crate::freetype::{Freetype, Mobility, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, NIL, State};
 use crate::stats::Stats;
 use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
+
+/// How far an allocation may go once its freetype has no free block of
+/// the order (and no sibling lends one). The allocator climbs these one
+/// by one, draining the per-CPU caches and compacting in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// The free lists only (`NO_BLOCK`): fail with `WouldBlock`.
+    FreeLists,
+    /// Convert a free pageblock (or run) from another freetype.
+    Convert,
+    /// Convert, and, for a page-table page, protect a single page of a
+    /// mapped pageblock when nothing can be converted (the last resort).
+    SinglePage,
+}
 
 /// Pageblocks the single-page fallback remembers as split.
 const MIXED_PAGEBLOCKS: usize = 16;
@@ -322,15 +339,16 @@ impl Core {
 
     // ---- allocation ----
 
-    /// Allocates a block: from the free lists, else (if `may_convert`) by
-    /// converting a free pageblock from another freetype.
+    /// Allocates a block: from the free lists, else, as far as `reach`
+    /// allows, by converting a free pageblock from another freetype, and
+    /// last by the single-page fallback.
     pub(crate) fn alloc(
         &mut self,
         meta: &[FrameMeta],
         backend: &impl DirectMap,
         order: u32,
         ft: Freetype,
-        may_convert: bool,
+        reach: Reach,
     ) -> Result<u32, AllocError> {
         if let Some(index) = self.take_block(meta, order, ft) {
             return Ok(index);
@@ -338,7 +356,7 @@ impl Core {
         if let Some(index) = self.steal(meta, order, ft) {
             return Ok(index);
         }
-        if !may_convert {
+        if reach == Reach::FreeLists {
             return Err(AllocError::WouldBlock);
         }
         // A conversion to the page-table freetype may keep its first frame
@@ -354,13 +372,21 @@ impl Core {
                     }
                 }
                 Err(AllocError::OutOfMemory)
-                    if ft == self.page_table && order == 0 && self.single_page_fallback =>
+                    if reach == Reach::SinglePage
+                        && ft == self.page_table
+                        && order == 0
+                        && self.single_page_fallback =>
                 {
                     return self.protect_single_page(meta, backend);
                 }
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// True if the single-page fallback is on.
+    pub(crate) fn single_page_fallback(&self) -> bool {
+        self.single_page_fallback
     }
 
     // ---- the single-page fallback ----
@@ -558,6 +584,134 @@ impl Core {
         self.release_block(meta, index, order, ft);
     }
 
+    // ---- compaction (driven by `allocator::compact`) ----
+
+    /// Picks the pageblock compaction should empty and takes its free
+    /// blocks off the free lists (so nothing is allocated there while its
+    /// live blocks move out), marking them in `held`. Of the pageblocks
+    /// holding nothing but free blocks and allocated movable blocks below
+    /// a pageblock, the one with the fewest live frames wins, provided
+    /// blocks of its protection outside it have room for them. Returns its
+    /// first frame and its freetype.
+    pub(crate) fn isolate_for_compaction(
+        &mut self,
+        meta: &[FrameMeta],
+        held: &mut PageblockFrames,
+    ) -> Option<(u32, Freetype)> {
+        let frames = 1u32 << PAGEBLOCK_ORDER;
+        let pageblocks = meta.len() as u32 / frames;
+        let (start, live, home) = (0..pageblocks)
+            .map(|pageblock| pageblock * frames)
+            .filter_map(|start| {
+                let home = meta[start as usize].pageblock_freetype()?;
+                if home == self.page_table {
+                    return None;
+                }
+                Some((start, movable_frames(meta, start)?, home))
+            })
+            .min_by_key(|&(start, live, _)| (live, start))?;
+        // Room: free frames of this protection outside the pageblock, in
+        // blocks below a pageblock (destinations never break a whole one).
+        let room: u64 = Freetype::all()
+            .filter(|ft| ft.protection == home.protection && *ft != self.page_table)
+            .map(|ft| {
+                let by_order = &self.stats.free_blocks[ft.index()];
+                (0..PAGEBLOCK_ORDER as usize)
+                    .map(|k| by_order[k] << k)
+                    .sum::<u64>()
+            })
+            .sum();
+        let own_free = u64::from(frames - live);
+        if room.saturating_sub(own_free) < u64::from(live) {
+            return None;
+        }
+        held.clear();
+        let mut at = start;
+        while at < start + frames {
+            let frame = &meta[at as usize];
+            let size = 1u32 << frame.order();
+            if frame.state() == State::FreeHead {
+                let Some(ft) = frame.freetype() else {
+                    unreachable!("a free block records a valid freetype")
+                };
+                self.unlink_free(meta, at, frame.order(), ft);
+                frame.set_state(State::Tail);
+                held.insert(at - start, size);
+            }
+            at += size;
+        }
+        Some((start, home))
+    }
+
+    /// A free block of `order` for a block of `ft` that compaction moves,
+    /// taken off the free lists and marked allocated as `ft` (not counted
+    /// as an allocation: the moved block was). From `ft`'s own free lists,
+    /// else a sibling of the same protection; never by breaking up a whole
+    /// pageblock.
+    pub(crate) fn take_destination(
+        &mut self,
+        meta: &[FrameMeta],
+        order: u32,
+        ft: Freetype,
+    ) -> Option<u32> {
+        let fits = |core: &Self, donor: Freetype| {
+            core.closest_fit(donor, order)
+                .is_some_and(|k| k < PAGEBLOCK_ORDER)
+        };
+        let donor = if fits(self, ft) {
+            ft
+        } else {
+            Freetype::all()
+                .filter(|&other| other.protection == ft.protection && other != self.page_table)
+                .find(|&other| fits(self, other))?
+        };
+        let index = self.take_block(meta, order, donor)?;
+        let frame = &meta[index as usize];
+        frame.set_order(order);
+        frame.set_freetype(ft);
+        frame.set_state(State::AllocatedHead);
+        Some(index)
+    }
+
+    /// Gives back the frames of the pageblock at `start` that compaction
+    /// holds (isolated free blocks, blocks moved out) to `home`'s free
+    /// lists; all of them, when the pageblock was emptied, merge into one
+    /// whole free pageblock. Counts the outcome.
+    pub(crate) fn end_compaction(
+        &mut self,
+        meta: &[FrameMeta],
+        start: u32,
+        home: Freetype,
+        held: &PageblockFrames,
+        moved: u32,
+    ) {
+        for (first, end) in held.runs() {
+            self.release_range(meta, start + first, start + end, home);
+        }
+        self.stats.pages_moved += u64::from(moved);
+        if held.is_full() {
+            self.stats.compactions += 1;
+        } else {
+            self.stats.compactions_failed += 1;
+        }
+    }
+
+    /// Gives back a destination whose move the owner refused.
+    pub(crate) fn return_destination(&mut self, meta: &[FrameMeta], index: u32, order: u32) {
+        let pageblock = index & !((1 << PAGEBLOCK_ORDER) - 1);
+        let Some(home) = meta[pageblock as usize].pageblock_freetype() else {
+            unreachable!("a destination lies in a managed pageblock")
+        };
+        meta[index as usize].set_state(State::Tail);
+        self.release_block(meta, index, order, home);
+        self.stats.migrations_refused += 1;
+    }
+
+    /// Counts a compaction that found no pageblock to empty.
+    pub(crate) fn note_compaction_failed(&mut self) {
+        self.stats.compactions_failed += 1;
+    }
+
     // ---- conversion ----
 
     /// Makes at least one free block of `order` available in `target` by
@@ -732,7 +886,10 @@ impl Core {
                 break Ok(());
             }
             let page_table = self.page_table;
-            match self.alloc(meta, backend, 0, page_table, true) {
+            // The last resort included: a page protected alone serves the
+            // reserve as well as a page table (its split may take a
+            // reserve page, once per pageblock, and 512 come back).
+            match self.alloc(meta, backend, 0, page_table, Reach::SinglePage) {
                 Ok(index) => {
                     let frame = &meta[index as usize];
                     frame.set_order(0);
@@ -843,5 +1000,85 @@ impl Core {
         let mut stats = self.stats.clone();
         stats.reserve_level = self.reserve.len() as u64;
         stats
+    }
+}
+
+/// Live frames of the pageblock at `start`, if it holds only free blocks
+/// and allocated movable blocks below a pageblock, at least one of them:
+/// a pageblock compaction can empty. Anything else there (a cached page,
+/// an unmovable block, a reserve page, a hole, a block being moved by
+/// another compaction) rules it out.
+fn movable_frames(meta: &[FrameMeta], start: u32) -> Option<u32> {
+    let end = start + (1 << PAGEBLOCK_ORDER);
+    let (mut live, mut at) = (0, start);
+    while at < end {
+        let frame = &meta[at as usize];
+        let order = frame.order();
+        if order >= PAGEBLOCK_ORDER {
+            return None;
+        }
+        match frame.state() {
+            State::FreeHead => {}
+            State::AllocatedHead
+                if frame
+                    .freetype()
+                    .is_some_and(|ft| ft.mobility == Mobility::Movable) =>
+            {
+                live += 1 << order;
+            }
+            _ => return None,
+        }
+        at += 1 << order;
+    }
+    (live > 0).then_some(live)
+}
+
+/// One bit per frame of a pageblock: the frames a compaction holds.
+#[derive(Clone, Debug)]
+pub(crate) struct PageblockFrames([u64; PAGEBLOCK_WORDS]);
+
+const PAGEBLOCK_WORDS: usize = (1 << PAGEBLOCK_ORDER) / 64;
+
+impl PageblockFrames {
+    pub(crate) const fn new() -> Self {
+        Self([0; PAGEBLOCK_WORDS])
+    }
+
+    fn clear(&mut self) {
+        self.0 = [0; PAGEBLOCK_WORDS];
+    }
+
+    /// Marks the `count` frames from `first` (offsets in the pageblock).
+    pub(crate) fn insert(&mut self, first: u32, count: u32) {
+        for offset in first..first + count {
+            self.0[(offset / 64) as usize] |= 1 << (offset % 64);
+        }
+    }
+
+    pub(crate) fn contains(&self, offset: u32) -> bool {
+        self.0[(offset / 64) as usize] & (1 << (offset % 64)) != 0
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.iter().all(|&word| word == u64::MAX)
+    }
+
+    /// Maximal runs of marked frames, as `(first, end)` offsets.
+    fn runs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let frames = 1u32 << PAGEBLOCK_ORDER;
+        let mut at = 0;
+        core::iter::from_fn(move || {
+            while at < frames && !self.contains(at) {
+                at += 1;
+            }
+            if at == frames {
+                return None;
+            }
+            let first = at;
+            while at < frames && self.contains(at) {
+                at += 1;
+            }
+            Some((first, at))
+        })
     }
 }

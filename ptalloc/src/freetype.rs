@@ -9,12 +9,13 @@ use core::fmt;
 
 /// How long-lived and movable an allocation is. Grouping by mobility keeps
 /// long-lived kernel objects from pinning pageblocks full of short-lived
-/// pages. Nothing migrates pages yet; the class only groups them.
+/// pages, and tells compaction which blocks it may ask their owner to move
+/// ([`Migrate`](crate::Migrate)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mobility {
     /// Kernel objects and page tables: never moved.
     Unmovable,
-    /// User frames: could be moved by a future compaction.
+    /// User frames: their owner can move them, so compaction may.
     Movable,
 }
 

@@ -28,6 +28,10 @@
 //! - with `Config::single_page_fallback`, a page table whenever a mapped
 //!   page is free: the last resort protects one page of a mapped
 //!   pageblock alone, never hands out an unprotected one;
+//! - compaction: with the owner of movable pages named
+//!   ([`PageAllocator::with_migrator`], [`Migrate`]), a page-table
+//!   allocation that finds no whole free pageblock empties the one with
+//!   the fewest live movable frames and converts it;
 //! - per-CPU caches of order-0 pages in front of a locked core, drained
 //!   into it before any allocation fails for lack of memory; the
 //!   allocator is `Sync`;
@@ -58,7 +62,8 @@ pub use allocator::{
     FrameState, PageAllocator,
 };
 pub use backend::{
-    DirectMap, DirectMapError, FlushReport, PageblockRange, ProtectReport, SplitPages,
+    DirectMap, DirectMapError, FlushReport, Migrate, MigrateError, PageblockRange, ProtectReport,
+    SplitPages,
 };
 pub use error::{AllocError, FreeError, InitError};
 pub use freetype::{Freetype, Mobility, NR_FREETYPES, Protection};

@@ -43,7 +43,8 @@ use std::thread::{self, ThreadId};
 
 use crate::allocator::{FrameState, PageAllocator};
 use crate::backend::{
-    DirectMap, DirectMapError, FlushReport, PageblockRange, ProtectReport, SplitPages,
+    DirectMap, DirectMapError, FlushReport, Migrate, MigrateError, PageblockRange, ProtectReport,
+    SplitPages,
 };
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
@@ -902,6 +903,194 @@ impl State {
             };
             pfn += step;
         }
+    }
+}
+
+// ---- the owner of movable blocks ----
+
+/// The owner of movable blocks in host tests and benchmarks: a
+/// [`Migrate`] that knows which blocks it holds (a test tells it with
+/// [`hold`](Self::hold) and [`release`](Self::release)), checks every
+/// move the allocator asks for, and logs the moves
+/// ([`take_moves`](Self::take_moves)) so the test can follow its blocks.
+///
+/// Each held block carries a *contents* tag, given when it is first held;
+/// a move carries the tag to the new frame, as a real owner copies the
+/// data. A move that breaks a rule is a *violation* (recorded, see
+/// [`violations`](Self::violations), and refused with
+/// [`MigrateError::NotOwned`]):
+/// - the block at `from` is not held with that order and freetype (a
+///   block not held at all is `NotOwned` without a violation: the test
+///   may have released it to free it);
+/// - the freetype is not movable;
+/// - `to` equals `from`, is misaligned for the order, or overlaps a held
+///   block: the allocator would hand out a page twice.
+#[derive(Debug, Default)]
+pub struct SimMover {
+    state: Mutex<MoverState>,
+}
+
+#[derive(Debug, Default)]
+struct MoverState {
+    /// Held blocks by first frame: order, freetype, contents tag.
+    blocks: BTreeMap<u64, (u32, Freetype, u64)>,
+    pinned: HashSet<u64>,
+    moves: Vec<(Pfn, Pfn)>,
+    moved: u64,
+    refusals: u64,
+    refuse_next: u32,
+    next_contents: u64,
+    violations: Vec<String>,
+}
+
+impl SimMover {
+    /// An owner holding nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, MoverState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts holding the block just allocated at `pfn`; returns its
+    /// contents tag. Holding a block that overlaps one held is a violation.
+    pub fn hold(&self, pfn: Pfn, order: u32, freetype: Freetype) -> u64 {
+        let mut state = self.state();
+        if state.overlaps(pfn.0, order, None) {
+            state.violations.push(format!(
+                "hold: block {:#x} order {order} overlaps a held block",
+                pfn.0
+            ));
+        }
+        let contents = state.next_contents;
+        state.next_contents += 1;
+        state.blocks.insert(pfn.0, (order, freetype, contents));
+        contents
+    }
+
+    /// Stops holding the block at `pfn` (before the test frees it); false
+    /// if it was not held.
+    pub fn release(&self, pfn: Pfn) -> bool {
+        let mut state = self.state();
+        state.pinned.remove(&pfn.0);
+        state.blocks.remove(&pfn.0).is_some()
+    }
+
+    /// Pins or unpins the held block at `pfn`: a pinned block refuses to
+    /// move ([`MigrateError::Pinned`]).
+    pub fn pin(&self, pfn: Pfn, pinned: bool) {
+        let mut state = self.state();
+        if pinned {
+            state.pinned.insert(pfn.0);
+        } else {
+            state.pinned.remove(&pfn.0);
+        }
+    }
+
+    /// Refuses the next `moves` moves as pinned.
+    pub fn refuse_next(&self, moves: u32) {
+        self.state().refuse_next = moves;
+    }
+
+    /// The moves made since the last call, as `(from, to)`, in order.
+    pub fn take_moves(&self) -> Vec<(Pfn, Pfn)> {
+        core::mem::take(&mut self.state().moves)
+    }
+
+    /// Every held block, as `(first frame, order, freetype)`, by frame.
+    pub fn held(&self) -> Vec<(Pfn, u32, Freetype)> {
+        let state = self.state();
+        state
+            .blocks
+            .iter()
+            .map(|(&pfn, &(order, ft, _))| (Pfn(pfn), order, ft))
+            .collect()
+    }
+
+    /// The contents tag of the held block at `pfn`.
+    pub fn contents(&self, pfn: Pfn) -> Option<u64> {
+        self.state().blocks.get(&pfn.0).map(|&(_, _, tag)| tag)
+    }
+
+    /// Moves made, and moves refused (pinned), since creation.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.moved, state.refusals)
+    }
+
+    /// Every rule a move broke, in order.
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+}
+
+impl MoverState {
+    /// True if `[pfn, pfn + 2^order)` overlaps a held block other than
+    /// the one at `except`.
+    fn overlaps(&self, pfn: u64, order: u32, except: Option<u64>) -> bool {
+        let end = pfn + (1 << order);
+        // Held blocks do not overlap each other, so the last one starting
+        // below `end` is the only one that can reach into the range.
+        self.blocks
+            .range(..end)
+            .next_back()
+            .filter(|(start, _)| Some(**start) != except)
+            .is_some_and(|(&start, &(held_order, _, _))| start + (1 << held_order) > pfn)
+            || self
+                .blocks
+                .range(pfn..end)
+                .any(|(start, _)| Some(*start) != except)
+    }
+}
+
+impl Migrate for SimMover {
+    fn migrate(
+        &self,
+        from: Pfn,
+        to: Pfn,
+        order: u32,
+        freetype: Freetype,
+    ) -> Result<(), MigrateError> {
+        let mut state = self.state();
+        let Some(&(held_order, held_ft, contents)) = state.blocks.get(&from.0) else {
+            return Err(MigrateError::NotOwned);
+        };
+        let broken = if (held_order, held_ft) != (order, freetype) {
+            Some(format!(
+                "held as order {held_order} {held_ft}, asked as order {order} {freetype}"
+            ))
+        } else if freetype.mobility != crate::freetype::Mobility::Movable {
+            Some(format!("{freetype} is not movable"))
+        } else if to == from || !to.0.is_multiple_of(1 << order) {
+            Some(format!(
+                "destination {:#x} is the block itself or misaligned",
+                to.0
+            ))
+        } else if state.overlaps(to.0, order, None) {
+            Some(format!(
+                "destination {:#x} overlaps a held block: handed out twice",
+                to.0
+            ))
+        } else {
+            None
+        };
+        if let Some(rule) = broken {
+            state
+                .violations
+                .push(format!("migrate {:#x} -> {:#x}: {rule}", from.0, to.0));
+            return Err(MigrateError::NotOwned);
+        }
+        if state.pinned.contains(&from.0) || state.refuse_next > 0 {
+            state.refuse_next = state.refuse_next.saturating_sub(1);
+            state.refusals += 1;
+            return Err(MigrateError::Pinned);
+        }
+        state.blocks.remove(&from.0);
+        state.blocks.insert(to.0, (order, freetype, contents));
+        state.moves.push((from, to));
+        state.moved += 1;
+        Ok(())
     }
 }
 

@@ -61,6 +61,18 @@ pub struct Stats {
     pub single_page_fallbacks: u64,
     /// Of those, the ones still allocated.
     pub single_pages_live: u64,
+    /// Pageblocks compaction emptied (by moving their movable blocks out)
+    /// so that a page-table conversion could take them.
+    pub compactions: u64,
+    /// Compactions that emptied nothing: no pageblock qualified, no room
+    /// elsewhere, or a move was refused or raced (the blocks moved until
+    /// then stay moved).
+    pub compactions_failed: u64,
+    /// Frames compaction moved, counted by the blocks it moved.
+    pub pages_moved: u64,
+    /// Moves the owner refused ([`Migrate`](crate::Migrate) returned an
+    /// error).
+    pub migrations_refused: u64,
 }
 
 impl Stats {
@@ -90,6 +102,10 @@ impl Stats {
             watermark_refusals: 0,
             single_page_fallbacks: 0,
             single_pages_live: 0,
+            compactions: 0,
+            compactions_failed: 0,
+            pages_moved: 0,
+            migrations_refused: 0,
         }
     }
 

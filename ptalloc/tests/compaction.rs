@@ -1,0 +1,437 @@
+//! Compaction: a page-table allocation that finds no whole free pageblock
+//! empties one by moving its movable blocks elsewhere, through the owner's
+//! `Migrate` hook (here `ptalloc::sim::SimMover`, which checks every move),
+//! then converts it. Each case runs on the checking simulator with the
+//! invariant checker after it. The proptest model (`model.rs`) mixes
+//! compaction into random sequences; the fragmentation benchmark counts
+//! compactions and pages moved.
+
+use ptalloc::sim::{self, LargestPage, SimDirectMap, SimMover};
+use ptalloc::*;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const PT: Freetype = Freetype {
+    mobility: Mobility::Unmovable,
+    protection: Protection::Pkey(1),
+};
+const USER: Freetype = Freetype {
+    mobility: Mobility::Movable,
+    protection: Protection::Mapped,
+};
+
+/// Frames per pageblock.
+const PB: u64 = 512;
+/// 64 MiB.
+const FRAMES: u64 = 64 << 8;
+
+type Alloc<'m> = PageAllocator<'m, SimDirectMap, 2>;
+
+fn meta(frames: u64) -> Vec<FrameMeta> {
+    (0..frames).map(|_| FrameMeta::new()).collect()
+}
+
+/// `meta`'s frames as movable user memory from frame 0, on a map of 2 MiB
+/// pages, with a split reserve of 8, no watermark and no single-page
+/// fallback: compaction is the only way past fragmentation. The split
+/// reserve is filled (one page-table pageblock).
+fn allocator<'m>(meta: &'m [FrameMeta], owner: &'m dyn Migrate) -> Alloc<'m> {
+    let config = Config {
+        page_table: PT,
+        reserve_target: 8,
+        conversion_watermark: 0,
+        single_page_fallback: false,
+    };
+    let map = SimDirectMap::new(meta.len() as u64, LargestPage::Mega, 2);
+    let alloc = Alloc::new(meta, Pfn(0), config, map)
+        .expect("set-up")
+        .with_migrator(owner);
+    alloc
+        .add_memory(Pfn(0), Pfn(meta.len() as u64), USER)
+        .expect("memory");
+    alloc.refill_reserve().expect("reserve");
+    alloc
+}
+
+/// Takes every free user block of `order`, keeps (and has `owner` hold)
+/// the first of each pageblock, frees the rest: no pageblock is whole
+/// afterwards.
+fn one_live_block_per_pageblock(alloc: &Alloc<'_>, owner: &SimMover, order: u32) {
+    let all: Vec<Pfn> =
+        std::iter::from_fn(|| alloc.alloc(0, order, USER, AllocFlags::empty()).ok()).collect();
+    let mut kept = BTreeSet::new();
+    for pfn in all {
+        if kept.insert(pfn.0 / PB) {
+            owner.hold(pfn, order, USER);
+        } else {
+            alloc.free(0, pfn, order).expect("free");
+        }
+    }
+    alloc.drain_caches();
+    assert_eq!(alloc.stats().whole_free_pageblocks(), 0);
+}
+
+fn one_live_page_per_pageblock(alloc: &Alloc<'_>, owner: &SimMover) {
+    one_live_block_per_pageblock(alloc, owner, 0);
+}
+
+/// Page tables until no free one is left (the reserve's pageblock used
+/// up): the next one needs a conversion.
+fn use_up_free_page_tables(alloc: &Alloc<'_>) -> Vec<Pfn> {
+    let mut tables = Vec::new();
+    while alloc.stats().free_pages(PT) + alloc.stats().cached_pages[PT.index()] > 0
+        || tables.is_empty()
+    {
+        tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    }
+    tables
+}
+
+fn free_frames(alloc: &Alloc<'_>) -> u64 {
+    let stats = alloc.stats();
+    Freetype::all().map(|ft| stats.free_pages(ft)).sum::<u64>()
+        + stats.cached_pages.iter().sum::<u64>()
+}
+
+/// Page tables until one fails: the pages and the error.
+fn page_tables_until_failure(alloc: &Alloc<'_>) -> (Vec<Pfn>, AllocError) {
+    let mut tables = Vec::new();
+    loop {
+        match alloc.alloc(tables.len() % 2, 0, PT, AllocFlags::ZERO) {
+            Ok(pfn) => tables.push(pfn),
+            Err(error) => return (tables, error),
+        }
+    }
+}
+
+fn live(owner: &SimMover, tables: &[Pfn]) -> Vec<(Pfn, u32, Freetype)> {
+    let mut live = owner.held();
+    live.extend(tables.iter().map(|&pfn| (pfn, 0, PT)));
+    live
+}
+
+#[test]
+fn page_tables_come_from_compacted_pageblocks_until_memory_is_full() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let alloc = allocator(&meta, &owner);
+    one_live_page_per_pageblock(&alloc, &owner);
+    let contents: BTreeSet<u64> = owner
+        .held()
+        .iter()
+        .filter_map(|&(pfn, _, _)| owner.contents(pfn))
+        .collect();
+    let live_user = contents.len() as u64;
+    assert!(live_user >= FRAMES / PB - 1);
+
+    let (tables, error) = page_tables_until_failure(&alloc);
+    let stats = alloc.stats();
+    // Memory really is full: less than a pageblock's worth is free, all of
+    // it beside the user pages compaction gathered.
+    assert_eq!(error, AllocError::OutOfMemory);
+    let free = free_frames(&alloc);
+    assert!(free < PB, "OutOfMemory with {free} frames free");
+    assert_eq!(
+        tables.len() as u64 + live_user + free,
+        FRAMES - 8 - stats.direct_map_tables
+    );
+    // Compaction, not a fallback: no page protected alone, no 2 MiB split.
+    assert!(
+        stats.compactions >= FRAMES / PB - 3,
+        "{} compactions",
+        stats.compactions
+    );
+    assert_eq!(stats.single_page_fallbacks, 0);
+    assert_eq!(stats.splits_2m, 0);
+    // Every move went through the owner and carried the data along.
+    let (moves, refused) = owner.counts();
+    assert_eq!(stats.pages_moved, moves);
+    assert_eq!((stats.migrations_refused, refused), (0, 0));
+    assert!(owner.violations().is_empty(), "{:?}", owner.violations());
+    let after: BTreeSet<u64> = owner
+        .held()
+        .iter()
+        .filter_map(|&(pfn, _, _)| owner.contents(pfn))
+        .collect();
+    assert_eq!(after, contents, "a moved block lost its contents");
+    // One flush per compacted pageblock's conversion, at most.
+    assert!(stats.flushes_local <= stats.conversion_batches);
+    let managed = [(Pfn(0), Pfn(FRAMES))];
+    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+
+    for (i, &pfn) in tables.iter().enumerate() {
+        alloc.free(i % 2, pfn, 0).unwrap();
+    }
+    for (pfn, order, _) in owner.held() {
+        owner.release(pfn);
+        alloc.free(0, pfn, order).unwrap();
+    }
+    alloc.drain_caches();
+    sim::check(&alloc, PT, &managed, &[]).unwrap();
+}
+
+#[test]
+fn pinned_pages_stop_compaction_and_nothing_is_lost() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let alloc = allocator(&meta, &owner);
+    one_live_page_per_pageblock(&alloc, &owner);
+    for (pfn, _, _) in owner.held() {
+        owner.pin(pfn, true);
+    }
+    let before = owner.held();
+    let free_before = free_frames(&alloc);
+    let (tables, error) = page_tables_until_failure(&alloc);
+    assert_eq!(error, AllocError::OutOfMemory);
+    let stats = alloc.stats();
+    // The reserve's pageblock served, then every compaction was refused.
+    assert!(tables.len() < PB as usize);
+    assert_eq!(stats.compactions, 0);
+    assert!(stats.migrations_refused > 0 && stats.compactions_failed > 0);
+    assert_eq!(stats.pages_moved, 0);
+    assert_eq!(owner.held(), before, "a pinned block moved");
+    assert_eq!(free_frames(&alloc) + tables.len() as u64, free_before);
+    let managed = [(Pfn(0), Pfn(FRAMES))];
+    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+
+    // Unpinned, they move, and page tables come again.
+    for (pfn, _, _) in owner.held() {
+        owner.pin(pfn, false);
+    }
+    let more = alloc
+        .alloc(0, 0, PT, AllocFlags::ZERO)
+        .expect("a page table");
+    assert_eq!(alloc.stats().compactions, 1);
+    let mut tables = tables;
+    tables.push(more);
+    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn a_refused_move_gives_everything_back_and_the_next_try_compacts() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let alloc = allocator(&meta, &owner);
+    // Two live pages in every pageblock, the higher one pinned: the
+    // compaction moves the lower one, then the owner refuses the other.
+    one_live_page_per_pageblock(&alloc, &owner);
+    one_live_page_per_pageblock(&alloc, &owner);
+    let held = owner.held();
+    for pair in held.windows(2) {
+        if pair[0].0.0 / PB == pair[1].0.0 / PB {
+            owner.pin(pair[1].0, true);
+        }
+    }
+    // Use up the reserve's pageblock of page tables: the next one compacts.
+    let managed = [(Pfn(0), Pfn(FRAMES))];
+    let mut tables = use_up_free_page_tables(&alloc);
+    let free_before = free_frames(&alloc);
+    let error = alloc.alloc(0, 0, PT, AllocFlags::empty());
+    assert_eq!(error, Err(AllocError::OutOfMemory));
+    let stats = alloc.stats();
+    assert_eq!((stats.migrations_refused, stats.compactions_failed), (1, 1));
+    assert_eq!((stats.compactions, stats.pages_moved), (0, 1));
+    assert_eq!(owner.counts(), (1, 1));
+    // The moved page stays moved; the isolated free blocks, the page it
+    // left and the refused destination went back.
+    assert_eq!(free_frames(&alloc), free_before);
+    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    // Unpinned, the next try compacts.
+    for (pfn, _, _) in owner.held() {
+        owner.pin(pfn, false);
+    }
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    assert_eq!(alloc.stats().compactions, 1);
+    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn a_pageblock_of_several_live_blocks_is_emptied_block_by_block() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let alloc = allocator(&meta, &owner);
+    // Every pageblock holds blocks of orders 0, 2 and 5 (37 frames):
+    // compaction moves all three out of one, into the others' free room.
+    for order in [5, 2, 0] {
+        one_live_block_per_pageblock(&alloc, &owner, order);
+    }
+    let mut tables = Vec::new();
+    let compacted = loop {
+        tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+        if alloc.stats().compactions > 0 {
+            break alloc.stats();
+        }
+    };
+    assert_eq!(compacted.pages_moved, 37);
+    assert_eq!(owner.counts().0, 3);
+    let managed = [(Pfn(0), Pfn(FRAMES))];
+    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn unmovable_pages_are_never_moved() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let alloc = allocator(&meta, &owner);
+    // Kernel pages (unmovable), one per pageblock, taken from user
+    // pageblocks (same protection): compaction must leave them be.
+    let all: Vec<Pfn> = std::iter::from_fn(|| {
+        alloc
+            .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+            .ok()
+    })
+    .collect();
+    let mut kept = BTreeSet::new();
+    let mut live = Vec::new();
+    for pfn in all {
+        if kept.insert(pfn.0 / PB) {
+            live.push((pfn, 0, Freetype::KERNEL));
+        } else {
+            alloc.free(0, pfn, 0).unwrap();
+        }
+    }
+    alloc.drain_caches();
+    let (tables, error) = page_tables_until_failure(&alloc);
+    assert_eq!(error, AllocError::OutOfMemory);
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (0, 0));
+    assert!(stats.compactions_failed > 0);
+    assert_eq!(owner.counts(), (0, 0));
+    live.extend(tables.iter().map(|&pfn| (pfn, 0, PT)));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(FRAMES))], &live).unwrap();
+}
+
+#[test]
+fn without_a_migrator_nothing_moves() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let config = Config {
+        page_table: PT,
+        reserve_target: 8,
+        conversion_watermark: 0,
+        single_page_fallback: false,
+    };
+    let map = SimDirectMap::new(FRAMES, LargestPage::Mega, 2);
+    let alloc = Alloc::new(&meta, Pfn(0), config, map).unwrap();
+    alloc.add_memory(Pfn(0), Pfn(FRAMES), USER).unwrap();
+    alloc.refill_reserve().unwrap();
+    one_live_page_per_pageblock(&alloc, &owner);
+    let (tables, error) = page_tables_until_failure(&alloc);
+    assert_eq!(error, AllocError::OutOfMemory);
+    assert!(tables.len() < PB as usize);
+    assert_eq!(alloc.stats().pages_moved, 0);
+}
+
+/// An owner that calls back into the allocator from `migrate`: if the
+/// allocator held a lock there, it would spin forever.
+struct Reentrant<'a> {
+    inner: SimMover,
+    alloc: OnceLock<&'a Alloc<'a>>,
+}
+
+impl Migrate for Reentrant<'_> {
+    fn migrate(
+        &self,
+        from: Pfn,
+        to: Pfn,
+        order: u32,
+        freetype: Freetype,
+    ) -> Result<(), MigrateError> {
+        if let Some(alloc) = self.alloc.get() {
+            // Takes every cache lock and the core lock.
+            let _ = alloc.stats();
+        }
+        self.inner.migrate(from, to, order, freetype)
+    }
+}
+
+#[test]
+fn the_owner_is_called_with_no_allocator_lock_held() {
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let meta = meta(FRAMES);
+        let owner = Reentrant {
+            inner: SimMover::new(),
+            alloc: OnceLock::new(),
+        };
+        let alloc = allocator(&meta, &owner);
+        let _ = owner.alloc.set(&alloc);
+        one_live_page_per_pageblock(&alloc, &owner.inner);
+        let (tables, _) = page_tables_until_failure(&alloc);
+        let _ = done.send((tables.len(), alloc.stats().compactions));
+    });
+    let (tables, compactions) = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("compaction deadlocked: the owner was called under an allocator lock");
+    assert!(compactions > 0 && tables > PB as usize);
+}
+
+/// An owner that serialises its frees with its moves, as the `Migrate`
+/// contract asks: one lock around "stop holding, then free" and around
+/// every move.
+struct Serialised {
+    inner: SimMover,
+    lock: std::sync::Mutex<()>,
+}
+
+impl Migrate for Serialised {
+    fn migrate(
+        &self,
+        from: Pfn,
+        to: Pfn,
+        order: u32,
+        freetype: Freetype,
+    ) -> Result<(), MigrateError> {
+        let _owner = self.lock.lock().unwrap();
+        self.inner.migrate(from, to, order, freetype)
+    }
+}
+
+#[test]
+fn frees_racing_compaction_on_another_cpu_lose_nothing() {
+    for round in 0..8u64 {
+        let meta = meta(FRAMES);
+        let owner = Serialised {
+            inner: SimMover::new(),
+            lock: std::sync::Mutex::new(()),
+        };
+        let alloc = allocator(&meta, &owner);
+        // Four live pages in every pageblock.
+        for _ in 0..4 {
+            one_live_page_per_pageblock(&alloc, &owner.inner);
+        }
+        let tables = std::thread::scope(|scope| {
+            // CPU 1 frees user pages, one in three, while CPU 0 compacts.
+            scope.spawn(|| {
+                for (i, (pfn, order, _)) in owner.inner.held().into_iter().enumerate() {
+                    if !(i as u64 + round).is_multiple_of(3) {
+                        continue;
+                    }
+                    let _owner = owner.lock.lock().unwrap();
+                    // Moved meanwhile: the owner holds it elsewhere now.
+                    if owner.inner.release(pfn) {
+                        alloc.free(1, pfn, order).expect("freeing a held page");
+                    }
+                }
+            });
+            let mut tables = Vec::new();
+            while let Ok(pfn) = alloc.alloc(0, 0, PT, AllocFlags::empty()) {
+                tables.push(pfn);
+            }
+            tables
+        });
+        let stats = alloc.stats();
+        assert!(stats.compactions > 0, "round {round}: no compaction");
+        assert!(
+            owner.inner.violations().is_empty(),
+            "{:?}",
+            owner.inner.violations()
+        );
+        assert_eq!(stats.pages_moved, owner.inner.counts().0);
+        alloc.drain_caches();
+        let managed = [(Pfn(0), Pfn(FRAMES))];
+        sim::check(&alloc, PT, &managed, &live(&owner.inner, &tables)).unwrap();
+    }
+}
