@@ -435,3 +435,150 @@ fn frees_racing_compaction_on_another_cpu_lose_nothing() {
         sim::check(&alloc, PT, &managed, &live(&owner.inner, &tables)).unwrap();
     }
 }
+
+/// An 8 MiB machine: the reserve's page-table pageblock, then three user
+/// pageblocks holding `live[i]` held pages each (the lowest frames), the
+/// rest free; the free page tables are used up, so the next one needs a
+/// conversion.
+fn three_pageblocks<'m>(
+    meta: &'m [FrameMeta],
+    owner: &'m SimMover,
+    live: [u64; 3],
+) -> (Alloc<'m>, Vec<Pfn>) {
+    let alloc = allocator(meta, owner);
+    let all: Vec<Pfn> =
+        std::iter::from_fn(|| alloc.alloc(0, 0, USER, AllocFlags::empty()).ok()).collect();
+    assert_eq!(all.len() as u64, 3 * PB);
+    for pfn in all {
+        let (pageblock, offset) = (pfn.0 / PB, pfn.0 % PB);
+        if offset < live[pageblock as usize - 1] {
+            owner.hold(pfn, 0, USER);
+        } else {
+            alloc.free(0, pfn, 0).unwrap();
+        }
+    }
+    alloc.drain_caches();
+    let tables = use_up_free_page_tables(&alloc);
+    (alloc, tables)
+}
+
+#[test]
+fn a_compaction_whose_blocks_fit_exactly_elsewhere_runs() {
+    // 256 live in each of two pageblocks, the third full: the first one's
+    // 256 pages fill the second's 256 free frames exactly.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [256, 256, 512]);
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (1, 256));
+    assert!(
+        owner
+            .held()
+            .iter()
+            .all(|(pfn, _, _)| pfn.0 / PB == 2 || pfn.0 / PB == 3)
+    );
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn a_compaction_that_cannot_fit_moves_nothing() {
+    // 300 live in each of two pageblocks: the 212 free frames outside
+    // either cannot take its 300, so no move starts.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, tables) = three_pageblocks(&meta, &owner, [300, 300, 512]);
+    assert_eq!(
+        alloc.alloc(0, 0, PT, AllocFlags::empty()),
+        Err(AllocError::OutOfMemory)
+    );
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.compactions_failed), (0, 1));
+    assert_eq!((stats.pages_moved, owner.counts()), (0, (0, 0)));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn moved_blocks_may_land_in_a_sibling_of_the_same_protection() {
+    // One user page in the first user pageblock; all other free room is
+    // in kernel pageblocks (same protection, other mobility).
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 512, 512]);
+    // Make the second user pageblock a kernel one: free its pages, take
+    // it whole as kernel memory (a conversion of the same protection),
+    // free it, and keep one kernel page there.
+    let second: Vec<(Pfn, u32, Freetype)> = owner
+        .held()
+        .into_iter()
+        .filter(|(pfn, _, _)| pfn.0 / PB == 2)
+        .collect();
+    for (pfn, order, _) in second {
+        owner.release(pfn);
+        alloc.free(0, pfn, order).unwrap();
+    }
+    alloc.drain_caches();
+    let kernel = alloc
+        .alloc(0, PAGEBLOCK_ORDER, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    alloc.free(0, kernel, PAGEBLOCK_ORDER).unwrap();
+    let kernel_page = alloc
+        .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    alloc.drain_caches();
+    assert_eq!(kernel_page.0 / PB, 2);
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (1, 1));
+    // The user page now lives in the kernel pageblock.
+    let (moved, _, _) = owner.held()[0];
+    assert_eq!(moved.0 / PB, 2);
+    let mut live = live(&owner, &tables);
+    live.push((kernel_page, 0, Freetype::KERNEL));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+}
+
+#[test]
+fn only_page_tables_compact() {
+    let meta = meta(FRAMES);
+    let owner = SimMover::new();
+    let alloc = allocator(&meta, &owner);
+    one_live_page_per_pageblock(&alloc, &owner);
+    // A whole pageblock of user or kernel memory: none is free, and
+    // compaction is not for them.
+    for ft in [USER, Freetype::KERNEL] {
+        assert_eq!(
+            alloc.alloc(0, PAGEBLOCK_ORDER, ft, AllocFlags::empty()),
+            Err(AllocError::OutOfMemory)
+        );
+    }
+    // Nor for a page table that may not wait.
+    let tables = use_up_free_page_tables(&alloc);
+    assert_eq!(
+        alloc.alloc(0, 0, PT, AllocFlags::NO_BLOCK),
+        Err(AllocError::WouldBlock)
+    );
+    let stats = alloc.stats();
+    assert_eq!(
+        (
+            stats.compactions,
+            stats.compactions_failed,
+            stats.pages_moved
+        ),
+        (0, 0, 0)
+    );
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(FRAMES))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn the_pageblock_with_fewest_live_frames_is_emptied() {
+    // 300 live, then 100: the second moves (100 pages), not the first.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [300, 100, 512]);
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (1, 100));
+    assert!(owner.held().iter().all(|(pfn, _, _)| pfn.0 / PB != 2));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}

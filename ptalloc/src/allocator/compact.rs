@@ -14,6 +14,12 @@
 //! moved. Whatever stops a move (a pinned block, no destination, a page
 //! cached meanwhile) ends the compaction: the frames held so far go back
 //! to the free lists, and blocks moved stay moved.
+//!
+//! Limits, by design: only page-table allocations compact (other
+//! freetypes can wait or use smaller blocks), one pageblock per attempt,
+//! and a failed attempt is not deferred (Linux backs off after failures;
+//! here each attempt only reads metadata, and the fragmentation benchmark
+//! measures the cost with it in).
 
 use super::PageAllocator;
 use crate::PAGEBLOCK_ORDER;
