@@ -7,7 +7,10 @@
 //! closure, unmaps it and flushes the slot, so the frame is visible only
 //! for the closure's duration and only at that address. [`zero_frames`]
 //! uses the slot's whole page table (2 MiB) to wipe up to a pageblock at
-//! once, for two windows rather than two per frame. It is private to
+//! once, for two windows rather than two per frame; [`try_copy_frame`]
+//! maps two frames at once (the source read-only) to copy a hidden frame
+//! that compaction moves, and only tries the slot's lock, since it runs
+//! inside an allocation. It is private to
 //! `memory` and refuses page-table memory and the kernel image (the slot
 //! is a writable key-0 mapping); [`copy_to`] and [`copy_from`] are the
 //! public way in, on an owned `Frame` only. One slot: the boot
@@ -191,6 +194,77 @@ pub(super) fn zero_frames(start_phys: u64, frames: u64) -> Option<()> {
     }
     drop(ready);
     Some(())
+}
+
+/// Why [`try_copy_frame`] made no copy. Nothing was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CopyError {
+    /// The slot is in use: compaction, which calls this from inside an
+    /// allocation, never waits for it.
+    Busy,
+    /// Before [`init`], or a frame is page-table memory or part of the
+    /// kernel image.
+    Refused,
+}
+
+/// Copies the 4 KiB frame at `from_phys` to the one at `to_phys`, frames
+/// the direct map does not show (compaction moving an `Unmapped` movable
+/// frame), through the slot table's first two entries: one window maps
+/// the source read-only and the destination writable, the copy runs
+/// outside it, one more window unmaps both. Tries the slot's lock and
+/// never waits. Refuses page-table memory and the kernel image, as
+/// [`with_frame`] does.
+pub(super) fn try_copy_frame(from_phys: u64, to_phys: u64) -> Result<(), CopyError> {
+    let refused = |phys: u64| {
+        super::paging::is_page_table_memory(phys) || super::kernel_image_phys().contains(&phys)
+    };
+    if refused(from_phys) || refused(to_phys) {
+        return Err(CopyError::Refused);
+    }
+    let ready = SLOT.try_lock().ok_or(CopyError::Busy)?;
+    if !*ready {
+        return Err(CopyError::Refused);
+    }
+    let entries = table(2).cast::<u64>();
+    let nx = cpu::no_execute_bit();
+    pte::with_window(|window| {
+        // SAFETY: the slot table's first two entries, ours under SLOT
+        // (entry 0 is the one-frame slot, free while SLOT is held); NX,
+        // kernel-only, the source read-only. They were empty and flushed,
+        // so no stale translation exists for them.
+        unsafe {
+            pte::write(window, entries, (from_phys & ADDRESS) | PRESENT | nx);
+            pte::write(
+                window,
+                entries.add(1),
+                (to_phys & ADDRESS) | PRESENT | WRITABLE | nx,
+            );
+        }
+    });
+    // SAFETY: the two entries map the source at EPHEMERAL_BASE and the
+    // destination, writable, one page above, for this function alone
+    // (SLOT is held); the frames are the caller's (compaction holds both
+    // blocks while it moves one to the other).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            EPHEMERAL_BASE as *const u8,
+            (EPHEMERAL_BASE + 4096) as *mut u8,
+            4096,
+        )
+    };
+    pte::with_window(|window| {
+        // SAFETY: as above; the frames stop being visible here.
+        unsafe {
+            pte::write(window, entries, 0);
+            pte::write(window, entries.add(1), 0);
+        }
+    });
+    for page in [EPHEMERAL_BASE, EPHEMERAL_BASE + 4096] {
+        // SAFETY: invalidating one translation is always safe.
+        unsafe { x86::tlb::flush(page as usize) };
+    }
+    drop(ready);
+    Ok(())
 }
 
 /// Clears the slot's entry and flushes it: undoes what the write-what-where

@@ -22,7 +22,14 @@
 //!   mapped pageblock keyed by itself, which the backend records in the
 //!   sealed record's set of single page-table pages. So a page-table
 //!   allocation fails for lack of memory only when no mapped page is free
-//!   (or when the sealed record has no room for another mixed pageblock).
+//!   (or when the sealed record has no room for another mixed pageblock);
+//! - compaction runs before that fallback: the migrator `bring_up` passes
+//!   in (`movable::USER_FRAMES`, the owner of movable user frames) is
+//!   registered with `with_migrator`, so a page-table allocation that finds
+//!   no whole free pageblock first empties the one with the fewest live
+//!   movable frames by moving them. `bring_up` passes it so that this
+//!   module need not import `movable` (which imports `paging`, which
+//!   imports this one).
 
 use super::backend::KernelDirectMap;
 use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo};
@@ -30,8 +37,8 @@ use boot::layout::MIN_MEMORY;
 use boot::memory_map::MemoryMap;
 use core::ops::Range;
 use ptalloc::{
-    AllocError, Config, FrameMeta, Freetype, InitError, METADATA_BYTES_PER_FRAME, Mobility,
-    PageAllocator, Pfn, Protection,
+    AllocError, Config, FrameMeta, Freetype, InitError, METADATA_BYTES_PER_FRAME, Migrate,
+    Mobility, PageAllocator, Pfn, Protection,
 };
 
 /// CPUs with a per-CPU cache (the boot CPU only, until SMP).
@@ -112,6 +119,7 @@ pub(super) fn init(
     memory: &MemoryMap,
     direct_map: &DirectMapInfo,
     nx: bool,
+    migrator: &'static dyn Migrate,
 ) -> Result<FramesInfo, FramesError> {
     let highest = memory.summary().highest_usable_end;
     let frames = highest.div_ceil(ptalloc::PAGE_SIZE);
@@ -173,7 +181,8 @@ pub(super) fn init(
         config,
         KernelDirectMap::new(direct_map.pdpt_phys, nx),
     )
-    .map_err(FramesError::Init)?;
+    .map_err(FramesError::Init)?
+    .with_migrator(migrator);
 
     let mut frames_given = 0;
     for region in memory.usable() {
@@ -300,6 +309,20 @@ impl Drop for Frame {
             panic!("freeing an owned {:?} failed: {:?}", self, error);
         }
     }
+}
+
+/// The freetype of `frame` if it is a movable 4 KiB frame (order 0 of a
+/// `Mobility::Movable` freetype), as the allocator's books say: the same
+/// books compaction reads to pick what it moves, so `paging` records in
+/// its reverse map exactly the frames compaction may ask to move.
+pub(super) fn movable_freetype(frame: &Frame) -> Option<Freetype> {
+    let info = allocator()?.frame_info(frame.pfn)?;
+    let freetype = info.freetype?;
+    let movable = info.state == ptalloc::FrameState::AllocatedHead
+        && info.order == 0
+        && frame.order == 0
+        && freetype.mobility == Mobility::Movable;
+    movable.then_some(freetype)
 }
 
 /// Why [`alloc_frame`] gave no frame.

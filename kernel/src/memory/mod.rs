@@ -8,7 +8,8 @@
 //! ([`ephemeral`]), early-table reprotection ([`early`]), W^X for the
 //! kernel image ([`image`]), the
 //! verification walk ([`verify`]), kernel and user address spaces
-//! ([`paging`]), direct-map TLB flushes ([`tlb`]), the one door to
+//! ([`paging`]), moving movable user frames for compaction ([`movable`]),
+//! direct-map TLB flushes ([`tlb`]), the one door to
 //! page-table entries ([`pte`]) and the key-protected record of what is
 //! page-table memory ([`sealed`]).
 
@@ -26,6 +27,7 @@ pub mod early;
 pub mod ephemeral;
 pub mod frames;
 pub mod image;
+pub mod movable;
 pub mod paging;
 pub mod pte;
 pub mod sealed;
@@ -104,12 +106,14 @@ static BROUGHT_UP: AtomicBool = AtomicBool::new(false);
 /// Brings memory up, once, at boot, in this order: records the boot
 /// stub's tables, builds the direct map, measures the flush limit (before
 /// the first conversion flushes anything), builds the ephemeral slot, sets
-/// up the page allocator, cuts the boot window down to the image, applies
-/// `inject=`, reprotects the early page tables, gives the kernel space its
-/// PDPT (before any user space, which copies the kernel's PML4 entries),
-/// makes the image W^X, and seals the records of what is page-table
-/// memory. Its steps are private to `memory`: run again they would rebuild
-/// what the kernel runs on, so a second call is refused.
+/// up the page allocator (with [`movable::USER_FRAMES`] as the owner
+/// compaction asks to move movable frames), cuts the boot window down to
+/// the image, applies `inject=`, reprotects the early page tables, gives
+/// the kernel space its PDPT (before any user space, which copies the
+/// kernel's PML4 entries), makes the image W^X, and seals the records of
+/// what is page-table memory. Its steps are private to `memory`: run
+/// again they would rebuild what the kernel runs on, so a second call is
+/// refused.
 pub fn bring_up(
     memory: &boot::memory_map::MemoryMap,
     features: &crate::arch::cpu::CpuFeatures,
@@ -123,7 +127,8 @@ pub fn bring_up(
         .map_err(BringUpError::DirectMap)?;
     let flush_calibration = tlb::init(config.flush_limit, &direct_map);
     ephemeral::init().map_err(BringUpError::EarlyTables)?;
-    let frames = frames::init(memory, &direct_map, features.nx).map_err(BringUpError::Frames)?;
+    let frames = frames::init(memory, &direct_map, features.nx, &movable::USER_FRAMES)
+        .map_err(BringUpError::Frames)?;
     narrow_boot_window();
     if config.inject_empty_reserve && frames::inject_empty_reserve(true) {
         crate::println!("fault injection: the split reserve gives nothing to direct-map splits");

@@ -27,6 +27,15 @@
 //!   page table, or free a frame while it is mapped; dropping a space
 //!   frees the frames it still maps (device memory will get a typed path
 //!   of its own);
+//! - a movable 4 KiB frame mapped in a user space is recorded in the
+//!   reverse map ([`rmap`]: which space maps it, where), from the `map`
+//!   that links it to the `unmap` or space drop that ends the mapping;
+//!   compaction (`memory::movable`) moves such a frame with
+//!   [`LockedRmap::repoint`], which copies it, rewrites its one leaf in one
+//!   window and flushes the old translation. A recorded leaf is read and
+//!   cleared only under the reverse map's lock (unmap, drop), so a move
+//!   and an unmap never cross: unmap hands back the frame the leaf names
+//!   now, and dropping the space frees that one, never the old frame;
 //! - bad input (unaligned address, outside the space's range, overlap,
 //!   unmapping what is not mapped, a block of neither page size) is a
 //!   typed error that changes nothing and hands the frame back; the
@@ -53,6 +62,7 @@ use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
 use crate::arch::cpu;
 use core::ops::Range;
 use ptalloc::{AllocError, AllocFlags, Pfn};
+pub use rmap::UserMapping;
 
 const USER_END: u64 = 1 << 47;
 
@@ -223,6 +233,139 @@ pub(super) fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> 
         kind: Kind::Kernel,
         edits: spin::Mutex::new(()),
     }))
+}
+
+/// The reverse map of movable user frames ([`rmap`]).
+///
+/// Lock order: a space's `edits`, then this. `map` takes it after its
+/// window, to record; `unmap` before it reads the leaf, until the leaf is
+/// cleared and forgotten; a dying space to forget its frames before it
+/// reads its leaves. None of them allocates while holding it. Compaction
+/// ([`try_lock_rmap`]) runs inside page-table allocations, which `map`
+/// and `AddressSpace::new` make while holding a space's `edits` or
+/// [`LIVE`]: it takes this lock only by trying (never waits), and takes
+/// neither of the others, so it cannot deadlock with them.
+static RMAP: spin::Mutex<rmap::Rmap> = spin::Mutex::new(rmap::Rmap::new());
+
+/// The reverse map, held: the one way to repoint a user leaf outside
+/// `map` and `unmap` (compaction's move), and proof that no unmap reads
+/// or clears a recorded leaf meanwhile.
+pub(super) struct LockedRmap(spin::MutexGuard<'static, rmap::Rmap>);
+
+/// The reverse map, if nobody holds it. Never waits: compaction calls it
+/// from inside an allocation whose caller may hold it.
+pub(super) fn try_lock_rmap() -> Option<LockedRmap> {
+    RMAP.try_lock().map(LockedRmap)
+}
+
+/// What the reverse map holds now: (frames recorded, movable mappings
+/// left out because it was full). Waits for the lock: not for compaction.
+pub fn reverse_map_counts() -> (usize, u64) {
+    let rmap = RMAP.lock();
+    (rmap.len(), rmap.untracked())
+}
+
+/// Why a recorded frame was not moved. Nothing changed: the leaf still
+/// maps the old frame, and the record still names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RepointError {
+    /// The reverse map does not record the frame.
+    NotRecorded,
+    /// The record is pinned (the frame was recorded twice).
+    Pinned,
+    /// The space's leaf does not map the frame with a 4 KiB page (a broken
+    /// invariant: recorded leaves change only under the lock).
+    LeafMismatch,
+    /// The destination is page-table memory, or beyond the CPU's physical
+    /// address width (the allocator's metadata was tampered with).
+    BadDestination,
+    /// The copy could not be made (the ephemeral slot was busy).
+    CopyFailed,
+}
+
+/// How the old translation of a repointed leaf went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Flushed {
+    /// The space is loaded on this CPU: INVLPG of the page.
+    Invlpg,
+    /// The space is not loaded here: its translations went with the CR3
+    /// switch away from it (no PCID), and the switch back starts empty.
+    NotLoaded,
+}
+
+impl LockedRmap {
+    /// Where the frame at `phys` is mapped, if recorded.
+    pub(super) fn get(&self, phys: u64) -> Option<UserMapping> {
+        self.0.get(phys)
+    }
+
+    /// Moves the recorded mapping of the 4 KiB frame `from` to `to`: checks
+    /// the leaf and the destination, runs `copy(from, to)` (physical
+    /// addresses; false if it could not copy), then rewrites the leaf in
+    /// one window, with every other bit kept, flushes the old translation
+    /// and makes the record name `to`. From then on `unmap` hands back
+    /// `to`, and dropping the space frees `to`.
+    ///
+    /// One CPU runs: no user code runs between the copy and the new leaf,
+    /// so no write to `from` is lost. SMP will need, before the copy, the
+    /// leaf made non-present (or read-only) and a shootdown to the CPUs
+    /// that have the space loaded, then the copy, then the new leaf.
+    pub(super) fn repoint(
+        &mut self,
+        from: Pfn,
+        to: Pfn,
+        copy: impl FnOnce(u64, u64) -> bool,
+    ) -> Result<Flushed, RepointError> {
+        let mapping = self.0.get(from.addr()).ok_or(RepointError::NotRecorded)?;
+        if mapping.pinned {
+            return Err(RepointError::Pinned);
+        }
+        let (root, virt) = (mapping.root(), mapping.virt);
+        let (table, leaf) = user_leaf(root, virt).ok_or(RepointError::LeafMismatch)?;
+        if leaf & ADDRESS != from.addr() {
+            return Err(RepointError::LeafMismatch);
+        }
+        let to_phys = to.addr();
+        if page_table_memory_in(to_phys, 4096).is_some()
+            || to_phys + 4096 > cpu::physical_address_limit()
+        {
+            return Err(RepointError::BadDestination);
+        }
+        if !copy(from.addr(), to_phys) {
+            return Err(RepointError::CopyFailed);
+        }
+        pte::with_window(|window| {
+            write(window, table, index(virt, 1), (leaf & !ADDRESS) | to_phys)
+        });
+        let flushed = if cpu::read_cr3() & ADDRESS == root {
+            // SAFETY: invalidating one translation is always safe.
+            unsafe { x86::tlb::flush(virt as usize) };
+            Flushed::Invlpg
+        } else {
+            Flushed::NotLoaded
+        };
+        self.0.rekey(from, to);
+        Ok(flushed)
+    }
+}
+
+/// The page table holding the 4 KiB leaf for `virt` in the user space
+/// rooted at `root`, and the leaf; `None` if the path is not there, ends
+/// in a large page, or the leaf is not present.
+fn user_leaf(root: u64, virt: u64) -> Option<(u64, u64)> {
+    if virt >= USER_END {
+        return None;
+    }
+    let mut table = root;
+    for level in (2..=4).rev() {
+        let entry = read(table, index(virt, level));
+        if entry & PRESENT == 0 || entry & LARGE != 0 {
+            return None;
+        }
+        table = entry & ADDRESS;
+    }
+    let leaf = read(table, index(virt, 1));
+    (leaf & PRESENT != 0).then_some((table, leaf))
 }
 
 /// Most user address spaces alive at once.
@@ -407,7 +550,8 @@ impl AddressSpace {
     ///
     /// [`unmap`]: Self::unmap
     pub fn map(&self, virt: u64, frame: Frame, flags: MapFlags) -> Result<(), MapError> {
-        match self.map_frame(virt, frame.addr(), frame.order(), flags) {
+        let movable = frames::movable_freetype(&frame);
+        match self.map_frame(virt, frame.addr(), frame.order(), flags, movable) {
             Ok(()) => {
                 // The leaf holds the frame now.
                 let _ = frame.into_mapping();
@@ -423,6 +567,7 @@ impl AddressSpace {
         phys: u64,
         order: u32,
         flags: MapFlags,
+        movable: Option<ptalloc::Freetype>,
     ) -> Result<(), PagingError> {
         let size = match order {
             0 => PageSize::Small,
@@ -484,6 +629,10 @@ impl AddressSpace {
             }
             write(window, table, index(virt, leaf_level), leaf);
         });
+        // A movable 4 KiB frame in a user space can be moved from now on.
+        if let (Kind::User, PageSize::Small, Some(freetype)) = (self.kind, size, movable) {
+            RMAP.lock().record(phys, self.root, virt, freetype);
+        }
         Ok(())
     }
 
@@ -507,6 +656,8 @@ impl AddressSpace {
             depth += 1;
             table = entry & ADDRESS;
         }
+        // From here until its leaf is cleared, no move may repoint it.
+        let mut rmap = (self.kind == Kind::User).then(|| RMAP.lock());
         let slot = index(virt, size.leaf_level());
         let leaf = read(table, slot);
         let is_large = leaf & LARGE != 0;
@@ -530,6 +681,10 @@ impl AddressSpace {
                 child = parent;
             }
         });
+        if let Some(rmap) = rmap.as_mut() {
+            rmap.forget(leaf & ADDRESS, self.root, virt);
+        }
+        drop(rmap);
         // Kernel mappings are live in every space; user ones only in their
         // own (whose TLB entries a switch to it flushes).
         if self.kind == Kind::Kernel || cpu::read_cr3() & ADDRESS == self.root {
@@ -593,6 +748,9 @@ impl Drop for AddressSpace {
             return;
         }
         LIVE.lock().retain(|&root| root != self.root);
+        // No move touches its leaves from here: the frames they name now
+        // are the ones to free.
+        RMAP.lock().forget_space(self.root);
         // A loaded root is never freed: switch to the kernel's first.
         if cpu::read_cr3() & ADDRESS == self.root {
             super::tlb::load_root(super::kernel_root());
@@ -602,6 +760,8 @@ impl Drop for AddressSpace {
         free_table(self.root);
     }
 }
+
+mod rmap;
 
 /// The module's in-kernel tests (run under QEMU with `test=`).
 mod tests;

@@ -8,14 +8,17 @@
 //! per operation however many entries it writes (so one operation costs
 //! one pair of PKRS writes):
 //! - `paging`, the page-table module: map and unmap in the kernel space and
-//!   in user spaces at run time, and setting up a space's root;
+//!   in user spaces at run time, setting up a space's root, and repointing
+//!   the leaf of a user frame that compaction moves (`movable` asks, under
+//!   `paging`'s reverse-map lock);
 //! - `backend`, the direct map's split and pageblock-attribute path, which
 //!   `ptalloc` drives and which takes its tables from the split reserve;
 //! - the fixed kernel structures, written where they are owned: the direct
 //!   map (`direct_map`, built before any allocator), the boot window's cut
 //!   (`narrow_boot_window`), image-page attributes (`boot_tables`, for
 //!   early-table reprotection) and the ephemeral slot (`ephemeral`, which
-//!   the allocator itself uses to zero `Unmapped` frames).
+//!   the allocator itself uses to zero `Unmapped` frames, and compaction
+//!   to copy the `Unmapped` user frames it moves).
 //!
 //! The last two groups cannot go through `paging`: its tables come from
 //! the allocator, which they run before or underneath. The boot stub's
