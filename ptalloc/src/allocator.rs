@@ -34,6 +34,8 @@ pub const CACHE_CAPACITY: usize = 64;
 pub const CACHE_BATCH: usize = 32;
 mod compact;
 
+pub use compact::CANDIDATES_PER_COMPACTION;
+
 const CACHE_BATCH_ORDER: u32 = CACHE_BATCH.trailing_zeros();
 const _: () = assert!(CACHE_BATCH.is_power_of_two() && CACHE_BATCH <= CACHE_CAPACITY);
 

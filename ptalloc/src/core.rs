@@ -57,6 +57,9 @@ pub(crate) enum Reach {
     SinglePage,
 }
 
+/// Pageblocks compaction remembers as refused.
+const REFUSED_PAGEBLOCKS: usize = 16;
+
 /// Pageblocks the single-page fallback remembers as split.
 const MIXED_PAGEBLOCKS: usize = 16;
 
@@ -75,6 +78,10 @@ pub(crate) struct Core {
     /// Whole free pageblocks only conversions to the page-table freetype
     /// may take.
     watermark: u64,
+    /// Pageblocks (first frame indices) where a compaction failed since the
+    /// last one succeeded: tried last when choosing what to empty. A hint,
+    /// so a bounded list that forgets its oldest.
+    refused: heapless::Vec<u32, REFUSED_PAGEBLOCKS>,
     /// Whether the single-page fallback is on (`Config::single_page_fallback`).
     single_page_fallback: bool,
     /// Pageblocks (first frame indices) where the fallback split the 2 MiB
@@ -160,6 +167,7 @@ impl Core {
             watermark,
             single_page_fallback,
             mixed: heapless::Vec::new(),
+            refused: heapless::Vec::new(),
             reserve_used_by_fallback: false,
             reserve_ever_filled: false,
             reserve_fault: false,
@@ -588,14 +596,17 @@ impl Core {
 
     /// Picks the pageblock compaction should empty and takes its free
     /// blocks off the free lists (so nothing is allocated there while its
-    /// live blocks move out), marking them in `held`. Of the pageblocks
-    /// holding nothing but free blocks and allocated movable blocks below
-    /// a pageblock, the one with the fewest live frames wins, provided
-    /// blocks of its protection outside it have room for them. Returns its
-    /// first frame and its freetype.
+    /// live blocks move out), marking them in `held` (which starts empty).
+    /// Of the pageblocks holding nothing but free blocks and allocated
+    /// movable blocks below a pageblock, the one with the fewest live
+    /// frames wins, those refused lately last and those in `tried` (by
+    /// this compaction already) never, provided blocks of its protection
+    /// outside it have room for them. Returns its first frame and its
+    /// freetype.
     pub(crate) fn isolate_for_compaction(
         &mut self,
         meta: &[FrameMeta],
+        tried: &[u32],
         held: &mut PageblockFrames,
     ) -> Option<(u32, Freetype)> {
         let frames = 1u32 << PAGEBLOCK_ORDER;
@@ -604,12 +615,12 @@ impl Core {
             .map(|pageblock| pageblock * frames)
             .filter_map(|start| {
                 let home = meta[start as usize].pageblock_freetype()?;
-                if home == self.page_table {
+                if home == self.page_table || tried.contains(&start) {
                     return None;
                 }
                 Some((start, movable_frames(meta, start)?, home))
             })
-            .min_by_key(|&(start, live, _)| (live, start))?;
+            .min_by_key(|&(start, live, _)| (self.refused.contains(&start), live, start))?;
         // Room: free frames of this protection outside the pageblock, in
         // blocks below a pageblock (destinations never break a whole one).
         let room: u64 = Freetype::all()
@@ -625,7 +636,6 @@ impl Core {
         if room.saturating_sub(own_free) < u64::from(live) {
             return None;
         }
-        held.clear();
         let mut at = start;
         while at < start + frames {
             let frame = &meta[at as usize];
@@ -691,8 +701,14 @@ impl Core {
         self.stats.pages_moved += u64::from(moved);
         if held.is_full() {
             self.stats.compactions += 1;
+            self.refused.clear();
         } else {
             self.stats.compactions_failed += 1;
+            if self.refused.is_full() {
+                self.refused.remove(0);
+            }
+            // Room was made above.
+            let _ = self.refused.push(start);
         }
     }
 
@@ -1004,8 +1020,9 @@ impl Core {
 }
 
 /// Live frames of the pageblock at `start`, if it holds only free blocks
-/// and allocated movable blocks below a pageblock, at least one of them:
-/// a pageblock compaction can empty. Anything else there (a cached page,
+/// and allocated movable blocks below a pageblock: a pageblock compaction
+/// can empty. (A wholly free one is one free block of a pageblock or more,
+/// which is ruled out, so the count is never 0.) Anything else there (a cached page,
 /// an unmovable block, a reserve page, a hole, a block being moved by
 /// another compaction) rules it out.
 fn movable_frames(meta: &[FrameMeta], start: u32) -> Option<u32> {
@@ -1030,7 +1047,7 @@ fn movable_frames(meta: &[FrameMeta], start: u32) -> Option<u32> {
         }
         at += 1 << order;
     }
-    (live > 0).then_some(live)
+    Some(live)
 }
 
 /// One bit per frame of a pageblock: the frames a compaction holds.
@@ -1042,10 +1059,6 @@ const PAGEBLOCK_WORDS: usize = (1 << PAGEBLOCK_ORDER) / 64;
 impl PageblockFrames {
     pub(crate) const fn new() -> Self {
         Self([0; PAGEBLOCK_WORDS])
-    }
-
-    fn clear(&mut self) {
-        self.0 = [0; PAGEBLOCK_WORDS];
     }
 
     /// Marks the `count` frames from `first` (offsets in the pageblock).

@@ -58,8 +58,8 @@ mod sync;
 
 pub use crate::core::{MAX_SPLIT_PAGES_PER_CALL, RESERVE_CAPACITY};
 pub use allocator::{
-    AllocFlags, CACHE_BATCH, CACHE_CAPACITY, Config, DEFAULT_CONVERSION_WATERMARK, FrameInfo,
-    FrameState, PageAllocator,
+    AllocFlags, CACHE_BATCH, CACHE_CAPACITY, CANDIDATES_PER_COMPACTION, Config,
+    DEFAULT_CONVERSION_WATERMARK, FrameInfo, FrameState, PageAllocator,
 };
 pub use backend::{
     DirectMap, DirectMapError, FlushReport, Migrate, MigrateError, PageblockRange, ProtectReport,

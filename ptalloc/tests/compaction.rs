@@ -214,8 +214,9 @@ fn a_refused_move_gives_everything_back_and_the_next_try_compacts() {
     let meta = meta(FRAMES);
     let owner = SimMover::new();
     let alloc = allocator(&meta, &owner);
-    // Two live pages in every pageblock, the higher one pinned: the
-    // compaction moves the lower one, then the owner refuses the other.
+    // Two live pages in every pageblock, the higher one pinned: in each
+    // pageblock tried, the compaction moves the lower one, then the owner
+    // refuses the other.
     one_live_page_per_pageblock(&alloc, &owner);
     one_live_page_per_pageblock(&alloc, &owner);
     let held = owner.held();
@@ -230,10 +231,11 @@ fn a_refused_move_gives_everything_back_and_the_next_try_compacts() {
     let free_before = free_frames(&alloc);
     let error = alloc.alloc(0, 0, PT, AllocFlags::empty());
     assert_eq!(error, Err(AllocError::OutOfMemory));
+    // Four pageblocks tried, one page moved out of each before the refusal.
     let stats = alloc.stats();
-    assert_eq!((stats.migrations_refused, stats.compactions_failed), (1, 1));
-    assert_eq!((stats.compactions, stats.pages_moved), (0, 1));
-    assert_eq!(owner.counts(), (1, 1));
+    assert_eq!((stats.migrations_refused, stats.compactions_failed), (4, 4));
+    assert_eq!((stats.compactions, stats.pages_moved), (0, 4));
+    assert_eq!(owner.counts(), (4, 4));
     // The moved page stays moved; the isolated free blocks, the page it
     // left and the refused destination went back.
     assert_eq!(free_frames(&alloc), free_before);
@@ -580,5 +582,103 @@ fn the_pageblock_with_fewest_live_frames_is_emptied() {
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 100));
     assert!(owner.held().iter().all(|(pfn, _, _)| pfn.0 / PB != 2));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn a_pageblock_holding_an_unmovable_block_is_never_chosen() {
+    // The first user pageblock holds 1 user page and 1 kernel page (2
+    // live frames, one unmovable), the second 100 user pages: the second
+    // is emptied, the first left alone.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [2, 100, 512]);
+    let (kernel_frame, _, _) = owner.held()[1];
+    owner.release(kernel_frame);
+    alloc.free(0, kernel_frame, 0).unwrap();
+    alloc.drain_caches();
+    let kernel_page = alloc
+        .alloc(0, 0, Freetype::KERNEL, AllocFlags::empty())
+        .unwrap();
+    assert_eq!(
+        kernel_page.0 / PB,
+        1,
+        "the kernel page borrows the free frame"
+    );
+    alloc.drain_caches();
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (1, 100));
+    let mut live = live(&owner, &tables);
+    live.push((kernel_page, 0, Freetype::KERNEL));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+}
+
+#[test]
+fn live_frames_count_whole_blocks() {
+    // The first user pageblock holds a page and an order-5 block (33
+    // frames in 2 blocks), the second 10 pages: the second has fewer live
+    // frames, though more blocks, and is the one emptied.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 512, 512]);
+    // Keep 10 pages of the second, placed so that it has no free order-5
+    // block: the order-5 allocation below comes from the first.
+    let kept = |offset: u64| offset < 8 || offset == 32 || offset == 40;
+    for (pfn, _, _) in owner.held() {
+        if pfn.0 / PB == 2 && !kept(pfn.0 % PB) {
+            owner.release(pfn);
+            alloc.free(0, pfn, 0).unwrap();
+        }
+    }
+    alloc.drain_caches();
+    let block = alloc.alloc(0, 5, USER, AllocFlags::empty()).unwrap();
+    assert_eq!(block.0 / PB, 1);
+    owner.hold(block, 5, USER);
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (1, 10));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn a_pinned_page_sends_compaction_to_the_next_pageblock() {
+    // The pageblock with the fewest live frames has a pinned page: the
+    // same compaction goes on to empty the next one.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 10, 512]);
+    owner.pin(owner.held()[0].0, true);
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.compactions_failed), (1, 1));
+    assert_eq!((stats.pages_moved, stats.migrations_refused), (10, 1));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn a_refused_pageblock_is_tried_once_per_compaction_and_again_later() {
+    // The three pageblocks compaction could empty each have a pinned
+    // page: each is tried once (three refusals, though one compaction may
+    // try four); unpinned, the one with fewest live frames is emptied.
+    let meta = meta(4 * PB);
+    let owner = SimMover::new();
+    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 10, 512]);
+    let candidates: Vec<Pfn> = owner.held().iter().map(|&(pfn, _, _)| pfn).collect();
+    for &pfn in &candidates {
+        owner.pin(pfn, true);
+    }
+    assert_eq!(
+        alloc.alloc(0, 0, PT, AllocFlags::empty()),
+        Err(AllocError::OutOfMemory)
+    );
+    let stats = alloc.stats();
+    assert_eq!((stats.migrations_refused, stats.compactions_failed), (3, 3));
+    for &pfn in &candidates {
+        owner.pin(pfn, false);
+    }
+    tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (1, 1));
     sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
 }

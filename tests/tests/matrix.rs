@@ -144,7 +144,7 @@ fn all_kernel_tests_pass_on_small_machines() {
             .count();
         // At 8 MiB no whole pageblock is free once page tables have theirs.
         let expected_skips = match size {
-            "7M" | "8M" => 9,
+            "7M" | "8M" => 12,
             _ => 0,
         };
         assert_eq!(

@@ -15,11 +15,18 @@
 //! cached meanwhile) ends the compaction: the frames held so far go back
 //! to the free lists, and blocks moved stay moved.
 //!
+//! A pageblock where a move failed (a pinned block, no destination) is
+//! remembered and tried last, after every other candidate; up to
+//! [`CANDIDATES_PER_COMPACTION`] pageblocks are tried per compaction. The
+//! memory is a short list (`Core::refused`), forgotten once a compaction
+//! succeeds. A refusal may be passing (a lock busy for a moment), so a
+//! refused pageblock is never ruled out, only put last.
+//!
 //! Limits, by design: only page-table allocations compact (other
-//! freetypes can wait or use smaller blocks), one pageblock per attempt,
-//! and a failed attempt is not deferred (Linux backs off after failures;
-//! here each attempt only reads metadata, and the fragmentation benchmark
-//! measures the cost with it in).
+//! freetypes can wait or use smaller blocks), and failures are not
+//! deferred (Linux backs off after failures; here each attempt only reads
+//! metadata, and the fragmentation benchmark measures the cost with it
+//! in).
 
 use super::PageAllocator;
 use crate::PAGEBLOCK_ORDER;
@@ -28,23 +35,58 @@ use crate::core::PageblockFrames;
 use crate::freetype::Mobility;
 use crate::meta::State;
 
+/// Pageblocks one compaction tries before it gives up: a pinned block
+/// stops its pageblock, not the compaction.
+pub const CANDIDATES_PER_COMPACTION: usize = 4;
+
+/// How emptying one pageblock ended.
+enum Attempt {
+    Emptied,
+    /// A move failed; the pageblock is remembered as refused.
+    Failed,
+    /// No pageblock qualifies.
+    NoCandidate,
+}
+
 impl<D: DirectMap, const CPUS: usize> PageAllocator<'_, D, CPUS> {
     /// Empties the pageblock with the fewest live movable frames by moving
-    /// them elsewhere. True if a whole free pageblock was made; false if
-    /// no migrator is set, no pageblock qualifies, or a move failed.
+    /// them elsewhere, trying the next one if a move fails there. True if
+    /// a whole free pageblock was made; false if no migrator is set, no
+    /// pageblock qualifies, or every one tried failed.
     pub(super) fn compact(&self) -> bool {
         let Some(owner) = self.migrator else {
             return false;
         };
+        let mut tried = heapless::Vec::<u32, CANDIDATES_PER_COMPACTION>::new();
+        while !tried.is_full() {
+            match self.empty_one_pageblock(owner, &mut tried) {
+                Attempt::Emptied => return true,
+                Attempt::NoCandidate => return false,
+                Attempt::Failed => {}
+            }
+        }
+        false
+    }
+
+    /// Tries to empty one pageblock not in `tried`, and adds it there.
+    fn empty_one_pageblock(
+        &self,
+        owner: &dyn crate::backend::Migrate,
+        tried: &mut heapless::Vec<u32, CANDIDATES_PER_COMPACTION>,
+    ) -> Attempt {
         let mut held = PageblockFrames::new();
         let isolated = self
             .core
             .lock()
-            .isolate_for_compaction(self.meta, &mut held);
+            .isolate_for_compaction(self.meta, tried, &mut held);
         let Some((start, home)) = isolated else {
-            self.core.lock().note_compaction_failed();
-            return false;
+            if tried.is_empty() {
+                self.core.lock().note_compaction_failed();
+            }
+            return Attempt::NoCandidate;
         };
+        // The caller stops before `tried` is full.
+        let _ = tried.push(start);
         let frames = 1u32 << PAGEBLOCK_ORDER;
         let (mut offset, mut moved) = (0, 0);
         let emptied = loop {
@@ -93,6 +135,10 @@ impl<D: DirectMap, const CPUS: usize> PageAllocator<'_, D, CPUS> {
         self.core
             .lock()
             .end_compaction(self.meta, start, home, &held, moved);
-        emptied
+        if emptied {
+            Attempt::Emptied
+        } else {
+            Attempt::Failed
+        }
     }
 }
