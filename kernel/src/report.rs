@@ -172,7 +172,7 @@ fn print_allocator(boot: &BootState) {
     println!();
     print_flush_limit(boot);
     println!(
-        "allocator counters: {} conversions in {} batches, {} flushes, splits 1G->2M {} 2M->4K {}, reserve {} (low-water {}), single-page fallbacks {} ({} live)",
+        "allocator counters: {} conversions in {} batches, {} flushes, splits 1G->2M {} 2M->4K {}, reserve {} (low-water {}), compactions {} ({} failed, {} pages moved), single-page fallbacks {} ({} live)",
         stats.total_conversions(),
         stats.conversion_batches,
         stats.flushes_local,
@@ -180,6 +180,9 @@ fn print_allocator(boot: &BootState) {
         stats.splits_2m,
         stats.reserve_level,
         stats.reserve_low_water,
+        stats.compactions,
+        stats.compactions_failed,
+        stats.pages_moved,
         stats.single_page_fallbacks,
         stats.single_pages_live
     );

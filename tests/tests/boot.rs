@@ -31,7 +31,7 @@ fn boots_with_pks_and_reports() {
         // The limit itself depends on the host's timing.
         "tlb flush limit: ",
         " pageblocks, measured at boot (INVLPG ",
-        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7), single-page fallbacks 0 (0 live)",
+        "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7), compactions 0 (0 failed, 0 pages moved), single-page fallbacks 0 (0 live)",
         "early page tables reprotected: 9 (splits 1G->2M 0, 2M->4K 1)",
         "kernel image W^X: ",
         " pages r-x (text), ",
