@@ -438,22 +438,30 @@ fn frees_racing_compaction_on_another_cpu_lose_nothing() {
     }
 }
 
-/// An 8 MiB machine: the reserve's page-table pageblock, then three user
-/// pageblocks holding `live[i]` held pages each (the lowest frames), the
-/// rest free; the free page tables are used up, so the next one needs a
-/// conversion.
-fn three_pageblocks<'m>(
-    meta: &'m [FrameMeta],
-    owner: &'m SimMover,
-    live: [u64; 3],
-) -> (Alloc<'m>, Vec<Pfn>) {
+/// A machine of `meta.len()` frames: the reserve's page-table pageblock,
+/// and user pageblocks, the `i`th (in address order) holding `live[i]`
+/// held pages (its lowest frames), the rest free; the free page tables are used up, so the next
+/// one needs a conversion.
+fn crowded<'m>(meta: &'m [FrameMeta], owner: &'m SimMover, live: &[u64]) -> (Alloc<'m>, Vec<Pfn>) {
     let alloc = allocator(meta, owner);
     let all: Vec<Pfn> =
         std::iter::from_fn(|| alloc.alloc(0, 0, USER, AllocFlags::empty()).ok()).collect();
-    assert_eq!(all.len() as u64, 3 * PB);
+    assert_eq!(all.len() as u64, live.len() as u64 * PB);
+    // The user pageblocks in address order (the reserve's may be any one).
+    let user: Vec<u64> = (0..meta.len() as u64 / PB)
+        .filter(|&block| {
+            alloc
+                .frame_info(Pfn(block * PB))
+                .and_then(|info| info.pageblock_freetype)
+                == Some(USER)
+        })
+        .collect();
     for pfn in all {
         let (pageblock, offset) = (pfn.0 / PB, pfn.0 % PB);
-        if offset < live[pageblock as usize - 1] {
+        let Some(rank) = user.iter().position(|&block| block == pageblock) else {
+            unreachable!("a user page outside the user pageblocks")
+        };
+        if offset < live[rank] {
             owner.hold(pfn, 0, USER);
         } else {
             alloc.free(0, pfn, 0).unwrap();
@@ -470,7 +478,7 @@ fn a_compaction_whose_blocks_fit_exactly_elsewhere_runs() {
     // 256 pages fill the second's 256 free frames exactly.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [256, 256, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[256, 256, 512]);
     tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 256));
@@ -489,7 +497,7 @@ fn a_compaction_that_cannot_fit_moves_nothing() {
     // either cannot take its 300, so no move starts.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, tables) = three_pageblocks(&meta, &owner, [300, 300, 512]);
+    let (alloc, tables) = crowded(&meta, &owner, &[300, 300, 512]);
     assert_eq!(
         alloc.alloc(0, 0, PT, AllocFlags::empty()),
         Err(AllocError::OutOfMemory)
@@ -506,7 +514,7 @@ fn moved_blocks_may_land_in_a_sibling_of_the_same_protection() {
     // in kernel pageblocks (same protection, other mobility).
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 512, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[1, 512, 512]);
     // Make the second user pageblock a kernel one: free its pages, take
     // it whole as kernel memory (a conversion of the same protection),
     // free it, and keep one kernel page there.
@@ -577,7 +585,7 @@ fn the_pageblock_with_fewest_live_frames_is_emptied() {
     // 300 live, then 100: the second moves (100 pages), not the first.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [300, 100, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[300, 100, 512]);
     tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 100));
@@ -592,7 +600,7 @@ fn a_pageblock_holding_an_unmovable_block_is_never_chosen() {
     // is emptied, the first left alone.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [2, 100, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[2, 100, 512]);
     let (kernel_frame, _, _) = owner.held()[1];
     owner.release(kernel_frame);
     alloc.free(0, kernel_frame, 0).unwrap();
@@ -621,7 +629,7 @@ fn live_frames_count_whole_blocks() {
     // frames, though more blocks, and is the one emptied.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 512, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[1, 512, 512]);
     // Keep 10 pages of the second, placed so that it has no free order-5
     // block: the order-5 allocation below comes from the first.
     let kept = |offset: u64| offset < 8 || offset == 32 || offset == 40;
@@ -647,7 +655,7 @@ fn a_pinned_page_sends_compaction_to_the_next_pageblock() {
     // same compaction goes on to empty the next one.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 10, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[1, 10, 512]);
     owner.pin(owner.held()[0].0, true);
     tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
     let stats = alloc.stats();
@@ -663,7 +671,7 @@ fn a_refused_pageblock_is_tried_once_per_compaction_and_again_later() {
     // try four); unpinned, the one with fewest live frames is emptied.
     let meta = meta(4 * PB);
     let owner = SimMover::new();
-    let (alloc, mut tables) = three_pageblocks(&meta, &owner, [1, 10, 512]);
+    let (alloc, mut tables) = crowded(&meta, &owner, &[1, 10, 512]);
     let candidates: Vec<Pfn> = owner.held().iter().map(|&(pfn, _, _)| pfn).collect();
     for &pfn in &candidates {
         owner.pin(pfn, true);
@@ -681,4 +689,25 @@ fn a_refused_pageblock_is_tried_once_per_compaction_and_again_later() {
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 1));
     sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+}
+
+#[test]
+fn room_of_another_protection_does_not_count() {
+    // As above, 212 free user frames cannot take 300; a secret pageblock
+    // beside them has 511 free frames, which a user page cannot use.
+    let meta = meta(5 * PB);
+    let owner = SimMover::new();
+    let (alloc, tables) = crowded(&meta, &owner, &[300, 300, 512, 0]);
+    let secret = Freetype::new(Mobility::Movable, Protection::Unmapped).unwrap();
+    let hidden = alloc.alloc(0, 0, secret, AllocFlags::empty()).unwrap();
+    owner.hold(hidden, 0, secret);
+    alloc.drain_caches();
+    assert_eq!(alloc.stats().whole_free_pageblocks(), 0);
+    assert_eq!(
+        alloc.alloc(0, 0, PT, AllocFlags::empty()),
+        Err(AllocError::OutOfMemory)
+    );
+    let stats = alloc.stats();
+    assert_eq!((stats.compactions, stats.pages_moved), (0, 0));
+    sim::check(&alloc, PT, &[(Pfn(0), Pfn(5 * PB))], &live(&owner, &tables)).unwrap();
 }
