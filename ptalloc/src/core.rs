@@ -1021,10 +1021,10 @@ impl Core {
 
 /// Live frames of the pageblock at `start`, if it holds only free blocks
 /// and allocated movable blocks below a pageblock: a pageblock compaction
-/// can empty. (A wholly free one is one free block of a pageblock or more,
-/// which is ruled out, so the count is never 0.) Anything else there (a cached page,
-/// an unmovable block, a reserve page, a hole, a block being moved by
-/// another compaction) rules it out.
+/// can empty. Anything else there (a cached page, an unmovable block, a
+/// reserve page, a hole, a block being moved by another compaction) rules
+/// it out. A wholly free pageblock is one free block of a pageblock or
+/// more, also ruled out, so the count is never 0.
 fn movable_frames(meta: &[FrameMeta], start: u32) -> Option<u32> {
     let end = start + (1 << PAGEBLOCK_ORDER);
     let (mut live, mut at) = (0, start);
