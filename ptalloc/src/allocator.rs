@@ -302,19 +302,8 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             Reach::Convert
         };
         let mut result = self.alloc_uncounted(cpu, order, freetype, flags, first_reach);
-        // Out of memory: climb the rescue ladder, cheapest first, trying
-        // again after each rung that may have helped.
-        for rescue in Rescue::LADDER {
-            if result != Err(AllocError::OutOfMemory) {
-                break;
-            }
-            if self.rescue(rescue, order, freetype, flags) {
-                let reach = match rescue {
-                    Rescue::SinglePage => Reach::SinglePage,
-                    Rescue::DrainCaches | Rescue::Compact => first_reach,
-                };
-                result = self.alloc_uncounted(cpu, order, freetype, flags, reach);
-            }
+        if result == Err(AllocError::OutOfMemory) {
+            result = self.climb_rescue_ladder(cpu, order, freetype, flags, first_reach);
         }
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
@@ -365,6 +354,35 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             let _ = self.core.lock().refill_reserve(self.meta, &self.backend);
         }
         Ok(pfn)
+    }
+
+    /// After an allocation found no memory: climbs the rescue ladder,
+    /// cheapest rung first, trying again after each one that may have
+    /// helped. Kept out of line, off the fast path.
+    #[cold]
+    #[inline(never)]
+    fn climb_rescue_ladder(
+        &self,
+        cpu: usize,
+        order: u32,
+        freetype: Freetype,
+        flags: AllocFlags,
+        first_reach: Reach,
+    ) -> Result<(Pfn, bool), AllocError> {
+        let mut result = Err(AllocError::OutOfMemory);
+        for rescue in Rescue::LADDER {
+            if result != Err(AllocError::OutOfMemory) {
+                break;
+            }
+            if self.rescue(rescue, order, freetype, flags) {
+                let reach = match rescue {
+                    Rescue::SinglePage => Reach::SinglePage,
+                    Rescue::DrainCaches | Rescue::Compact => first_reach,
+                };
+                result = self.alloc_uncounted(cpu, order, freetype, flags, reach);
+            }
+        }
+        result
     }
 
     /// Runs one rung of the rescue ladder for a failed allocation; true
