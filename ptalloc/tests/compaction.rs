@@ -404,6 +404,7 @@ fn frees_racing_compaction_on_another_cpu_lose_nothing() {
         for _ in 0..4 {
             one_live_page_per_pageblock(&alloc, &owner.inner);
         }
+        let freeing = std::sync::atomic::AtomicBool::new(true);
         let tables = std::thread::scope(|scope| {
             // CPU 1 frees user pages, one in three, while CPU 0 compacts.
             scope.spawn(|| {
@@ -417,10 +418,18 @@ fn frees_racing_compaction_on_another_cpu_lose_nothing() {
                         alloc.free(1, pfn, order).expect("freeing a held page");
                     }
                 }
+                freeing.store(false, std::sync::atomic::Ordering::Release);
             });
+            // Page tables until one fails with CPU 1 done: a compaction
+            // that races a free may fail, and memory is being freed.
             let mut tables = Vec::new();
-            while let Ok(pfn) = alloc.alloc(0, 0, PT, AllocFlags::empty()) {
-                tables.push(pfn);
+            loop {
+                let done = !freeing.load(std::sync::atomic::Ordering::Acquire);
+                match alloc.alloc(0, 0, PT, AllocFlags::empty()) {
+                    Ok(pfn) => tables.push(pfn),
+                    Err(_) if done => break,
+                    Err(_) => std::thread::yield_now(),
+                }
             }
             tables
         });
