@@ -12,8 +12,8 @@
 //! atomic transition a free uses. A free that races ahead of the move
 //! makes the owner answer `NotOwned`, so a block is never both freed and
 //! moved. Whatever stops a move (a pinned block, no destination, a page
-//! cached meanwhile) ends the compaction: the frames held so far go back
-//! to the free lists, and blocks moved stay moved.
+//! cached meanwhile) ends the attempt on that pageblock: the frames held
+//! so far go back to the free lists, and blocks moved stay moved.
 //!
 //! A pageblock where a move failed (a pinned block, no destination) is
 //! remembered and tried last, after every other candidate; up to
@@ -30,7 +30,7 @@
 
 use super::PageAllocator;
 use crate::PAGEBLOCK_ORDER;
-use crate::backend::DirectMap;
+use crate::backend::{DirectMap, Migrate};
 use crate::core::PageblockFrames;
 use crate::freetype::Mobility;
 use crate::meta::State;
@@ -71,7 +71,7 @@ impl<D: DirectMap, const CPUS: usize> PageAllocator<'_, D, CPUS> {
     /// Tries to empty one pageblock not in `tried`, and adds it there.
     fn empty_one_pageblock(
         &self,
-        owner: &dyn crate::backend::Migrate,
+        owner: &dyn Migrate,
         tried: &mut heapless::Vec<u32, CANDIDATES_PER_COMPACTION>,
     ) -> Attempt {
         let mut held = PageblockFrames::new();
