@@ -38,10 +38,12 @@ test: deps host-test loom-test qemu-test
 host-test: toolchain
 	cargo test
 
-# The loom model of ptalloc's per-CPU caches. --cfg loom swaps in loom's
-# locks and atomics, so it builds in its own target directory.
+# The loom models of ptalloc's per-CPU caches and of the shootdown hand-off
+# (kernel/shootdown). --cfg loom swaps in loom's locks and atomics, so they
+# build in their own target directory.
 loom-test: toolchain
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --package ptalloc --test loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --package shootdown --test loom
 
 qemu-test: deps kernel
 	cargo test --package qemu-tests
