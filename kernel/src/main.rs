@@ -4,8 +4,8 @@
 //! on the boot stack, in 64-bit mode, with the higher half mapped. It
 //! brings up the descriptor tables, consoles and CPU protections, parses
 //! `hvm_start_info` and the command line, turns on PKS, builds the direct
-//! map and the page allocator, reprotects the early page tables and runs
-//! the verification walk, prints the boot report, then runs the selected
+//! map and the page allocator, reprotects the early page tables, starts
+//! the other CPUs (`arch::smp`) and runs the verification walk, prints the boot report, then runs the selected
 //! in-kernel tests, or the demo, and stops.
 
 #![no_std]
@@ -60,8 +60,10 @@ pub fn boot_state() -> &'static BootState {
 extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     // Descriptor tables first, so that even a fault in console setup ends
     // in a report (possibly unprinted) and a failure status.
-    // SAFETY: called once, here, on the boot CPU, in this order.
+    // SAFETY: called once, here, on the boot CPU, in this order; GS first,
+    // so an exception can find this CPU's (empty) protection state.
     unsafe {
+        arch::percpu::init_boot_cpu();
         arch::gdt::init();
         arch::idt::init();
     }
@@ -131,6 +133,9 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             });
         }
     };
+    // The APs start once memory is up (they need the kernel space) and
+    // before the walk, which must pass with them running.
+    arch::smp::bring_up(&info);
     let verified = memory::verify::verify();
 
     let boot = BOOT.call_once(|| BootState {

@@ -27,7 +27,7 @@ fn boots_with_pks_and_reports() {
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
         "early page tables: 9 recorded",
-        "pageblocks: unmovable/mapped=63 unmovable/pkey1=1",
+        "pageblocks: unmovable/mapped=62 unmovable/pkey1=1",
         // The limit itself depends on the host's timing.
         "tlb flush limit: ",
         " pageblocks, measured at boot (INVLPG ",

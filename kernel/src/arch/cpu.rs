@@ -149,6 +149,19 @@ pub fn read_cr3() -> u64 {
     value
 }
 
+/// The time-stamp counter.
+pub fn read_tsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Reloads CR3 with its own value: drops this CPU's non-global
+/// translations (an AP after the trampoline's identity mapping is gone).
+pub fn reload_cr3() {
+    // SAFETY: the same root stays loaded.
+    unsafe { asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) };
+}
+
 /// CR4, read raw (all bits, PKS included).
 pub fn read_cr4() -> u64 {
     let value;

@@ -2,7 +2,10 @@
 //! exceptions that must work even when the current stack is bad.
 //!
 //! Layout: null, kernel code (0x08), kernel data (0x10), TSS (0x18, two
-//! slots). One CPU for now; SMP gives each CPU its own copy.
+//! slots). The boot CPU's tables live in the image (`.ro_after_init`).
+//! Each AP gets its own, built here as bytes ([`ap_tables`]) that
+//! `arch::smp` places in a frame mapped read-only in the kernel space,
+//! with IST stacks of its own behind guard pages; [`load_ap`] loads them.
 
 use core::cell::UnsafeCell;
 use core::mem::size_of;
@@ -108,15 +111,8 @@ static TABLES: CpuTables = CpuTables {
     ist_stacks: UnsafeCell::new(IstStacks([[0; IST_STACK_SIZE]; IST_STACKS])),
 };
 
-/// Builds and loads the GDT and TSS on the boot CPU, replacing the boot
-/// stub's GDT.
-///
-/// # Safety
-/// Call once, on the boot CPU, before anything depends on the tables: a
-/// second call rewrites a GDT and TSS the CPU is using.
-pub unsafe fn init() {
-    let tss = TSS.0.get();
-    let stacks = TABLES.ist_stacks.get() as u64;
+/// The GDT for a TSS at `tss`.
+fn gdt_for(tss: u64) -> Gdt {
     let kernel_code: Descriptor =
         DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteReadAccessed)
             .present()
@@ -130,30 +126,105 @@ pub unsafe fn init() {
             .finish();
     let tss_descriptor: Descriptor64 =
         <DescriptorBuilder as GateDescriptorBuilder<u64>>::tss_descriptor(
-            tss as u64,
+            tss,
             size_of::<TaskStateSegment>() as u64 - 1,
             true,
         )
         .present()
         .dpl(Ring::Ring0)
         .finish();
+    Gdt {
+        null: Descriptor::NULL,
+        kernel_code,
+        kernel_data,
+        tss: tss_descriptor,
+    }
+}
+
+/// A TSS whose IST slot n (1-based) is `ist_tops[n - 1]`.
+fn tss_for(ist_tops: [u64; IST_STACKS]) -> TaskStateSegment {
+    let mut tss = TaskStateSegment::new();
+    // No I/O bitmap: a base past the TSS limit gives ring 3 no port
+    // access (base 0 would read bitmap bits from the TSS itself).
+    tss.iomap_base = size_of::<TaskStateSegment>() as u16;
+    for (slot, top) in ist_tops.into_iter().enumerate() {
+        tss.set_ist(slot, top);
+    }
+    tss
+}
+
+/// Size of the GDT in bytes.
+pub const GDT_BYTES: usize = size_of::<Gdt>();
+/// Size of the TSS in bytes.
+pub const TSS_BYTES: usize = size_of::<TaskStateSegment>();
+/// IST stacks per CPU (the slots of [`IstSlot`]).
+pub const IST_COUNT: usize = IST_STACKS;
+
+/// An AP's GDT and TSS as bytes: the GDT's TSS descriptor points at
+/// `tss_virt`, where the caller maps the TSS bytes; IST slot n uses the
+/// stack whose top is `ist_tops[n - 1]`.
+pub fn ap_tables(tss_virt: u64, ist_tops: [u64; IST_STACKS]) -> ([u8; GDT_BYTES], [u8; TSS_BYTES]) {
+    let gdt = gdt_for(tss_virt);
+    let tss = tss_for(ist_tops);
+    // SAFETY: both are plain-old-data `repr(C)`/`repr(packed)` structures
+    // of exactly these sizes; the bytes are a copy.
+    unsafe {
+        (
+            core::mem::transmute::<Gdt, [u8; GDT_BYTES]>(gdt),
+            core::mem::transmute::<TaskStateSegment, [u8; TSS_BYTES]>(tss),
+        )
+    }
+}
+
+/// Loads an AP's GDT and TSS: first through `gdt_writable` (an alias the
+/// CPU can write, since `ltr` sets the TSS descriptor's busy bit), then,
+/// once the task register is loaded, through `gdt_read_only`, the
+/// kernel-space mapping of the same bytes, which the CPU keeps using.
+///
+/// # Safety
+/// Call once per AP, on that AP, before anything depends on its tables;
+/// both addresses must map a GDT made by [`ap_tables`], whose TSS
+/// descriptor names a mapped TSS, for the kernel's life.
+pub unsafe fn load_ap(gdt_writable: u64, gdt_read_only: u64) {
+    for base in [gdt_writable, gdt_read_only] {
+        let pointer = DescriptorTablePointer {
+            limit: GDT_BYTES as u16 - 1,
+            base: base as *const Descriptor,
+        };
+        // SAFETY: the caller's contract: a valid GDT at `base`.
+        unsafe { lgdt(&pointer) };
+        if base == gdt_writable {
+            // SAFETY: the GDT holds valid code, data and TSS descriptors
+            // at these selectors; the busy bit is written through the
+            // writable alias.
+            unsafe {
+                x86::bits64::segmentation::load_cs(KERNEL_CODE);
+                x86::segmentation::load_ss(KERNEL_DATA);
+                x86::segmentation::load_ds(KERNEL_DATA);
+                x86::segmentation::load_es(KERNEL_DATA);
+                x86::task::load_tr(TSS_SELECTOR);
+            }
+        }
+    }
+}
+
+/// Builds and loads the GDT and TSS on the boot CPU, replacing the boot
+/// stub's GDT.
+///
+/// # Safety
+/// Call once, on the boot CPU, before anything depends on the tables: a
+/// second call rewrites a GDT and TSS the CPU is using.
+pub unsafe fn init() {
+    let tss = TSS.0.get();
+    let stacks = TABLES.ist_stacks.get() as u64;
+    // Stacks grow down: slot n uses the top of the n-th stack.
+    let tops = core::array::from_fn(|i| stacks + ((i + 1) * IST_STACK_SIZE) as u64);
 
     // SAFETY: called once during single-threaded boot (caller's contract);
     // nothing else references the tables yet.
     unsafe {
-        // No I/O bitmap: a base past the TSS limit gives ring 3 no port
-        // access (base 0 would read bitmap bits from the TSS itself).
-        (*tss).iomap_base = size_of::<TaskStateSegment>() as u16;
-        for slot in 1..=IST_STACKS {
-            // Stacks grow down: slot n uses the top of the n-th stack.
-            (*tss).set_ist(slot - 1, stacks + (slot * IST_STACK_SIZE) as u64);
-        }
-        GDT.0.get().write(Gdt {
-            null: Descriptor::NULL,
-            kernel_code,
-            kernel_data,
-            tss: tss_descriptor,
-        });
+        tss.write(tss_for(tops));
+        GDT.0.get().write(gdt_for(tss as u64));
     }
 
     let pointer = DescriptorTablePointer::new(

@@ -280,6 +280,19 @@ pub unsafe fn init() {
     unsafe { lidt(&DescriptorTablePointer::new(&*idt)) };
 }
 
+/// Loads the IDT [`init`] built on this CPU (an AP: every CPU shares the
+/// one read-only table).
+///
+/// # Safety
+/// Call on an AP after [`init`] ran on the boot CPU, once its GDT and TSS
+/// (whose IST stacks the gates name) are loaded.
+pub unsafe fn load_on_ap() {
+    let idt = IDT.0.get();
+    // SAFETY: `init` built all 256 gates (caller's contract); the table is
+    // 'static and only read from now on.
+    unsafe { lidt(&DescriptorTablePointer::new(&*idt)) };
+}
+
 /// PKRS as the last #BP handler saw it (raw register, 0 without PKS).
 static PKRS_AT_BREAKPOINT: AtomicU64 = AtomicU64::new(u64::MAX);
 

@@ -3,7 +3,11 @@
 //!
 //! - [`enable_protections`] turns on SMEP, SMAP, UMIP, NX and CR0.WP at
 //!   boot; [`init`] turns on CR4.PKS (under `ptprot=pks`), loads the
-//!   default PKRS and pins the CR4 bits that must stay set.
+//!   default PKRS and pins the CR4 bits that must stay set. Each AP runs
+//!   the same two steps through [`init_ap`], with the boot CPU's policy
+//!   and violation handler, and must end with the boot CPU's protections:
+//!   every CPU has its own `CpuProtection` (PKRS is per CPU, so are its
+//!   window depth and caches), which [`current`] finds through GS.
 //! - After that, only this CPU's `pkeys::CpuProtection` writes PKRS and
 //!   CR0.WP, through [`Registers`], whose methods are inline and which
 //!   nothing hands out: no safe function anywhere takes a register value
@@ -23,6 +27,10 @@ use core::arch::asm;
 use pkeys::{CpuProtection, Mechanism, Pkrs, ProtectionPolicy, ProtectionRegisters};
 use x86::msr;
 
+/// CR4.PAE (the AP trampoline sets it, with LA57 where the boot CPU has it).
+pub const CR4_PAE: u64 = 1 << 5;
+/// CR4.LA57: 5-level paging.
+pub const CR4_LA57: u64 = 1 << 12;
 /// CR4.UMIP: user-mode instruction prevention (SGDT, SIDT, ... fault in ring 3).
 const CR4_UMIP: u64 = 1 << 11;
 /// CR4.SMEP: the kernel cannot execute user pages.
@@ -35,7 +43,7 @@ pub const CR0_WP: u64 = 1 << 16;
 pub const EFER_NXE: u64 = 1 << 11;
 
 /// Protections this CPU now has turned on.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Enabled {
     /// CR4.SMEP set.
     pub smep: bool,
@@ -219,6 +227,20 @@ impl Protection {
 
 static BOOT_CPU: spin::Once<Protection> = spin::Once::new();
 
+/// The APs' protection states, by CPU number (slot 0 unused: the boot
+/// CPU's is [`BOOT_CPU`]).
+static AP_CPUS: [spin::Once<Protection>; super::percpu::MAX_CPUS] =
+    [const { spin::Once::new() }; super::percpu::MAX_CPUS];
+
+/// What the boot CPU set up, for the APs to repeat.
+struct Setup {
+    mechanism: Mechanism,
+    enabled: Enabled,
+    on_violation: pkeys::ViolationHandler,
+}
+
+static SETUP: spin::Once<Setup> = spin::Once::new();
+
 /// The window mechanism a resolved policy uses.
 pub fn mechanism_for(policy: ProtectionPolicy) -> Mechanism {
     match policy {
@@ -226,6 +248,36 @@ pub fn mechanism_for(policy: ProtectionPolicy) -> Mechanism {
         ProtectionPolicy::ReadOnlyAlias => Mechanism::WriteProtect,
         ProtectionPolicy::None | ProtectionPolicy::Auto => Mechanism::None,
     }
+}
+
+/// This CPU's protection state for `mechanism`: CR4.PKS on and the PKRS
+/// found read under `pks`, CR4.PKS and the SMEP and SMAP bits `enabled`
+/// reports pinned, and the default PKRS loaded by `init`.
+fn set_up_this_cpu(
+    mechanism: Mechanism,
+    enabled: &Enabled,
+    on_violation: pkeys::ViolationHandler,
+) -> Protection {
+    let mut found = Pkrs::ALL_ACCESS;
+    let mut pinned = 0;
+    if mechanism == Mechanism::Pks {
+        let has_pks = pkeys::cpu::has_pks(raw_cpuid::cpuid!(7, 0).ecx);
+        assert!(has_pks, "ptprot=pks resolved on a CPU without PKS");
+        // SAFETY: CPUID reports PKS (checked above), so the bit is
+        // supported; nothing else in CR4 changes.
+        unsafe { write_cr4(cpu::read_cr4() | pkeys::cpu::CR4_PKS) };
+        // SAFETY: PKS is present and on, so IA32_PKRS exists.
+        found = Pkrs::from_bits(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) } as u32);
+        pinned |= pkeys::cpu::CR4_PKS;
+    }
+    for (on, bit) in [(enabled.smep, CR4_SMEP), (enabled.smap, CR4_SMAP)] {
+        if on {
+            pinned |= bit;
+        }
+    }
+    let protection = CpuProtection::new(Registers { _private: () }, mechanism, found, on_violation);
+    protection.init(pinned);
+    Protection(protection)
 }
 
 /// Sets up protection keys on the boot CPU for a resolved policy: under
@@ -238,34 +290,62 @@ pub fn init(
     on_violation: pkeys::ViolationHandler,
 ) -> &'static Protection {
     let mechanism = mechanism_for(policy);
-    BOOT_CPU.call_once(|| {
-        let mut found = Pkrs::ALL_ACCESS;
-        let mut pinned = 0;
-        if mechanism == Mechanism::Pks {
-            let has_pks = pkeys::cpu::has_pks(raw_cpuid::cpuid!(7, 0).ecx);
-            assert!(has_pks, "ptprot=pks resolved on a CPU without PKS");
-            // SAFETY: CPUID reports PKS (checked above), so the bit is
-            // supported; nothing else in CR4 changes.
-            unsafe { write_cr4(cpu::read_cr4() | pkeys::cpu::CR4_PKS) };
-            // SAFETY: PKS is present and on, so IA32_PKRS exists.
-            found = Pkrs::from_bits(unsafe { msr::rdmsr(pkeys::cpu::IA32_PKRS) } as u32);
-            pinned |= pkeys::cpu::CR4_PKS;
-        }
-        for (on, bit) in [(enabled.smep, CR4_SMEP), (enabled.smap, CR4_SMAP)] {
-            if on {
-                pinned |= bit;
-            }
-        }
-        let protection =
-            CpuProtection::new(Registers { _private: () }, mechanism, found, on_violation);
-        protection.init(pinned);
-        Protection(protection)
-    })
+    SETUP.call_once(|| Setup {
+        mechanism,
+        enabled: *enabled,
+        on_violation,
+    });
+    BOOT_CPU.call_once(|| set_up_this_cpu(mechanism, enabled, on_violation))
 }
 
-/// This CPU's protection state, once [`init`] ran.
+/// Why an AP's protections are not the boot CPU's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApProtectionError {
+    /// The boot CPU has not run [`init`].
+    NoBootSetup,
+    /// CPU number 0 (the boot CPU's) or past the per-CPU slots.
+    BadCpu,
+    /// The AP ended with other protections on (SMEP, SMAP, UMIP, NX, WP).
+    Differs {
+        /// The boot CPU's.
+        boot: Enabled,
+        /// This AP's.
+        this: Enabled,
+    },
+    /// The register check failed right after set-up.
+    Check(pkeys::Violation),
+}
+
+/// On an AP (CPU number `index`, GS already pointing at its slot): turns
+/// on the protections the boot CPU has ([`enable_protections`]), then sets
+/// up its own protection state with the boot CPU's mechanism and
+/// violation handler, and checks the registers. An AP whose protections
+/// differ from the boot CPU's gets no protection state.
+pub fn init_ap(index: usize) -> Result<&'static Protection, ApProtectionError> {
+    let setup = SETUP.get().ok_or(ApProtectionError::NoBootSetup)?;
+    let slot = AP_CPUS
+        .get(index)
+        .filter(|_| index != 0)
+        .ok_or(ApProtectionError::BadCpu)?;
+    let this = enable_protections();
+    if this != setup.enabled {
+        return Err(ApProtectionError::Differs {
+            boot: setup.enabled,
+            this,
+        });
+    }
+    let protection = slot.call_once(|| set_up_this_cpu(setup.mechanism, &this, setup.on_violation));
+    protection.check().map_err(ApProtectionError::Check)?;
+    Ok(protection)
+}
+
+/// This CPU's protection state, once [`init`] (the boot CPU) or
+/// [`init_ap`] ran on it.
 pub fn current() -> Option<&'static Protection> {
-    BOOT_CPU.get()
+    match super::percpu::index() {
+        0 => BOOT_CPU.get(),
+        index => AP_CPUS.get(index)?.get(),
+    }
 }
 
 crate::kernel_test! {

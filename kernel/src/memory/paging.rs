@@ -25,8 +25,18 @@
 //!   makes (never of page-table memory), and `unmap` hands it back, so no
 //!   safe code can map an arbitrary physical address, a free frame or a
 //!   page table, or free a frame while it is mapped; dropping a space
-//!   frees the frames it still maps (device memory will get a typed path
-//!   of its own);
+//!   frees the frames it still maps. Device memory has a typed path of its
+//!   own: a [`DeviceFrame`] names a page that is neither RAM (no usable
+//!   region, nothing the direct map covers) nor page-table memory, and
+//!   only the kernel space maps one ([`AddressSpace::map_device`],
+//!   uncached, never executable); `unmap` refuses a device leaf, so no
+//!   device page ever comes back as an owned `Frame` the allocator would
+//!   take;
+//! - the AP trampoline's identity mapping ([`IdentityPage`]) is the one
+//!   mapping in the kernel root's user half: a read-execute 4 KiB page
+//!   below 1 MiB that is not allocator memory, with its three tables from
+//!   the page-table freetype (protected, so never an untracked early
+//!   table), torn down and its tables freed before anything else runs;
 //! - a movable 4 KiB frame mapped in a user space is recorded in the
 //!   reverse map ([`rmap`]: which space maps it, where), from the `map`
 //!   that links it to the `unmap` or space drop that ends the mapping;
@@ -143,6 +153,47 @@ pub enum PagingError {
     FrameSize,
     /// A page table could not be allocated.
     Alloc(AllocError),
+    /// Not a device page: RAM, covered by the direct map, or page-table
+    /// memory ([`DeviceFrame::new`]); or, for `unmap`, a device mapping,
+    /// which never becomes an owned frame.
+    NotDevice,
+}
+
+/// Page-level cache disable and write-through: a device mapping.
+const CACHE_DISABLE: u64 = (1 << 4) | (1 << 3);
+
+/// A 4 KiB page of device memory (MMIO): not RAM by the boot memory map,
+/// outside the direct map, not page-table memory. The only way to map a
+/// physical address that no allocator handed out, and only into the
+/// kernel space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceFrame(u64);
+
+impl DeviceFrame {
+    /// Checks `phys` (4 KiB aligned) against the memory map and the
+    /// direct map: RAM of any kind is refused, so safe code still cannot
+    /// map arbitrary RAM through this door.
+    pub fn new(phys: u64, memory: &boot::memory_map::MemoryMap) -> Result<Self, PagingError> {
+        if !phys.is_multiple_of(4096) {
+            return Err(PagingError::Misaligned);
+        }
+        let end = phys.checked_add(4096).ok_or(PagingError::BadFrame)?;
+        if end > cpu::physical_address_limit() {
+            return Err(PagingError::BadFrame);
+        }
+        let in_ram = memory.usable().any(|r| r.start < end && phys < r.end);
+        let in_direct_map = super::direct_map::info()
+            .is_some_and(|info| info.ranges.iter().any(|r| r.start < end && phys < r.end));
+        if in_ram || in_direct_map || page_table_memory_in(phys, 4096).is_some() {
+            return Err(PagingError::NotDevice);
+        }
+        Ok(Self(phys))
+    }
+
+    /// The physical address.
+    pub fn addr(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A refused [`AddressSpace::map`]: why, and the frame, handed back.
@@ -577,6 +628,20 @@ impl AddressSpace {
         // Check before changing anything.
         self.check_page(virt, size)?;
         self.check_frame(phys, size, flags)?;
+        self.map_leaf(virt, phys, size, flags, movable, 0)
+    }
+
+    /// Maps a checked page: `extra` are leaf bits beyond the flags' (the
+    /// device path's cache bits).
+    fn map_leaf(
+        &self,
+        virt: u64,
+        phys: u64,
+        size: PageSize,
+        flags: MapFlags,
+        movable: Option<ptalloc::Freetype>,
+        extra: u64,
+    ) -> Result<(), PagingError> {
         let _edits = self.edits.lock();
         // Walk as far as the tables go: the last present table, and the
         // level of its entry on the path.
@@ -609,7 +674,7 @@ impl AddressSpace {
                 }
             }
         }
-        let mut leaf = phys | PRESENT | self.kind.access_bits();
+        let mut leaf = phys | PRESENT | self.kind.access_bits() | extra;
         if flags.writable {
             leaf |= WRITABLE;
         }
@@ -664,6 +729,9 @@ impl AddressSpace {
         if leaf & PRESENT == 0 || (size == PageSize::Large) != is_large {
             return Err(PagingError::NotMapped);
         }
+        if self.kind == Kind::Kernel && leaf & CACHE_DISABLE != 0 {
+            return Err(PagingError::NotDevice);
+        }
         // Tables that become empty, bottom up (never the root, nor what
         // the kind keeps); they are all zero when unlinked.
         let mut emptied = [0u64; 3];
@@ -693,6 +761,29 @@ impl AddressSpace {
         }
         emptied[..freed].iter().for_each(|&t| free_table(t));
         Ok(Frame::from_mapping(leaf & ADDRESS, size.order()))
+    }
+
+    /// Maps a device page at `virt` in the kernel space: writable,
+    /// uncached (PCD and PWT), never executable. User spaces refuse
+    /// (`OutOfRange`); the mapping stays until the kernel ends (`unmap`
+    /// refuses device leaves).
+    pub fn map_device(&self, virt: u64, device: DeviceFrame) -> Result<(), PagingError> {
+        if self.kind != Kind::Kernel {
+            return Err(PagingError::OutOfRange);
+        }
+        let flags = MapFlags {
+            writable: true,
+            executable: false,
+        };
+        self.check_page(virt, PageSize::Small)?;
+        self.map_leaf(
+            virt,
+            device.addr(),
+            PageSize::Small,
+            flags,
+            None,
+            CACHE_DISABLE,
+        )
     }
 
     /// The frame and leaf entry mapping `virt`, if any.
@@ -758,6 +849,88 @@ impl Drop for AddressSpace {
         // Whatever is still mapped: its frames go back with the tables.
         empty_table(self.root, 4);
         free_table(self.root);
+    }
+}
+
+/// The AP trampoline's page, mapped at its own physical address in the
+/// kernel root while application processors switch paging on (their
+/// first instruction after `mov cr0` is fetched at the physical address).
+/// Read-execute, never writable; its PDPT, PD and PT come from the
+/// page-table freetype. Dropping it unlinks and zeroes all three in one
+/// window, frees them and reloads CR3 on this CPU; the other CPUs flush
+/// their own TLB when told it is gone (see `arch::smp`).
+pub struct IdentityPage {
+    phys: u64,
+    tables: [u64; 3],
+}
+
+static IDENTITY_TAKEN: spin::Mutex<bool> = spin::Mutex::new(false);
+
+impl IdentityPage {
+    /// Maps the 4 KiB page at `phys`, which must lie below 1 MiB (never
+    /// allocator memory) and be neither the image nor page-table memory.
+    /// One at a time; `AlreadyMapped` while another lives.
+    pub fn map(phys: u64) -> Result<Self, PagingError> {
+        if !phys.is_multiple_of(4096) {
+            return Err(PagingError::Misaligned);
+        }
+        if phys == 0 || phys >= 1 << 20 {
+            return Err(PagingError::OutOfRange);
+        }
+        if page_table_memory_in(phys, 4096).is_some() {
+            return Err(PagingError::ProtectedFrame);
+        }
+        let mut taken = IDENTITY_TAKEN.lock();
+        if *taken {
+            return Err(PagingError::AlreadyMapped);
+        }
+        let root = super::kernel_root();
+        if read(root, index(phys, 4)) != 0 {
+            return Err(PagingError::AlreadyMapped);
+        }
+        let mut tables = [0u64; 3];
+        for made in 0..3 {
+            match new_table() {
+                Ok(table) => tables[made] = table,
+                Err(error) => {
+                    tables[..made].iter().for_each(|&t| free_table(t));
+                    return Err(error);
+                }
+            }
+        }
+        let [pdpt, pd, pt] = tables;
+        pte::with_window(|window| {
+            write(window, pt, index(phys, 1), phys | PRESENT);
+            write(window, pd, index(phys, 2), pt | PRESENT | WRITABLE);
+            write(window, pdpt, index(phys, 3), pd | PRESENT | WRITABLE);
+            write(window, root, index(phys, 4), pdpt | PRESENT | WRITABLE);
+        });
+        *taken = true;
+        Ok(Self { phys, tables })
+    }
+
+    /// The page's physical (and virtual) address.
+    pub fn addr(&self) -> u64 {
+        self.phys
+    }
+}
+
+impl Drop for IdentityPage {
+    fn drop(&mut self) {
+        let root = super::kernel_root();
+        let [pdpt, pd, pt] = self.tables;
+        let phys = self.phys;
+        pte::with_window(|window| {
+            write(window, root, index(phys, 4), 0);
+            write(window, pdpt, index(phys, 3), 0);
+            write(window, pd, index(phys, 2), 0);
+            write(window, pt, index(phys, 1), 0);
+        });
+        // The user half has no global pages: a CR3 reload drops the page
+        // and the cached upper levels on this CPU.
+        super::tlb::load_root(cpu::read_cr3() & ADDRESS);
+        self.tables.iter().for_each(|&t| free_table(t));
+        *IDENTITY_TAKEN.lock() = false;
     }
 }
 

@@ -1,0 +1,86 @@
+//! SMP bring-up: every CPU the MADT lists comes up with the boot CPU's
+//! protection state and says so in one `cpu N:` line, and the walk still
+//! passes afterwards.
+
+use qemu_tests::{Run, boot, qemu};
+use tools::Outcome;
+
+const PKS_STATE: &str = "CR4.PKS on, PKRS 0x00000028 (key 1 ro, key 2 ro), SMEP on, SMAP on, CR0.WP on, register check held";
+
+/// The `cpu N:` lines of a run, in order.
+fn cpu_lines(run: &Run) -> Vec<String> {
+    run.0
+        .console
+        .lines()
+        .filter(|line| {
+            line.strip_prefix("cpu ")
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Boots `-smp cpus` with `cpu` and checks one line per CPU, numbered
+/// 0..cpus, each ending with `state`.
+fn check_cpus(cpu: &str, cpus: u32, state: &str) -> Run {
+    let run = boot(qemu("").cpu(cpu).smp(cpus));
+    run.expect_outcome(Outcome::Success)
+        .expect_console(&["verification walk: PASS", "boot complete"]);
+    let lines = cpu_lines(&run);
+    assert_eq!(
+        lines.len(),
+        cpus as usize,
+        "expected {cpus} cpu lines, got {lines:#?}\n\n{}",
+        run.0.transcript()
+    );
+    for (n, line) in lines.iter().enumerate() {
+        let prefix = format!("cpu {n}: APIC id {n}, ");
+        assert!(
+            line.starts_with(&prefix) && line.ends_with(state),
+            "line {n} is {line:?}, expected {prefix}...{state}\n\n{}",
+            run.0.transcript()
+        );
+    }
+    run
+}
+
+#[test]
+fn two_cpus_each_report_pks_on_with_the_default_pkrs() {
+    let run = check_cpus("max", 2, PKS_STATE);
+    run.expect_console(&[
+        "smp: MADT: 2 CPUs enabled (APIC ids 0 1), 0 disabled, local APIC at 0xfee00000",
+        "smp: 2 of 2 CPUs online (trampoline at 0x",
+        "its identity mapping torn down",
+    ]);
+}
+
+#[test]
+fn four_cpus_each_report_pks_on_with_the_default_pkrs() {
+    check_cpus("max", 4, PKS_STATE).expect_console(&["smp: 4 of 4 CPUs online"]);
+}
+
+#[test]
+fn one_cpu_reports_only_cpu_0() {
+    check_cpus("max", 1, PKS_STATE)
+        .expect_console(&["smp: MADT: 1 CPUs enabled (APIC ids 0)"])
+        .expect_no_console("CPUs online");
+}
+
+#[test]
+fn two_cpus_without_pks_boot_and_report() {
+    check_cpus(
+        "qemu64",
+        2,
+        "CR4.PKS off, PKRS -, SMEP off, SMAP off, CR0.WP on, register check held",
+    )
+    .expect_console(&["smp: 2 of 2 CPUs online"]);
+}
+
+#[test]
+fn two_cpus_run_the_in_kernel_tests() {
+    let run = boot(qemu("test=all").smp(2));
+    run.expect_outcome(Outcome::Success)
+        .expect_console(&["tests: 45 passed, 0 failed, 1 skipped"]);
+    assert_eq!(cpu_lines(&run).len(), 2, "{}", run.0.transcript());
+}
