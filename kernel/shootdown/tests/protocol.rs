@@ -56,8 +56,9 @@ fn pages(addrs: &[u64]) -> Flush {
 
 #[test]
 fn cpu_sets_name_what_they_hold() {
-    let set = CpuSet::EMPTY.with(0).with(3).with(64);
+    let set = CpuSet::EMPTY.with(0).with(3).with(3).with(64);
     assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 3]);
+    assert_eq!(format!("{set:?}"), "{0, 3}");
     assert_eq!(
         (set.len(), set.contains(3), set.contains(2)),
         (2, true, false)
@@ -78,6 +79,7 @@ fn a_batch_names_pages_up_to_its_limit_then_flushes_all() {
         batch.add(addr);
     }
     assert_eq!(batch.flush(), Some(pages(&[0x1000, 0x2000, 0x3000])));
+    assert!(!batch.is_empty());
     batch.add(0x4000);
     assert_eq!(batch.flush(), Some(Flush::All));
     batch.add(0x5000);
@@ -87,6 +89,7 @@ fn a_batch_names_pages_up_to_its_limit_then_flushes_all() {
     let mut never = Batch::new(0);
     never.add(0x1000);
     assert_eq!(never.flush(), Some(Flush::All));
+    assert!(!never.is_empty());
     let mut big = Batch::new(1000);
     (0..MAX_PAGES as u64).for_each(|page| big.add(page << 12));
     assert_eq!(big.flush().map(|f| f.pages()), Some(MAX_PAGES as u64));
