@@ -16,7 +16,7 @@
 # TIMEOUT=60 (seconds). APPEND replaces the default "demo=pte pkfault=report".
 # The runner refuses an APPEND over 1024 bytes and a MEM below 3M before
 # starting QEMU (exit code 11 or 17, as when the kernel itself refuses).
-# Variable for mutants: MUTANTS_CRATES="ptalloc pkeys boot" (the default).
+# Variable for mutants: MUTANTS_CRATES="ptalloc pkeys boot shootdown" (the default).
 
 TARGET  := x86_64-unknown-none
 CPU     ?= max
@@ -76,7 +76,7 @@ bench: deps kernel
 # simulator and the bare-metal entry stub left out, test arguments) are in
 # .cargo/mutants.toml. Results per crate in target/mutants/CRATE/mutants.out
 # (missed.txt lists the survivors); a summary line per crate at the end.
-MUTANTS_CRATES ?= ptalloc pkeys boot
+MUTANTS_CRATES ?= ptalloc pkeys boot shootdown
 MUTANTS_TIMEOUT := 60
 
 mutants: toolchain
