@@ -84,3 +84,28 @@ fn two_cpus_run_the_in_kernel_tests() {
         .expect_console(&["tests: 45 passed, 0 failed, 1 skipped"]);
     assert_eq!(cpu_lines(&run).len(), 2, "{}", run.0.transcript());
 }
+
+/// The boot matrix of issue 12: 1, 2, 4 and 8 CPUs at 128 MiB, 1 GiB and
+/// 4 GiB; each boots every CPU with the boot CPU's protections, and the
+/// walk passes.
+#[test]
+fn every_cpu_count_boots_at_every_memory_size() {
+    for memory in ["128M", "1G", "4G"] {
+        for cpus in [1, 2, 4, 8] {
+            let run = boot(qemu("").memory(memory).smp(cpus));
+            run.expect_outcome(Outcome::Success)
+                .expect_console(&["verification walk: PASS", "boot complete"]);
+            let lines = cpu_lines(&run);
+            assert_eq!(
+                lines.len(),
+                cpus as usize,
+                "-m {memory} -smp {cpus}: {lines:#?}\n\n{}",
+                run.0.transcript()
+            );
+            assert!(
+                lines.iter().all(|line| line.ends_with(PKS_STATE)),
+                "-m {memory} -smp {cpus}: {lines:#?}"
+            );
+        }
+    }
+}
