@@ -27,6 +27,12 @@ const REG_SVR: u64 = 0xf0;
 const REG_ESR: u64 = 0x280;
 const REG_ICR_LOW: u64 = 0x300;
 const REG_ICR_HIGH: u64 = 0x310;
+const REG_EOI: u64 = 0xb0;
+/// The vector of the kernel's own inter-processor interrupts: a CPU
+/// parked in `smp` wakes on it and looks for work.
+pub const IPI_VECTOR: u8 = 0xf0;
+/// ICR: fixed delivery, level assert; the low byte is the vector.
+const ICR_FIXED: u32 = 0x0000_4000;
 /// SVR: APIC software enable.
 const SVR_ENABLE: u32 = 1 << 8;
 /// The spurious vector (the IDT reports it as unexpected if it comes).
@@ -109,6 +115,18 @@ pub fn id() -> u32 {
         return super::cpu::current_cpu_id();
     }
     read(REG_ID) >> 24
+}
+
+/// Sends [`IPI_VECTOR`] to the CPU with `apic_id`.
+pub fn send_ipi(apic_id: u32) -> Result<(), ApicError> {
+    send(apic_id, ICR_FIXED | u32::from(IPI_VECTOR))
+}
+
+/// Ends the interrupt being handled (end-of-interrupt).
+pub fn eoi() {
+    if MAPPED.load(Ordering::Acquire) != 0 {
+        write(REG_EOI, 0);
+    }
 }
 
 fn send(apic_id: u32, command: u32) -> Result<(), ApicError> {

@@ -202,6 +202,15 @@ pub fn enable_interrupts() {
     unsafe { x86::irq::enable() };
 }
 
+/// Waits for an interrupt with interrupts enabled only for the wait:
+/// `sti; hlt` (the one-instruction shadow of `sti` keeps an interrupt
+/// from arriving before the `hlt`), then `cli` once the handler returned.
+pub fn wait_for_interrupt() {
+    // SAFETY: the IDT is loaded and every vector has a handler; interrupts
+    // are masked again before this returns.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
 /// Stops this CPU for good.
 pub fn halt_forever() -> ! {
     loop {

@@ -340,6 +340,11 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
                     None => false,
                 }
         }
+        v if v == u64::from(super::apic::IPI_VECTOR) => {
+            // The wake-up of a parked CPU: its work is taken after `hlt`.
+            super::apic::eoi();
+            true
+        }
         _ => false,
     };
     if !handled {

@@ -196,6 +196,63 @@ static AP_TABLES: [ApTables; MAX_CPUS] = [const {
 /// Set once the trampoline's identity mapping is gone: parked APs flush.
 static IDENTITY_GONE: AtomicBool = AtomicBool::new(false);
 
+/// Work handed to a parked AP ([`run_on`]): a function pointer, 0 for
+/// none, taken by the AP when an IPI wakes it.
+static WORK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Work items each AP has finished.
+static WORK_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Why [`run_on`] did not run its function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOnError {
+    /// No online AP has that CPU number (the boot CPU runs its own work).
+    NotOnline(usize),
+    /// The IPI could not be sent.
+    Ipi,
+    /// The AP did not finish within the time given.
+    TimedOut,
+}
+
+/// Runs `work` on the online AP number `cpu` (woken by an IPI, with
+/// interrupts off and its own protection state) and waits, up to
+/// `timeout_ms`, until it has finished. For tests and, until the
+/// scheduler exists, the only way to run code on an AP. One caller at a
+/// time per AP.
+pub fn run_on(cpu: usize, work: fn(), timeout_ms: u64) -> Result<(), RunOnError> {
+    let slot = percpu::slot(cpu)
+        .filter(|slot| cpu != 0 && slot.is_online())
+        .ok_or(RunOnError::NotOnline(cpu))?;
+    let done = WORK_DONE[cpu].load(Ordering::Acquire);
+    WORK[cpu].store(work as usize as u64, Ordering::Release);
+    apic::send_ipi(slot.apic_id()).map_err(|_| RunOnError::Ipi)?;
+    let mut waited_us = 0;
+    while WORK_DONE[cpu].load(Ordering::Acquire) == done {
+        if waited_us >= timeout_ms * 1000 {
+            // Take the work back if the AP never picked it up.
+            WORK[cpu].store(0, Ordering::Release);
+            return Err(RunOnError::TimedOut);
+        }
+        apic::delay_us(100);
+        waited_us += 100;
+    }
+    Ok(())
+}
+
+/// A parked AP: sleeps until an IPI, runs the work it was given, again.
+fn serve(index: usize) -> ! {
+    loop {
+        cpu::wait_for_interrupt();
+        let work = WORK[index].swap(0, Ordering::AcqRel);
+        if work != 0 {
+            // SAFETY: `run_on` stored a `fn()` there, cast to an integer;
+            // 0 (none) was ruled out above.
+            let work: fn() = unsafe { core::mem::transmute::<usize, fn()>(work as usize) };
+            work();
+            WORK_DONE[index].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// The CPUs online (the hook for shootdowns): CPU numbers and APIC ids.
 pub fn online_cpus() -> heapless::Vec<(usize, u32), MAX_CPUS> {
     (0..MAX_CPUS)
@@ -503,5 +560,8 @@ extern "C" fn ap_entry(index: u64) -> ! {
     }
     // Drop whatever this CPU cached of the identity mapping.
     cpu::reload_cr3();
+    if percpu::current().is_online() {
+        serve(index)
+    }
     cpu::halt_forever()
 }

@@ -35,6 +35,8 @@ pub mod tlb;
 pub mod verify;
 pub mod walk;
 
+mod cross_cpu_tests;
+
 /// What memory bring-up did, for the boot report.
 pub struct MemoryState {
     /// What the direct map covers.
