@@ -186,6 +186,16 @@ fn print_allocator(boot: &BootState) {
         stats.single_page_fallbacks,
         stats.single_pages_live
     );
+    if crate::arch::smp::online_cpus().len() > 1 {
+        let shootdowns = memory::tlb::shootdown_stats();
+        println!(
+            "shootdowns: {} IPI rounds, {} CPUs interrupted, {} pages and {} full flushes across CPUs",
+            shootdowns.rounds,
+            shootdowns.cpus_interrupted,
+            shootdowns.pages_flushed,
+            shootdowns.full_flushes
+        );
+    }
 }
 
 /// The INVLPG-vs-CR3 limit: how it was chosen, and the flushes so far.

@@ -341,8 +341,10 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
                 }
         }
         v if v == u64::from(super::apic::IPI_VECTOR) => {
-            // The wake-up of a parked CPU: its work is taken after `hlt`.
+            // A shootdown round, or the wake-up of a parked CPU (its work
+            // is taken after `hlt`).
             super::apic::eoi();
+            crate::memory::tlb::answer_shootdown();
             true
         }
         _ => false,

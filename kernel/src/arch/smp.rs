@@ -232,6 +232,8 @@ pub fn run_on(cpu: usize, work: fn(), timeout_ms: u64) -> Result<(), RunOnError>
             WORK[cpu].store(0, Ordering::Release);
             return Err(RunOnError::TimedOut);
         }
+        // The work may convert memory and shoot at this CPU.
+        crate::memory::tlb::answer_shootdown();
         apic::delay_us(100);
         waited_us += 100;
     }

@@ -402,11 +402,8 @@ impl DirectMap for KernelDirectMap {
 
     fn flush(&self, range: PageblockRange) -> FlushReport {
         let full = self.needs_full_flush.swap(false, Ordering::Relaxed);
-        tlb::flush_direct_map(range.start.addr(), range.pageblocks, full);
-        FlushReport {
-            local: 1,
-            remote: 0,
-        }
+        let remote = tlb::flush_direct_map(range.start.addr(), range.pageblocks, full);
+        FlushReport { local: 1, remote }
     }
 
     fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError> {

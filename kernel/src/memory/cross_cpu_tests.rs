@@ -1,9 +1,11 @@
-//! A write window is per CPU: PKRS (and CR0.WP under `ro`) is each CPU's
-//! own register, so a window the page-table code opens on one CPU opens
+//! Protection across CPUs. A write window is per CPU: PKRS (and CR0.WP
+//! under `ro`) is each CPU's own register, so a window the page-table code opens on one CPU opens
 //! nothing on another. The attack the Linux discussion names is racing
 //! "the intended pagetable update paths that flip the pkey register":
 //! while CPU 0 holds a page-table window open, CPU 1 writes the same
-//! page-table page. Needs a second CPU (`-smp 2`); skipped on one.
+//! page-table page. And a conversion's flush reaches every CPU (a
+//! shootdown round): a translation another CPU loaded is gone there.
+//! Both need a second CPU (`-smp 2`) and skip on one.
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, PAGE_TABLES};
@@ -92,6 +94,108 @@ crate::kernel_test! {
             Mechanism::None => crate::check_eq!(outcome, 1, "the write did not land without protection"),
         }
         crate::check_eq!(entry, 0);
+        Ok(())
+    }
+}
+
+/// The pageblock CPU 1 probes: every direct-map pageblock when 0, else
+/// this one (its first frame's physical address).
+static PROBE_BLOCK: AtomicU64 = AtomicU64::new(0);
+/// CPU 1's read of `PROBE_BLOCK`: 0 not run, 1 it read, 2 it faulted.
+static PROBE_READ: AtomicU64 = AtomicU64::new(0);
+
+/// One word per pageblock, each in a different 4 KiB page of its block
+/// (TCG's software TLB is indexed by page number).
+fn probe_word(block: u64) -> *const u64 {
+    let page_in_block = (block / super::direct_map::MIB2) % 512;
+    (DIRECT_MAP_BASE + block + page_in_block * 4096) as *const u64
+}
+
+/// Runs on CPU 1: loads a translation for a word of every pageblock the
+/// direct map shows (PROBE_BLOCK 0), or reads the word of one.
+fn probe_from_the_other_cpu() {
+    use crate::arch::recovery::read_u64_if_mapped;
+    let mib2 = super::direct_map::MIB2;
+    match PROBE_BLOCK.load(Ordering::Acquire) {
+        0 => {
+            let ranges = super::direct_map::info()
+                .map(|i| i.ranges.clone())
+                .unwrap_or_default();
+            for range in ranges {
+                for block in (range.start.div_ceil(mib2)..range.end / mib2).map(|b| b * mib2) {
+                    // SAFETY: a direct-map address, read only; a hidden
+                    // block faults and the probe resumes.
+                    let _ = unsafe { read_u64_if_mapped(probe_word(block)) };
+                }
+            }
+        }
+        block => {
+            // SAFETY: as above.
+            let read = unsafe { read_u64_if_mapped(probe_word(block)) };
+            PROBE_READ.store(if read.is_ok() { 1 } else { 2 }, Ordering::Release);
+        }
+    }
+}
+
+crate::kernel_test! {
+    /// A conversion drops the old translation on every CPU: CPU 1 loads a
+    /// translation of every direct-map pageblock, CPU 0 converts a whole
+    /// mapped pageblock to `Unmapped` (one shootdown round), and CPU 1's
+    /// next read of that block must fault. Under `ptprot=none` no window
+    /// writes a register, so without a shootdown round CPU 1 keeps its
+    /// translation under TCG and the read lands (checked: with the round
+    /// removed, 0 rounds and the read succeeds). TCG drops CPU 1's TLB
+    /// when it takes the IPI, though, so a handler that acknowledges
+    /// without flushing does not show here; the loom models of
+    /// `kernel/shootdown` catch that one.
+    fn a_conversion_drops_the_old_translation_on_other_cpus() -> TestResult {
+        use ptalloc::{Freetype, Mobility, Protection};
+        let Some(&(other, _)) = smp::online_cpus().iter().find(|&&(cpu, _)| cpu != 0) else {
+            return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
+        };
+        frames::needs_free_pageblocks(1, "to convert")?;
+        let Some(allocator) = frames::allocator() else {
+            return Err(TestFailure::new(file!(), line!(), format_args!("no allocator")));
+        };
+        let hidden = Freetype { mobility: Mobility::Movable, protection: Protection::Unmapped };
+        // Whole free pageblocks other tests left `Unmapped` become mapped
+        // kernel memory again, so the one converted below changes its
+        // mapping.
+        let mut remapped: heapless::Vec<ptalloc::Pfn, 64> = heapless::Vec::new();
+        while !remapped.is_full() {
+            let Ok(block) = allocator.alloc(0, 9, Freetype::KERNEL, AllocFlags::empty()) else { break };
+            let _ = remapped.push(block);
+        }
+        let freed = remapped.iter().all(|&block| allocator.free(0, block, 9).is_ok());
+        crate::check!(freed, "a remapped block could not be freed");
+        PROBE_BLOCK.store(0, Ordering::Release);
+        let loaded = smp::run_on(other, probe_from_the_other_cpu, 2000);
+        let rounds_before = super::tlb::shootdown_stats().rounds;
+        let before = allocator.stats();
+        let block = allocator.alloc(0, 9, hidden, AllocFlags::empty());
+        let after = allocator.stats();
+        let rounds = super::tlb::shootdown_stats().rounds - rounds_before;
+        let read = block.map(|block| {
+            PROBE_BLOCK.store(block.addr(), Ordering::Release);
+            PROBE_READ.store(0, Ordering::Release);
+            let run = smp::run_on(other, probe_from_the_other_cpu, 2000);
+            (run, PROBE_READ.load(Ordering::Acquire))
+        });
+        if let Ok(block) = block {
+            crate::check_eq!(allocator.free(0, block, 9), Ok(()));
+        }
+        defmt::info!(
+            "cross-CPU conversion: {=u64} shootdown rounds; CPU 1's read of the converted block: {=u64} (1 read, 2 faulted)",
+            rounds,
+            read.map_or(0, |(_, outcome)| outcome)
+        );
+        crate::check_eq!(loaded, Ok(()));
+        let converted = Freetype::all()
+            .filter(|ft| ft.protection != Protection::Unmapped)
+            .any(|ft| after.converted(ft, hidden) > before.converted(ft, hidden));
+        crate::check!(converted, "no mapped pageblock was converted");
+        crate::check!(rounds >= 1, "the conversion sent no shootdown round");
+        crate::check_eq!(read, Ok((Ok(()), 2)), "CPU 1 still reads the converted block: a stale translation");
         Ok(())
     }
 }

@@ -31,11 +31,20 @@
 //! no register, and `a_conversion_drops_the_old_translation` sees a
 //! missing flush (it fails with the flush removed).
 //!
+//! **Other CPUs.** With APs online, a direct-map flush is a shootdown
+//! round (`shootdown::Mailbox`, one IPI round per flush, on the kernel's
+//! IPI vector): every online CPU flushes the same way (INVLPG each, or a
+//! full flush), and the flush returns once each has. A CPU waiting to
+//! start its own round, or waiting in `smp::run_on`, answers the round in
+//! flight. Counted: rounds and CPUs interrupted ([`shootdown_stats`]).
+//!
 //! Written here because `x86` gives the instructions, not the choice.
 
 use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo, MIB2};
-use crate::arch::cpu;
+use crate::arch::percpu::MAX_CPUS;
+use crate::arch::{apic, cpu, percpu, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
+use shootdown::{Batch, CpuSet, Flush, Mailbox};
 
 /// Pageblock counts measured, in order.
 pub const LADDER: [u64; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
@@ -81,15 +90,76 @@ pub fn flush_counts() -> (u64, u64) {
 /// physical `start`: one by one up to the limit, else by reloading CR3.
 /// `full` forces the reload (4 KiB entries were rewritten, and INVLPG on a
 /// 2 MiB address would drop only one of them).
-pub fn flush_direct_map(start: u64, pageblocks: u64, full: bool) {
-    if !full && pageblocks <= limit() {
-        for block in 0..pageblocks {
-            invalidate(DIRECT_MAP_BASE + start + block * MIB2);
-        }
-        INVLPG_FLUSHES.fetch_add(1, Ordering::Relaxed);
+/// Returns the CPUs interrupted (0 with one CPU online).
+pub fn flush_direct_map(start: u64, pageblocks: u64, full: bool) -> u32 {
+    let mut batch = Batch::new(limit() as usize);
+    if full || pageblocks > limit() {
+        batch.add_all();
     } else {
-        flush_all();
+        for block in 0..pageblocks {
+            batch.add(DIRECT_MAP_BASE + start + block * MIB2);
+        }
     }
+    let Some(flush) = batch.flush() else {
+        return 0;
+    };
+    let online = smp::online_cpus();
+    if online.is_empty() {
+        apply(&flush);
+        return 0;
+    }
+    let me = percpu::index();
+    let mut apic_ids = [u32::MAX; MAX_CPUS];
+    let mut targets = CpuSet::single(me);
+    for &(cpu, apic_id) in &online {
+        apic_ids[cpu] = apic_id;
+        targets = targets.with(cpu);
+    }
+    let mut ipi = |cpus: CpuSet| {
+        for cpu in cpus.iter() {
+            // A CPU that cannot be interrupted never acknowledges: the
+            // round waits, as it must (its TLB may hold the old entry).
+            let _ = apic::send_ipi(apic_ids[cpu]);
+        }
+    };
+    match mailbox().shoot(me, targets, flush.clone(), &mut ipi, &mut apply) {
+        Ok(round) => round.interrupted.len(),
+        Err(_) => {
+            // Not a CPU the mailbox serves: cannot happen with MAX_CPUS
+            // slots; flush here at least.
+            apply(&flush);
+            0
+        }
+    }
+}
+
+/// The shootdown mailbox every CPU shares.
+fn mailbox() -> &'static Mailbox<MAX_CPUS> {
+    static MAILBOX: spin::Once<Mailbox<MAX_CPUS>> = spin::Once::new();
+    MAILBOX.call_once(Mailbox::new)
+}
+
+/// Flushes this CPU as a round asks, and counts it.
+fn apply(flush: &Flush) {
+    match flush {
+        Flush::Pages(pages) => {
+            pages.iter().for_each(|&virt| invalidate(virt));
+            INVLPG_FLUSHES.fetch_add(1, Ordering::Relaxed);
+        }
+        Flush::All => flush_all(),
+    }
+}
+
+/// The IPI's part on this CPU: flush as the round in flight asks, if it
+/// names this CPU and it has not answered yet.
+pub fn answer_shootdown() {
+    mailbox().handle(percpu::index(), &mut apply);
+}
+
+/// The shootdown counters: IPI rounds, CPUs interrupted, pages and full
+/// flushes summed over the CPUs that made them.
+pub fn shootdown_stats() -> shootdown::Stats {
+    mailbox().stats()
 }
 
 /// Drops every translation (a CR3 reload), for batches of edits outside
