@@ -36,6 +36,7 @@ pub mod verify;
 pub mod walk;
 
 mod cross_cpu_tests;
+mod held_frames;
 
 /// What memory bring-up did, for the boot report.
 pub struct MemoryState {

@@ -3,6 +3,7 @@
 //! protected and named by the sealed record, until memory is really full.
 
 use super::{DIRECT_MAP_BASE, Freetype, PAGE_TABLES, Pfn, Protection, allocator};
+use crate::memory::held_frames::{Chain, PageblockSet};
 use crate::memory::pte;
 use crate::memory::sealed;
 use crate::testing::TestFailure;
@@ -17,85 +18,6 @@ const PAGEBLOCK_FRAMES: u64 = 1 << ptalloc::PAGEBLOCK_ORDER;
 /// fallback serves a few thousand pages at every size, and still runs
 /// until memory is full.
 const PAGEBLOCKS_IN_PLAY: u64 = 3;
-/// Pageblocks a [`PageblockSet`] can name: the sealed record's coverage.
-const MAX_PAGEBLOCKS: usize = (sealed::COVERED_BYTES / ptalloc::PAGEBLOCK_SIZE) as usize;
-
-/// A set of pageblocks, a bit each (4 KiB, on the stack).
-struct PageblockSet([u64; MAX_PAGEBLOCKS / 64]);
-
-impl PageblockSet {
-    fn new() -> Self {
-        Self([0; MAX_PAGEBLOCKS / 64])
-    }
-
-    /// Adds the pageblock holding `pfn`; false if it was there already,
-    /// or lies past the set's reach.
-    fn insert(&mut self, pfn: Pfn) -> bool {
-        let block = (pfn.0 / PAGEBLOCK_FRAMES) as usize;
-        let bit = 1u64 << (block % 64);
-        match self.0.get_mut(block / 64) {
-            Some(word) if *word & bit == 0 => {
-                *word |= bit;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Takes one pageblock out, as its first frame.
-    fn pop(&mut self) -> Option<Pfn> {
-        let (index, word) = self.0.iter_mut().enumerate().find(|(_, w)| **w != 0)?;
-        let bit = word.trailing_zeros() as u64;
-        *word &= *word - 1;
-        Some(Pfn((index as u64 * 64 + bit) * PAGEBLOCK_FRAMES))
-    }
-}
-/// The end of a chain.
-const END: u64 = u64::MAX;
-
-/// Frames the test holds, linked through their first word, so it needs no
-/// list however many it takes. Page-table pages are written inside a
-/// page-table window.
-struct Chain {
-    head: Option<Pfn>,
-    len: u64,
-    page_tables: bool,
-}
-
-impl Chain {
-    fn new(page_tables: bool) -> Self {
-        Self {
-            head: None,
-            len: 0,
-            page_tables,
-        }
-    }
-
-    fn push(&mut self, pfn: Pfn) {
-        let link = self.head.map_or(END, |head| head.0);
-        let word = (DIRECT_MAP_BASE + pfn.addr()) as *mut u64;
-        // SAFETY: a frame the test was just handed, mapped writable by the
-        // direct map (inside the window for a page-table page).
-        let write = || unsafe { word.write_volatile(link) };
-        if self.page_tables {
-            pte::with_window(|_| write());
-        } else {
-            write();
-        }
-        self.head = Some(pfn);
-        self.len += 1;
-    }
-
-    fn pop(&mut self) -> Option<Pfn> {
-        let head = self.head?;
-        // SAFETY: the link `push` wrote into a frame the test still holds.
-        let next = unsafe { ((DIRECT_MAP_BASE + head.addr()) as *const u64).read_volatile() };
-        self.head = (next != END).then_some(Pfn(next));
-        self.len -= 1;
-        Some(head)
-    }
-}
-
 /// Free pages of a mapped freetype, in the lists or a per-CPU cache: what
 /// the fallback can still protect.
 fn mapped_free(stats: &ptalloc::Stats) -> u64 {
