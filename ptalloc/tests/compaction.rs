@@ -112,6 +112,13 @@ fn live(owner: &SimMover, tables: &[Pfn]) -> Vec<(Pfn, u32, Freetype)> {
     live
 }
 
+/// Runs the invariant checker over all of `alloc`'s frames with `live`
+/// as the blocks handed out.
+fn check(alloc: &Alloc<'_>, live: &[(Pfn, u32, Freetype)]) {
+    let managed = [(Pfn(0), Pfn(alloc.frames()))];
+    sim::check(alloc, PT, &managed, live).unwrap();
+}
+
 #[test]
 fn page_tables_come_from_compacted_pageblocks_until_memory_is_full() {
     let meta = meta(FRAMES);
@@ -158,8 +165,7 @@ fn page_tables_come_from_compacted_pageblocks_until_memory_is_full() {
     assert_eq!(after, contents, "a moved block lost its contents");
     // One flush per compacted pageblock's conversion, at most.
     assert!(stats.flushes_local <= stats.conversion_batches);
-    let managed = [(Pfn(0), Pfn(FRAMES))];
-    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 
     for (i, &pfn) in tables.iter().enumerate() {
         alloc.free(i % 2, pfn, 0).unwrap();
@@ -169,7 +175,7 @@ fn page_tables_come_from_compacted_pageblocks_until_memory_is_full() {
         alloc.free(0, pfn, order).unwrap();
     }
     alloc.drain_caches();
-    sim::check(&alloc, PT, &managed, &[]).unwrap();
+    check(&alloc, &[]);
 }
 
 #[test]
@@ -193,8 +199,7 @@ fn pinned_pages_stop_compaction_and_nothing_is_lost() {
     assert_eq!(stats.pages_moved, 0);
     assert_eq!(owner.held(), before, "a pinned block moved");
     assert_eq!(free_frames(&alloc) + tables.len() as u64, free_before);
-    let managed = [(Pfn(0), Pfn(FRAMES))];
-    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 
     // Unpinned, they move, and page tables come again.
     for (pfn, _, _) in owner.held() {
@@ -206,7 +211,7 @@ fn pinned_pages_stop_compaction_and_nothing_is_lost() {
     assert_eq!(alloc.stats().compactions, 1);
     let mut tables = tables;
     tables.push(more);
-    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -226,7 +231,6 @@ fn a_refused_move_gives_everything_back_and_the_next_try_compacts() {
         }
     }
     // Use up the reserve's pageblock of page tables: the next one compacts.
-    let managed = [(Pfn(0), Pfn(FRAMES))];
     let mut tables = use_up_free_page_tables(&alloc);
     let free_before = free_frames(&alloc);
     let error = alloc.alloc(0, 0, PT, AllocFlags::empty());
@@ -239,14 +243,14 @@ fn a_refused_move_gives_everything_back_and_the_next_try_compacts() {
     // The moved page stays moved; the isolated free blocks, the page it
     // left and the refused destination went back.
     assert_eq!(free_frames(&alloc), free_before);
-    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
     // Unpinned, the next try compacts.
     for (pfn, _, _) in owner.held() {
         owner.pin(pfn, false);
     }
     tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
     assert_eq!(alloc.stats().compactions, 1);
-    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -268,8 +272,7 @@ fn a_pageblock_of_several_live_blocks_is_emptied_block_by_block() {
     };
     assert_eq!(compacted.pages_moved, 37);
     assert_eq!(owner.counts().0, 3);
-    let managed = [(Pfn(0), Pfn(FRAMES))];
-    sim::check(&alloc, PT, &managed, &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -302,7 +305,7 @@ fn unmovable_pages_are_never_moved() {
     assert!(stats.compactions_failed > 0);
     assert_eq!(owner.counts(), (0, 0));
     live.extend(tables.iter().map(|&pfn| (pfn, 0, PT)));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(FRAMES))], &live).unwrap();
+    check(&alloc, &live);
 }
 
 #[test]
@@ -442,8 +445,7 @@ fn frees_racing_compaction_on_another_cpu_lose_nothing() {
         );
         assert_eq!(stats.pages_moved, owner.inner.counts().0);
         alloc.drain_caches();
-        let managed = [(Pfn(0), Pfn(FRAMES))];
-        sim::check(&alloc, PT, &managed, &live(&owner.inner, &tables)).unwrap();
+        check(&alloc, &live(&owner.inner, &tables));
     }
 }
 
@@ -497,7 +499,7 @@ fn a_compaction_whose_blocks_fit_exactly_elsewhere_runs() {
             .iter()
             .all(|(pfn, _, _)| pfn.0 / PB == 2 || pfn.0 / PB == 3)
     );
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -514,7 +516,7 @@ fn a_compaction_that_cannot_fit_moves_nothing() {
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.compactions_failed), (0, 1));
     assert_eq!((stats.pages_moved, owner.counts()), (0, (0, 0)));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -554,7 +556,7 @@ fn moved_blocks_may_land_in_a_sibling_of_the_same_protection() {
     assert_eq!(moved.0 / PB, 2);
     let mut live = live(&owner, &tables);
     live.push((kernel_page, 0, Freetype::KERNEL));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+    check(&alloc, &live);
 }
 
 #[test]
@@ -586,7 +588,7 @@ fn only_page_tables_compact() {
         ),
         (0, 0, 0)
     );
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(FRAMES))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -599,7 +601,7 @@ fn the_pageblock_with_fewest_live_frames_is_emptied() {
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 100));
     assert!(owner.held().iter().all(|(pfn, _, _)| pfn.0 / PB != 2));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -628,7 +630,7 @@ fn a_pageblock_holding_an_unmovable_block_is_never_chosen() {
     assert_eq!((stats.compactions, stats.pages_moved), (1, 100));
     let mut live = live(&owner, &tables);
     live.push((kernel_page, 0, Freetype::KERNEL));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live).unwrap();
+    check(&alloc, &live);
 }
 
 #[test]
@@ -655,7 +657,7 @@ fn live_frames_count_whole_blocks() {
     tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 10));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -670,7 +672,7 @@ fn a_pinned_page_sends_compaction_to_the_next_pageblock() {
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.compactions_failed), (1, 1));
     assert_eq!((stats.pages_moved, stats.migrations_refused), (10, 1));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -697,7 +699,7 @@ fn a_refused_pageblock_is_tried_once_per_compaction_and_again_later() {
     tables.push(alloc.alloc(0, 0, PT, AllocFlags::empty()).unwrap());
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (1, 1));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(4 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
 
 #[test]
@@ -718,5 +720,5 @@ fn room_of_another_protection_does_not_count() {
     );
     let stats = alloc.stats();
     assert_eq!((stats.compactions, stats.pages_moved), (0, 0));
-    sim::check(&alloc, PT, &[(Pfn(0), Pfn(5 * PB))], &live(&owner, &tables)).unwrap();
+    check(&alloc, &live(&owner, &tables));
 }
