@@ -259,8 +259,6 @@ impl<const CPUS: usize> Default for Mailbox<CPUS> {
 }
 
 impl<const CPUS: usize> Mailbox<CPUS> {
-    const ALL: CpuSet = CpuSet::first(CPUS);
-
     /// A mailbox with no round sent.
     pub fn new() -> Self {
         const { assert!(CPUS >= 1 && CPUS <= MAX_CPUS) };
@@ -393,11 +391,6 @@ impl<const CPUS: usize> Mailbox<CPUS> {
             Flush::Pages(pages) => stats.pages_flushed += pages.len() as u64 * flushing,
             Flush::All => stats.full_flushes += flushing,
         }
-    }
-
-    /// Every CPU this mailbox serves.
-    pub const fn cpus() -> CpuSet {
-        Self::ALL
     }
 }
 
