@@ -66,6 +66,9 @@ bench: deps kernel
 	cargo bench --package ptalloc
 	@echo "== in the kernel under QEMU (TCG): boot to the verification walk's pass, page-table churn through the real direct map, the flush limit"
 	$(RUNNER) --append "test=page_table_churn" --timeout 120 | grep -E "verification walk|churn|flush cost|tlb flush limit|runner"
+	@echo "== the same churn on every CPU at once (-smp 2, then 4): shootdown rounds per 1,000 page tables and per conversion batch, PKRS writes per map on each CPU"
+	$(RUNNER) --smp 2 --append "test=concurrent_churn_on_every_cpu" --timeout 120 | grep -E "concurrent churn|runner"
+	$(RUNNER) --smp 4 --append "test=concurrent_churn_on_every_cpu" --timeout 180 | grep -E "concurrent churn|runner"
 	@if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then \
 	  echo "== the same flush-limit measurement under KVM (timing only; no PKS there)"; \
 	  $(RUNNER) --accel kvm --append "flushlimit=auto" --timeout 120 | grep -E "flush cost|tlb flush limit|runner"; \

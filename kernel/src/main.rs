@@ -23,6 +23,7 @@ mod log;
 mod memory;
 mod pkfault;
 mod report;
+mod sync;
 mod testing;
 
 use arch::cpu::CpuFeatures;

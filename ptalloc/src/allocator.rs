@@ -25,7 +25,7 @@ use crate::error::{AllocError, FreeError, InitError};
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, State};
 use crate::stats::Stats;
-use crate::sync::{AtomicU8, Lock, Ordering};
+use crate::sync::{AtomicU8, Guard, Lock, Ordering};
 use crate::{MAX_ORDER, PAGEBLOCK_ORDER, Pfn};
 
 /// Pages a per-CPU cache holds per freetype.
@@ -108,9 +108,9 @@ struct CpuCache {
 }
 
 impl CpuCache {
-    fn new() -> Self {
+    const fn new() -> Self {
         Self {
-            pages: core::array::from_fn(|_| heapless::Vec::new()),
+            pages: [const { heapless::Vec::new() }; NR_FREETYPES],
             allocations: 0,
             frees: 0,
         }
@@ -162,6 +162,12 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 config.conversion_watermark as u64,
                 config.single_page_fallback,
             )),
+            // A constant, so that the caches (several KiB each) are written
+            // straight into place: a kernel builds the allocator on a
+            // bounded boot stack.
+            #[cfg(not(loom))]
+            caches: [const { Lock::new(CpuCache::new()) }; CPUS],
+            #[cfg(loom)]
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
             migrator: None,
@@ -182,6 +188,18 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// The direct-map backend.
     pub fn backend(&self) -> &D {
         &self.backend
+    }
+
+    /// Takes the core lock, waiting as the backend says
+    /// ([`DirectMap::wait_for_lock`]).
+    fn lock_core(&self) -> Guard<'_, Core> {
+        self.core.lock(|| self.backend.wait_for_lock())
+    }
+
+    /// Takes CPU `cpu`'s cache lock (in range: callers check), waiting as
+    /// the backend says.
+    fn lock_cache(&self, cpu: usize) -> Guard<'_, CpuCache> {
+        self.caches[cpu].lock(|| self.backend.wait_for_lock())
     }
 
     /// First managed frame.
@@ -206,7 +224,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             return Err(bad);
         }
         let (first, last) = (first as u32, last as u32);
-        let mut core = self.core.lock();
+        let mut core = self.lock_core();
         // Check everything before changing anything.
         for index in first..last {
             if self.meta[index as usize].state() != State::Hole {
@@ -308,7 +326,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
             Err(error) => {
-                self.core.lock().stats.failed_allocations += 1;
+                self.lock_core().stats.failed_allocations += 1;
                 return Err(error);
             }
         };
@@ -318,7 +336,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             // Give it back where it came from, so the failed call keeps no
             // memory (and the reserve keeps its page).
             if from_reserve {
-                let mut core = self.core.lock();
+                let mut core = self.lock_core();
                 if let Some(index) = self.index_of(pfn) {
                     core.return_reserve_page(self.meta, index);
                 }
@@ -327,7 +345,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 // its pageblock's protection without a wipe (it holds that
                 // pageblock's old contents only), or, if even that fails,
                 // keep it protected in the split reserve.
-                let mut core = self.core.lock();
+                let mut core = self.lock_core();
                 let home = self.home_freetype(index);
                 let given_back = home.is_some_and(|home| {
                     core.free_single_page(self.meta, &self.backend, index, home, false)
@@ -339,7 +357,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             } else if let Err(free_error) = self.free(cpu, pfn, order) {
                 unreachable!("freeing a block just allocated failed: {free_error}");
             }
-            self.core.lock().stats.failed_allocations += 1;
+            self.lock_core().stats.failed_allocations += 1;
             return Err(AllocError::Backend(error));
         }
         // A single-page fallback may have taken a reserve page for its
@@ -351,7 +369,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         {
             // Best effort, as for conversions: an empty reserve only
             // matters to the next split, which reports it.
-            let _ = self.core.lock().refill_reserve(self.meta, &self.backend);
+            let _ = self.lock_core().refill_reserve(self.meta, &self.backend);
         }
         Ok(pfn)
     }
@@ -396,13 +414,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             Rescue::DrainCaches => {
                 let drained = self.drain_caches() > 0;
                 if drained {
-                    self.core.lock().stats.drains_before_failing += 1;
+                    self.lock_core().stats.drains_before_failing += 1;
                 }
                 drained
             }
             Rescue::Compact => page_table && order <= PAGEBLOCK_ORDER && self.compact(),
             Rescue::SinglePage => {
-                page_table && order == 0 && self.core.lock().single_page_fallback()
+                page_table && order == 0 && self.lock_core().single_page_fallback()
             }
         }
     }
@@ -426,7 +444,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     }
 
     fn alloc_core(&self, order: u32, freetype: Freetype, reach: Reach) -> Result<Pfn, AllocError> {
-        let mut core = self.core.lock();
+        let mut core = self.lock_core();
         let index = core.alloc(self.meta, &self.backend, order, freetype, reach)?;
         core.mark_allocated(self.meta, index, order, freetype);
         Ok(self.pfn_of(index))
@@ -441,10 +459,10 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         flags: AllocFlags,
         reach: Reach,
     ) -> Result<(Pfn, bool), AllocError> {
-        let mut cache = self.caches[cpu].lock();
+        let mut cache = self.lock_cache(cpu);
         let stack = &mut cache.pages[freetype.index()];
         if stack.is_empty() {
-            let mut core = self.core.lock();
+            let mut core = self.lock_core();
             // Refill with whole free blocks, smallest first: single pages
             // before pairs, pairs before quads, up to a whole batch. Taking
             // the smallest keeps the larger blocks whole (breaking a batch
@@ -567,7 +585,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             unreachable!("a managed frame's pageblock records a valid freetype")
         };
         if frame.freetype() == Some(self.page_table) && freetype != self.page_table {
-            let mut core = self.core.lock();
+            let mut core = self.lock_core();
             // Claim it under the lock: a racing free of the same page fails.
             if !frame.transition(State::AllocatedHead, State::Tail) {
                 return Err(FreeError::NotAllocated(pfn));
@@ -583,7 +601,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if order == 0 {
             return self.free_cached(cpu, index, pfn, freetype);
         }
-        let mut core = self.core.lock();
+        let mut core = self.lock_core();
         // Claim it under the lock: a racing free of the same block fails.
         if !frame.transition(State::AllocatedHead, State::Tail) {
             return Err(FreeError::NotAllocated(pfn));
@@ -599,7 +617,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         pfn: Pfn,
         freetype: Freetype,
     ) -> Result<(), FreeError> {
-        let mut cache = self.caches[cpu].lock();
+        let mut cache = self.lock_cache(cpu);
         // The atomic claim makes a racing double free fail here.
         let frame = &self.meta[index as usize];
         if !frame.transition(State::AllocatedHead, State::Cached) {
@@ -613,7 +631,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         cache.frees += 1;
         let stack = &mut cache.pages[freetype.index()];
         if stack.is_full() {
-            let mut core = self.core.lock();
+            let mut core = self.lock_core();
             self.drain(&mut core, stack, freetype, CACHE_BATCH);
             core.stats.cache_drains += 1;
         }
@@ -645,9 +663,9 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// whole pageblock from being converted.
     pub fn drain_caches(&self) -> usize {
         let mut drained = 0;
-        for cache in &self.caches {
-            let mut cache = cache.lock();
-            let mut core = self.core.lock();
+        for cpu in 0..CPUS {
+            let mut cache = self.lock_cache(cpu);
+            let mut core = self.lock_core();
             for freetype in Freetype::all() {
                 let stack = &mut cache.pages[freetype.index()];
                 if !stack.is_empty() {
@@ -663,7 +681,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// Tops the split reserve up to its target. Call before an operation
     /// that may split the direct map outside a conversion.
     pub fn refill_reserve(&self) -> Result<(), AllocError> {
-        self.core.lock().refill_reserve(self.meta, &self.backend)
+        self.lock_core().refill_reserve(self.meta, &self.backend)
     }
 
     /// Runs a direct-map change with the split reserve as its only source
@@ -676,7 +694,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         &self,
         f: impl FnOnce(&D, &mut dyn SplitPages) -> Result<ProtectReport, DirectMapError>,
     ) -> Result<ProtectReport, DirectMapError> {
-        let mut core = self.core.lock();
+        let mut core = self.lock_core();
         core.split_with_reserve(self.meta, |pages| f(&self.backend, pages))
     }
 
@@ -685,22 +703,22 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// `NoSplitPage` / [`AllocError::ReserveExhausted`]. For tests and the
     /// kernel's `inject=` option.
     pub fn inject_empty_reserve(&self, on: bool) {
-        self.core.lock().reserve_fault = on;
+        self.lock_core().reserve_fault = on;
     }
 
     /// A snapshot of the counters, including pages in per-CPU caches.
     pub fn stats(&self) -> Stats {
         let mut cached = [0u64; NR_FREETYPES];
         let (mut allocations, mut frees) = (0, 0);
-        for cache in &self.caches {
-            let cache = cache.lock();
+        for cpu in 0..CPUS {
+            let cache = self.lock_cache(cpu);
             for (count, stack) in cached.iter_mut().zip(cache.pages.iter()) {
                 *count += stack.len() as u64;
             }
             allocations += cache.allocations;
             frees += cache.frees;
         }
-        let mut stats = self.core.lock().snapshot();
+        let mut stats = self.lock_core().snapshot();
         stats.cached_pages = cached;
         stats.allocations += allocations;
         stats.frees += frees;
@@ -709,7 +727,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
 
     /// Frame indices held by the split reserve (for checkers).
     pub fn reserve_frames(&self) -> heapless::Vec<Pfn, RESERVE_CAPACITY> {
-        let core = self.core.lock();
+        let core = self.lock_core();
         core.reserve_pages()
             .iter()
             .map(|&i| self.pfn_of(i))

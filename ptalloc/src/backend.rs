@@ -113,6 +113,15 @@ pub trait DirectMap: Sync {
 
     /// Zeroes the `1 << order` frames from `start`, which have `protection`.
     fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError>;
+
+    /// What a CPU does, again and again, while it waits for one of the
+    /// allocator's locks. The holder may be inside [`flush`](Self::flush),
+    /// waiting for every CPU to drop its stale translations: a kernel whose
+    /// CPUs wait with interrupts off must answer that request here, or
+    /// both CPUs wait forever. By default, a pause.
+    fn wait_for_lock(&self) {
+        core::hint::spin_loop();
+    }
 }
 
 /// Why a movable block was not moved. Either way the owner changed

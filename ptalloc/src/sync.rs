@@ -20,22 +20,45 @@ pub(crate) type Guard<'a, T> = spin::MutexGuard<'a, T>;
 pub(crate) type Guard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
 impl<T> Lock<T> {
-    pub(crate) fn new(value: T) -> Self {
-        #[cfg(not(loom))]
-        let inner = spin::Mutex::new(value);
-        #[cfg(loom)]
-        let inner = loom::sync::Mutex::new(value);
-        Self { inner }
+    #[cfg(not(loom))]
+    pub(crate) const fn new(value: T) -> Self {
+        Self {
+            inner: spin::Mutex::new(value),
+        }
     }
 
-    pub(crate) fn lock(&self) -> Guard<'_, T> {
-        #[cfg(not(loom))]
-        return self.inner.lock();
-        #[cfg(loom)]
-        // A poisoned lock means a model thread panicked: the model failed.
-        return self
-            .inner
-            .lock()
-            .expect("lock poisoned by a failed model thread");
+    #[cfg(loom)]
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+
+    /// Takes the lock, calling `wait` between tries while another holds
+    /// it: a kernel whose CPUs spin with interrupts off answers TLB
+    /// shootdowns there (the holder may be waiting for this CPU's
+    /// acknowledgement, see `DirectMap::wait_for_lock`).
+    pub(crate) fn lock(&self, wait: impl Fn()) -> Guard<'_, T> {
+        loop {
+            #[cfg(not(loom))]
+            if let Some(guard) = self.inner.try_lock() {
+                return guard;
+            }
+            #[cfg(loom)]
+            if let Ok(guard) = self.inner.try_lock() {
+                return guard;
+            }
+            // Spin on a read, not on the swap, so that waiters do not pull
+            // the line from the holder.
+            #[cfg(not(loom))]
+            while self.inner.is_locked() {
+                wait();
+            }
+            #[cfg(loom)]
+            {
+                wait();
+                loom::thread::yield_now();
+            }
+        }
     }
 }

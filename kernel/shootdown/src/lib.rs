@@ -39,7 +39,7 @@
 mod sync;
 
 use core::fmt;
-use sync::{AtomicU64, Lock, Ordering, spin};
+use sync::{AtomicU64, Lock, Ordering, fence, spin};
 
 /// Most CPUs the protocol can name: one bit each in a [`CpuSet`].
 pub const MAX_CPUS: usize = 64;
@@ -81,6 +81,11 @@ impl CpuSet {
     /// This set without `cpu`.
     pub const fn without(self, cpu: usize) -> Self {
         CpuSet(self.0 & !Self::single(cpu).0)
+    }
+
+    /// The CPUs in both sets.
+    pub const fn intersection(self, other: CpuSet) -> Self {
+        Self(self.0 & other.0)
     }
 
     /// True if `cpu` is in the set.
@@ -428,7 +433,7 @@ impl LoadedOn {
     /// CPU `cpu` is about to load the space.
     pub fn load(&self, cpu: usize) {
         self.0
-            .fetch_or(CpuSet::single(cpu).bits(), Ordering::AcqRel);
+            .fetch_or(CpuSet::single(cpu).bits(), Ordering::SeqCst);
     }
 
     /// CPU `cpu` has switched away from the space.
@@ -437,8 +442,14 @@ impl LoadedOn {
             .fetch_and(!CpuSet::single(cpu).bits(), Ordering::AcqRel);
     }
 
-    /// The CPUs that may hold translations of the space now.
+    /// The CPUs that may hold translations of the space now. Call after
+    /// the change to the space is written: the fence orders that write
+    /// before this read, so a CPU missing from the set marked itself
+    /// after the change and loads the root with the change in place
+    /// (x86 may otherwise let the read pass the write in its store
+    /// buffer).
     pub fn cpus(&self) -> CpuSet {
-        CpuSet(self.0.load(Ordering::Acquire))
+        fence(Ordering::SeqCst);
+        CpuSet(self.0.load(Ordering::SeqCst))
     }
 }

@@ -69,6 +69,8 @@ fn cpu_sets_name_what_they_hold() {
     assert!(CpuSet::single(3).is_subset(CpuSet::first(4)));
     assert!(!CpuSet::single(4).is_subset(CpuSet::first(4)));
     assert!(CpuSet::single(99).is_empty());
+    assert_eq!(set.intersection(CpuSet::first(2)), CpuSet::single(0));
+    assert_eq!(set.intersection(CpuSet::EMPTY), CpuSet::EMPTY);
 }
 
 #[test]

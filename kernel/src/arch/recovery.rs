@@ -120,6 +120,29 @@ pub unsafe fn read_u64_if_mapped(addr: *const u64) -> Result<u64, Faulted> {
     if status == 0 { Ok(value) } else { Err(Faulted) }
 }
 
+/// Reads the user word at `addr` in the address space loaded on this CPU,
+/// as [`read_u64_if_mapped`] does, with SMAP lifted (EFLAGS.AC) for that
+/// one read only. For tests that check what a CPU's TLB still holds for a
+/// user page; the kernel proper never reads user memory this way.
+///
+/// # Safety
+/// As for [`read_u64_if_mapped`], and `addr` must be a user address.
+pub unsafe fn read_user_u64_if_mapped(addr: *const u64) -> Result<u64, Faulted> {
+    let smap = super::cpu::read_cr4() & super::pks::CR4_SMAP != 0;
+    if smap {
+        // SAFETY: sets EFLAGS.AC (SMAP is on, so STAC exists); cleared
+        // right after the one read.
+        unsafe { core::arch::asm!("stac", options(nostack)) };
+    }
+    // SAFETY: as the caller vouches.
+    let value = unsafe { read_u64_if_mapped(addr) };
+    if smap {
+        // SAFETY: clears EFLAGS.AC again.
+        unsafe { core::arch::asm!("clac", options(nostack)) };
+    }
+    value
+}
+
 /// Writes `value` at `addr`; `Err` if the write page-faulted because the
 /// page is absent, read-only or its key forbids it (reserved-bit faults
 /// stay fatal; `pkfault=soft` lets a key fault through once, as

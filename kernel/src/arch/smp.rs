@@ -219,12 +219,44 @@ pub enum RunOnError {
 /// scheduler exists, the only way to run code on an AP. One caller at a
 /// time per AP.
 pub fn run_on(cpu: usize, work: fn(), timeout_ms: u64) -> Result<(), RunOnError> {
+    let started = start(cpu, work)?;
+    wait_for(cpu, started, timeout_ms)
+}
+
+/// Runs `work` on every online CPU at once: each AP as [`run_on`] does,
+/// and this CPU (the boot CPU) too, then waits up to `timeout_ms` for the
+/// APs. Returns how many CPUs ran it. For tests of concurrency: `work`
+/// tells the CPUs apart with `percpu::index`.
+pub fn run_on_all(work: fn(), timeout_ms: u64) -> Result<usize, RunOnError> {
+    let mut started: heapless::Vec<(usize, u64), MAX_CPUS> = heapless::Vec::new();
+    for (cpu, _) in online_cpus() {
+        if cpu != percpu::index() {
+            // At most MAX_CPUS CPUs are online.
+            let _ = started.push((cpu, start(cpu, work)?));
+        }
+    }
+    work();
+    for &(cpu, done) in &started {
+        wait_for(cpu, done, timeout_ms)?;
+    }
+    Ok(started.len() + 1)
+}
+
+/// Hands `work` to AP `cpu` and wakes it; returns its count of finished
+/// work before this one, for [`wait_for`].
+fn start(cpu: usize, work: fn()) -> Result<u64, RunOnError> {
     let slot = percpu::slot(cpu)
         .filter(|slot| cpu != 0 && slot.is_online())
         .ok_or(RunOnError::NotOnline(cpu))?;
     let done = WORK_DONE[cpu].load(Ordering::Acquire);
     WORK[cpu].store(work as usize as u64, Ordering::Release);
     apic::send_ipi(slot.apic_id()).map_err(|_| RunOnError::Ipi)?;
+    Ok(done)
+}
+
+/// Waits, up to `timeout_ms`, until AP `cpu` has finished more work than
+/// `done`, answering shootdowns meanwhile (the work may convert memory).
+fn wait_for(cpu: usize, done: u64, timeout_ms: u64) -> Result<(), RunOnError> {
     let mut waited_us = 0;
     while WORK_DONE[cpu].load(Ordering::Acquire) == done {
         if waited_us >= timeout_ms * 1000 {
@@ -232,7 +264,6 @@ pub fn run_on(cpu: usize, work: fn(), timeout_ms: u64) -> Result<(), RunOnError>
             WORK[cpu].store(0, Ordering::Release);
             return Err(RunOnError::TimedOut);
         }
-        // The work may convert memory and shoot at this CPU.
         crate::memory::tlb::answer_shootdown();
         apic::delay_us(100);
         waited_us += 100;

@@ -30,6 +30,7 @@ use super::pte;
 use super::pte::{ADDRESS, LARGE, NO_EXECUTE, PRESENT, WRITABLE};
 use super::tlb;
 use crate::arch::pks;
+use crate::sync::Mutex;
 use boot::layout::KERNEL_VIRT;
 use core::sync::atomic::{AtomicBool, Ordering};
 use pkeys::{Mechanism, Pkey};
@@ -37,7 +38,6 @@ use ptalloc::{
     DirectMap, DirectMapError, FlushReport, PageblockRange, Pfn, ProtectReport, Protection,
     SplitPages,
 };
-use spin::Mutex;
 
 /// The real direct map, as `ptalloc` sees it.
 pub struct KernelDirectMap {
@@ -404,6 +404,12 @@ impl DirectMap for KernelDirectMap {
         let full = self.needs_full_flush.swap(false, Ordering::Relaxed);
         let remote = tlb::flush_direct_map(range.start.addr(), range.pageblocks, full);
         FlushReport { local: 1, remote }
+    }
+
+    fn wait_for_lock(&self) {
+        // The holder may be in a shootdown round that waits for this CPU
+        // (crate::sync explains).
+        <crate::sync::AnswerShootdowns as spin::RelaxStrategy>::relax();
     }
 
     fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError> {

@@ -9,12 +9,13 @@
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, PAGE_TABLES};
+use super::paging::{AddressSpace, KERNEL_MAP_BASE, MapFlags, PageSize};
 use super::pte;
-use crate::arch::recovery::write_u64_if_writable;
+use crate::arch::recovery::{read_u64_if_mapped, read_user_u64_if_mapped, write_u64_if_writable};
 use crate::arch::smp;
 use crate::pkfault::with_policy;
 use crate::testing::TestFailure;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pkeys::{FaultPolicy, Mechanism};
 use ptalloc::AllocFlags;
 
@@ -198,4 +199,156 @@ crate::kernel_test! {
         crate::check_eq!(read, Ok((Ok(()), 2)), "CPU 1 still reads the converted block: a stale translation");
         Ok(())
     }
+}
+
+/// The address CPU 1 reads in the unmap tests, and whether it is a user
+/// address (read with SMAP lifted).
+static UNMAP_PROBE: AtomicU64 = AtomicU64::new(0);
+static UNMAP_PROBE_IS_USER: AtomicBool = AtomicBool::new(false);
+/// CPU 1's read of `UNMAP_PROBE`: 0 not run, 1 it read, 2 it faulted.
+static UNMAP_READ: AtomicU64 = AtomicU64::new(0);
+/// The user space of the user unmap test, which CPU 1 loads.
+static SPACE: spin::Mutex<Option<AddressSpace>> = spin::Mutex::new(None);
+
+/// Runs on CPU 1: reads `UNMAP_PROBE`.
+fn read_probe_on_the_other_cpu() {
+    let virt = UNMAP_PROBE.load(Ordering::Acquire) as *const u64;
+    // SAFETY: a test mapping's address, aligned, read only; a fault
+    // resumes at the probe's recovery point.
+    let read = unsafe {
+        if UNMAP_PROBE_IS_USER.load(Ordering::Acquire) {
+            read_user_u64_if_mapped(virt)
+        } else {
+            read_u64_if_mapped(virt)
+        }
+    };
+    UNMAP_READ.store(if read.is_ok() { 1 } else { 2 }, Ordering::Release);
+}
+
+/// Runs on CPU 1: loads the test's user space there.
+fn load_the_space_on_the_other_cpu() {
+    if let Some(space) = SPACE.lock().as_ref() {
+        space.load();
+    }
+}
+
+/// Runs on CPU 1: back to the kernel's root.
+fn leave_the_space_on_the_other_cpu() {
+    super::paging::load_kernel_root();
+}
+
+/// Has CPU `other` read `UNMAP_PROBE`: 1 it read, 2 it faulted, 0 it
+/// did not run.
+fn probe_on(other: usize) -> u64 {
+    UNMAP_READ.store(0, Ordering::Release);
+    match smp::run_on(other, read_probe_on_the_other_cpu, 2000) {
+        Ok(()) => UNMAP_READ.load(Ordering::Acquire),
+        Err(_) => 0,
+    }
+}
+
+/// Shootdown rounds and CPUs interrupted so far.
+fn rounds() -> (u64, u64) {
+    let stats = super::tlb::shootdown_stats();
+    (stats.rounds, stats.cpus_interrupted)
+}
+
+fn failure(line: u32, what: &dyn core::fmt::Debug) -> TestFailure {
+    TestFailure::new(file!(), line, format_args!("{what:?}"))
+}
+
+crate::kernel_test! {
+    /// A kernel-space unmap drops the translation on every CPU before the
+    /// frame goes back: CPU 1 reads a kernel-space page (so its TLB holds
+    /// it), CPU 0 unmaps it (one shootdown round), and CPU 1's next read
+    /// faults. No window writes a register on CPU 1, so under every
+    /// policy TCG would keep its translation without the round.
+    fn a_kernel_unmap_drops_the_translation_on_other_cpus() -> TestResult {
+        let Some(&(other, _)) = smp::online_cpus().iter().find(|&&(cpu, _)| cpu != 0) else {
+            return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
+        };
+        let kernel = super::paging::kernel_space().ok_or_else(|| failure(line!(), &"no kernel space"))?;
+        let frame = frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| failure(line!(), &e))?;
+        let virt = KERNEL_MAP_BASE + (6 << 30);
+        let rw = MapFlags { writable: true, executable: false };
+        kernel.map(virt, frame, rw).map_err(|e| failure(line!(), &e.error))?;
+        UNMAP_PROBE.store(virt, Ordering::Release);
+        UNMAP_PROBE_IS_USER.store(false, Ordering::Release);
+        let before_unmap = probe_on(other);
+        let before = rounds();
+        let frame = kernel.unmap(virt, PageSize::Small);
+        let (round, interrupted) = rounds();
+        let after_unmap = probe_on(other);
+        drop(frame);
+        defmt::info!(
+            "kernel unmap: {=u64} shootdown rounds, {=u64} CPUs interrupted; CPU 1 read before {=u64}, after {=u64} (1 read, 2 faulted)",
+            round - before.0,
+            interrupted - before.1,
+            before_unmap,
+            after_unmap
+        );
+        crate::check_eq!(before_unmap, 1, "CPU 1 could not read the mapped page");
+        crate::check_eq!(round - before.0, 1);
+        crate::check_eq!(interrupted - before.1, smp::online_cpus().len() as u64 - 1);
+        crate::check_eq!(after_unmap, 2, "CPU 1 still reads the unmapped page: a stale translation");
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// A user-space unmap is shot down only where the space is loaded:
+    /// with CPU 1 in the space, an unmap interrupts CPU 1 alone (one
+    /// round) and CPU 1's next read of the page faults; once CPU 1 has
+    /// switched away, an unmap sends no round, and neither does one while
+    /// only CPU 0 has it loaded (a local INVLPG).
+    fn a_user_unmap_reaches_only_the_cpus_with_the_space_loaded() -> TestResult {
+        let Some(&(other, _)) = smp::online_cpus().iter().find(|&&(cpu, _)| cpu != 0) else {
+            return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
+        };
+        const USER_VIRT: u64 = 0x6000_0000;
+        let space = AddressSpace::new().map_err(|e| failure(line!(), &e))?;
+        let rw = MapFlags { writable: true, executable: false };
+        for page in 0..3 {
+            let frame = frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| failure(line!(), &e))?;
+            space.map(USER_VIRT + page * 4096, frame, rw).map_err(|e| failure(line!(), &e.error))?;
+        }
+        *SPACE.lock() = Some(space);
+        UNMAP_PROBE.store(USER_VIRT, Ordering::Release);
+        UNMAP_PROBE_IS_USER.store(true, Ordering::Release);
+        let loaded = smp::run_on(other, load_the_space_on_the_other_cpu, 2000);
+        let before_unmap = probe_on(other);
+        let unmap = |page: u64| {
+            SPACE.lock().as_ref().map_or(((0, 0), false), |space| unmap_here(space, USER_VIRT + page * 4096))
+        };
+        let while_loaded_there = unmap(0);
+        let after_unmap = probe_on(other);
+        let left = smp::run_on(other, leave_the_space_on_the_other_cpu, 2000);
+        let after_it_left = unmap(1);
+        let space = SPACE.lock().take().ok_or_else(|| failure(line!(), &"the space went missing"))?;
+        space.load();
+        let loaded_here = unmap_here(&space, USER_VIRT + 2 * 4096);
+        super::paging::load_kernel_root();
+        drop(space);
+        defmt::info!(
+            "user unmap: (rounds, CPUs interrupted) with CPU 1 in the space {=u64}/{=u64}, after it left {=u64}/{=u64}, loaded only here {=u64}/{=u64}; CPU 1 read before {=u64}, after {=u64}",
+            while_loaded_there.0.0, while_loaded_there.0.1, after_it_left.0.0, after_it_left.0.1,
+            loaded_here.0.0, loaded_here.0.1, before_unmap, after_unmap
+        );
+        crate::check_eq!((loaded, left), (Ok(()), Ok(())));
+        crate::check_eq!(before_unmap, 1, "CPU 1 could not read the page in the loaded space");
+        crate::check_eq!(while_loaded_there, ((1, 1), true));
+        crate::check_eq!(after_unmap, 2, "CPU 1 still reads the unmapped page: a stale translation");
+        crate::check_eq!(after_it_left, ((0, 0), true));
+        crate::check_eq!(loaded_here, ((0, 0), true));
+        Ok(())
+    }
+}
+
+/// Unmaps the 4 KiB page at `virt` from `space`: (shootdown rounds, CPUs
+/// interrupted) it cost, and whether it unmapped.
+fn unmap_here(space: &AddressSpace, virt: u64) -> ((u64, u64), bool) {
+    let before = rounds();
+    let unmapped = space.unmap(virt, PageSize::Small).is_ok();
+    let after = rounds();
+    ((after.0 - before.0, after.1 - before.1), unmapped)
 }

@@ -20,10 +20,10 @@ use super::EARLY_PAGE_TABLES;
 use super::frames::Frame;
 use super::pte::{self, ADDRESS, PRESENT, WRITABLE};
 use crate::arch::cpu;
+use crate::sync::Mutex;
 use boot::early_tables::{EarlyPageTable, RecordError, TableLevel, TableOrigin};
 use boot::layout::KERNEL_VIRT;
 use core::cell::UnsafeCell;
-use spin::Mutex;
 
 /// The slot's virtual address.
 pub const EPHEMERAL_BASE: u64 = 0xffff_ff00_0000_0000;

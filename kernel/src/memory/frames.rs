@@ -41,8 +41,10 @@ use ptalloc::{
     Mobility, PageAllocator, Pfn, Protection,
 };
 
-/// CPUs with a per-CPU cache (the boot CPU only, until SMP).
-pub const CPUS: usize = 1;
+/// CPUs with a per-CPU cache: one per CPU the kernel can bring up. Each
+/// CPU passes its own number (`percpu::index`), so its fast path takes
+/// only its own cache's lock.
+pub const CPUS: usize = crate::arch::percpu::MAX_CPUS;
 /// The page-table freetype: unmovable pages with the page-table key.
 pub const PAGE_TABLES: Freetype = Freetype {
     mobility: Mobility::Unmovable,
@@ -175,14 +177,19 @@ pub(super) fn init(
         // `paging` and the ephemeral slot see them as page-table memory.
         single_page_fallback: true,
     };
-    let allocator = PageAllocator::new(
-        meta,
-        Pfn(0),
-        config,
-        KernelDirectMap::new(direct_map.pdpt_phys, nx),
-    )
-    .map_err(FramesError::Init)?
-    .with_migrator(migrator);
+    // Built inside the `Once`: the allocator is large (a cache per CPU),
+    // and each move through the stack would copy it.
+    let allocator = FRAMES
+        .try_call_once(|| {
+            PageAllocator::new(
+                meta,
+                Pfn(0),
+                config,
+                KernelDirectMap::new(direct_map.pdpt_phys, nx),
+            )
+            .map(|allocator| allocator.with_migrator(migrator))
+        })
+        .map_err(FramesError::Init)?;
 
     let mut frames_given = 0;
     for region in memory.usable() {
@@ -197,7 +204,6 @@ pub(super) fn init(
             }
         }
     }
-    let allocator = FRAMES.call_once(|| allocator);
     allocator.refill_reserve().map_err(FramesError::Reserve)?;
     Ok(FramesInfo {
         metadata,
@@ -304,7 +310,7 @@ impl Drop for Frame {
         // A Frame exists only for a block the allocator handed out and
         // nobody freed: failing to free it is a broken invariant.
         if let Some(allocator) = allocator()
-            && let Err(error) = allocator.free(0, self.pfn, self.order)
+            && let Err(error) = allocator.free(crate::arch::percpu::index(), self.pfn, self.order)
         {
             panic!("freeing an owned {:?} failed: {:?}", self, error);
         }
@@ -350,7 +356,7 @@ pub fn alloc_frame(order: u32, freetype: Freetype, zero: bool) -> Result<Frame, 
         ptalloc::AllocFlags::empty()
     };
     let pfn = allocator
-        .alloc(0, order, freetype, flags)
+        .alloc(crate::arch::percpu::index(), order, freetype, flags)
         .map_err(FrameError::Alloc)?;
     Ok(Frame { pfn, order })
 }

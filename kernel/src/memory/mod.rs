@@ -13,12 +13,12 @@
 //! page-table entries ([`pte`]) and the key-protected record of what is
 //! page-table memory ([`sealed`]).
 
+use crate::sync::Mutex;
 use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
 use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
-use spin::Mutex;
 
 pub mod backend;
 pub mod boot_tables;
@@ -35,6 +35,7 @@ pub mod tlb;
 pub mod verify;
 pub mod walk;
 
+mod concurrent_tests;
 mod cross_cpu_tests;
 mod held_frames;
 

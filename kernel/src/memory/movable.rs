@@ -14,15 +14,17 @@
 //!    one mapped while the map was full, one not mapped at all) is
 //!    `NotOwned`; a pinned record, `Pinned`; another order or freetype
 //!    than recorded, `NotOwned`;
-//! 3. under the same lock, copy the contents: a `Mapped` frame through the
-//!    direct map, an `Unmapped` (secret) one through the ephemeral slot
-//!    (tried, never waited for: busy is `Pinned`), so a secret is never
-//!    visible anywhere but at the slot for the copy;
-//! 4. repoint the space's leaf to `to` in one page-table window, flush the
-//!    old translation (INVLPG if the space is loaded on this CPU; a space
-//!    not loaded has none, for without PCID the switch away from it
-//!    dropped them) and make the record name `to`
-//!    ([`paging::LockedRmap::repoint`]).
+//! 3. under the same lock, make the space's leaf non-present and flush
+//!    it on every CPU that has the space loaded (INVLPG here, a shootdown
+//!    round for the others; a space loaded nowhere has no translation,
+//!    for without PCID the switch away from it dropped them), so no write
+//!    to `from` lands once the copy starts;
+//! 4. copy the contents: a `Mapped` frame through the direct map, an
+//!    `Unmapped` (secret) one through the ephemeral slot (tried, never
+//!    waited for: busy is `Pinned`, and the old leaf comes back), so a
+//!    secret is never visible anywhere but at the slot for the copy;
+//! 5. write the leaf for `to` in one page-table window and make the record
+//!    name `to` ([`paging::LockedRmap::repoint`]).
 //!
 //! After that, `unmap` hands back `to` and dropping the space frees `to`:
 //! the leaf is the mapping's record of the frame it holds, and only the
@@ -32,15 +34,12 @@
 //!
 //! Locks: compaction calls this with no allocator lock held, from inside
 //! a page-table allocation, which `paging` makes while holding a space's
-//! `edits` (`map`) or the list of live spaces (`AddressSpace::new`). This
-//! takes neither; it takes the reverse map's lock and the ephemeral slot's
-//! only by trying. So it can deadlock with nothing.
+//! `edits` (`map`). This does not take it; it takes the reverse map's lock
+//! and the ephemeral slot's only by trying, and finds the space's loaded
+//! CPUs without a lock. So it can deadlock with nothing.
 //!
-//! SMP (one CPU runs today): the copy is made before the new leaf is
-//! written, which is right only while no user code runs meanwhile; with
-//! more CPUs the leaf must first become non-present and be shot down on
-//! every CPU that has the space loaded, then the copy, then the new leaf
-//! (and the INVLPG becomes that shootdown).
+//! A user access to the page between steps 3 and 5 faults: there is no
+//! user mode yet; its page-fault handler will have to wait for the move.
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::ephemeral;
@@ -55,7 +54,7 @@ pub static USER_FRAMES: UserFrames = UserFrames::new();
 /// The owner of movable user frames, and its counters.
 pub struct UserFrames {
     moved: AtomicU64,
-    flushed_locally: AtomicU64,
+    flushed_where_loaded: AtomicU64,
     refused_busy: AtomicU64,
     refused_pinned: AtomicU64,
     refused_not_owned: AtomicU64,
@@ -66,8 +65,9 @@ pub struct UserFrames {
 pub struct MigrationCounts {
     /// Frames moved.
     pub moved: u64,
-    /// Of them, moved in a space loaded on this CPU (flushed by INVLPG).
-    pub flushed_locally: u64,
+    /// Of them, moved in a space loaded on some CPU (its old translation
+    /// flushed there: INVLPG here, a shootdown round elsewhere).
+    pub flushed_where_loaded: u64,
     /// Refused because the reverse map or the ephemeral slot was busy.
     pub refused_busy: u64,
     /// Refused because the frame is pinned, or the destination is not
@@ -81,7 +81,7 @@ impl UserFrames {
     const fn new() -> Self {
         Self {
             moved: AtomicU64::new(0),
-            flushed_locally: AtomicU64::new(0),
+            flushed_where_loaded: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
             refused_pinned: AtomicU64::new(0),
             refused_not_owned: AtomicU64::new(0),
@@ -93,7 +93,7 @@ impl UserFrames {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         MigrationCounts {
             moved: load(&self.moved),
-            flushed_locally: load(&self.flushed_locally),
+            flushed_where_loaded: load(&self.flushed_where_loaded),
             refused_busy: load(&self.refused_busy),
             refused_pinned: load(&self.refused_pinned),
             refused_not_owned: load(&self.refused_not_owned),
@@ -164,8 +164,8 @@ impl Migrate for UserFrames {
     ) -> Result<(), MigrateError> {
         let flushed = self.move_frame(from, to, order, freetype)?;
         self.count(&self.moved);
-        if flushed == Flushed::Invlpg {
-            self.count(&self.flushed_locally);
+        if flushed == Flushed::Loaded {
+            self.count(&self.flushed_where_loaded);
         }
         Ok(())
     }
@@ -190,8 +190,8 @@ fn copy_frame(from: u64, to: u64, freetype: Freetype) -> Result<(), bool> {
             // SAFETY: both are whole 4 KiB frames of RAM the direct map
             // shows writable with key 0 (checked above); `to` is the block
             // compaction allocated for this move, which nothing else
-            // holds, and `from` is a user frame no user code touches while
-            // this runs (one CPU, inside the kernel). They are different
+            // holds, and `from` is a user frame whose leaf is not present
+            // and flushed on every CPU while this runs. They are different
             // blocks, so they do not overlap.
             unsafe {
                 core::ptr::copy_nonoverlapping(

@@ -69,10 +69,13 @@ use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, Frame, PAGE_TABLES};
 use super::pte;
 use super::pte::{ADDRESS, LARGE, PRESENT, USER, WRITABLE};
+use super::tlb::Reach;
 use crate::arch::cpu;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 use ptalloc::{AllocError, AllocFlags, Pfn};
 pub use rmap::UserMapping;
+use shootdown::LoadedOn;
 
 const USER_END: u64 = 1 << 47;
 
@@ -249,8 +252,11 @@ impl Kind {
 pub struct AddressSpace {
     root: u64,
     kind: Kind,
+    /// Its slot in [`LIVE`] and [`LOADED`] (a user space; 0, unused, for
+    /// the kernel space, which every CPU has loaded).
+    slot: usize,
     /// Serialises map and unmap, which read, then write, the same tables.
-    edits: spin::Mutex<()>,
+    edits: crate::sync::Mutex<()>,
 }
 
 /// The kernel space, once [`init_kernel_space`] has run.
@@ -282,7 +288,8 @@ pub(super) fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> 
     Ok(KERNEL_SPACE.call_once(|| AddressSpace {
         root,
         kind: Kind::Kernel,
-        edits: spin::Mutex::new(()),
+        slot: 0,
+        edits: crate::sync::Mutex::new(()),
     }))
 }
 
@@ -293,15 +300,16 @@ pub(super) fn init_kernel_space() -> Result<&'static AddressSpace, PagingError> 
 /// cleared and forgotten; a dying space to forget its frames before it
 /// reads its leaves. None of them allocates while holding it. Compaction
 /// ([`try_lock_rmap`]) runs inside page-table allocations, which `map`
-/// and `AddressSpace::new` make while holding a space's `edits` or
-/// [`LIVE`]: it takes this lock only by trying (never waits), and takes
-/// neither of the others, so it cannot deadlock with them.
-static RMAP: spin::Mutex<rmap::Rmap> = spin::Mutex::new(rmap::Rmap::new());
+/// makes while holding a space's `edits`: it takes this lock only by
+/// trying (never waits), and not `edits`, so it cannot deadlock with them.
+/// Its shootdown round, made while holding this lock, cannot either: a
+/// CPU waiting for this lock answers it (`crate::sync`).
+static RMAP: crate::sync::Mutex<rmap::Rmap> = crate::sync::Mutex::new(rmap::Rmap::new());
 
 /// The reverse map, held: the one way to repoint a user leaf outside
 /// `map` and `unmap` (compaction's move), and proof that no unmap reads
 /// or clears a recorded leaf meanwhile.
-pub(super) struct LockedRmap(spin::MutexGuard<'static, rmap::Rmap>);
+pub(super) struct LockedRmap(crate::sync::MutexGuard<'static, rmap::Rmap>);
 
 /// The reverse map, if nobody holds it. Never waits: compaction calls it
 /// from inside an allocation whose caller may hold it.
@@ -337,10 +345,11 @@ pub(super) enum RepointError {
 /// How the old translation of a repointed leaf went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Flushed {
-    /// The space is loaded on this CPU: INVLPG of the page.
-    Invlpg,
-    /// The space is not loaded here: its translations went with the CR3
-    /// switch away from it (no PCID), and the switch back starts empty.
+    /// The space is loaded on some CPU: one flush of the page there
+    /// (INVLPG here, a shootdown round for the others).
+    Loaded,
+    /// The space is loaded nowhere: its translations went with the CR3
+    /// switches away from it (no PCID), and a switch back starts empty.
     NotLoaded,
 }
 
@@ -351,16 +360,15 @@ impl LockedRmap {
     }
 
     /// Moves the recorded mapping of the 4 KiB frame `from` to `to`: checks
-    /// the leaf and the destination, runs `copy(from, to)` (physical
-    /// addresses; false if it could not copy), then rewrites the leaf in
-    /// one window, with every other bit kept, flushes the old translation
-    /// and makes the record name `to`. From then on `unmap` hands back
-    /// `to`, and dropping the space frees `to`.
-    ///
-    /// One CPU runs: no user code runs between the copy and the new leaf,
-    /// so no write to `from` is lost. SMP will need, before the copy, the
-    /// leaf made non-present (or read-only) and a shootdown to the CPUs
-    /// that have the space loaded, then the copy, then the new leaf.
+    /// the leaf and the destination; makes the leaf non-present and
+    /// flushes it on every CPU that has the space loaded, so that no write
+    /// to `from` can land after the copy starts; runs `copy(from, to)`
+    /// (physical addresses; false if it could not copy, and the old leaf
+    /// comes back); then writes the leaf for `to`, with every other bit
+    /// kept, and makes the record name `to`. From then on `unmap` hands
+    /// back `to`, and dropping the space frees `to`. A user access to the
+    /// page meanwhile faults (no user mode yet; its fault handler will
+    /// have to wait for the move).
     pub(super) fn repoint(
         &mut self,
         from: Pfn,
@@ -376,27 +384,31 @@ impl LockedRmap {
         if leaf & ADDRESS != from.addr() {
             return Err(RepointError::LeafMismatch);
         }
+        // A recorded space is live until its drop forgets it (under this
+        // lock), so it has a slot.
+        let slot = slot_of(root).ok_or(RepointError::LeafMismatch)?;
         let to_phys = to.addr();
         if page_table_memory_in(to_phys, 4096).is_some()
             || to_phys + 4096 > cpu::physical_address_limit()
         {
             return Err(RepointError::BadDestination);
         }
+        let slot_index = index(virt, 1);
+        pte::with_window(|window| write(window, table, slot_index, leaf & !PRESENT));
+        let loaded = LOADED[slot].cpus();
+        super::tlb::flush_pages(&[virt], Reach::LoadedOn(&LOADED[slot]));
         if !copy(from.addr(), to_phys) {
+            // Making it present again needs no flush.
+            pte::with_window(|window| write(window, table, slot_index, leaf));
             return Err(RepointError::CopyFailed);
         }
-        pte::with_window(|window| {
-            write(window, table, index(virt, 1), (leaf & !ADDRESS) | to_phys)
-        });
-        let flushed = if cpu::read_cr3() & ADDRESS == root {
-            // SAFETY: invalidating one translation is always safe.
-            unsafe { x86::tlb::flush(virt as usize) };
-            Flushed::Invlpg
-        } else {
-            Flushed::NotLoaded
-        };
+        pte::with_window(|window| write(window, table, slot_index, (leaf & !ADDRESS) | to_phys));
         self.0.rekey(from, to);
-        Ok(flushed)
+        Ok(if loaded.is_empty() {
+            Flushed::NotLoaded
+        } else {
+            Flushed::Loaded
+        })
     }
 }
 
@@ -422,12 +434,51 @@ fn user_leaf(root: u64, virt: u64) -> Option<(u64, u64)> {
 /// Most user address spaces alive at once.
 pub const MAX_SPACES: usize = 64;
 
-/// Roots of the live user address spaces, for the verification walk.
-static LIVE: spin::Mutex<heapless::Vec<u64, MAX_SPACES>> = spin::Mutex::new(heapless::Vec::new());
+/// Roots of the live user address spaces, by slot (0: free, [`CLAIMED`]:
+/// taken, root not yet allocated), for the verification walk and to find
+/// the space a CPU switches away from or a move repoints. Atomics, not a
+/// lock: compaction looks a space up from inside the page-table
+/// allocation that `AddressSpace::new` makes while it claims a slot.
+static LIVE: [AtomicU64; MAX_SPACES] = [const { AtomicU64::new(0) }; MAX_SPACES];
+/// A slot taken by a space whose root is being allocated.
+const CLAIMED: u64 = u64::MAX;
+
+/// The CPUs that have each live user space loaded, by slot: an unmap or
+/// a move in a user space is shot down there only. A CPU marks itself
+/// before it loads the root and unmarks itself once it has switched away
+/// ([`AddressSpace::load`], [`load_kernel_root`]).
+static LOADED: [LoadedOn; MAX_SPACES] = [const { LoadedOn::new() }; MAX_SPACES];
 
 /// Roots of every live user address space.
 pub fn live_roots() -> heapless::Vec<u64, MAX_SPACES> {
-    LIVE.lock().clone()
+    LIVE.iter()
+        .map(|root| root.load(Ordering::Acquire))
+        .filter(|&root| root != 0 && root != CLAIMED)
+        .collect()
+}
+
+/// The slot of the live user space rooted at `root`, if any.
+fn slot_of(root: u64) -> Option<usize> {
+    LIVE.iter()
+        .position(|live| live.load(Ordering::Acquire) == root)
+}
+
+/// Switches this CPU to the kernel's own root (no user half), and
+/// unmarks the user space it leaves.
+pub fn load_kernel_root() {
+    switch_root(super::kernel_root());
+}
+
+/// Loads `root` on this CPU, then unmarks the user space it left (its
+/// translations went with the CR3 write: no PCID).
+fn switch_root(root: u64) {
+    let old = cpu::read_cr3() & ADDRESS;
+    super::tlb::load_root(root);
+    if old != root
+        && let Some(slot) = slot_of(old)
+    {
+        LOADED[slot].unload(crate::arch::percpu::index());
+    }
 }
 
 /// True if the 4 KiB frame at `phys` is page-table memory.
@@ -490,7 +541,7 @@ fn new_unzeroed_table() -> Result<u64, PagingError> {
 fn alloc_table(flags: AllocFlags) -> Result<u64, PagingError> {
     let allocator = frames::allocator().ok_or(PagingError::NoAllocator)?;
     let table = allocator
-        .alloc(0, 0, PAGE_TABLES, flags)
+        .alloc(crate::arch::percpu::index(), 0, PAGE_TABLES, flags)
         .map(Pfn::addr)
         .map_err(PagingError::Alloc)?;
     // The allocator's metadata is ordinary memory; the sealed record
@@ -513,7 +564,7 @@ fn zero_table(window: &pte::Window, phys: u64) {
 fn free_table(phys: u64) {
     if let Some(allocator) = frames::allocator() {
         // A table this module allocated: freeing it cannot fail.
-        let _ = allocator.free(0, Pfn(phys / 4096), 0);
+        let _ = allocator.free(crate::arch::percpu::index(), Pfn(phys / 4096), 0);
     }
 }
 
@@ -521,14 +572,15 @@ impl AddressSpace {
     /// A new, empty user address space. Its kernel half is the kernel's as
     /// it is now: create user spaces after [`init_kernel_space`].
     pub fn new() -> Result<Self, PagingError> {
-        let mut live = LIVE.lock();
-        if live.is_full() {
-            return Err(PagingError::Alloc(AllocError::OutOfMemory));
-        }
-        let root = new_table()?;
-        // Not full: checked above, under the same lock.
-        let _ = live.push(root);
-        drop(live);
+        let slot = LIVE
+            .iter()
+            .position(|live| {
+                live.compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(PagingError::Alloc(AllocError::OutOfMemory))?;
+        let root = new_table().inspect_err(|_| LIVE[slot].store(0, Ordering::Release))?;
+        LIVE[slot].store(root, Ordering::Release);
         let kernel_root = super::kernel_root();
         pte::with_window(|window| {
             for slot in 256..512 {
@@ -538,7 +590,8 @@ impl AddressSpace {
         Ok(Self {
             root,
             kind: Kind::User,
-            edits: spin::Mutex::new(()),
+            slot,
+            edits: crate::sync::Mutex::new(()),
         })
     }
 
@@ -550,6 +603,27 @@ impl AddressSpace {
     /// True for the kernel space.
     pub fn is_kernel(&self) -> bool {
         self.kind == Kind::Kernel
+    }
+
+    /// Loads this space on this CPU (its root in CR3), marking the CPU as
+    /// one that has it loaded first, so that an unmap that reads the mark
+    /// after its change either flushes this CPU or is seen by this load.
+    /// The kernel space is every root's kernel half: loading it loads the
+    /// kernel's own root ([`load_kernel_root`]).
+    pub fn load(&self) {
+        if self.kind == Kind::Kernel {
+            return load_kernel_root();
+        }
+        LOADED[self.slot].load(crate::arch::percpu::index());
+        switch_root(self.root);
+    }
+
+    /// Which CPUs a flush of this space must reach.
+    fn reach(&self) -> Reach<'static> {
+        match self.kind {
+            Kind::Kernel => Reach::Everywhere,
+            Kind::User => Reach::LoadedOn(&LOADED[self.slot]),
+        }
     }
 
     /// Checks `virt` for a page of `size`: aligned and inside the range.
@@ -753,12 +827,11 @@ impl AddressSpace {
             rmap.forget(leaf & ADDRESS, self.root, virt);
         }
         drop(rmap);
-        // Kernel mappings are live in every space; user ones only in their
-        // own (whose TLB entries a switch to it flushes).
-        if self.kind == Kind::Kernel || cpu::read_cr3() & ADDRESS == self.root {
-            // SAFETY: invalidating one translation is always safe.
-            unsafe { x86::tlb::flush(virt as usize) };
-        }
+        // Before the frame or a table is used again, no CPU may keep the
+        // old translation (or a cached walk through a freed table, which
+        // INVLPG drops too): kernel mappings are live on every CPU, user
+        // ones where the space is loaded. One round for the page.
+        super::tlb::flush_pages(&[virt], self.reach());
         emptied[..freed].iter().for_each(|&t| free_table(t));
         Ok(Frame::from_mapping(leaf & ADDRESS, size.order()))
     }
@@ -838,14 +911,23 @@ impl Drop for AddressSpace {
         if self.kind == Kind::Kernel {
             return;
         }
-        LIVE.lock().retain(|&root| root != self.root);
+        // A loaded root is never freed: switch to the kernel's first. A
+        // space still loaded on another CPU would be freed under it: only
+        // a broken scheduler drops one.
+        if cpu::read_cr3() & ADDRESS == self.root {
+            load_kernel_root();
+        }
+        let elsewhere = LOADED[self.slot].cpus();
+        if !elsewhere.is_empty() {
+            panic!(
+                "user space {:#x} dropped while CPUs {:?} have it loaded",
+                self.root, elsewhere
+            );
+        }
+        LIVE[self.slot].store(0, Ordering::Release);
         // No move touches its leaves from here: the frames they name now
         // are the ones to free.
         RMAP.lock().forget_space(self.root);
-        // A loaded root is never freed: switch to the kernel's first.
-        if cpu::read_cr3() & ADDRESS == self.root {
-            super::tlb::load_root(super::kernel_root());
-        }
         // Whatever is still mapped: its frames go back with the tables.
         empty_table(self.root, 4);
         free_table(self.root);
@@ -864,7 +946,7 @@ pub struct IdentityPage {
     tables: [u64; 3],
 }
 
-static IDENTITY_TAKEN: spin::Mutex<bool> = spin::Mutex::new(false);
+static IDENTITY_TAKEN: crate::sync::Mutex<bool> = crate::sync::Mutex::new(false);
 
 impl IdentityPage {
     /// Maps the 4 KiB page at `phys`, which must lie below 1 MiB (never

@@ -44,7 +44,7 @@ use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo, MIB2};
 use crate::arch::percpu::MAX_CPUS;
 use crate::arch::{apic, cpu, percpu, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
-use shootdown::{Batch, CpuSet, Flush, Mailbox};
+use shootdown::{Batch, CpuSet, Flush, LoadedOn, Mailbox};
 
 /// Pageblock counts measured, in order.
 pub const LADDER: [u64; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
@@ -87,9 +87,9 @@ pub fn flush_counts() -> (u64, u64) {
 }
 
 /// Drops the translations of `pageblocks` 2 MiB direct-map pages from
-/// physical `start`: one by one up to the limit, else by reloading CR3.
-/// `full` forces the reload (4 KiB entries were rewritten, and INVLPG on a
-/// 2 MiB address would drop only one of them).
+/// physical `start` on every CPU: one by one up to the limit, else by
+/// reloading CR3. `full` forces the reload (4 KiB entries were rewritten,
+/// and INVLPG on a 2 MiB address would drop only one of them).
 /// Returns the CPUs interrupted (0 with one CPU online).
 pub fn flush_direct_map(start: u64, pageblocks: u64, full: bool) -> u32 {
     let mut batch = Batch::new(limit() as usize);
@@ -100,20 +100,54 @@ pub fn flush_direct_map(start: u64, pageblocks: u64, full: bool) -> u32 {
             batch.add(DIRECT_MAP_BASE + start + block * MIB2);
         }
     }
+    shoot(&batch, Reach::Everywhere)
+}
+
+/// Which CPUs a flush must reach.
+#[derive(Clone, Copy)]
+pub enum Reach<'a> {
+    /// Every online CPU: the direct map and the kernel space, which every
+    /// address space shares.
+    Everywhere,
+    /// The CPUs that have one user space loaded (none: no flush at all).
+    LoadedOn(&'a LoadedOn),
+}
+
+/// Drops the translations of the 4 KiB pages `pages` (virtual addresses)
+/// on the CPUs `reach` names, in one round: INVLPG each (a full flush past
+/// `shootdown::MAX_PAGES`). For unmaps; call before the frames or tables
+/// the old entries named are used again. Returns the CPUs interrupted.
+pub fn flush_pages(pages: &[u64], reach: Reach<'_>) -> u32 {
+    let mut batch = Batch::new(pages.len());
+    pages.iter().for_each(|&page| batch.add(page));
+    shoot(&batch, reach)
+}
+
+/// Flushes `batch` on the CPUs `reach` names (this one included if it is
+/// among them): one shootdown round when another CPU is, a local flush
+/// when only this one is. Returns the CPUs interrupted.
+fn shoot(batch: &Batch, reach: Reach<'_>) -> u32 {
     let Some(flush) = batch.flush() else {
         return 0;
     };
-    let online = smp::online_cpus();
-    if online.is_empty() {
-        apply(&flush);
-        return 0;
-    }
     let me = percpu::index();
+    let online = smp::online_cpus();
     let mut apic_ids = [u32::MAX; MAX_CPUS];
-    let mut targets = CpuSet::single(me);
+    let mut online_set = CpuSet::single(me);
     for &(cpu, apic_id) in &online {
         apic_ids[cpu] = apic_id;
-        targets = targets.with(cpu);
+        online_set = online_set.with(cpu);
+    }
+    let targets = match reach {
+        Reach::Everywhere => online_set,
+        // A CPU in the set but not online yet has loaded nothing.
+        Reach::LoadedOn(loaded) => loaded.cpus().intersection(online_set),
+    };
+    if targets.without(me).is_empty() {
+        if targets.contains(me) {
+            apply(&flush);
+        }
+        return 0;
     }
     let mut ipi = |cpus: CpuSet| {
         for cpu in cpus.iter() {

@@ -76,12 +76,11 @@ impl<D: DirectMap, const CPUS: usize> PageAllocator<'_, D, CPUS> {
     ) -> Attempt {
         let mut held = PageblockFrames::new();
         let isolated = self
-            .core
-            .lock()
+            .lock_core()
             .isolate_for_compaction(self.meta, tried, &mut held);
         let Some((start, home)) = isolated else {
             if tried.is_empty() {
-                self.core.lock().note_compaction_failed();
+                self.lock_core().note_compaction_failed();
             }
             return Attempt::NoCandidate;
         };
@@ -112,15 +111,14 @@ impl<D: DirectMap, const CPUS: usize> PageAllocator<'_, D, CPUS> {
                 break false;
             }
             let Some(to) = self
-                .core
-                .lock()
+                .lock_core()
                 .take_destination(self.meta, order, freetype)
             else {
                 break false;
             };
             let (from_pfn, to_pfn) = (self.pfn_of(index), self.pfn_of(to));
             if owner.migrate(from_pfn, to_pfn, order, freetype).is_err() {
-                self.core.lock().return_destination(self.meta, to, order);
+                self.lock_core().return_destination(self.meta, to, order);
                 break false;
             }
             // The owner gave `from` up; it can only fail to be ours if the
@@ -132,8 +130,7 @@ impl<D: DirectMap, const CPUS: usize> PageAllocator<'_, D, CPUS> {
             moved += 1 << order;
             offset += 1 << order;
         };
-        self.core
-            .lock()
+        self.lock_core()
             .end_compaction(self.meta, start, home, &held, moved);
         if emptied {
             Attempt::Emptied

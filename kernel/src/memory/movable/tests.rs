@@ -4,12 +4,12 @@
 //! frames (and falling back when a move is refused).
 
 use super::USER_FRAMES;
-use crate::arch::recovery::{Faulted, read_u64_if_mapped};
+use crate::arch::recovery::Faulted;
 use crate::memory::direct_map::DIRECT_MAP_BASE;
 use crate::memory::frames::{self, Frame, PAGE_TABLES};
 use crate::memory::held_frames::{Chain, PageblockSet};
 use crate::memory::paging::{self, AddressSpace, KERNEL_MAP_BASE, MapFlags, PageSize};
-use crate::memory::{ephemeral, sealed, tlb};
+use crate::memory::{ephemeral, sealed};
 use crate::testing::{TestFailure, TestResult};
 use ptalloc::{AllocFlags, Freetype, Migrate, MigrateError, Mobility, Pfn, Protection};
 
@@ -84,24 +84,11 @@ fn holds_pattern(phys: u64, seed: u64) -> bool {
         .all(|index| unsafe { words.add(index as usize).read_volatile() } == pattern(seed, index))
 }
 
-/// Reads the user word at `virt` from the kernel, in whatever space is
-/// loaded: with SMAP, inside STAC/CLAC, which allow supervisor data
-/// accesses to user pages.
+/// Reads the user word at `virt` in whatever space is loaded here.
 fn read_user(virt: u64) -> Result<u64, Faulted> {
-    let smap = crate::boot_state().enabled.smap;
-    if smap {
-        // SAFETY: sets EFLAGS.AC (SMAP is on, so STAC exists); cleared
-        // right after the one read.
-        unsafe { core::arch::asm!("stac", options(nostack)) };
-    }
-    // SAFETY: an aligned user address; a fault resumes at the probe's
-    // recovery point.
-    let value = unsafe { read_u64_if_mapped(virt as *const u64) };
-    if smap {
-        // SAFETY: clears EFLAGS.AC again.
-        unsafe { core::arch::asm!("clac", options(nostack)) };
-    }
-    value
+    // SAFETY: an aligned user address of the space loaded here; a fault
+    // resumes at the probe's recovery point.
+    unsafe { crate::arch::recovery::read_user_u64_if_mapped(virt as *const u64) }
 }
 
 /// A destination for a move the test makes itself, as compaction would:
@@ -191,7 +178,7 @@ crate::kernel_test! {
         crate::check!(copied, "the contents did not move");
         crate::check_eq!(after.moved - counts.moved, 1);
         // Not loaded on this CPU: the move needed no INVLPG.
-        crate::check_eq!(after.flushed_locally, counts.flushed_locally);
+        crate::check_eq!(after.flushed_where_loaded, counts.flushed_where_loaded);
         crate::check_eq!(handed_back, Ok(to.addr()), "unmap did not hand back the new frame");
         crate::check_eq!(recorded_unmapped, recorded_before);
         Ok(())
@@ -221,7 +208,7 @@ crate::kernel_test! {
         map(&space, USER_BASE, page)?;
         let to = destination(MOVABLE)?;
         let counts = USER_FRAMES.counts();
-        tlb::load_root(space.root());
+        space.load();
         let first = read_user(USER_BASE);
         let moved = USER_FRAMES.migrate(Pfn(from / 4096), to, 0, MOVABLE);
         if moved.is_ok() {
@@ -230,7 +217,7 @@ crate::kernel_test! {
             unsafe { ((DIRECT_MAP_BASE + from) as *mut u64).write_volatile(SCRIBBLE) };
         }
         let second = read_user(USER_BASE);
-        tlb::load_root(crate::memory::kernel_root());
+        crate::memory::paging::load_kernel_root();
         let translated = space.translate(USER_BASE).map(|t| t.0);
         let after = USER_FRAMES.counts();
         if moved.is_ok() {
@@ -245,7 +232,7 @@ crate::kernel_test! {
         crate::check_eq!(translated, Some(to.addr()));
         crate::check!(second != Ok(SCRIBBLE), "the user space still reads the old frame: a stale translation");
         crate::check_eq!(second, Ok(BEFORE));
-        crate::check_eq!(after.flushed_locally - counts.flushed_locally, 1, "the loaded space was not flushed by INVLPG");
+        crate::check_eq!(after.flushed_where_loaded - counts.flushed_where_loaded, 1, "the loaded space was not flushed by INVLPG");
         Ok(())
     }
 }
