@@ -19,7 +19,7 @@ pub struct AnswerShootdowns;
 
 impl spin::RelaxStrategy for AnswerShootdowns {
     fn relax() {
-        crate::memory::tlb::answer_shootdown();
+        crate::memory::tlb::answer_shootdown_while_waiting();
         core::hint::spin_loop();
     }
 }

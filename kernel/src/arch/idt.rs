@@ -344,7 +344,7 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
             // A shootdown round, or the wake-up of a parked CPU (its work
             // is taken after `hlt`).
             super::apic::eoi();
-            crate::memory::tlb::answer_shootdown();
+            let _ = crate::memory::tlb::answer_shootdown();
             true
         }
         _ => false,

@@ -264,7 +264,7 @@ fn wait_for(cpu: usize, done: u64, timeout_ms: u64) -> Result<(), RunOnError> {
             WORK[cpu].store(0, Ordering::Release);
             return Err(RunOnError::TimedOut);
         }
-        crate::memory::tlb::answer_shootdown();
+        let _ = crate::memory::tlb::answer_shootdown();
         apic::delay_us(100);
         waited_us += 100;
     }

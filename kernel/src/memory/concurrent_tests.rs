@@ -79,7 +79,7 @@ fn meet(meeting: &AtomicUsize) -> bool {
         if meeting.load(Ordering::Acquire) >= participants {
             return true;
         }
-        super::tlb::answer_shootdown();
+        let _ = super::tlb::answer_shootdown();
         core::hint::spin_loop();
     }
     false
@@ -181,9 +181,11 @@ crate::kernel_test! {
         SHARE.store(share, Ordering::Release);
         prepare(cpus);
         let rounds_before = super::tlb::shootdown_stats().rounds;
+        let answered_before = super::tlb::answered_while_waiting();
         let ran = smp::run_on_all(churn_here, 120_000);
         let after = allocator.stats();
         let rounds = super::tlb::shootdown_stats().rounds - rounds_before;
+        let answered_while_waiting = super::tlb::answered_while_waiting() - answered_before;
         let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
         crate::check_eq!(ran, Ok(cpus));
         let maps: u64 = online.iter().map(|&cpu| REPORTS[cpu].maps.load(Ordering::Acquire)).sum();
@@ -235,7 +237,7 @@ crate::kernel_test! {
         let per_thousand_x100 = rounds * 100_000 / tables.max(1);
         let per_batch_x100 = rounds * 100 / batches.max(1);
         defmt::info!(
-            "concurrent churn: {=usize} CPUs, {=u64} page-table pages, {=u64} conversion batches, {=u64} flushes, {=u64} shootdown rounds ({=u64}.{=u64:02} per 1,000 page tables, {=u64}.{=u64:02} per conversion batch, goal 1), {=u64} 2M->4K splits",
+            "concurrent churn: {=usize} CPUs, {=u64} page-table pages, {=u64} conversion batches, {=u64} flushes, {=u64} shootdown rounds ({=u64}.{=u64:02} per 1,000 page tables, {=u64}.{=u64:02} per conversion batch, goal 1; {=u64} answered by a CPU waiting for a lock), {=u64} 2M->4K splits",
             cpus,
             tables,
             batches,
@@ -245,6 +247,7 @@ crate::kernel_test! {
             per_thousand_x100 % 100,
             per_batch_x100 / 100,
             per_batch_x100 % 100,
+            answered_while_waiting,
             splits_2m
         );
         crate::check!(tables >= maps, "{} page tables for {} maps", tables, maps);

@@ -185,9 +185,26 @@ fn apply(flush: &Flush) {
 }
 
 /// The IPI's part on this CPU: flush as the round in flight asks, if it
-/// names this CPU and it has not answered yet.
-pub fn answer_shootdown() {
-    mailbox().handle(percpu::index(), &mut apply);
+/// names this CPU and it has not answered yet. True if it did.
+pub fn answer_shootdown() -> bool {
+    mailbox().handle(percpu::index(), &mut apply)
+}
+
+/// Rounds answered by a CPU spinning on a lock (`crate::sync`): each is a
+/// deadlock the answer avoided, since the round's initiator may hold that
+/// lock.
+static ANSWERED_WHILE_WAITING: AtomicU64 = AtomicU64::new(0);
+
+/// Answers the round in flight from a lock's spin loop, and counts it.
+pub fn answer_shootdown_while_waiting() {
+    if answer_shootdown() {
+        ANSWERED_WHILE_WAITING.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Rounds answered so far by CPUs waiting for a lock.
+pub fn answered_while_waiting() -> u64 {
+    ANSWERED_WHILE_WAITING.load(Ordering::Relaxed)
 }
 
 /// The shootdown counters: IPI rounds, CPUs interrupted, pages and full
