@@ -1,23 +1,31 @@
-//! Loom models of the per-CPU cache hand-off (run with
+//! Loom models of the per-CPU cache hand-off and of a shootdown under the
+//! core lock (run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p ptalloc --test loom --release`).
 //!
 //! Under `--cfg loom` the allocator's locks and frame-state atomics are
 //! loom's (src/sync.rs), so loom runs each model below under every
-//! interleaving of two CPUs (threads) that can make a difference. The
-//! models are small enough to explore without a preemption bound (a few
-//! seconds in all); `LOOM_MAX_PREEMPTIONS=2` bounds them if they grow.
-//! Memory is kernel memory only, on a direct map that never needs to
-//! change: the models are about the caches and the core lock, not about
-//! conversion. They check that no frame is live on two CPUs at once,
+//! interleaving of two CPUs (threads) that can make a difference. All but
+//! one are explored without a preemption bound; the cache refill model
+//! is bounded, and its doc comment says why and what the bound still
+//! catches. All of them take a few seconds. `LOOM_MAX_PREEMPTIONS` sets
+//! one bound for every model instead (a large one explores the refill
+//! model in full, in about three minutes).
+//!
+//! The cache models use kernel memory only, on a direct map that never
+//! needs to change. They check that no frame is live on two CPUs at once,
 //! that a racing double free is refused exactly once, that a CPU out of
 //! memory takes back the pages another CPU caches before it fails, and
-//! that every page comes back once both CPUs are done.
+//! that every page comes back once both CPUs are done. The last model
+//! converts a pageblock, whose flush waits for the other CPU while the
+//! conversion holds the core lock: it checks that a CPU waiting for a
+//! lock answers that flush.
 #![cfg(loom)]
 
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::thread;
 use ptalloc::*;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 const KERNEL: Freetype = Freetype::KERNEL;
 const PT: Freetype = Freetype {
@@ -98,12 +106,25 @@ fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::J
 }
 
 /// Runs `f` as CPU 0 under loom (on a thread with a large stack; the
-/// model's main thread only waits for it).
+/// model's main thread only waits for it), under every interleaving.
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(None, f);
+}
+
+/// [`model`] with at most `preemptions` preemptions per execution, unless
+/// `LOOM_MAX_PREEMPTIONS` sets another bound.
+fn model_bounded(preemptions: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
     let f = Arc::new(f);
     // Builder::new() reads LOOM_MAX_PREEMPTIONS and the like.
     let mut builder = loom::model::Builder::new();
+    // Room for every execution here, and a model that spins forever stops
+    // at this limit. Not much higher: loom counts each thread's steps in
+    // a u16, and past 65,535 it reports a bogus causality violation
+    // instead of the limit.
     builder.max_branches = builder.max_branches.max(100_000);
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = preemptions;
+    }
     builder.check(move || {
         let f = f.clone();
         spawn(move || f()).join().expect("CPU 0 passed");
@@ -118,7 +139,7 @@ struct Owned(Mutex<HashSet<u64>>);
 impl Owned {
     fn claim(&self, pfn: Pfn) {
         assert!(
-            self.0.lock().unwrap().insert(pfn.0),
+            self.0.lock().expect("no panic holds the set").insert(pfn.0),
             "frame {:#x} live on two CPUs at once",
             pfn.0
         );
@@ -126,7 +147,10 @@ impl Owned {
 
     fn release(&self, pfn: Pfn) {
         assert!(
-            self.0.lock().unwrap().remove(&pfn.0),
+            self.0
+                .lock()
+                .expect("no panic holds the set")
+                .remove(&pfn.0),
             "frame {:#x} freed but not held",
             pfn.0
         );
@@ -145,10 +169,18 @@ fn assert_all_back(alloc: &Alloc, frames: u64) {
 /// Each CPU refills its empty cache from the core (a full batch each) and
 /// takes a page; one frees its page into the *other* CPU's cache, the
 /// other drains every cache while it holds its page, then frees it.
+///
+/// Bounded to four preemptions: every interleaving is about 417,000
+/// executions (three minutes), four preemptions about 4,000 (two
+/// seconds). Bugs planted by hand in a copy of the allocator need fewer:
+/// taking the core lock before a cache lock in `drain_caches` deadlocks
+/// with one preemption, and giving up the cache lock between refilling
+/// and popping, or between handing a page out and popping it, hands a
+/// frame to two CPUs with two.
 #[test]
 fn cache_refills_and_cross_cpu_frees_hand_each_frame_to_one_cpu() {
     const FRAMES: u64 = 2 * CACHE_BATCH as u64;
-    model(|| {
+    model_bounded(Some(4), || {
         let alloc = allocator(FRAMES);
         let owned = Arc::new(Owned::default());
         let (other, other_owned) = (alloc.clone(), owned.clone());
@@ -308,5 +340,178 @@ fn a_cpu_out_of_memory_takes_the_pages_another_cpu_caches() {
         }
         assert!(alloc.stats().drains_before_failing >= 1);
         assert_all_back(&alloc, FRAMES);
+    });
+}
+
+/// A direct map whose flush is a shootdown round to CPU 1: it posts a
+/// request, interrupts CPU 1 and waits until CPU 1 acknowledges. CPU 1
+/// acknowledges only where a kernel CPU with interrupts off would: while
+/// it waits for one of the allocator's locks (`wait_for_lock`), and once
+/// it is idle (it takes the interrupt there).
+#[derive(Default)]
+struct Shooting {
+    requested: AtomicU64,
+    acknowledged: AtomicU64,
+    /// CPU 1's thread, to interrupt.
+    cpu1: OnceLock<thread::Thread>,
+}
+
+impl Shooting {
+    /// CPU 1's answer: acknowledge the round in flight, if any. CPU 0 only
+    /// waits for a lock outside its own rounds, so there is nothing to
+    /// acknowledge when it calls this (from `wait_for_lock`).
+    fn answer(&self) {
+        let requested = self.requested.load(Ordering::Acquire);
+        if self.acknowledged.load(Ordering::Acquire) < requested {
+            self.acknowledged.store(requested, Ordering::Release);
+        }
+    }
+}
+
+impl DirectMap for Shooting {
+    fn protect(
+        &self,
+        _range: PageblockRange,
+        _from: Protection,
+        _to: Protection,
+        _split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        Ok(ProtectReport::default())
+    }
+
+    fn protect_frame(
+        &self,
+        _pfn: Pfn,
+        _from: Protection,
+        _to: Protection,
+        _split_pages: &mut dyn SplitPages,
+    ) -> Result<ProtectReport, DirectMapError> {
+        Err(DirectMapError::Failed)
+    }
+
+    /// Posts a round and spins until CPU 1 acknowledges it.
+    ///
+    /// The interrupt is `unpark`, for a flaw of loom 0.7: when a thread
+    /// takes a lock, loom blocks every other thread whose next step is a
+    /// `try_lock` of it, as if that were a `lock`, until the lock is
+    /// released (tokio-rs/loom#376). CPU 1 would then never run again
+    /// while CPU 0 spins here, and loom would report a hang that no CPU
+    /// can have. Unparked, CPU 1 takes its step: the `try_lock` fails and
+    /// CPU 1 waits as a real CPU does. CPU 1 never blocks otherwise (the
+    /// allocator's locks spin), so this wakes no real deadlock.
+    fn flush(&self, _range: PageblockRange) -> FlushReport {
+        let round = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let cpu1 = self
+            .cpu1
+            .get()
+            .expect("CPU 1 is known before CPU 0 converts");
+        while self.acknowledged.load(Ordering::Acquire) < round {
+            cpu1.unpark();
+            thread::yield_now();
+        }
+        FlushReport {
+            local: 1,
+            remote: 1,
+        }
+    }
+
+    fn zero(
+        &self,
+        _start: Pfn,
+        _order: u32,
+        _protection: Protection,
+    ) -> Result<(), DirectMapError> {
+        Ok(())
+    }
+
+    fn wait_for_lock(&self) {
+        self.answer();
+    }
+}
+
+/// CPU 0 takes a page-table page. Its cache refill converts the one whole
+/// free pageblock and flushes it with a shootdown round, holding its cache
+/// lock and the core lock. Meanwhile CPU 1 takes a kernel page (its refill
+/// needs the core lock), frees it and drains every cache (CPU 0's lock
+/// too), as a CPU short of memory does. Under every interleaving both
+/// CPUs finish, with one conversion and one round, the page table in the
+/// converted pageblock and every page back at the end: a CPU waiting for
+/// a lock answers the round. With `wait_for_lock` a plain pause, CPU 0
+/// waits for CPU 1 and CPU 1 for a lock CPU 0 holds, forever, and loom
+/// stops the model (maximum number of branches).
+#[test]
+fn a_conversion_shootdown_is_answered_by_a_cpu_waiting_for_the_lock() {
+    type Shot = PageAllocator<'static, Shooting, 2>;
+    const PAGEBLOCK: u64 = 1 << PAGEBLOCK_ORDER;
+    // The pageblock to convert, then one cache batch for CPU 1: its refill
+    // takes that whole block, not a piece of the pageblock.
+    const FRAMES: u64 = PAGEBLOCK + CACHE_BATCH as u64;
+    model(|| {
+        let meta: Vec<FrameMeta> = (0..FRAMES).map(|_| FrameMeta::new()).collect();
+        let meta: &'static [FrameMeta] = Box::leak(meta.into_boxed_slice());
+        let config = Config {
+            page_table: PT,
+            reserve_target: 0,
+            conversion_watermark: 0,
+            single_page_fallback: false,
+        };
+        let alloc =
+            Shot::new(meta, Pfn(0), config, Shooting::default()).expect("valid configuration");
+        alloc
+            .add_memory(Pfn(0), Pfn(FRAMES), KERNEL)
+            .expect("fresh memory");
+        let alloc = Arc::new(alloc);
+        let done = Arc::new(AtomicBool::new(false));
+        let (other, other_done) = (alloc.clone(), done.clone());
+        let cpu1 = spawn(move || {
+            let pfn = other
+                .alloc(1, 0, KERNEL, AllocFlags::empty())
+                .expect("a kernel page for CPU 1");
+            other
+                .free(1, pfn, 0)
+                .expect("freeing a page just allocated");
+            other.drain_caches();
+            // Idle, interrupts on: the interrupt is answered here.
+            while !other_done.load(Ordering::Acquire) {
+                other.backend().answer();
+                thread::yield_now();
+            }
+            pfn
+        });
+        alloc
+            .backend()
+            .cpu1
+            .set(cpu1.thread().clone())
+            .expect("CPU 1 is set once");
+        let table = alloc
+            .alloc(0, 0, PT, AllocFlags::empty())
+            .expect("a page table from the converted pageblock");
+        done.store(true, Ordering::Release);
+        let kernel_page = cpu1.join().expect("CPU 1 passed");
+        let stats = alloc.stats();
+        assert_eq!(stats.conversion_batches, 1, "one conversion");
+        assert_eq!(
+            (stats.flushes_local, stats.flushes_remote),
+            (1, 1),
+            "one round"
+        );
+        assert!(
+            table.0 < PAGEBLOCK,
+            "page table {table:?} outside the converted pageblock"
+        );
+        assert!(
+            kernel_page.0 >= PAGEBLOCK,
+            "kernel page {kernel_page:?} inside the converted pageblock"
+        );
+        alloc.free(0, table, 0).expect("freeing the page table");
+        alloc.drain_caches();
+        let stats = alloc.stats();
+        assert_eq!(stats.free_pages(PT), PAGEBLOCK, "page tables lost");
+        assert_eq!(
+            stats.free_pages(KERNEL),
+            FRAMES - PAGEBLOCK,
+            "kernel pages lost"
+        );
+        assert_eq!(stats.allocations, stats.frees);
     });
 }

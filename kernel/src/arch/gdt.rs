@@ -43,8 +43,17 @@ pub enum IstSlot {
 const IST_STACK_SIZE: usize = 16 * 1024;
 const IST_STACKS: usize = 5;
 
-#[repr(C, align(16))]
-struct IstStacks([[u8; IST_STACK_SIZE]; IST_STACKS]);
+/// One IST stack above its guard page, which `memory::image` unmaps: an
+/// exception handler that overflows its stack faults on the guard instead
+/// of writing over the stack below (or the data below that).
+#[repr(C, align(4096))]
+struct IstStack {
+    guard: [u8; 4096],
+    stack: [u8; IST_STACK_SIZE],
+}
+
+#[repr(C)]
+struct IstStacks([IstStack; IST_STACKS]);
 
 #[repr(C, packed)]
 struct Gdt {
@@ -108,8 +117,22 @@ struct CpuTables {
 unsafe impl Sync for CpuTables {}
 
 static TABLES: CpuTables = CpuTables {
-    ist_stacks: UnsafeCell::new(IstStacks([[0; IST_STACK_SIZE]; IST_STACKS])),
+    ist_stacks: UnsafeCell::new(IstStacks(
+        [const {
+            IstStack {
+                guard: [0; 4096],
+                stack: [0; IST_STACK_SIZE],
+            }
+        }; IST_STACKS],
+    )),
 };
+
+/// The boot CPU's IST stacks' guard pages (virtual addresses in the
+/// image), for `memory::image` to unmap.
+pub fn ist_guard_pages() -> [u64; IST_STACKS] {
+    let stacks = TABLES.ist_stacks.get() as u64;
+    core::array::from_fn(|i| stacks + (i * size_of::<IstStack>()) as u64)
+}
 
 /// The GDT for a TSS at `tss`.
 fn gdt_for(tss: u64) -> Gdt {
@@ -217,8 +240,9 @@ pub unsafe fn load_ap(gdt_writable: u64, gdt_read_only: u64) {
 pub unsafe fn init() {
     let tss = TSS.0.get();
     let stacks = TABLES.ist_stacks.get() as u64;
-    // Stacks grow down: slot n uses the top of the n-th stack.
-    let tops = core::array::from_fn(|i| stacks + ((i + 1) * IST_STACK_SIZE) as u64);
+    // Stacks grow down: slot n uses the top of the n-th stack, whose
+    // guard page lies below it.
+    let tops = core::array::from_fn(|i| stacks + ((i + 1) * size_of::<IstStack>()) as u64);
 
     // SAFETY: called once during single-threaded boot (caller's contract);
     // nothing else references the tables yet.

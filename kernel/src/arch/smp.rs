@@ -41,10 +41,10 @@
 //! **Limits.** At most [`MAX_CPUS`] (8) CPUs; more in the MADT are listed
 //! as not started. xAPIC only (ids up to 254; x2APIC entries are counted
 //! and not started). An AP not online within 200 ms is sent INIT again
-//! (back to wait-for-SIPI) and reported. Known limit: an AP's GDT and TSS
-//! are read-only where the CPU reads them, but their frame's direct-map
-//! alias stays writable (the boot CPU's, in the image, are read-only in
-//! both).
+//! (back to wait-for-SIPI) and reported. Once every AP is up, the
+//! direct-map alias of each AP's GDT and TSS page becomes read-only too
+//! (one 2M->4K split, the page's), so like the boot CPU's, in the image,
+//! they are read-only in both mappings.
 
 use super::percpu::{self, MAX_CPUS};
 use super::{acpi, apic, cpu, gdt, idt, pks};
@@ -555,6 +555,7 @@ pub fn bring_up(info: &boot::BootInfo) {
     let cycles = cpu::read_tsc() - started;
     drop(identity);
     IDENTITY_GONE.store(true, Ordering::Release);
+    seal_ap_tables();
     println!(
         "smp: {} of {} CPUs online (trampoline at {:#x}, its identity mapping torn down; APs started in {} M TSC cycles)",
         online_cpus().len(),
@@ -563,6 +564,40 @@ pub fn bring_up(info: &boot::BootInfo) {
         cycles / 1_000_000
     );
 }
+
+/// Makes the direct-map alias of every online AP's GDT and TSS page
+/// read-only, as the boot CPU's are (the CPUs read them through the
+/// read-only mapping since `gdt::load_ap`), then flushes the old writable
+/// translations on every CPU in one round. Says so if one could not be.
+fn seal_ap_tables() {
+    let mut aliases: heapless::Vec<u64, MAX_CPUS> = heapless::Vec::new();
+    for (index, _) in online_cpus().into_iter().filter(|&(index, _)| index != 0) {
+        let alias = AP_TABLES[index].gdt_writable.load(Ordering::Acquire);
+        let phys = alias - crate::memory::direct_map::DIRECT_MAP_BASE;
+        match crate::memory::image::read_only_alias(phys) {
+            Ok(_) => {
+                // At most MAX_CPUS - 1 APs.
+                let _ = aliases.push(alias);
+            }
+            Err(error) => println!(
+                "smp: cpu {index}: its GDT and TSS stay writable in the direct map: {error}"
+            ),
+        }
+    }
+    crate::memory::tlb::flush_pages(&aliases, crate::memory::tlb::Reach::Everywhere);
+}
+
+/// AP `cpu`'s GDT and TSS page, if it was prepared: (its direct-map alias,
+/// its read-only kernel-space mapping), the TSS at [`AP_TSS_OFFSET`] in
+/// both. Read-only in both once the APs are up.
+pub fn ap_tables(cpu: usize) -> Option<(u64, u64)> {
+    let tables = AP_TABLES.get(cpu)?;
+    let alias = tables.gdt_writable.load(Ordering::Acquire);
+    (alias != 0).then(|| (alias, tables.gdt_read_only.load(Ordering::Acquire)))
+}
+
+/// The TSS's offset in an AP's tables page.
+pub const AP_TSS_OFFSET: u64 = TSS_OFFSET;
 
 /// An AP's first Rust code, on its own kernel stack with GS set.
 extern "C" fn ap_entry(index: u64) -> ! {

@@ -352,3 +352,35 @@ fn unmap_here(space: &AddressSpace, virt: u64) -> ((u64, u64), bool) {
     let after = rounds();
     ((after.0 - before.0, after.1 - before.1), unmapped)
 }
+
+/// A writable static, for the control write below.
+static CONTROL: AtomicU64 = AtomicU64::new(0);
+
+crate::kernel_test! {
+    /// An AP's GDT and TSS cannot be written through either mapping: its
+    /// read-only kernel-space mapping, where the CPU reads them, or the
+    /// frame's direct-map alias, where the boot CPU filled them (a stray
+    /// write to the TSS's IST pointers would steer where the AP's #PF and
+    /// #DF frames land). Read-only entries, so under every policy; the
+    /// control write to a writable static shows the probe sees a write
+    /// that lands, and the alias write lands with the sealing removed.
+    fn an_ap_gdt_and_tss_are_read_only_in_both_mappings() -> TestResult {
+        let Some(&(other, _)) = smp::online_cpus().iter().find(|&&(cpu, _)| cpu != 0) else {
+            return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
+        };
+        let (alias, mapped) = smp::ap_tables(other).ok_or_else(|| failure(line!(), &"no AP tables"))?;
+        // Rewrites the word with the value it holds: true if it landed.
+        let lands = |addr: u64| {
+            let word = addr as *mut u64;
+            // SAFETY: an aligned word of a mapped page (the AP's tables or
+            // a static); writing back what it holds changes nothing.
+            unsafe { write_u64_if_writable(word, word.read_volatile()).is_ok() }
+        };
+        let tss = smp::AP_TSS_OFFSET;
+        // The aligned word at 0x20 holds the low half of IST1.
+        let results = [lands(alias), lands(alias + tss + 0x20), lands(mapped), lands(mapped + tss + 0x20)];
+        crate::check!(lands(CONTROL.as_ptr() as u64), "the control write did not land");
+        crate::check_eq!(results, [false; 4], "GDT alias, TSS alias, GDT, TSS: true where a write landed");
+        Ok(())
+    }
+}

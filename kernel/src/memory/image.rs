@@ -11,7 +11,9 @@
 //!   `.ro_after_init` (the IDT, the GDT and the TSS, written once at
 //!   boot): `r--`;
 //! - `.data` and `.bss` (stacks, early page tables, statics): `rw-`, with
-//!   the early page tables keeping the key (or read-only bit) they got;
+//!   the early page tables keeping the key (or read-only bit) they got,
+//!   except the guard page below each of the boot CPU's IST stacks:
+//!   unmapped;
 //! - the rest of the 2 MiB, which is not the image: unmapped.
 //!
 //! Every frame of the image also gets a read-only, no-execute alias in the
@@ -48,6 +50,8 @@ pub enum Access {
     ReadWrite,
     /// Not the image: unmapped.
     Absent,
+    /// A guard page below one of the boot CPU's IST stacks: unmapped.
+    Guard,
 }
 
 /// The page-aligned section boundaries, as virtual addresses.
@@ -75,7 +79,9 @@ pub(super) fn read_only_phys() -> core::ops::Range<u64> {
 /// The access the page at `virt` (in the image's 2 MiB) gets.
 pub fn access(virt: u64) -> Access {
     let layout = layout();
-    if layout.text.contains(&virt) {
+    if crate::arch::gdt::ist_guard_pages().contains(&(virt & !0xfff)) {
+        Access::Guard
+    } else if layout.text.contains(&virt) {
         Access::ReadExecute
     } else if layout.read_only.contains(&virt) {
         Access::ReadOnly
@@ -99,6 +105,8 @@ pub struct ImageProtection {
     pub read_write: u64,
     /// Pages of the 2 MiB unmapped because they are not the image.
     pub unmapped: u64,
+    /// Guard pages unmapped below the boot CPU's IST stacks.
+    pub guards: u64,
     /// Frames whose direct-map alias became read-only.
     pub direct_map_read_only: u64,
     /// Direct-map splits that took.
@@ -166,6 +174,10 @@ pub(super) fn protect() -> Result<ImageProtection, ImageError> {
                     done.unmapped += 1;
                     0
                 }
+                Access::Guard => {
+                    done.guards += 1;
+                    0
+                }
             };
             // SAFETY: as above; every page keeps its frame, the image's
             // code stays executable and its data writable, and nothing
@@ -174,23 +186,35 @@ pub(super) fn protect() -> Result<ImageProtection, ImageError> {
         }
     });
 
-    let allocator = frames::allocator().ok_or(ImageError::NoAllocator)?;
     let image = kernel_image_phys();
     for phys in (image.start..image.end).step_by(4096) {
         if super::paging::is_page_table_memory(phys) {
             continue;
         }
-        allocator.refill_reserve().map_err(ImageError::Reserve)?;
-        let report = allocator
-            .with_split_reserve(|backend, pages| backend.read_only_page(Pfn(phys / 4096), pages))
-            .map_err(|error| ImageError::DirectMap(phys, error))?;
-        done.splits_2m += report.splits_2m;
+        done.splits_2m += read_only_alias(phys)?;
         done.direct_map_read_only += 1;
     }
-    allocator.refill_reserve().map_err(ImageError::Reserve)?;
     // Permissions were taken away in both mappings: flush everything.
     tlb::flush_all();
     Ok(done)
+}
+
+/// Makes the direct-map alias of the 4 KiB frame at `phys` read-only and
+/// no-execute, splitting its 2 MiB mapping with a page of the split
+/// reserve (refilled before and after), and returns the 2M->4K splits it
+/// took. The caller flushes. For frames that stay allocated for the
+/// kernel's life and that nothing writes once set up: the image, and each
+/// AP's GDT and TSS (`arch::smp`); a frame freed with a read-only alias
+/// would fault its next owner.
+pub(crate) fn read_only_alias(phys: u64) -> Result<u32, ImageError> {
+    let allocator = frames::allocator().ok_or(ImageError::NoAllocator)?;
+    allocator.refill_reserve().map_err(ImageError::Reserve)?;
+    let splits = allocator
+        .with_split_reserve(|backend, pages| backend.read_only_page(Pfn(phys / 4096), pages))
+        .map(|report| report.splits_2m)
+        .map_err(|error| ImageError::DirectMap(phys, error))?;
+    allocator.refill_reserve().map_err(ImageError::Reserve)?;
+    Ok(splits)
 }
 
 /// The direct-map address of the image's frame behind `virt`.
@@ -228,6 +252,7 @@ crate::kernel_test! {
                     seen[2] += 1;
                 }
                 Access::Absent => crate::check!(false, "{:#x} past the image is mapped", virt),
+                Access::Guard => crate::check!(false, "IST guard page {:#x} is mapped", virt),
             }
             let alias = leaf(root, direct_map_alias(virt)).map(|l| l.entry);
             if !early {
@@ -235,6 +260,9 @@ crate::kernel_test! {
             }
         }
         crate::check!(seen.iter().all(|&n| n > 0), "pages seen: {:?}", seen);
+        let guards = crate::arch::gdt::ist_guard_pages();
+        crate::check!(guards.iter().all(|&g| leaf(root, g).is_none()), "an IST guard page is mapped");
+        crate::check_eq!(crate::boot_state().memory.image.guards, guards.len() as u64);
         let past = (image.end..KERNEL_VIRT + KERNEL_PHYS + (2 << 20)).step_by(4096);
         crate::check!(past.clone().all(|v| leaf(root, v).is_none()), "a page past the image is mapped");
         Ok(())

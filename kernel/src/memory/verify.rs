@@ -386,7 +386,10 @@ crate::kernel_test! {
         crate::check!(!report.truncated, "a table could not be read");
         crate::check!(report.tables >= 4, "only {} tables found", report.tables);
         crate::check_eq!(report.violations, 0, "unprotected aliases");
-        crate::check!(report.aliases as usize >= report.tables, "fewer aliases than tables: {:?}", report);
+        // Not vacuous: the direct map's mappings of page-table memory were
+        // checked (one 2 MiB leaf may cover many tables, so there can be
+        // fewer than tables).
+        crate::check!(report.aliases > 0, "the walk saw no mapping of page-table memory: {:?}", report);
         Ok(())
     }
 }
