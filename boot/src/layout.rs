@@ -6,6 +6,12 @@
 /// legacy low megabyte and makes it one 2 MiB page).
 pub const KERNEL_PHYS: u64 = 0x20_0000;
 
+/// Most bytes the image spans from [`KERNEL_PHYS`]: the stub maps its
+/// first 2 MiB with 4 KiB pages, and `kernel.ld` asserts the image ends
+/// inside them. Boot modules must stay clear of this place
+/// (`modules::check_placement`).
+pub const KERNEL_IMAGE_MAX: u64 = 2 << 20;
+
 /// Virtual base of the kernel window: the top 2 GiB of the address space.
 /// Physical address `p` below [`BOOT_WINDOW_SIZE`] is visible at
 /// `KERNEL_VIRT + p` from the moment the stub enters 64-bit code.

@@ -10,7 +10,9 @@
 //!   ([`exit_status`]), shared with the host runner;
 //! - parsing of `hvm_start_info` into a typed [`BootInfo`] ([`start_info`],
 //!   [`memory_map`]) and of the kernel command line into a typed
-//!   [`KernelConfig`] ([`cmdline`]).
+//!   [`KernelConfig`] ([`cmdline`]);
+//! - the boot modules the loader placed in RAM (QEMU `-initrd`), checked
+//!   against the memory map ([`modules`]).
 //!
 //! Parsing is plain safe code over byte slices, so it is tested on the host.
 //! Reading physical memory is the caller's job, through [`PhysMemory`].
@@ -26,9 +28,11 @@ pub mod entry;
 pub mod exit_status;
 pub mod layout;
 pub mod memory_map;
+pub mod modules;
 pub mod start_info;
 
 pub use cmdline::{CmdlineError, KernelConfig};
 pub use early_tables::{EarlyPageTable, EarlyPageTables, TableLevel};
 pub use memory_map::{MemoryMap, MemoryRegion, MemorySummary, RegionKind};
+pub use modules::{BootModule, BootModules, MAX_MODULES, ModuleError};
 pub use start_info::{BootInfo, BootInfoError, PhysMemory};

@@ -5,7 +5,12 @@
 //! and adjacent regions of the same kind are merged. Where reported entries
 //! overlap, the most restrictive kind wins (anything beats `Usable`), so the
 //! kernel never allocates memory that some entry calls reserved.
+//!
+//! It also keeps where the boot modules lie ([`MemoryMap::boot_modules`]):
+//! usable RAM the loader has filled, which whoever sets up an allocator
+//! from the map must leave out.
 
+use core::ops::Range;
 use heapless::Vec;
 
 /// Most regions a [`MemoryMap`] holds after clean-up. QEMU reports under ten;
@@ -146,6 +151,8 @@ pub struct MemorySummary {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryMap {
     regions: Vec<MemoryRegion, MAX_REGIONS>,
+    /// The boot modules' bytes, each inside one usable region.
+    modules: Vec<Range<u64>, { crate::modules::MAX_MODULES }>,
 }
 
 impl MemoryMap {
@@ -217,6 +224,20 @@ impl MemoryMap {
     /// The usable regions, sorted by address.
     pub fn usable(&self) -> impl Iterator<Item = &MemoryRegion> {
         self.regions.iter().filter(|r| r.kind == RegionKind::Usable)
+    }
+
+    /// The boot modules' bytes (checked: each inside one usable region),
+    /// which stay where the loader put them: usable RAM, but not free.
+    pub fn boot_modules(&self) -> &[Range<u64>] {
+        &self.modules
+    }
+
+    /// Records the checked modules' bytes ([`crate::modules`]).
+    pub(crate) fn set_boot_modules(&mut self, modules: &crate::modules::BootModules) {
+        self.modules = modules
+            .iter()
+            .map(crate::modules::BootModule::range)
+            .collect();
     }
 
     /// Totals for the boot report.

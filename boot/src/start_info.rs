@@ -12,11 +12,13 @@
 //! | 16     | modlist_paddr    | 52     | reserved (u32)     |
 //!
 //! Memory map entries are 24 bytes: addr (u64), size (u64), type (u32),
-//! reserved (u32). Everything is copied in through [`PhysMemory`], so a
+//! reserved (u32). The module list (`nr_modules` entries at
+//! `modlist_paddr`) is read and checked by [`crate::modules`]. Everything is copied in through [`PhysMemory`], so a
 //! bad pointer in the structure becomes an error rather than a wild read,
 //! and no reference into firmware memory outlives the parse.
 
 use crate::memory_map::{MemoryMap, MemoryMapError, RegionKind};
+use crate::modules::{BootModules, ModuleError};
 use heapless::String;
 
 /// `hvm_start_info.magic`.
@@ -51,6 +53,9 @@ pub struct BootInfo {
     pub command_line: String<MAX_COMMAND_LINE>,
     /// Physical address of the ACPI RSDP, if the loader gave one.
     pub rsdp: Option<u64>,
+    /// The boot modules (QEMU `-initrd`), checked against the memory map,
+    /// which records where they lie; the first is the root task.
+    pub modules: BootModules,
 }
 
 /// Why `hvm_start_info` could not be parsed.
@@ -82,6 +87,8 @@ pub enum BootInfoError {
     CommandLineTooLong,
     /// The command line is not UTF-8.
     CommandLineNotUtf8,
+    /// The boot module list is unusable.
+    Module(ModuleError),
 }
 
 impl core::fmt::Display for BootInfoError {
@@ -121,6 +128,7 @@ impl core::fmt::Display for BootInfoError {
                 write!(f, "command line is longer than {MAX_COMMAND_LINE} bytes")
             }
             Self::CommandLineNotUtf8 => write!(f, "command line is not valid UTF-8"),
+            Self::Module(e) => write!(f, "{e}"),
         }
     }
 }
@@ -161,6 +169,8 @@ impl BootInfo {
             });
         }
         let version = u32_at::<4, START_INFO_SIZE>(&info);
+        let nr_modules = u32_at::<12, START_INFO_SIZE>(&info);
+        let modlist_paddr = u64_at::<16, START_INFO_SIZE>(&info);
         if version < 1 {
             return Err(BootInfoError::NoMemoryMap { version });
         }
@@ -188,8 +198,10 @@ impl BootInfo {
             // memmap_entries was checked against the capacity above.
             let _ = entries.push(region);
         }
-        let memory =
+        let mut memory =
             MemoryMap::from_entries(entries.iter().copied()).map_err(BootInfoError::MemoryMap)?;
+        let modules = crate::modules::parse(nr_modules, modlist_paddr, &memory, mem)?;
+        memory.set_boot_modules(&modules);
 
         let command_line = if cmdline_paddr == 0 {
             String::new()
@@ -203,6 +215,7 @@ impl BootInfo {
             memory,
             command_line,
             rsdp: (rsdp_paddr != 0).then_some(rsdp_paddr),
+            modules,
         })
     }
 }
@@ -336,6 +349,45 @@ mod tests {
         );
         assert_eq!(info.memory.summary().highest_usable_end, 0x80e_0000);
         assert_eq!(info.memory.regions().len(), QEMU_129M.len());
+    }
+
+    #[test]
+    fn boot_modules_are_read_and_kept_out_of_the_free_memory() {
+        let mut mem = FakeMemory::new(0x4000);
+        mem.put_start_info(0x1000, 1, 0, 0, 0x3000, QEMU_129M.len() as u32);
+        mem.put_memmap(0x3000, QEMU_129M);
+        let info = BootInfo::parse(0x1000, &mem).unwrap();
+        assert!(info.modules.is_empty());
+        assert!(info.memory.boot_modules().is_empty());
+        // nr_modules = 1, modlist at 0x2000: QEMU's -initrd of 20 KiB.
+        mem.put(0x1000 + 12, &1u32.to_le_bytes());
+        mem.put(0x1000 + 16, &0x2000u64.to_le_bytes());
+        let module = [0x80b_b000u64, 20 << 10, 0, 0];
+        mem.put(0x2000, &module.map(u64::to_le_bytes).concat());
+        let info = BootInfo::parse(0x1000, &mem).unwrap();
+        assert_eq!(info.modules.len(), 1);
+        assert_eq!(info.modules[0].range(), 0x80b_b000..0x80c_0000);
+        assert_eq!(info.memory.boot_modules().len(), 1);
+        assert_eq!(
+            info.memory.boot_modules().first(),
+            Some(&(0x80b_b000..0x80c_0000))
+        );
+        // The same module past the end of RAM stops the parse.
+        let module = [0x80d_f000u64, 20 << 10, 0, 0];
+        mem.put(0x2000, &module.map(u64::to_le_bytes).concat());
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem),
+            Err(BootInfoError::Module(ModuleError::NotInRam {
+                index: 0,
+                start: 0x80d_f000,
+                end: 0x80e_4000
+            }))
+        );
+        mem.put(0x1000 + 12, &100u32.to_le_bytes());
+        assert_eq!(
+            BootInfo::parse(0x1000, &mem).map_err(|e| e.to_string()),
+            Err("hvm_start_info lists 100 boot modules, at most 4 are read".to_string())
+        );
     }
 
     #[test]

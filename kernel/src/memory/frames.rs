@@ -10,8 +10,11 @@
 //!   highest usable address) is carved from the first usable region above
 //!   the kernel image that fits it, zeroed through the direct map;
 //! - every usable frame goes to the allocator as `Mapped` kernel memory,
-//!   except the first MiB (firmware and `hvm_start_info`), the kernel image
-//!   and the metadata;
+//!   except the first MiB (firmware and `hvm_start_info`), the kernel image,
+//!   the metadata and the boot modules (`MemoryMap::boot_modules`: the
+//!   root task's ELF, which the metadata avoids too). A module's frames are
+//!   not given back once it is loaded: it stays readable, untouched, for
+//!   the kernel's life (a few pages; the capability step may hand it on);
 //! - the split reserve is filled, which converts the first pageblock to the
 //!   page-table freetype;
 //! - from 1 GiB of whole free pageblocks up, `ptalloc`'s conversion
@@ -127,23 +130,25 @@ pub(super) fn init(
     let frames = highest.div_ceil(ptalloc::PAGE_SIZE);
     let bytes = frames * METADATA_BYTES_PER_FRAME as u64;
     let image = super::kernel_image_phys();
+    // Above the image, clear of the boot modules.
+    let mut below_metadata: Excluded = heapless::Vec::new();
+    let _ = below_metadata.push(0..image.end.max(FIRST_MIB));
+    below_metadata.extend(memory.boot_modules().iter().cloned());
     let metadata = memory
         .usable()
-        .filter_map(|region| {
-            let start = region
-                .start
-                .max(image.end)
-                .max(FIRST_MIB)
-                .next_multiple_of(ptalloc::PAGE_SIZE);
-            (start + bytes <= region.end && direct_map.covers(start, bytes))
+        .flat_map(|region| free_pieces(region.start..region.end, &below_metadata))
+        .find_map(|piece| {
+            let start = piece.start.next_multiple_of(ptalloc::PAGE_SIZE);
+            (start + bytes <= piece.end && direct_map.covers(start, bytes))
                 .then_some(start..start + bytes)
         })
-        .next()
         .ok_or(FramesError::NoRoomForMetadata { bytes })?;
 
     // Page tables come from whole pageblocks converted to their key: with
     // none free, boot cannot go on. Say so before touching anything.
-    let excluded = [0..FIRST_MIB, image, metadata.clone()];
+    let mut excluded: Excluded = heapless::Vec::new();
+    excluded.extend([0..FIRST_MIB, image, metadata.clone()]);
+    excluded.extend(memory.boot_modules().iter().cloned());
     let whole_free_pageblocks: u64 = memory
         .usable()
         .flat_map(|region| free_pieces(region.start..region.end, &excluded))
@@ -229,19 +234,28 @@ fn conversion_watermark(whole_free_pageblocks: u64) -> usize {
     }
 }
 
+/// Ranges kept from the allocator: the first MiB, the image, the metadata
+/// and the boot modules.
+const MAX_EXCLUDED: usize = 3 + boot::MAX_MODULES;
+type Excluded = heapless::Vec<Range<u64>, MAX_EXCLUDED>;
+
 /// The parts of `region` outside every `excluded` range.
-fn free_pieces(region: Range<u64>, excluded: &[Range<u64>; 3]) -> heapless::Vec<Range<u64>, 8> {
-    let mut pieces: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
+fn free_pieces(
+    region: Range<u64>,
+    excluded: &Excluded,
+) -> heapless::Vec<Range<u64>, { MAX_EXCLUDED + 1 }> {
+    let mut pieces: heapless::Vec<Range<u64>, { MAX_EXCLUDED + 1 }> = heapless::Vec::new();
     let _ = pieces.push(region);
     for cut in excluded {
-        let mut next: heapless::Vec<Range<u64>, 8> = heapless::Vec::new();
+        let mut next: heapless::Vec<Range<u64>, { MAX_EXCLUDED + 1 }> = heapless::Vec::new();
         for piece in &pieces {
             for part in [
                 piece.start..piece.end.min(cut.start),
                 piece.start.max(cut.end)..piece.end,
             ] {
                 if part.start < part.end {
-                    // At most two parts per piece and three cuts: 8 fit.
+                    // A cut splits at most one piece (the pieces are
+                    // disjoint and it is one range): one more per cut fits.
                     let _ = next.push(part);
                 }
             }
