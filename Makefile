@@ -2,7 +2,8 @@
 # (the pinned Rust toolchain and its x86_64-unknown-none target, and QEMU
 # from the distribution's packages) and says what it installs.
 #
-#   make run    boot the kernel under QEMU (TCG, -cpu max) and show its report
+#   make run    boot the kernel under QEMU (TCG, -cpu max), show its report,
+#               then run the root task (kernel/roottask) in ring 3
 #   make test   host tests, then QEMU integration tests
 #   make gdb    boot paused with the gdbstub and print the gdb command
 #   make bench  ptalloc benchmarks: criterion timings, the fragmentation
@@ -13,7 +14,9 @@
 #               MUTANTS.md lists the mutants no test catches, and why
 #
 # Variables for run and gdb: APPEND="test=all", CPU=qemu64, MEM=4G, SMP=2,
-# TIMEOUT=60 (seconds). APPEND replaces the default "demo=pte pkfault=report".
+# TIMEOUT=60 (seconds), ROOTTASK=path (an ELF of your own as the root task,
+# README "Your own root task"; ROOTTASK=none boots without one). APPEND
+# replaces the default "demo=pte pkfault=report".
 # The runner refuses an APPEND over 1024 bytes and a MEM below 3M before
 # starting QEMU (exit code 11 or 17, as when the kernel itself refuses).
 # Variable for mutants: MUTANTS_CRATES="ptalloc pkeys boot shootdown" (the default).
@@ -28,10 +31,26 @@ APPEND  ?= demo=pte pkfault=report
 TIMEOUT ?= 60
 RUNNER  := cargo run --quiet --package tools --bin runner --
 
-.PHONY: run test gdb kernel host-test loom-test qemu-test deps toolchain qemu check bench mutants
+# The root task: the built-in one (kernel/roottask, a workspace of its own,
+# built from its directory so that its .cargo/config.toml applies), or the
+# ELF that ROOTTASK names, passed to QEMU as the first boot module (-initrd).
+ROOTTASK_ELF := target/roottask/$(TARGET)/release/roottask
+ROOTTASK     ?=
+ifeq ($(ROOTTASK),)
+INITRD       := --initrd $(ROOTTASK_ELF)
+ROOTTASK_DEP := roottask
+else ifeq ($(ROOTTASK),none)
+INITRD       :=
+ROOTTASK_DEP :=
+else
+INITRD       := --initrd "$(ROOTTASK)"
+ROOTTASK_DEP :=
+endif
 
-run: deps kernel
-	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)"
+.PHONY: run test gdb kernel roottask host-test loom-test qemu-test deps toolchain qemu check bench mutants
+
+run: deps kernel $(ROOTTASK_DEP)
+	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)" $(INITRD)
 
 test: deps host-test loom-test qemu-test
 
@@ -45,20 +64,25 @@ loom-test: toolchain
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --package ptalloc --test loom
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --package shootdown --test loom
 
-qemu-test: deps kernel
+qemu-test: deps kernel roottask
 	cargo test --package qemu-tests
 
-gdb: deps kernel
-	$(RUNNER) --gdb --cpu $(CPU) --memory $(MEM) --smp $(SMP) --append "$(APPEND)"
+gdb: deps kernel $(ROOTTASK_DEP)
+	$(RUNNER) --gdb --cpu $(CPU) --memory $(MEM) --smp $(SMP) --append "$(APPEND)" $(INITRD)
 
 kernel: toolchain
 	cargo build --package kernel --target $(TARGET)
+
+roottask: toolchain
+	cd kernel/roottask && cargo build --release --target-dir ../../target/roottask
 
 # Lints as CI would want them; not part of `make test`.
 check: toolchain
 	cargo fmt --all --check
 	cargo clippy --workspace --exclude kernel --all-targets -- -D warnings
 	cargo clippy --package kernel --target $(TARGET) -- -D warnings
+	cd kernel/roottask && cargo fmt --check
+	cd kernel/roottask && cargo clippy --release --target-dir ../../target/roottask -- -D warnings
 
 # Host benchmarks of ptalloc (release build; a few minutes on 2 cores). The
 # summary runs last and prints the table that the README quotes.

@@ -36,10 +36,26 @@ pub enum RunnerError {
     )]
     KernelNotFound(PathBuf),
 
+    /// The boot module (`--initrd`) does not exist (or is not a file).
+    #[error(
+        "boot module not found at {}: --initrd (make run ROOTTASK=) names the root task's ELF file",
+        .0.display()
+    )]
+    InitrdNotFound(PathBuf),
+
     /// `cargo build` of the kernel failed.
     #[error("building the kernel failed: `{command}` {status}")]
     KernelBuildFailed {
         /// The cargo command line.
+        command: String,
+        /// How it ended.
+        status: String,
+    },
+
+    /// `cargo build` of the root task failed.
+    #[error("building the root task failed: `{command}` {status}")]
+    RootTaskBuildFailed {
+        /// The cargo command line (run in `kernel/roottask`).
         command: String,
         /// How it ended.
         status: String,

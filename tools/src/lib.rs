@@ -18,8 +18,8 @@
 //! - [`defmt_log`]: loading the defmt table from the ELF and decoding COM2.
 //! - [`qemu`]: [`QemuConfig`], finding (or installing) QEMU, [`run`], and
 //!   the retry of a KVM `-cpu host` that QEMU cannot set up.
-//! - [`workspace`]: where the workspace and the kernel image are, and
-//!   [`build_kernel`].
+//! - [`workspace`]: where the workspace, the kernel image and the root
+//!   task are, [`build_kernel`] and [`build_roottask`].
 
 pub mod defmt_log;
 pub mod error;
@@ -34,4 +34,6 @@ pub use outcome::Outcome;
 pub use preflight::Refusal;
 pub use qemu::{Accel, CpuFallback, QemuConfig, find_or_install_qemu, kvm_cpu_fallback, run};
 pub use report::{RunReport, parse_test_line};
-pub use workspace::{build_kernel, default_kernel_path, workspace_root};
+pub use workspace::{
+    build_kernel, build_roottask, default_kernel_path, default_roottask_path, workspace_root,
+};

@@ -3,7 +3,8 @@
 //!
 //! [`run`] first checks the configuration ([`crate::preflight`]) and
 //! returns a refused report without starting QEMU if the kernel could not
-//! report the problem itself. Under KVM with `-cpu host` it retries once
+//! report the problem itself; a missing kernel image or boot module
+//! (`-initrd`) is an error before QEMU starts. Under KVM with `-cpu host` it retries once
 //! with [`KVM_HOST_FALLBACK_CPU`] when QEMU cannot set the host CPU up
 //! ([`kvm_cpu_fallback`]).
 //!
@@ -100,6 +101,9 @@ pub struct QemuConfig {
     pub smp: u32,
     /// Kernel command line (`-append`); may be empty.
     pub append: String,
+    /// A file QEMU loads into RAM as the first PVH boot module
+    /// (`-initrd`): the root task's ELF. `None`: no module.
+    pub initrd: Option<PathBuf>,
     /// Kill QEMU after this long and report [`Outcome::Timeout`].
     pub timeout: Duration,
     /// Accelerator.
@@ -122,6 +126,7 @@ impl QemuConfig {
             memory: "128M".to_string(),
             smp: 1,
             append: String::new(),
+            initrd: None,
             timeout: Duration::from_secs(60),
             accel: Accel::Tcg,
             gdb: false,
@@ -150,6 +155,12 @@ impl QemuConfig {
     /// Sets the kernel command line.
     pub fn append(mut self, append: impl Into<String>) -> Self {
         self.append = append.into();
+        self
+    }
+
+    /// Sets the boot module (`-initrd`): the root task's ELF.
+    pub fn initrd(mut self, initrd: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(initrd.into());
         self
     }
 
@@ -210,6 +221,9 @@ impl QemuConfig {
             "-serial".into(),
             com2.into(),
         ];
+        if let Some(initrd) = &self.initrd {
+            args.extend(["-initrd".into(), initrd.to_string_lossy().into_owned()]);
+        }
         if self.gdb {
             args.extend(["-s".into(), "-S".into()]);
         }
@@ -480,6 +494,10 @@ pub fn run(cfg: &QemuConfig) -> Result<RunReport, RunnerError> {
     }
     if !cfg.kernel.is_file() {
         return Err(RunnerError::KernelNotFound(cfg.kernel.clone()));
+    }
+    // QEMU would stop with its own error, after starting; say it first.
+    if let Some(initrd) = cfg.initrd.as_ref().filter(|path| !path.is_file()) {
+        return Err(RunnerError::InitrdNotFound(initrd.clone()));
     }
     let qemu = find_or_install_qemu()?;
     run_with_fallback(&qemu, cfg)
@@ -841,6 +859,43 @@ mod tests {
             .position(|a| a == "-append")
             .map(|i| &args[i + 1]);
         assert_eq!(append.map(String::as_str), Some(""));
+    }
+
+    #[test]
+    fn an_initrd_is_passed_as_the_boot_module() {
+        let args = QemuConfig::new("k")
+            .initrd("/r/root task")
+            .qemu_args("null");
+        let at = args.iter().position(|a| a == "-initrd");
+        assert_eq!(
+            at.map(|i| args[i + 1].as_str()),
+            Some("/r/root task"),
+            "{args:?}"
+        );
+        assert!(
+            !QemuConfig::new("k")
+                .qemu_args("null")
+                .contains(&"-initrd".to_string())
+        );
+    }
+
+    #[test]
+    fn a_missing_initrd_is_a_clear_error_before_qemu_starts() {
+        // A kernel that exists (this crate's manifest stands in: QEMU is
+        // never started), and a module that does not.
+        let kernel = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let cfg = QemuConfig::new(kernel).initrd("/nonexistent/roottask");
+        match run(&cfg) {
+            Err(error @ RunnerError::InitrdNotFound(_)) => assert_eq!(
+                error.to_string(),
+                "boot module not found at /nonexistent/roottask: --initrd (make run \
+                 ROOTTASK=) names the root task's ELF file"
+            ),
+            other => panic!("expected InitrdNotFound, got {other:?}"),
+        }
+        // A directory is not a module either.
+        let cfg = QemuConfig::new(kernel).initrd(env!("CARGO_MANIFEST_DIR"));
+        assert!(matches!(run(&cfg), Err(RunnerError::InitrdNotFound(_))));
     }
 
     #[test]

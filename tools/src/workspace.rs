@@ -1,4 +1,5 @@
-//! Where things are in the workspace, and building the kernel image.
+//! Where things are in the workspace, and building the kernel image and
+//! the root task.
 //!
 //! Paths are derived from this crate's manifest directory at compile time
 //! (`tools/..` is the workspace root), so nothing machine-specific is
@@ -90,6 +91,68 @@ pub fn build_kernel(release: bool) -> Result<PathBuf, RunnerError> {
     Ok(kernel)
 }
 
+/// The root task's crate, a workspace of its own (see its Cargo.toml).
+pub const ROOTTASK_DIR: &str = "kernel/roottask";
+/// Where its builds go, under the workspace root: beside the kernel's,
+/// whatever `CARGO_TARGET_DIR` says (the build passes `--target-dir`).
+pub const ROOTTASK_TARGET_DIR: &str = "target/roottask";
+/// The root task's binary name.
+pub const ROOTTASK_BINARY: &str = "roottask";
+
+/// The root task ELF that [`build_roottask`] (and `make run`) produces.
+pub fn default_roottask_path(release: bool) -> PathBuf {
+    workspace_root()
+        .join(ROOTTASK_TARGET_DIR)
+        .join(KERNEL_TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join(ROOTTASK_BINARY)
+}
+
+/// The cargo arguments that build the root task, run in [`ROOTTASK_DIR`]
+/// (whose `.cargo/config.toml` picks the target and its code model).
+fn roottask_build_args(release: bool) -> Vec<String> {
+    // ROOTTASK_TARGET_DIR, relative to ROOTTASK_DIR.
+    let up = vec![".."; Path::new(ROOTTASK_DIR).components().count()].join("/");
+    let target_dir = format!("{up}/{ROOTTASK_TARGET_DIR}");
+    let mut args: Vec<String> = vec!["build".into(), "--target-dir".into(), target_dir];
+    if release {
+        args.push("--release".to_string());
+    }
+    args
+}
+
+/// Builds the root task with cargo in its own directory, printing the
+/// command first, and returns the path of its ELF.
+pub fn build_roottask(release: bool) -> Result<PathBuf, RunnerError> {
+    let dir = workspace_root().join(ROOTTASK_DIR);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let args = roottask_build_args(release);
+    let shown = format!("cargo {}", args.join(" "));
+    eprintln!(
+        "runner: building the root task: {shown} (in {})",
+        dir.display()
+    );
+    // The build has its own target directory; an inherited one would
+    // put the ELF elsewhere.
+    let status = Command::new(&cargo)
+        .args(&args)
+        .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .map_err(|e| RunnerError::io(format!("running `{shown}`"), e))?;
+    if !status.success() {
+        return Err(RunnerError::RootTaskBuildFailed {
+            command: shown,
+            status: describe_exit(status),
+        });
+    }
+    let elf = default_roottask_path(release);
+    if !elf.is_file() {
+        return Err(RunnerError::InitrdNotFound(elf));
+    }
+    Ok(elf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +176,32 @@ mod tests {
             release.ends_with("x86_64-unknown-none/release/kernel"),
             "{release:?}"
         );
+    }
+
+    #[test]
+    fn the_root_task_builds_beside_the_kernel() {
+        assert!(
+            workspace_root()
+                .join(ROOTTASK_DIR)
+                .join("Cargo.toml")
+                .is_file()
+        );
+        assert!(
+            default_roottask_path(true)
+                .ends_with("target/roottask/x86_64-unknown-none/release/roottask")
+        );
+        // The relative --target-dir, from the crate's directory, is
+        // ROOTTASK_TARGET_DIR from the root (the Makefile passes the same).
+        assert_eq!(
+            roottask_build_args(true),
+            [
+                "build",
+                "--target-dir",
+                "../../target/roottask",
+                "--release"
+            ]
+        );
+        assert_eq!(roottask_build_args(false).len(), 3);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! log from COM2 live, and print a one-line verdict.
 //!
 //! ```text
-//! runner [--build] [--release] [--kernel PATH] [--cpu max] [-m|--memory 128M]
-//!        [--smp 1] [--append "..."] [--timeout SECS] [--accel tcg|kvm] [--gdb]
+//! runner [--build] [--release] [--kernel PATH] [--initrd PATH] [--cpu max]
+//!        [-m|--memory 128M] [--smp 1] [--append "..."] [--timeout SECS]
+//!        [--accel tcg|kvm] [--gdb]
 //! ```
 //!
 //! Before starting QEMU the runner refuses what the kernel could not report
@@ -14,14 +15,16 @@
 //! started, and exits with the code of the kernel's own refusal. Under
 //! `--accel kvm` with `-cpu host`, a QEMU that cannot set up the host CPU
 //! (`failed to set MSR`) is retried once with `-cpu host,-arch-capabilities`,
-//! and a `runner|` note says so.
+//! and a `runner|` note says so. `--initrd` names the root task's ELF,
+//! which QEMU loads as the first PVH boot module; a missing file is an
+//! error (exit code 1) before QEMU starts.
 //!
 //! Exit codes (only 0 is a pass):
 //!
 //! | code | meaning |
 //! |---|---|
 //! | 0  | kernel reported success (QEMU status 33) |
-//! | 1  | the runner could not run: no QEMU, no kernel image, build failed, I/O |
+//! | 1  | the runner could not run: no QEMU, no kernel image or boot module, build failed, I/O |
 //! | 2  | bad command-line options (clap) |
 //! | 10 | kernel reported failure: panic, unexpected exception, failed test (35) |
 //! | 11 | kernel rejected its `--append` command line (37), or the runner refused it |
@@ -76,6 +79,11 @@ struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with = "build")]
     kernel: Option<PathBuf>,
 
+    /// The root task's ELF, loaded by QEMU as the first PVH boot module
+    /// (-initrd) [default: none; the kernel then ends after its boot].
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
     /// QEMU CPU model [default: max under tcg, host under kvm].
     #[arg(long)]
     cpu: Option<String>,
@@ -129,7 +137,7 @@ fn run(cli: &Cli) -> Result<RunReport, RunnerError> {
         (None, false) => tools::default_kernel_path(cli.release),
     };
     let accel = Accel::from(cli.accel);
-    let cfg = QemuConfig::new(kernel)
+    let mut cfg = QemuConfig::new(kernel)
         .accel(accel)
         .cpu(
             cli.cpu
@@ -142,6 +150,9 @@ fn run(cli: &Cli) -> Result<RunReport, RunnerError> {
         .timeout(Duration::from_secs(cli.timeout))
         .gdb(cli.gdb)
         .echo(true);
+    if let Some(initrd) = &cli.initrd {
+        cfg = cfg.initrd(initrd);
+    }
     tools::run(&cfg)
 }
 
@@ -245,7 +256,7 @@ mod tests {
     fn parses_all_options() {
         let cli = Cli::try_parse_from(
             "runner --release --cpu qemu64,+pks -m 256M --smp 2 --append protect=none \
-             --timeout 5 --accel kvm --gdb"
+             --timeout 5 --accel kvm --gdb --initrd root/task.elf"
                 .split_whitespace(),
         );
         let cli = match cli {
@@ -257,6 +268,7 @@ mod tests {
         assert_eq!((cli.memory.as_str(), cli.smp, cli.timeout), ("256M", 2, 5));
         assert_eq!(cli.append, "protect=none");
         assert!(matches!(cli.accel, AccelArg::Kvm));
+        assert_eq!(cli.initrd, Some(PathBuf::from("root/task.elf")));
     }
 
     #[test]
