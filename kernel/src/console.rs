@@ -35,6 +35,37 @@ pub fn print_args(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes one byte a user thread gave (`DebugPutChar`): printable ASCII
+/// and newlines as they are, anything else as `?`, so a user cannot send
+/// the terminal control sequences or break the line protocol the test
+/// harness reads.
+pub fn put_byte(byte: u8) {
+    let shown = if byte == b'\n' || byte.is_ascii_graphic() || byte == b' ' {
+        byte
+    } else {
+        b'?'
+    };
+    if let Some(captured) = USER_CAPTURE.lock().as_mut() {
+        // A full capture drops the rest: the test sees it was cut.
+        let _ = captured.push(shown);
+        return;
+    }
+    print_args(format_args!("{}", shown as char));
+}
+
+/// What user threads print while [`capture_user_output`] runs.
+static USER_CAPTURE: Mutex<Option<heapless::Vec<u8, 256>>> = Mutex::new(None);
+
+/// Runs `f` with user output (`put_byte`) kept instead of printed, and
+/// returns it with `f`'s result: for in-kernel tests, whose own
+/// `test NAME ... ok` lines user output would break.
+pub fn capture_user_output<T>(f: impl FnOnce() -> T) -> (T, heapless::Vec<u8, 256>) {
+    *USER_CAPTURE.lock() = Some(heapless::Vec::new());
+    let result = f();
+    let captured = USER_CAPTURE.lock().take().unwrap_or_default();
+    (result, captured)
+}
+
 /// Prints even if the console lock is held (a fault may strike while
 /// printing), by breaking the lock.
 ///

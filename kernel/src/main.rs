@@ -24,6 +24,7 @@ mod memory;
 mod pkfault;
 mod report;
 mod sync;
+mod syscall;
 mod testing;
 
 use arch::cpu::CpuFeatures;
@@ -67,7 +68,10 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         arch::percpu::init_boot_cpu();
         arch::gdt::init();
         arch::idt::init();
+        arch::apic::mask_legacy_pic();
+        arch::usermode::init_cpu(arch::gdt::boot_entry_stack_top());
     }
+    syscall::init();
     console::init();
     log::init();
     println!("pks-kernel {} booting", env!("CARGO_PKG_VERSION"));

@@ -230,7 +230,7 @@ fn print_verification(boot: &BootState) {
     );
     let i = &boot.memory.image;
     println!(
-        "kernel image W^X: {} pages r-x (text), {} r-- (boot stub, rodata, recovery table, tests, IDT, GDT, TSS), {} rw- (data, bss), {} IST guard pages and {} past the image unmapped; direct-map alias read-only for {} frames (early page tables keep theirs)",
+        "kernel image W^X: {} pages r-x (text), {} r-- (boot stub, rodata, recovery table, tests, IDT, GDT, TSS), {} rw- (data, bss), {} stack guard pages and {} past the image unmapped; direct-map alias read-only for {} frames (early page tables keep theirs)",
         i.read_execute, i.read_only, i.read_write, i.guards, i.unmapped, i.direct_map_read_only
     );
     let (singles, mixed) = memory::sealed::single_pages();

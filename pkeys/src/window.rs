@@ -461,7 +461,11 @@ impl<R: ProtectionRegisters> CpuProtection<R> {
         Ok(())
     }
 
-    fn check_or_report(&self) {
+    /// Checks the registers and hands a violation to the handler given at
+    /// set-up (which reports it, and under the default policy stops the
+    /// machine): for crossings where the registers must hold their
+    /// defaults, such as entries from and returns to user mode.
+    pub fn check_or_report(&self) {
         if let Err(violation) = self.check() {
             (self.on_violation)(&violation);
         }

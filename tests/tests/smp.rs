@@ -81,7 +81,7 @@ fn two_cpus_without_pks_boot_and_report() {
 fn two_cpus_run_the_in_kernel_tests() {
     let run = boot(qemu("test=all").smp(2));
     run.expect_outcome(Outcome::Success)
-        .expect_console(&["tests: 52 passed, 0 failed, 1 skipped", "shootdowns: "]);
+        .expect_console(&["tests: 57 passed, 0 failed, 1 skipped", "shootdowns: "]);
     assert_eq!(cpu_lines(&run).len(), 2, "{}", run.0.transcript());
 }
 
@@ -156,7 +156,8 @@ fn a_conversion_drops_the_old_translation_on_other_cpus() {
 /// one shootdown round per allocator flush. The window, conversion and
 /// unmap proofs hold with four CPUs online too: a kernel unmap interrupts
 /// the three others, a user unmap only the CPU that has the space loaded;
-/// and an AP's GDT and TSS are read-only in both their mappings.
+/// an AP's GDT and TSS are read-only in both their mappings; and a
+/// shootdown reaches a CPU while it runs user code.
 #[test]
 fn four_cpus_churn_walk_window_and_shoot() {
     let run = boot(
@@ -166,12 +167,13 @@ fn four_cpus_churn_walk_window_and_shoot() {
              a_conversion_drops_the_old_translation_on_other_cpus,\
              a_kernel_unmap_drops_the_translation_on_other_cpus,\
              a_user_unmap_reaches_only_the_cpus_with_the_space_loaded,\
-             an_ap_gdt_and_tss_are_read_only_in_both_mappings",
+             an_ap_gdt_and_tss_are_read_only_in_both_mappings,\
+             a_shootdown_reaches_a_cpu_running_user_code",
         )
         .smp(4),
     );
     run.expect_outcome(Outcome::Success)
-        .expect_console(&["tests: 7 passed, 0 failed, 0 skipped"])
+        .expect_console(&["tests: 8 passed, 0 failed, 0 skipped"])
         .expect_log("kernel unmap: 1 shootdown rounds, 3 CPUs interrupted")
         .expect_log("user unmap: (rounds, CPUs interrupted) with CPU 1 in the space 1/1, after it left 0/0, loaded only here 0/0");
     for cpu in 0..4 {

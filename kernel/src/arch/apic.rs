@@ -17,6 +17,36 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86::io::{inb, outb};
 
+/// Moves the legacy 8259 PICs' vectors off the exception vectors (the
+/// firmware leaves the master's IRQ 0, the PIT, on vector 8, #DF's) to
+/// 0x20-0x2f and masks every line: no device interrupt is routed, and the
+/// kernel must never see one dressed as an exception once it runs code
+/// with interrupts on (user mode).
+///
+/// # Safety
+/// Call once, on the boot CPU, at boot, before interrupts are ever on.
+pub unsafe fn mask_legacy_pic() {
+    const MASTER_COMMAND: u16 = 0x20;
+    const MASTER_DATA: u16 = 0x21;
+    const SLAVE_COMMAND: u16 = 0xa0;
+    const SLAVE_DATA: u16 = 0xa1;
+    // SAFETY: the PIC ports exist on every PC; the sequence is the 8259's
+    // initialisation (ICW1 to ICW4), then the mask (OCW1), and nothing else
+    // drives the PICs.
+    unsafe {
+        outb(MASTER_COMMAND, 0x11); // ICW1: initialise, ICW4 follows
+        outb(SLAVE_COMMAND, 0x11);
+        outb(MASTER_DATA, 0x20); // ICW2: vector base
+        outb(SLAVE_DATA, 0x28);
+        outb(MASTER_DATA, 0x04); // ICW3: slave on IRQ 2
+        outb(SLAVE_DATA, 0x02);
+        outb(MASTER_DATA, 0x01); // ICW4: 8086 mode
+        outb(SLAVE_DATA, 0x01);
+        outb(MASTER_DATA, 0xff); // every line masked
+        outb(SLAVE_DATA, 0xff);
+    }
+}
+
 /// Where the local APIC is mapped (the last page of the kernel space's
 /// region, away from what tests map).
 pub const APIC_VIRT: u64 =

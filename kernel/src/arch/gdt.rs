@@ -1,8 +1,9 @@
 //! The GDT and TSS, with separate interrupt stacks (IST) for the
 //! exceptions that must work even when the current stack is bad.
 //!
-//! Layout: null, kernel code (0x08), kernel data (0x10), TSS (0x18, two
-//! slots). The boot CPU's tables live in the image (`.ro_after_init`).
+//! Layout: null, kernel code (0x08), kernel data (0x10), user data
+//! (0x18), user code (0x20), TSS (0x28, two slots): the order SYSCALL and
+//! SYSRET need (`arch::usermode` programs IA32_STAR from it). The boot CPU's tables live in the image (`.ro_after_init`).
 //! Each AP gets its own, built here as bytes ([`ap_tables`]) that
 //! `arch::smp` places in a frame mapped read-only in the kernel space,
 //! with IST stacks of its own behind guard pages; [`load_ap`] loads them.
@@ -22,7 +23,11 @@ use x86::segmentation::{
 pub const KERNEL_CODE: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
 /// Kernel data segment selector.
 pub const KERNEL_DATA: SegmentSelector = SegmentSelector::new(2, Ring::Ring0);
-const TSS_SELECTOR: SegmentSelector = SegmentSelector::new(3, Ring::Ring0);
+/// User data segment selector (ring 3).
+pub const USER_DATA: SegmentSelector = SegmentSelector::new(3, Ring::Ring3);
+/// User code segment selector (ring 3, 64-bit).
+pub const USER_CODE: SegmentSelector = SegmentSelector::new(4, Ring::Ring3);
+const TSS_SELECTOR: SegmentSelector = SegmentSelector::new(5, Ring::Ring0);
 
 /// Interrupt stack table slots (1-based, as the IDT gate encodes them).
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +65,8 @@ struct Gdt {
     null: Descriptor,
     kernel_code: Descriptor,
     kernel_data: Descriptor,
+    user_data: Descriptor,
+    user_code: Descriptor,
     tss: Descriptor64,
 }
 
@@ -79,6 +86,8 @@ static GDT: GdtPage = GdtPage(UnsafeCell::new(Gdt {
     null: Descriptor::NULL,
     kernel_code: Descriptor::NULL,
     kernel_data: Descriptor::NULL,
+    user_data: Descriptor::NULL,
+    user_code: Descriptor::NULL,
     tss: Descriptor64::NULL,
 }));
 
@@ -107,9 +116,24 @@ pub fn tss_address() -> u64 {
     TSS.0.get() as u64
 }
 
-/// The IST stacks; only raw pointers are ever taken to them.
+/// Size of each CPU's entry stack: what entries from user mode (SYSCALL,
+/// and interrupts and exceptions from ring 3, through the TSS's RSP0)
+/// run on.
+pub const ENTRY_STACK_SIZE: usize = 16 * 1024;
+
+/// The boot CPU's entry stack, above its guard page (unmapped by
+/// `memory::image`, like the IST stacks').
+#[repr(C, align(4096))]
+struct EntryStack {
+    guard: [u8; 4096],
+    stack: [u8; ENTRY_STACK_SIZE],
+}
+
+/// The IST stacks and the entry stack; only raw pointers are ever taken
+/// to them.
 struct CpuTables {
     ist_stacks: UnsafeCell<IstStacks>,
+    entry_stack: UnsafeCell<EntryStack>,
 }
 
 // SAFETY: written once by `init` on the boot CPU before anything else runs;
@@ -125,13 +149,25 @@ static TABLES: CpuTables = CpuTables {
             }
         }; IST_STACKS],
     )),
+    entry_stack: UnsafeCell::new(EntryStack {
+        guard: [0; 4096],
+        stack: [0; ENTRY_STACK_SIZE],
+    }),
 };
 
-/// The boot CPU's IST stacks' guard pages (virtual addresses in the
-/// image), for `memory::image` to unmap.
-pub fn ist_guard_pages() -> [u64; IST_STACKS] {
+/// Top of the boot CPU's entry stack.
+pub fn boot_entry_stack_top() -> u64 {
+    TABLES.entry_stack.get() as u64 + size_of::<EntryStack>() as u64
+}
+
+/// The guard pages of the boot CPU's IST stacks and of its entry stack
+/// (virtual addresses in the image), for `memory::image` to unmap.
+pub fn guard_pages() -> [u64; IST_STACKS + 1] {
     let stacks = TABLES.ist_stacks.get() as u64;
-    core::array::from_fn(|i| stacks + (i * size_of::<IstStack>()) as u64)
+    core::array::from_fn(|i| match i {
+        IST_STACKS => TABLES.entry_stack.get() as u64,
+        i => stacks + (i * size_of::<IstStack>()) as u64,
+    })
 }
 
 /// The GDT for a TSS at `tss`.
@@ -156,17 +192,32 @@ fn gdt_for(tss: u64) -> Gdt {
         .present()
         .dpl(Ring::Ring0)
         .finish();
+    let user_code: Descriptor =
+        DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteReadAccessed)
+            .present()
+            .dpl(Ring::Ring3)
+            .l()
+            .finish();
+    let user_data: Descriptor =
+        DescriptorBuilder::data_descriptor(0, 0, DataSegmentType::ReadWriteAccessed)
+            .present()
+            .dpl(Ring::Ring3)
+            .finish();
     Gdt {
         null: Descriptor::NULL,
         kernel_code,
         kernel_data,
+        user_data,
+        user_code,
         tss: tss_descriptor,
     }
 }
 
-/// A TSS whose IST slot n (1-based) is `ist_tops[n - 1]`.
-fn tss_for(ist_tops: [u64; IST_STACKS]) -> TaskStateSegment {
+/// A TSS whose IST slot n (1-based) is `ist_tops[n - 1]` and whose RSP0
+/// (the stack an interrupt from ring 3 lands on) is `entry_top`.
+fn tss_for(ist_tops: [u64; IST_STACKS], entry_top: u64) -> TaskStateSegment {
     let mut tss = TaskStateSegment::new();
+    tss.set_rsp(Ring::Ring0, entry_top);
     // No I/O bitmap: a base past the TSS limit gives ring 3 no port
     // access (base 0 would read bitmap bits from the TSS itself).
     tss.iomap_base = size_of::<TaskStateSegment>() as u16;
@@ -185,10 +236,15 @@ pub const IST_COUNT: usize = IST_STACKS;
 
 /// An AP's GDT and TSS as bytes: the GDT's TSS descriptor points at
 /// `tss_virt`, where the caller maps the TSS bytes; IST slot n uses the
-/// stack whose top is `ist_tops[n - 1]`.
-pub fn ap_tables(tss_virt: u64, ist_tops: [u64; IST_STACKS]) -> ([u8; GDT_BYTES], [u8; TSS_BYTES]) {
+/// stack whose top is `ist_tops[n - 1]`, and entries from ring 3 the one
+/// whose top is `entry_top`.
+pub fn ap_tables(
+    tss_virt: u64,
+    ist_tops: [u64; IST_STACKS],
+    entry_top: u64,
+) -> ([u8; GDT_BYTES], [u8; TSS_BYTES]) {
     let gdt = gdt_for(tss_virt);
-    let tss = tss_for(ist_tops);
+    let tss = tss_for(ist_tops, entry_top);
     // SAFETY: both are plain-old-data `repr(C)`/`repr(packed)` structures
     // of exactly these sizes; the bytes are a copy.
     unsafe {
@@ -247,7 +303,7 @@ pub unsafe fn init() {
     // SAFETY: called once during single-threaded boot (caller's contract);
     // nothing else references the tables yet.
     unsafe {
-        tss.write(tss_for(tops));
+        tss.write(tss_for(tops, boot_entry_stack_top()));
         GDT.0.get().write(gdt_for(tss as u64));
     }
 

@@ -166,6 +166,11 @@ core::arch::global_asm!(
 core::arch::global_asm!(
     ".section .text.exception_common, \"ax\"",
     "exception_common:",
+    // From ring 3 (the saved CS's RPL): take the kernel's GS.
+    "test qword ptr [rsp + 24], 3",
+    "jz 1f",
+    "swapgs",
+    "1:",
     "push rax",
     "push rbx",
     "push rcx",
@@ -200,6 +205,11 @@ core::arch::global_asm!(
     "pop rbx",
     "pop rax",
     "add rsp, 16", // vector and error code
+    // Back to ring 3: give the user its GS again.
+    "test qword ptr [rsp + 8], 3",
+    "jz 2f",
+    "swapgs",
+    "2:",
     "iretq",
     dispatch = sym exception_dispatch,
 );
@@ -228,6 +238,17 @@ pub fn table_address() -> u64 {
 }
 
 static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+/// Interrupts each CPU took while running user code (and returned to it).
+static USER_INTERRUPTS: [AtomicU64; super::percpu::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; super::percpu::MAX_CPUS];
+
+/// Interrupts CPU `cpu` took in ring 3 so far.
+pub fn user_interrupts(cpu: usize) -> u64 {
+    USER_INTERRUPTS
+        .get(cpu)
+        .map_or(0, |count| count.load(Ordering::Relaxed))
+}
 
 /// Number of #BP exceptions handled (and returned from).
 pub fn breakpoints() -> u64 {
@@ -321,6 +342,18 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
     // Checks the registers (a mismatch is reported as an attack) before
     // anything else runs.
     let mut saved = protection.map(|p| p.enter_exception());
+    if frame.cs & 3 == 3 && frame.vector < 32 {
+        // A user thread's exception stops that thread, not the kernel.
+        if let (Some(protection), Some(saved)) = (protection, saved) {
+            protection.exit_exception(saved);
+        }
+        let address = if frame.vector == 14 {
+            super::cpu::read_cr2()
+        } else {
+            0
+        };
+        super::usermode::stop_on_fault(frame.vector, frame.error_code, frame.rip, address);
+    }
     let handled = match frame.vector {
         1 => crate::pkfault::single_step(frame, saved.as_mut()),
         3 => {
@@ -343,6 +376,9 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
         v if v == u64::from(super::apic::IPI_VECTOR) => {
             // A shootdown round, or the wake-up of a parked CPU (its work
             // is taken after `hlt`).
+            if frame.cs & 3 == 3 {
+                USER_INTERRUPTS[super::percpu::index()].fetch_add(1, Ordering::Relaxed);
+            }
             super::apic::eoi();
             let _ = crate::memory::tlb::answer_shootdown();
             true

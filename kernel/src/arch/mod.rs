@@ -1,6 +1,6 @@
 //! x86-64 machine code: CPU features and control registers, descriptor
 //! tables, exception entry, per-CPU areas, the local APIC, the MADT and
-//! AP bring-up, and the QEMU exit device.
+//! AP bring-up, the way in and out of user mode, and the QEMU exit device.
 //!
 //! Everything here touches hardware, so this is where the kernel's
 //! `unsafe` lives. Policy decisions stay in the crates that call it.
@@ -15,3 +15,4 @@ pub mod percpu;
 pub mod pks;
 pub mod recovery;
 pub mod smp;
+pub mod usermode;

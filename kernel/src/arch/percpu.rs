@@ -6,8 +6,10 @@
 //! GS at slot 0 before anything else in `kernel_boot_entry` (before its
 //! first exception could ask for the CPU's protection state); an AP's
 //! trampoline sets GS before it enters Rust. Nothing here loads a GS
-//! selector (that would clear the base), and there is no user mode yet,
-//! so no `swapgs`: the first ring-3 entry must add it.
+//! selector (that would clear the base). While a CPU runs user code, its
+//! GS base is the user's (0) and IA32_KERNEL_GS_BASE holds the slot:
+//! every entry from ring 3 and every return to it swaps them (`swapgs`,
+//! in `arch::usermode` and the exception stubs).
 //!
 //! Promises: [`index`] is this CPU's number (0 for the boot CPU, then in
 //! the order `arch::smp` started them), stable for the CPU's life; a
@@ -26,6 +28,14 @@ pub const MAX_CPUS: usize = 8;
 pub struct PerCpu {
     /// This slot's own address (read through `gs:[0]`).
     self_addr: AtomicU64,
+    /// Top of the stack that entries from user mode run on (SYSCALL loads
+    /// it from here; interrupts from ring 3 take it from the TSS's RSP0).
+    pub(super) entry_stack_top: AtomicU64,
+    /// The user RSP while the SYSCALL stub switches stacks.
+    pub(super) user_rsp: AtomicU64,
+    /// The kernel RSP `usermode::run` left from, where a stopped thread
+    /// returns to (0 while no user thread runs here).
+    pub(super) resume_rsp: AtomicU64,
     /// The CPU's number.
     index: u32,
     /// Its local APIC id.
@@ -35,11 +45,23 @@ pub struct PerCpu {
 }
 
 const _: () = assert!(core::mem::offset_of!(PerCpu, self_addr) == 0);
+/// Offsets the user-mode entry assembly reads through GS.
+pub(super) const ENTRY_STACK_TOP: usize = 8;
+pub(super) const USER_RSP: usize = 16;
+pub(super) const RESUME_RSP: usize = 24;
+const _: () = {
+    assert!(core::mem::offset_of!(PerCpu, entry_stack_top) == ENTRY_STACK_TOP);
+    assert!(core::mem::offset_of!(PerCpu, user_rsp) == USER_RSP);
+    assert!(core::mem::offset_of!(PerCpu, resume_rsp) == RESUME_RSP);
+};
 
 impl PerCpu {
     const fn new(index: u32) -> Self {
         Self {
             self_addr: AtomicU64::new(0),
+            entry_stack_top: AtomicU64::new(0),
+            user_rsp: AtomicU64::new(0),
+            resume_rsp: AtomicU64::new(0),
             index,
             apic_id: AtomicU32::new(u32::MAX),
             online: AtomicBool::new(false),

@@ -214,6 +214,12 @@ impl Protection {
         self.0.end_allow_once(saved)
     }
 
+    /// Checks the registers at a crossing between user mode and the
+    /// kernel, reporting a violation to the handler (`arch::usermode`).
+    pub(super) fn check_or_report(&self) {
+        self.0.check_or_report();
+    }
+
     /// Exception entry (the IDT's dispatch only).
     pub(super) fn enter_exception(&self) -> pkeys::SavedProtection {
         self.0.enter_exception()

@@ -23,8 +23,8 @@
 //! its SIPI, so the AP never allocates: in the kernel space, from
 //! [`AP_REGION`] at 1 MiB per CPU, a page holding its GDT and TSS
 //! (mapped read-only; filled through the ephemeral slot), a 64 KiB kernel
-//! stack and five 16 KiB IST stacks, each with an unmapped guard page
-//! below it; and its [`percpu`] slot, whose address the trampoline loads
+//! stack, five 16 KiB IST stacks and a 16 KiB entry stack (what entries
+//! from user mode run on), each with an unmapped guard page below it; and its [`percpu`] slot, whose address the trampoline loads
 //! into IA32_GS_BASE before any Rust runs. The AP loads its GDT through
 //! the frame's direct-map alias (`ltr` writes the busy bit), then through
 //! the read-only mapping, loads the shared IDT, enables its APIC, and runs
@@ -61,6 +61,11 @@ const CPU_STRIDE: u64 = 1 << 20;
 const ITEM_STRIDE: u64 = 128 << 10;
 const KERNEL_STACK_PAGES: u64 = 16;
 const IST_STACK_PAGES: u64 = 4;
+/// The entry stack (user-mode entries) takes the item after the IST
+/// stacks: tables 0, kernel stack 1, IST stacks 2 to 6.
+const ENTRY_STACK_ITEM: u64 = 2 + gdt::IST_COUNT as u64;
+const ENTRY_STACK_PAGES: u64 = (gdt::ENTRY_STACK_SIZE / 4096) as u64;
+const _: () = assert!((ENTRY_STACK_ITEM + 1) * ITEM_STRIDE <= CPU_STRIDE);
 /// Where the TSS sits in the tables page (after the GDT).
 const TSS_OFFSET: u64 = 0x100;
 /// How long the boot CPU waits for an AP after its SIPIs.
@@ -242,6 +247,17 @@ pub fn run_on_all(work: fn(), timeout_ms: u64) -> Result<usize, RunOnError> {
     Ok(started.len() + 1)
 }
 
+/// Starts `work` on AP `cpu` without waiting (for tests that act while
+/// it runs); returns the ticket [`wait_for_work`] takes.
+pub fn start_on(cpu: usize, work: fn()) -> Result<u64, RunOnError> {
+    start(cpu, work)
+}
+
+/// Waits, up to `timeout_ms`, for the work [`start_on`] started.
+pub fn wait_for_work(cpu: usize, ticket: u64, timeout_ms: u64) -> Result<(), RunOnError> {
+    wait_for(cpu, ticket, timeout_ms)
+}
+
 /// Hands `work` to AP `cpu` and wakes it; returns its count of finished
 /// work before this one, for [`wait_for`].
 fn start(cpu: usize, work: fn()) -> Result<u64, RunOnError> {
@@ -381,8 +397,12 @@ fn prepare_cpu(index: usize) -> Result<(u64, u64, u64), &'static str> {
     for (i, top) in ist_tops.iter_mut().enumerate() {
         *top = map_stack(item(2 + i as u64), IST_STACK_PAGES)?;
     }
+    let entry_top = map_stack(item(ENTRY_STACK_ITEM), ENTRY_STACK_PAGES)?;
+    if let Some(slot) = percpu::slot(index) {
+        slot.entry_stack_top.store(entry_top, Ordering::Release);
+    }
     let tables_virt = item(0);
-    let (gdt_bytes, tss_bytes) = gdt::ap_tables(tables_virt + TSS_OFFSET, ist_tops);
+    let (gdt_bytes, tss_bytes) = gdt::ap_tables(tables_virt + TSS_OFFSET, ist_tops, entry_top);
     let mut frame = alloc_frame(0, kernel_type, true).map_err(|_| "out of memory for the GDT")?;
     crate::memory::ephemeral::copy_to(&mut frame, 0, &gdt_bytes).ok_or("writing the GDT failed")?;
     crate::memory::ephemeral::copy_to(&mut frame, TSS_OFFSET, &tss_bytes)
@@ -613,6 +633,9 @@ extern "C" fn ap_entry(index: u64) -> ! {
         idt::load_on_ap();
     }
     apic::enable();
+    // SAFETY: once, on this AP, after its GDT (with the user segments) and
+    // GS are loaded; `prepare_cpu` mapped its entry stack.
+    unsafe { super::usermode::init_cpu(percpu::current().entry_stack_top.load(Ordering::Acquire)) };
     let apic_id = apic::id();
     match pks::init_ap(index) {
         Ok(_) => {

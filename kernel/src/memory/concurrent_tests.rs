@@ -176,8 +176,10 @@ crate::kernel_test! {
         let cpus = online.len();
         let before = allocator.stats();
         let free: u64 = ptalloc::Freetype::all().map(|ft| before.free_pages(ft)).sum();
-        // A data frame and a page table per region, and room to spare.
-        let share = CHURN_TABLES.min(free / 3) / cpus as u64;
+        // A data frame and a page table per region, and room to spare;
+        // page tables only as many as conversions can serve (half the
+        // room: data frames may take whole pageblocks too).
+        let share = CHURN_TABLES.min(free / 3).min(frames::page_table_room() / 2) / cpus as u64;
         SHARE.store(share, Ordering::Release);
         prepare(cpus);
         let rounds_before = super::tlb::shootdown_stats().rounds;

@@ -407,6 +407,16 @@ pub fn whole_free_pageblocks() -> u64 {
     stats().map_or(0, |stats| stats.whole_free_pageblocks())
 }
 
+/// Page tables that fit without the single-page fallback: the free pages
+/// of page-table memory, plus 512 per whole free pageblock a conversion
+/// can take. For tests that measure conversions, which must not size
+/// their load past it (a machine fragmented by earlier tests has less).
+pub fn page_table_room() -> u64 {
+    stats().map_or(0, |stats| {
+        stats.free_pages(PAGE_TABLES) + stats.whole_free_pageblocks() * 512
+    })
+}
+
 /// For a test that needs `count` whole free pageblocks (`purpose` says
 /// what for): on a machine with fewer, the test is skipped, saying so.
 /// Small machines (from `boot::layout::MIN_MEMORY`) boot with none left

@@ -12,8 +12,8 @@
 //!   boot): `r--`;
 //! - `.data` and `.bss` (stacks, early page tables, statics): `rw-`, with
 //!   the early page tables keeping the key (or read-only bit) they got,
-//!   except the guard page below each of the boot CPU's IST stacks:
-//!   unmapped;
+//!   except the guard page below each of the boot CPU's IST stacks and
+//!   its entry stack: unmapped;
 //! - the rest of the 2 MiB, which is not the image: unmapped.
 //!
 //! Every frame of the image also gets a read-only, no-execute alias in the
@@ -50,7 +50,8 @@ pub enum Access {
     ReadWrite,
     /// Not the image: unmapped.
     Absent,
-    /// A guard page below one of the boot CPU's IST stacks: unmapped.
+    /// A guard page below one of the boot CPU's IST stacks or its entry
+    /// stack: unmapped.
     Guard,
 }
 
@@ -79,7 +80,7 @@ pub(super) fn read_only_phys() -> core::ops::Range<u64> {
 /// The access the page at `virt` (in the image's 2 MiB) gets.
 pub fn access(virt: u64) -> Access {
     let layout = layout();
-    if crate::arch::gdt::ist_guard_pages().contains(&(virt & !0xfff)) {
+    if crate::arch::gdt::guard_pages().contains(&(virt & !0xfff)) {
         Access::Guard
     } else if layout.text.contains(&virt) {
         Access::ReadExecute
@@ -105,7 +106,7 @@ pub struct ImageProtection {
     pub read_write: u64,
     /// Pages of the 2 MiB unmapped because they are not the image.
     pub unmapped: u64,
-    /// Guard pages unmapped below the boot CPU's IST stacks.
+    /// Guard pages unmapped below the boot CPU's IST and entry stacks.
     pub guards: u64,
     /// Frames whose direct-map alias became read-only.
     pub direct_map_read_only: u64,
@@ -252,7 +253,7 @@ crate::kernel_test! {
                     seen[2] += 1;
                 }
                 Access::Absent => crate::check!(false, "{:#x} past the image is mapped", virt),
-                Access::Guard => crate::check!(false, "IST guard page {:#x} is mapped", virt),
+                Access::Guard => crate::check!(false, "stack guard page {:#x} is mapped", virt),
             }
             let alias = leaf(root, direct_map_alias(virt)).map(|l| l.entry);
             if !early {
@@ -260,8 +261,8 @@ crate::kernel_test! {
             }
         }
         crate::check!(seen.iter().all(|&n| n > 0), "pages seen: {:?}", seen);
-        let guards = crate::arch::gdt::ist_guard_pages();
-        crate::check!(guards.iter().all(|&g| leaf(root, g).is_none()), "an IST guard page is mapped");
+        let guards = crate::arch::gdt::guard_pages();
+        crate::check!(guards.iter().all(|&g| leaf(root, g).is_none()), "a stack guard page is mapped");
         crate::check_eq!(crate::boot_state().memory.image.guards, guards.len() as u64);
         let past = (image.end..KERNEL_VIRT + KERNEL_PHYS + (2 << 20)).step_by(4096);
         crate::check!(past.clone().all(|v| leaf(root, v).is_none()), "a page past the image is mapped");

@@ -463,8 +463,10 @@ crate::kernel_test! {
         })?;
         let before = allocator.stats();
         let free: u64 = ptalloc::Freetype::all().map(|ft| before.free_pages(ft)).sum();
-        // A data frame and a page table per region, and room to spare.
-        let regions = REGIONS.min(free / 3);
+        // A data frame and a page table per region, and room to spare;
+        // page tables only as many as conversions can serve (half the
+        // room: data frames may take whole pageblocks too).
+        let regions = REGIONS.min(free / 3).min(frames::page_table_room() / 2);
         let pkrs_before = pks::current().map_or(0, |p| p.pkrs_writes());
         let rw = MapFlags { writable: true, executable: false };
         let mut mapped = 0;
