@@ -19,10 +19,12 @@ mod arch;
 mod console;
 mod demo;
 mod fatal;
+mod loader;
 mod log;
 mod memory;
 mod pkfault;
 mod report;
+mod roottask;
 mod sync;
 mod syscall;
 mod testing;
@@ -164,8 +166,15 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             if boot.config.demo == boot::cmdline::Demo::Pte {
                 demo::run();
             }
-            println!("boot complete");
-            ExitCode::Success
+            // With a boot module, the root task ends the run: its exit
+            // status decides ours.
+            match boot.info.modules.split_first() {
+                Some((module, others)) => roottask::run(module, others.len()),
+                None => {
+                    println!("boot complete");
+                    ExitCode::Success
+                }
+            }
         }
     };
     exit_qemu(code)
