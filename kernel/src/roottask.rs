@@ -89,6 +89,11 @@ enum LoadError {
         /// Why.
         error: FrameError,
     },
+    /// Bytes could not be copied into the fresh frame for a page.
+    Copy {
+        /// The page.
+        virt: u64,
+    },
     /// A page could not be mapped.
     Map {
         /// The page.
@@ -111,6 +116,7 @@ impl core::fmt::Display for LoadError {
             Self::Frame { virt, error } => {
                 write!(f, "no frame for the page at {virt:#x}: {error:?}")
             }
+            Self::Copy { virt } => write!(f, "cannot fill the frame for the page at {virt:#x}"),
             Self::Map { virt, error } => write!(f, "cannot map the page at {virt:#x}: {error:?}"),
             Self::BootInfo(error) => write!(f, "the boot info fails its check: {error:?}"),
         }
@@ -235,7 +241,7 @@ fn load(module: &BootModule) -> Result<Loaded, LoadError> {
     let mut frame = user_frame(BOOT_INFO)?;
     // A fresh 4 KiB frame holds the BootInfo (checked to fit).
     let copied = crate::memory::ephemeral::copy_to(&mut frame, 0, &boot_info_bytes(&info));
-    copied.ok_or(LoadError::Unreadable { phys: frame.addr() })?;
+    copied.ok_or(LoadError::Copy { virt: BOOT_INFO })?;
     map(&space, BOOT_INFO, frame, READ_ONLY)?;
     Ok(Loaded { space, plan })
 }
@@ -282,7 +288,7 @@ fn load_segment(
                 .read(phys, bytes)
                 .ok_or(LoadError::Unreadable { phys })?;
             crate::memory::ephemeral::copy_to(&mut frame, from - page, bytes)
-                .ok_or(LoadError::Unreadable { phys })?;
+                .ok_or(LoadError::Copy { virt: page })?;
         }
         map(space, page, frame, flags)?;
     }

@@ -130,6 +130,18 @@ pub(super) fn init(
     let frames = highest.div_ceil(ptalloc::PAGE_SIZE);
     let bytes = frames * METADATA_BYTES_PER_FRAME as u64;
     let image = super::kernel_image_phys();
+    let mut excluded: Excluded = heapless::Vec::new();
+    excluded.extend([0..FIRST_MIB, image.clone()]);
+    excluded.extend(memory.boot_modules().iter().cloned());
+    // Page tables come from whole pageblocks converted to their key: with
+    // none free, boot cannot go on. Say so before touching anything, and
+    // before looking for the metadata's room, which so small a machine
+    // may lack too (a larger image leaves it less).
+    if whole_free_pageblocks_in(memory, &excluded) == 0 {
+        return Err(FramesError::NotEnoughMemory {
+            usable_end: highest,
+        });
+    }
     // Above the image, clear of the boot modules.
     let mut below_metadata: Excluded = heapless::Vec::new();
     let _ = below_metadata.push(0..image.end.max(FIRST_MIB));
@@ -144,19 +156,9 @@ pub(super) fn init(
         })
         .ok_or(FramesError::NoRoomForMetadata { bytes })?;
 
-    // Page tables come from whole pageblocks converted to their key: with
-    // none free, boot cannot go on. Say so before touching anything.
-    let mut excluded: Excluded = heapless::Vec::new();
-    excluded.extend([0..FIRST_MIB, image, metadata.clone()]);
-    excluded.extend(memory.boot_modules().iter().cloned());
-    let whole_free_pageblocks: u64 = memory
-        .usable()
-        .flat_map(|region| free_pieces(region.start..region.end, &excluded))
-        .map(|piece| {
-            (piece.end / ptalloc::PAGEBLOCK_SIZE)
-                .saturating_sub(piece.start.div_ceil(ptalloc::PAGEBLOCK_SIZE))
-        })
-        .sum();
+    // The metadata may have taken the last whole free pageblock.
+    let _ = excluded.push(metadata.clone());
+    let whole_free_pageblocks = whole_free_pageblocks_in(memory, &excluded);
     if whole_free_pageblocks == 0 {
         return Err(FramesError::NotEnoughMemory {
             usable_end: highest,
@@ -238,6 +240,18 @@ fn conversion_watermark(whole_free_pageblocks: u64) -> usize {
 /// and the boot modules.
 const MAX_EXCLUDED: usize = 3 + boot::MAX_MODULES;
 type Excluded = heapless::Vec<Range<u64>, MAX_EXCLUDED>;
+
+/// Whole 2 MiB pageblocks of usable memory outside every `excluded` range.
+fn whole_free_pageblocks_in(memory: &MemoryMap, excluded: &Excluded) -> u64 {
+    memory
+        .usable()
+        .flat_map(|region| free_pieces(region.start..region.end, excluded))
+        .map(|piece| {
+            (piece.end / ptalloc::PAGEBLOCK_SIZE)
+                .saturating_sub(piece.start.div_ceil(ptalloc::PAGEBLOCK_SIZE))
+        })
+        .sum()
+}
 
 /// The parts of `region` outside every `excluded` range.
 fn free_pieces(
