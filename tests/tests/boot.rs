@@ -83,9 +83,14 @@ fn all_kernel_tests_pass() {
         .log
         .iter()
         .find_map(|line| {
-            let rest = line.split("churn: verification walk at the peak: ").nth(1)?;
+            let rest = line
+                .split("churn: verification walk at the peak: ")
+                .nth(1)?;
             let (tables, rest) = rest.split_once(" page tables, ")?;
-            Some((tables.parse::<u64>().ok()?, rest.starts_with("0 violations")))
+            Some((
+                tables.parse::<u64>().ok()?,
+                rest.starts_with("0 violations"),
+            ))
         })
         .unwrap_or_else(|| panic!("no walk at the churn's peak\n{}", run.0.transcript()));
     assert!(
