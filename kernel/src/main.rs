@@ -5,8 +5,10 @@
 //! brings up the descriptor tables, consoles and CPU protections, parses
 //! `hvm_start_info` and the command line, turns on PKS, builds the direct
 //! map and the page allocator, reprotects the early page tables, starts
-//! the other CPUs (`arch::smp`) and runs the verification walk, prints the boot report, then runs the selected
-//! in-kernel tests, or the demo, and stops.
+//! the other CPUs (`arch::smp`), runs the verification walk and prints the
+//! boot report. Then it runs the selected in-kernel tests, or the demo, or
+//! the root task from the first boot module (`roottask`, in ring 3), whose
+//! exit status ends the run; with none of these it stops.
 
 #![no_std]
 #![no_main]

@@ -65,7 +65,7 @@ fn the_root_task_prints_its_boot_info_and_exits_cleanly() {
         "roottask: hello from ring 3",
         "roottask: boot info at 0x7fffffff8000: version 1, node 0 of 1",
         "roottask: root CNode: radix 12 (4096 slots)",
-        "roottask: fixed caps: 1=InitThreadTcb 2=InitThreadCNode 3=InitThreadVSpace \
+        "roottask: fixed cap slots (no caps in them until the capability step): 1=InitThreadTcb 2=InitThreadCNode 3=InitThreadVSpace \
          4=BootInfoFrame 5=InitThreadIpcBuffer",
         "roottask: untyped: slots 6..6, 0 caps, budget 0 bytes",
         "roottask: empty slots 6..4096",

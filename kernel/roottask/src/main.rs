@@ -38,7 +38,7 @@ fn main(boot_info: u64) -> u64 {
         info.root_cnode_radix,
         1u64 << info.root_cnode_radix
     );
-    print!("roottask: fixed caps:");
+    print!("roottask: fixed cap slots (no caps in them until the capability step):");
     for cap in InitCap::ALL.iter().skip(1) {
         print!(" {}={:?}", cap.slot(), cap);
     }
