@@ -188,21 +188,7 @@ core::arch::global_asm!(
     "push qword ptr gs:[{user_rsp}]", // rsp
     "push r11",                       // rflags
     "push rcx",                       // rip
-    "push rax",
-    "push rbx",
-    "push rcx",
-    "push rdx",
-    "push rsi",
-    "push rdi",
-    "push rbp",
-    "push r8",
-    "push r9",
-    "push r10",
-    "push r11",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
+    push_gprs!(),
     "mov rdi, rsp",
     "cld",
     "call {dispatch}",
@@ -212,21 +198,7 @@ core::arch::global_asm!(
     // The way back to ring 3: rsp points at a UserContext whose RIP is
     // canonical and RFLAGS filtered (checked in Rust before this).
     "usermode_return:",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
-    "pop r11",
-    "pop r10",
-    "pop r9",
-    "pop r8",
-    "pop rbp",
-    "pop rdi",
-    "pop rsi",
-    "pop rdx",
-    "pop rcx",
-    "pop rbx",
-    "pop rax",
+    pop_gprs!(),
     "pop rcx", // rip
     "pop r11", // rflags
     "pop rsp",
