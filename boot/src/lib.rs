@@ -12,7 +12,8 @@
 //!   [`memory_map`]) and of the kernel command line into a typed
 //!   [`KernelConfig`] ([`cmdline`]);
 //! - the boot modules the loader placed in RAM (QEMU `-initrd`), checked
-//!   against the memory map ([`modules`]).
+//!   against the memory map ([`modules`]), and the checks of the root
+//!   task's ELF before the kernel loads it ([`elf_plan`]).
 //!
 //! Parsing is plain safe code over byte slices, so it is tested on the host.
 //! Reading physical memory is the caller's job, through [`PhysMemory`].
@@ -23,6 +24,7 @@
 
 pub mod cmdline;
 pub mod early_tables;
+pub mod elf_plan;
 #[cfg(target_os = "none")]
 pub mod entry;
 pub mod exit_status;

@@ -21,7 +21,6 @@ mod arch;
 mod console;
 mod demo;
 mod fatal;
-mod loader;
 mod log;
 mod memory;
 mod pkfault;

@@ -4,7 +4,7 @@
 //! 0 is success, any other status or a fault is a failure.
 //!
 //! Its address space (the user half):
-//! - the ELF's `PT_LOAD` segments, checked first by [`crate::loader`];
+//! - the ELF's `PT_LOAD` segments, checked first by [`boot::elf_plan`];
 //!   each page a fresh zeroed frame holding the segment's file bytes,
 //!   mapped with the segment's rights (`r-x`, `r--` or `rw-`);
 //! - the stack: [`STACK_PAGES`] pages below [`STACK_TOP`], read-write,
@@ -24,12 +24,12 @@
 
 use crate::arch::exit::ExitCode;
 use crate::arch::usermode::{self, Stop, UserContext};
-use crate::loader::{self, ElfError, HEADER_BYTES, Plan, Segment};
 use crate::memory::KernelPhys;
 use crate::memory::frames::{self, Frame, FrameError};
 use crate::memory::paging::{AddressSpace, MapFlags, PagingError, load_kernel_root};
 use crate::println;
 use abi::{BootInfo, FIRST_UNTYPED_SLOT, MAX_BOOT_UNTYPED, SlotRegion};
+use boot::elf_plan::{self as loader, ElfError, HEADER_BYTES, Plan, Segment};
 use boot::{BootModule, PhysMemory};
 use ptalloc::{Freetype, Mobility, Protection};
 

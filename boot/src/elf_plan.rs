@@ -1,8 +1,10 @@
 //! Checking the root task's ELF before any of it is loaded: a pure
 //! function ([`plan`]) from the file's first bytes and its size to a
 //! [`Plan`] of what to map where, or an [`ElfError`] that says what is
-//! wrong. Nothing here touches memory or hardware; `roottask` does the
-//! loading, reading the module only where a checked plan points.
+//! wrong. Nothing here touches memory or hardware; the kernel's
+//! `roottask` does the loading, reading the module only where a checked
+//! plan points. Here, beside the boot-module checks, it is host-tested
+//! (and under `make mutants`).
 //!
 //! ELF parsing is the `elf` crate's (0.8, `no_std`, without its default
 //! `std` feature): it is safe code only, fuzzed for panics, and returns
