@@ -272,3 +272,79 @@ fn the_image_size_and_the_entry_are_checked() {
     }
     assert!(plan_of(TEXT.vaddr + TEXT.memsz - 1, &[TEXT, DATA]).is_ok());
 }
+
+#[test]
+fn boundaries_are_accepted_and_one_past_them_refused() {
+    // A header cut short, whatever the file's size; a header of exactly
+    // 64 bytes is long enough (its program headers are what is missing).
+    assert_eq!(
+        plan(&good()[..63], SIZE),
+        Err(ElfError::TooShort { size: SIZE })
+    );
+    assert_eq!(plan(&good(), 63), Err(ElfError::TooShort { size: 63 }));
+    assert!(matches!(
+        plan(&good()[..64], 64),
+        Err(ElfError::ProgramHeaders { .. })
+    ));
+    // A segment may end exactly at the file's end.
+    let at_end = Phdr {
+        offset: SIZE - TEXT.filesz,
+        ..TEXT
+    };
+    assert!(plan_of(TEXT.vaddr, &[at_end]).is_ok());
+    // Exactly MAX_IMAGE_BYTES of pages is allowed, a page more is not.
+    let exact = Phdr {
+        memsz: 64 << 20,
+        ..TEXT
+    };
+    assert!(plan_of(TEXT.vaddr, &[exact]).is_ok());
+    let more = Phdr {
+        memsz: (64 << 20) + 1,
+        ..TEXT
+    };
+    assert!(matches!(
+        plan_of(TEXT.vaddr, &[more]),
+        Err(ElfError::TooLarge { .. })
+    ));
+    // Adjacent segments share no page, in either order.
+    assert!(plan_of(TEXT.vaddr, &[DATA, TEXT]).is_ok());
+}
+
+#[test]
+fn unsupported_identifications_are_named() {
+    assert!(matches!(
+        patched(|b| b[4] = 3),
+        Err(ElfError::NotElf64 { class: 3 })
+    ));
+    assert!(matches!(
+        patched(|b| b[6] = 2),
+        Err(ElfError::BadVersion { version: 2 })
+    ));
+}
+
+#[test]
+fn refusals_say_what_is_wrong() {
+    let says = |result: Result<boot::elf_plan::Plan, ElfError>, words: &str| {
+        let text = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains(words), "{text:?} lacks {words:?}");
+    };
+    says(
+        patched(|b| b[0] = b'h'),
+        "not an ELF file: it starts 68 45 4c 46",
+    );
+    says(
+        patched(|b| b[16..18].copy_from_slice(&3u16.to_le_bytes())),
+        "position-independent (ET_DYN)",
+    );
+    says(
+        patched(|b| b[16..18].copy_from_slice(&1u16.to_le_bytes())),
+        "ELF type 1, not an executable",
+    );
+    for (kind, words) in [
+        (PT_INTERP, "an interpreter (PT_INTERP)"),
+        (2, "dynamic linking (PT_DYNAMIC)"),
+        (7, "thread-local storage (PT_TLS)"),
+    ] {
+        says(plan_of(TEXT.vaddr, &[TEXT, Phdr { kind, ..TEXT }]), words);
+    }
+}
