@@ -294,8 +294,10 @@ fn entry_frame() -> *mut UserContext {
 
 /// Runs the user thread `context` on this CPU, in the address space
 /// loaded here, until it stops; `context` then holds its registers as
-/// they were at a syscall stop (at a fault, as they were at its last
-/// entry). Checks the protection registers before it enters ring 3.
+/// they were when a syscall stopped it. At a fault it is left as given:
+/// the exception's frame may have overwritten the saved context (an
+/// exception without an IST slot lands on the same entry stack).
+/// Checks the protection registers before it enters ring 3.
 pub fn run(context: &mut UserContext) -> Stop {
     let slot = percpu::current();
     if slot.entry_stack_top.load(Ordering::Acquire) == 0 {
@@ -317,9 +319,11 @@ pub fn run(context: &mut UserContext) -> Stop {
     // MSRs are set up (the entry stack exists only after init_cpu), and
     // the address space loaded here maps the kernel half.
     let code = unsafe { enter_user(frame) };
-    // SAFETY: as above; the entry path left the thread's last context
-    // there (a syscall stop), or the one it entered with (a fault).
-    *context = unsafe { frame.read() };
+    if code != STOP_FAULT {
+        // SAFETY: as above; a syscall stop left the thread's last context
+        // there, untouched since.
+        *context = unsafe { frame.read() };
+    }
     let record = *STOPS[slot.index()].lock();
     match code {
         STOP_EXITED => Stop::Exited(record.status),
