@@ -72,7 +72,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         arch::gdt::init();
         arch::idt::init();
         arch::apic::mask_legacy_pic();
-        arch::usermode::init_cpu(arch::gdt::boot_entry_stack_top());
+        arch::usermode::init_cpu();
     }
     syscall::init();
     console::init();

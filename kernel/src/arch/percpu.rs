@@ -121,6 +121,9 @@ pub fn assign(index: usize, apic_id: u32) -> Option<u64> {
 /// Call once, on the boot CPU, before anything calls [`current`].
 pub unsafe fn init_boot_cpu() {
     let apic_id = super::cpu::current_cpu_id();
+    SLOTS.0[0]
+        .entry_stack_top
+        .store(super::gdt::boot_entry_stack_top(), Ordering::Release);
     if let Some(addr) = assign(0, apic_id) {
         // SAFETY: IA32_GS_BASE exists on every x86-64 CPU; the slot is
         // 'static.

@@ -66,8 +66,8 @@ const IST_STACK_PAGES: u64 = 4;
 const ENTRY_STACK_ITEM: u64 = 2 + gdt::IST_COUNT as u64;
 const ENTRY_STACK_PAGES: u64 = (gdt::ENTRY_STACK_SIZE / 4096) as u64;
 const _: () = assert!((ENTRY_STACK_ITEM + 1) * ITEM_STRIDE <= CPU_STRIDE);
-/// Where the TSS sits in the tables page (after the GDT).
-const TSS_OFFSET: u64 = 0x100;
+/// Where the TSS sits in an AP's tables page (after the GDT).
+pub const AP_TSS_OFFSET: u64 = 0x100;
 /// How long the boot CPU waits for an AP after its SIPIs.
 const ONLINE_WAIT_US: u64 = 200_000;
 
@@ -224,8 +224,8 @@ pub enum RunOnError {
 /// scheduler exists, the only way to run code on an AP. One caller at a
 /// time per AP.
 pub fn run_on(cpu: usize, work: fn(), timeout_ms: u64) -> Result<(), RunOnError> {
-    let started = start(cpu, work)?;
-    wait_for(cpu, started, timeout_ms)
+    let started = start_on(cpu, work)?;
+    wait_for_work(cpu, started, timeout_ms)
 }
 
 /// Runs `work` on every online CPU at once: each AP as [`run_on`] does,
@@ -237,30 +237,20 @@ pub fn run_on_all(work: fn(), timeout_ms: u64) -> Result<usize, RunOnError> {
     for (cpu, _) in online_cpus() {
         if cpu != percpu::index() {
             // At most MAX_CPUS CPUs are online.
-            let _ = started.push((cpu, start(cpu, work)?));
+            let _ = started.push((cpu, start_on(cpu, work)?));
         }
     }
     work();
     for &(cpu, done) in &started {
-        wait_for(cpu, done, timeout_ms)?;
+        wait_for_work(cpu, done, timeout_ms)?;
     }
     Ok(started.len() + 1)
 }
 
-/// Starts `work` on AP `cpu` without waiting (for tests that act while
-/// it runs); returns the ticket [`wait_for_work`] takes.
+/// Hands `work` to AP `cpu` and wakes it, without waiting (for tests that
+/// act while it runs); returns the ticket [`wait_for_work`] takes: the
+/// AP's count of finished work before this one.
 pub fn start_on(cpu: usize, work: fn()) -> Result<u64, RunOnError> {
-    start(cpu, work)
-}
-
-/// Waits, up to `timeout_ms`, for the work [`start_on`] started.
-pub fn wait_for_work(cpu: usize, ticket: u64, timeout_ms: u64) -> Result<(), RunOnError> {
-    wait_for(cpu, ticket, timeout_ms)
-}
-
-/// Hands `work` to AP `cpu` and wakes it; returns its count of finished
-/// work before this one, for [`wait_for`].
-fn start(cpu: usize, work: fn()) -> Result<u64, RunOnError> {
     let slot = percpu::slot(cpu)
         .filter(|slot| cpu != 0 && slot.is_online())
         .ok_or(RunOnError::NotOnline(cpu))?;
@@ -271,8 +261,8 @@ fn start(cpu: usize, work: fn()) -> Result<u64, RunOnError> {
 }
 
 /// Waits, up to `timeout_ms`, until AP `cpu` has finished more work than
-/// `done`, answering shootdowns meanwhile (the work may convert memory).
-fn wait_for(cpu: usize, done: u64, timeout_ms: u64) -> Result<(), RunOnError> {
+/// `done` ([`start_on`]'s ticket), answering shootdowns meanwhile (the work may convert memory).
+pub fn wait_for_work(cpu: usize, done: u64, timeout_ms: u64) -> Result<(), RunOnError> {
     let mut waited_us = 0;
     while WORK_DONE[cpu].load(Ordering::Acquire) == done {
         if waited_us >= timeout_ms * 1000 {
@@ -402,10 +392,10 @@ fn prepare_cpu(index: usize) -> Result<(u64, u64, u64), &'static str> {
         slot.entry_stack_top.store(entry_top, Ordering::Release);
     }
     let tables_virt = item(0);
-    let (gdt_bytes, tss_bytes) = gdt::ap_tables(tables_virt + TSS_OFFSET, ist_tops, entry_top);
+    let (gdt_bytes, tss_bytes) = gdt::ap_tables(tables_virt + AP_TSS_OFFSET, ist_tops, entry_top);
     let mut frame = alloc_frame(0, kernel_type, true).map_err(|_| "out of memory for the GDT")?;
     crate::memory::ephemeral::copy_to(&mut frame, 0, &gdt_bytes).ok_or("writing the GDT failed")?;
-    crate::memory::ephemeral::copy_to(&mut frame, TSS_OFFSET, &tss_bytes)
+    crate::memory::ephemeral::copy_to(&mut frame, AP_TSS_OFFSET, &tss_bytes)
         .ok_or("writing the TSS failed")?;
     let direct = crate::memory::direct_map::info()
         .and_then(|info| crate::memory::direct_map::phys_to_virt(info, frame.addr(), 4096))
@@ -616,9 +606,6 @@ pub fn ap_tables(cpu: usize) -> Option<(u64, u64)> {
     (alias != 0).then(|| (alias, tables.gdt_read_only.load(Ordering::Acquire)))
 }
 
-/// The TSS's offset in an AP's tables page.
-pub const AP_TSS_OFFSET: u64 = TSS_OFFSET;
-
 /// An AP's first Rust code, on its own kernel stack with GS set.
 extern "C" fn ap_entry(index: u64) -> ! {
     let index = index as usize;
@@ -634,8 +621,9 @@ extern "C" fn ap_entry(index: u64) -> ! {
     }
     apic::enable();
     // SAFETY: once, on this AP, after its GDT (with the user segments) and
-    // GS are loaded; `prepare_cpu` mapped its entry stack.
-    unsafe { super::usermode::init_cpu(percpu::current().entry_stack_top.load(Ordering::Acquire)) };
+    // GS are loaded; `prepare_cpu` mapped its entry stack and recorded it
+    // in the AP's per-CPU area.
+    unsafe { super::usermode::init_cpu() };
     let apic_id = apic::id();
     match pks::init_ap(index) {
         Ok(_) => {

@@ -145,17 +145,14 @@ const _: () = {
     assert!(USER_CODE.bits() & !3 == (USER_DATA.bits() & !3) + 8);
 };
 
-/// Sets up this CPU for SYSCALL: the MSRs, and its entry stack in the
-/// per-CPU area (`entry_top`: the boot CPU's from `gdt`, an AP's from
-/// `arch::smp`).
+/// Sets up this CPU for SYSCALL: the MSRs. Its entry stack is already in
+/// its per-CPU area (the boot CPU's from `percpu::init_boot_cpu`, an AP's
+/// from `arch::smp`).
 ///
 /// # Safety
 /// Call once per CPU, after its GDT (with the user segments, in the
 /// order IA32_STAR needs) and GS are loaded, before it runs user code.
-pub unsafe fn init_cpu(entry_top: u64) {
-    percpu::current()
-        .entry_stack_top
-        .store(entry_top, Ordering::Release);
+pub unsafe fn init_cpu() {
     // SYSCALL: CS = STAR[47:32], SS = that + 8. SYSRET (64-bit): SS =
     // STAR[63:48] + 8, CS = STAR[63:48] + 16, both with RPL 3; the GDT
     // puts user data at 0x18 and user code at 0x20 for this.
@@ -316,7 +313,7 @@ pub fn run(context: &mut UserContext) -> Stop {
     unsafe { frame.write(*context) };
     // SAFETY: `frame` holds a context whose RIP is a canonical user
     // address and whose flags are filtered (check_return); GS and the
-    // MSRs are set up (the entry stack exists only after init_cpu), and
+    // MSRs are set up (every CPU runs init_cpu before it is online), and
     // the address space loaded here maps the kernel half.
     let code = unsafe { enter_user(frame) };
     if code != STOP_FAULT {
