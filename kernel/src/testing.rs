@@ -66,6 +66,14 @@ impl TestFailure {
         }
     }
 
+    /// A failure where it is called, saying what went wrong (an error, a
+    /// value) in its `Debug` form: for `?` on a step that must succeed.
+    #[track_caller]
+    pub fn because(what: &dyn fmt::Debug) -> Self {
+        let at = core::panic::Location::caller();
+        Self::new(at.file(), at.line(), format_args!("{what:?}"))
+    }
+
     /// The test cannot run on this machine, for `reason`.
     #[track_caller]
     pub fn skipped(reason: &str) -> Self {

@@ -253,10 +253,6 @@ fn rounds() -> (u64, u64) {
     (stats.rounds, stats.cpus_interrupted)
 }
 
-fn failure(line: u32, what: &dyn core::fmt::Debug) -> TestFailure {
-    TestFailure::new(file!(), line, format_args!("{what:?}"))
-}
-
 crate::kernel_test! {
     /// A kernel-space unmap drops the translation on every CPU before the
     /// frame goes back: CPU 1 reads a kernel-space page (so its TLB holds
@@ -267,11 +263,11 @@ crate::kernel_test! {
         let Some(&(other, _)) = smp::online_cpus().iter().find(|&&(cpu, _)| cpu != 0) else {
             return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
         };
-        let kernel = super::paging::kernel_space().ok_or_else(|| failure(line!(), &"no kernel space"))?;
-        let frame = frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| failure(line!(), &e))?;
+        let kernel = super::paging::kernel_space().ok_or_else(|| TestFailure::because(&"no kernel space"))?;
+        let frame = frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| TestFailure::because(&e))?;
         let virt = KERNEL_MAP_BASE + (6 << 30);
         let rw = MapFlags { writable: true, executable: false };
-        kernel.map(virt, frame, rw).map_err(|e| failure(line!(), &e.error))?;
+        kernel.map(virt, frame, rw).map_err(|e| TestFailure::because(&e.error))?;
         UNMAP_PROBE.store(virt, Ordering::Release);
         UNMAP_PROBE_IS_USER.store(false, Ordering::Release);
         let before_unmap = probe_on(other);
@@ -306,11 +302,11 @@ crate::kernel_test! {
             return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
         };
         const USER_VIRT: u64 = 0x6000_0000;
-        let space = AddressSpace::new().map_err(|e| failure(line!(), &e))?;
+        let space = AddressSpace::new().map_err(|e| TestFailure::because(&e))?;
         let rw = MapFlags { writable: true, executable: false };
         for page in 0..3 {
-            let frame = frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| failure(line!(), &e))?;
-            space.map(USER_VIRT + page * 4096, frame, rw).map_err(|e| failure(line!(), &e.error))?;
+            let frame = frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| TestFailure::because(&e))?;
+            space.map(USER_VIRT + page * 4096, frame, rw).map_err(|e| TestFailure::because(&e.error))?;
         }
         *SPACE.lock() = Some(space);
         UNMAP_PROBE.store(USER_VIRT, Ordering::Release);
@@ -324,7 +320,7 @@ crate::kernel_test! {
         let after_unmap = probe_on(other);
         let left = smp::run_on(other, leave_the_space_on_the_other_cpu, 2000);
         let after_it_left = unmap(1);
-        let space = SPACE.lock().take().ok_or_else(|| failure(line!(), &"the space went missing"))?;
+        let space = SPACE.lock().take().ok_or_else(|| TestFailure::because(&"the space went missing"))?;
         space.load();
         let loaded_here = unmap_here(&space, USER_VIRT + 2 * 4096);
         super::paging::load_kernel_root();
@@ -368,7 +364,7 @@ crate::kernel_test! {
         let Some(&(other, _)) = smp::online_cpus().iter().find(|&&(cpu, _)| cpu != 0) else {
             return Err(TestFailure::skipped("needs a second CPU (boot with -smp 2)"));
         };
-        let (alias, mapped) = smp::ap_tables(other).ok_or_else(|| failure(line!(), &"no AP tables"))?;
+        let (alias, mapped) = smp::ap_tables(other).ok_or_else(|| TestFailure::because(&"no AP tables"))?;
         // Rewrites the word with the value it holds: true if it landed.
         let lands = |addr: u64| {
             let word = addr as *mut u64;

@@ -85,12 +85,8 @@ fn program(start: *const u8, end: *const u8) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
 }
 
-fn failure(line: u32, what: &dyn core::fmt::Debug) -> TestFailure {
-    TestFailure::new(file!(), line, format_args!("{what:?}"))
-}
-
 fn user_frame() -> Result<Frame, TestFailure> {
-    frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| failure(line!(), &e))
+    frames::alloc_frame(0, ptalloc::Freetype::KERNEL, true).map_err(|e| TestFailure::because(&e))
 }
 
 /// Runs `code` in a fresh user space with `set_up` applied to its
@@ -99,10 +95,10 @@ fn run_program(
     code: &[u8],
     set_up: impl FnOnce(&mut UserContext),
 ) -> Result<(Stop, UserContext), TestFailure> {
-    let space = AddressSpace::new().map_err(|e| failure(line!(), &e))?;
+    let space = AddressSpace::new().map_err(|e| TestFailure::because(&e))?;
     let mut text = user_frame()?;
     crate::memory::ephemeral::copy_to(&mut text, 0, code)
-        .ok_or_else(|| failure(line!(), &"copy"))?;
+        .ok_or_else(|| TestFailure::because(&"copy"))?;
     let rx = MapFlags {
         writable: false,
         executable: true,
@@ -113,10 +109,10 @@ fn run_program(
     };
     space
         .map(CODE, text, rx)
-        .map_err(|e| failure(line!(), &e.error))?;
+        .map_err(|e| TestFailure::because(&e.error))?;
     space
         .map(STACK, user_frame()?, rw)
-        .map_err(|e| failure(line!(), &e.error))?;
+        .map_err(|e| TestFailure::because(&e.error))?;
     let mut context = UserContext::new(CODE, STACK + 4096);
     set_up(&mut context);
     space.load();
@@ -287,21 +283,21 @@ crate::kernel_test! {
             }
         }
         drop(remapped);
-        let space = AddressSpace::new().map_err(|e| failure(line!(), &e))?;
+        let space = AddressSpace::new().map_err(|e| TestFailure::because(&e))?;
         let mut text = user_frame()?;
         // SAFETY: labels of the program above.
         let code = program(unsafe { &user_wait_flag }, unsafe { &user_wait_flag_end });
-        crate::memory::ephemeral::copy_to(&mut text, 0, code).ok_or_else(|| failure(line!(), &"copy"))?;
+        crate::memory::ephemeral::copy_to(&mut text, 0, code).ok_or_else(|| TestFailure::because(&"copy"))?;
         let stack = user_frame()?;
         let flag_alias = crate::memory::direct_map::DIRECT_MAP_BASE + stack.addr();
-        space.map(CODE, text, MapFlags { writable: false, executable: true }).map_err(|e| failure(line!(), &e.error))?;
-        space.map(STACK, stack, MapFlags { writable: true, executable: false }).map_err(|e| failure(line!(), &e.error))?;
+        space.map(CODE, text, MapFlags { writable: false, executable: true }).map_err(|e| TestFailure::because(&e.error))?;
+        space.map(STACK, stack, MapFlags { writable: true, executable: false }).map_err(|e| TestFailure::because(&e.error))?;
         *WAITING_SPACE.lock() = Some(space);
         ENTERING.store(false, Ordering::Release);
         WAIT_RESULT.store(0, Ordering::Release);
         let interrupts_before = crate::arch::idt::user_interrupts(other);
         let rounds_before = crate::memory::tlb::shootdown_stats().rounds;
-        let started = crate::arch::smp::start_on(other, wait_in_user_mode).map_err(|e| failure(line!(), &e))?;
+        let started = crate::arch::smp::start_on(other, wait_in_user_mode).map_err(|e| TestFailure::because(&e))?;
         // Give the thread time to reach ring 3 after it says it enters.
         while !ENTERING.load(Ordering::Acquire) {
             core::hint::spin_loop();
