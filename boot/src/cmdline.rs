@@ -28,6 +28,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("demo", "none, pte"),
     ("inject", "none, empty-reserve"),
     ("flushlimit", "auto, or 0-512 pageblocks"),
+    ("roottask", "run, suite"),
 ];
 
 /// Most pageblocks `flushlimit=` accepts: one 1 GiB page's worth, beyond
@@ -54,6 +55,18 @@ pub enum Demo {
     /// A simulated kernel bug writes a live page-table entry
     /// (write-what-where); the protection policy decides what happens.
     Pte,
+}
+
+/// What the kernel does with the first boot module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RootTaskMode {
+    /// Run it once as the root task; its exit status ends the run (the
+    /// default).
+    #[default]
+    Run,
+    /// It is a user test suite: run it once per test, each time as a
+    /// fresh process, and report the suite's counts.
+    Suite,
 }
 
 /// Which in-kernel tests to run.
@@ -84,6 +97,9 @@ pub struct KernelConfig {
     pub inject_empty_reserve: bool,
     /// `flushlimit=`: the INVLPG-vs-CR3 flush limit (default: measured).
     pub flush_limit: FlushLimit,
+    /// `roottask=`: run the boot module as the root task, or as a user
+    /// test suite (default: run).
+    pub roottask: RootTaskMode,
 }
 
 /// A command line the kernel refuses.
@@ -208,6 +224,13 @@ impl KernelConfig {
                     }
                 }
                 "flushlimit" => config.flush_limit = parse_flush_limit(value).ok_or(bad_value)?,
+                "roottask" => {
+                    config.roottask = match value {
+                        "run" => RootTaskMode::Run,
+                        "suite" => RootTaskMode::Suite,
+                        _ => return Err(bad_value),
+                    }
+                }
                 "demo" => {
                     config.demo = match value {
                         "none" => Demo::None,
@@ -294,6 +317,18 @@ mod tests {
             Some(TestSelection::All)
         );
         assert_eq!(KernelConfig::parse("demo=pte").unwrap().demo, Demo::Pte);
+        let mode = |line| KernelConfig::parse(line).map(|c| c.roottask);
+        assert_eq!(mode(""), Ok(RootTaskMode::Run));
+        assert_eq!(mode("roottask=run"), Ok(RootTaskMode::Run));
+        assert_eq!(mode("roottask=suite"), Ok(RootTaskMode::Suite));
+        assert!(matches!(
+            mode("roottask=tests"),
+            Err(CmdlineError::BadValue {
+                option: "roottask",
+                accepted: "run, suite",
+                ..
+            })
+        ));
         let limit = |line| KernelConfig::parse(line).map(|c| c.flush_limit);
         assert_eq!(limit(""), Ok(FlushLimit::Measured));
         assert_eq!(limit("flushlimit=auto"), Ok(FlushLimit::Measured));
