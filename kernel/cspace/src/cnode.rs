@@ -11,7 +11,7 @@ use abi::{CPtr, CapRights, Depth, Error, InvocationLabel, LookupFailure};
 
 use crate::cap::{Cap, SlotRef};
 use crate::ops::CapData;
-use crate::space::{CSpace, Finalise, Slot};
+use crate::space::{CSpace, Finalise, ObjectRecord, Slot};
 
 /// A slot named by index and depth, from some CNode cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +164,11 @@ impl CNodeOp {
     }
 }
 
-impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
+impl<M, R> CSpace<M, R>
+where
+    M: DerefMut<Target = [Slot]>,
+    R: DerefMut<Target = [ObjectRecord<M>]>,
+{
     /// Performs a decoded CNode invocation on the CNode `cnode` (the
     /// invoked cap). Lookups fail as `FailedLookup`, with `source` set for
     /// the source slot; then the operation's own checks apply. Nothing

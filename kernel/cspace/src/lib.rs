@@ -26,9 +26,17 @@
 //!
 //! It knows nothing of memory or x86. What the kernel supplies:
 //! - **Object ids.** The kernel numbers its objects: ids are dense indices
-//!   below the `OBJECTS` capacity, and an id is free again once its
-//!   object is finalised. The kernel's own object table can use the same
-//!   index.
+//!   below the capacity ([`CSpace::capacity`]), and an id is free again
+//!   once its object is finalised. The kernel's own object table can use
+//!   the same index.
+//! - **Record storage.** One [`ObjectRecord`] per id, a few dozen bytes
+//!   each, in storage handed over when the [`CSpace`] is made
+//!   ([`CSpace::new`]): anything that derefs to `[ObjectRecord<M>]`, `R`,
+//!   filled with [`ObjectRecord::FREE`]. For the few thousand objects a
+//!   kernel needs that is hundreds of KiB, too big for the kernel image
+//!   (as a static) or the boot stack, so the kernel takes it from its page
+//!   allocator at boot and writes the free records in place, one by one.
+//!   The host tests use `Vec<ObjectRecord<Vec<Slot>>>`.
 //! - **Slot memory.** A CNode's slots live in memory the kernel allocates
 //!   (and charges to the Untyped budget): anything that derefs to
 //!   `[Slot]`, `M`, handed over when the CNode is made
@@ -41,9 +49,9 @@
 //! - **Finalisation** ([`Finalise`]): undo a mapping when a mapped cap
 //!   goes, and free an object (and refund its charge) when it dies.
 //!
-//! The per-object records are one array of `OBJECTS` entries inside the
-//! [`CSpace`] (a few dozen bytes each), so the whole structure has a fixed
-//! size the kernel can place statically. No `unsafe`, no allocation.
+//! The [`CSpace`] itself is a few words: the records live in the storage
+//! it is lent, and the slots in the memory the records hold. No `unsafe`,
+//! no allocation.
 //!
 //! Not yet: deletion runs to completion, with no preemption point as in
 //! seL4, so destroying a large CNode is one long operation (iterative,
@@ -62,4 +70,4 @@ mod space;
 pub use cap::{Cap, FrameSize, Mapping, ObjectId, PagingLevel, SlotRef};
 pub use cnode::{CNodeOp, Path};
 pub use ops::CapData;
-pub use space::{CSpace, Finalise, InsertError, Refused, Slot, Summary, Violation};
+pub use space::{CSpace, Finalise, InsertError, ObjectRecord, Refused, Slot, Summary, Violation};

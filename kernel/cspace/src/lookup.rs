@@ -12,7 +12,7 @@ use core::ops::DerefMut;
 use abi::{CPtr, Depth, LookupFailure};
 
 use crate::cap::{Cap, SlotRef};
-use crate::space::{CSpace, Slot};
+use crate::space::{CSpace, ObjectRecord, Slot};
 
 /// `bits` bits of `word` from bit `shift` up; shifts of 64 give 0.
 const fn field(word: u64, shift: u32, bits: u32) -> u64 {
@@ -30,7 +30,11 @@ const fn field(word: u64, shift: u32, bits: u32) -> u64 {
     }
 }
 
-impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
+impl<M, R> CSpace<M, R>
+where
+    M: DerefMut<Target = [Slot]>,
+    R: DerefMut<Target = [ObjectRecord<M>]>,
+{
     /// Resolves the low `depth` bits of `cptr` from `root`, stopping early
     /// at a slot that holds no CNode cap: the slot reached and the bits
     /// left unresolved (0 when all were used). seL4's address resolution.

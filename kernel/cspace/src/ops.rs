@@ -25,7 +25,7 @@ use core::ops::DerefMut;
 use abi::{CapRights, Error, GuardData, LookupFailure};
 
 use crate::cap::{Cap, Mapping, PagingLevel, SlotRef};
-use crate::space::{CSpace, Slot, no_slot};
+use crate::space::{CSpace, ObjectRecord, Slot, no_slot};
 
 /// A badge or guard word, and which message word it came from (for the
 /// `InvalidArgument` index).
@@ -138,7 +138,11 @@ fn with_data(cap: Cap, data: CapData, may_badge: bool) -> Result<Cap, Error> {
     }
 }
 
-impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
+impl<M, R> CSpace<M, R>
+where
+    M: DerefMut<Target = [Slot]>,
+    R: DerefMut<Target = [ObjectRecord<M>]>,
+{
     /// The source's cap, once the destination is known empty and the
     /// source non-empty.
     fn transfer(&self, src: SlotRef, dest: SlotRef) -> Result<Cap, Error> {

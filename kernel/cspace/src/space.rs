@@ -13,6 +13,7 @@
 //!   is non-zero. Between operations no object is half destroyed;
 //! - a mapping recorded in a cap names a live PML4.
 
+use core::marker::PhantomData;
 use core::ops::DerefMut;
 
 use abi::object::{CNODE_MAX_RADIX, CNODE_MIN_RADIX, SLOT_SIZE_BITS};
@@ -113,8 +114,13 @@ pub trait Finalise<M> {
     fn finalise(&mut self, object: &Cap, charged_to: Option<ObjectId>, memory: Option<M>);
 }
 
-/// One object's record.
-struct Object<M> {
+/// One object's record: its type, counts and slot memory, a few dozen
+/// bytes. Opaque: the kernel only makes free ones, to fill the storage it
+/// hands to [`CSpace::new`]. A free id's record is [`ObjectRecord::FREE`]
+/// in every field (inserts and destruction write whole records), so `ty`
+/// alone tells whether a record is free.
+#[derive(Debug)]
+pub struct ObjectRecord<M> {
     /// `None`: the id is free.
     ty: Option<ObjectType>,
     secret: bool,
@@ -134,8 +140,10 @@ struct Object<M> {
     memory: Option<M>,
 }
 
-impl<M> Object<M> {
-    const FREE: Self = Object {
+impl<M> ObjectRecord<M> {
+    /// The record of a free id. Each can be written in place, so the
+    /// storage never passes through the stack whole.
+    pub const FREE: Self = ObjectRecord {
         ty: None,
         secret: false,
         caps: 0,
@@ -147,6 +155,10 @@ impl<M> Object<M> {
         charged_to: None,
         memory: None,
     };
+
+    fn is_free(&self) -> bool {
+        self.ty.is_none()
+    }
 
     fn unreferenced(&self) -> bool {
         self.ty.is_some() && self.caps == 0 && self.children == 0 && self.pins == 0
@@ -216,13 +228,16 @@ pub struct Violation {
     pub object: Option<ObjectId>,
 }
 
-/// Every capability slot and object record, up to `OBJECTS` objects, over
-/// slot memory `M` lent by the kernel (see the crate doc).
-pub struct CSpace<M, const OBJECTS: usize> {
-    objects: [Object<M>; OBJECTS],
+/// Every capability slot and object record, over record storage `R` and
+/// slot memory `M`, both supplied by the kernel (see the crate doc).
+pub struct CSpace<M, R> {
+    /// One record per object id; its length is the capacity.
+    objects: R,
     /// Top of the stack of dying slot holders (linked through
     /// `next_dying`); empty between operations.
     dying: Option<ObjectId>,
+    /// `M` is named only through `R`'s target.
+    slots: PhantomData<M>,
 }
 
 /// The failure a slot reference that names no slot gives: the object
@@ -234,14 +249,31 @@ pub(crate) const fn no_slot(source: bool) -> Error {
     }
 }
 
-impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
-    /// No objects, no slots.
-    pub const fn new() -> Self {
-        const { assert!(OBJECTS < u32::MAX as usize) };
-        CSpace {
-            objects: [const { Object::FREE }; OBJECTS],
-            dying: None,
+impl<M, R> CSpace<M, R>
+where
+    M: DerefMut<Target = [Slot]>,
+    R: DerefMut<Target = [ObjectRecord<M>]>,
+{
+    /// No objects, no slots, over `records`: one per object id, so the
+    /// capacity is `records.len()`. `records` must deref to the same
+    /// records every time, as slot memory must. Refused, and handed back,
+    /// unless every record is [`ObjectRecord::FREE`] (storage a dropped
+    /// CSpace left may hold live records naming each other) and there are
+    /// fewer than `u32::MAX` (ids are `u32`, and `u32::MAX` marks no link).
+    pub fn new(records: R) -> Result<Self, R> {
+        if records.len() >= u32::MAX as usize || !records.iter().all(ObjectRecord::is_free) {
+            return Err(records);
         }
+        Ok(CSpace {
+            objects: records,
+            dying: None,
+            slots: PhantomData,
+        })
+    }
+
+    /// The number of object ids: every id is below it.
+    pub fn capacity(&self) -> usize {
+        self.objects.len()
     }
 
     // ---- reading ----
@@ -347,7 +379,7 @@ impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
     /// Counts of caps, objects and tree edges.
     pub fn summary(&self) -> Summary {
         let mut summary = Summary::default();
-        for object in &self.objects {
+        for object in self.objects.iter() {
             if let Some(ty) = object.ty {
                 summary.objects += 1;
                 summary.objects_by_type[ty.index()] += 1;
@@ -407,13 +439,13 @@ impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
             Err(error) => return Err(Refused { error, memory }),
         };
         let object = &mut self.objects[id.index()];
-        *object = Object {
+        *object = ObjectRecord {
             ty: Some(ty),
             secret: cap.radix_and_secret().1,
             caps: 1,
             charged_to,
             memory,
-            ..Object::FREE
+            ..ObjectRecord::FREE
         };
         if let Some(untyped) = charged_to {
             self.objects[untyped.index()].children += 1;
@@ -687,7 +719,7 @@ impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
     fn destroy<F: Finalise<M>>(&mut self, id: ObjectId, fin: &mut F) {
         let mut next = Some(id);
         while let Some(id) = next.take() {
-            let object = core::mem::replace(&mut self.objects[id.index()], Object::FREE);
+            let object = core::mem::replace(&mut self.objects[id.index()], ObjectRecord::FREE);
             let Some(ty) = object.ty else {
                 return;
             };
@@ -716,7 +748,7 @@ impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
     /// kernel tears the whole space down when it finalises the PML4. One
     /// pass over every slot: VSpaces go rarely.
     fn forget_mappings_into(&mut self, vspace: ObjectId) {
-        for object in &mut self.objects {
+        for object in self.objects.iter_mut() {
             for slot in object.memory.as_deref_mut().unwrap_or(&mut []) {
                 if let Cap::Frame { mapped, .. } | Cap::PagingStructure { mapped, .. } =
                     &mut slot.cap
@@ -887,12 +919,6 @@ impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> CSpace<M, OBJECTS> {
                 .enumerate()
                 .map(move |(index, slot)| (SlotRef::new(ObjectId(id as u32), index as u32), slot))
         })
-    }
-}
-
-impl<M: DerefMut<Target = [Slot]>, const OBJECTS: usize> Default for CSpace<M, OBJECTS> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -234,7 +234,7 @@ fn fill() -> impl Strategy<Value = Fill> {
 /// CNodes 0..radices.len() with the given radices, each holding a cap to
 /// itself in slot 0, the other slots filled from `fills`.
 fn build(radices: &[u8], fills: &[Fill]) -> Space {
-    let mut space = Space::new();
+    let mut space = empty_space();
     let count = radices.len() as u32;
     for (n, &radix) in radices.iter().enumerate() {
         let n = n as u32;

@@ -677,7 +677,7 @@ struct World {
 }
 
 fn boot_world() -> World {
-    let mut space = Space::new();
+    let mut space = empty_space();
     let mut model = Model::default();
     let root = Cap::CNode {
         id: id(R),

@@ -702,6 +702,48 @@ fn no_operation_turns_a_table_into_a_frame_or_back() {
     space.check().expect("consistent");
 }
 
+// ---- making the CSpace ----
+
+#[test]
+fn new_takes_only_free_records_and_their_number_is_the_capacity() {
+    assert_eq!(empty_space().capacity(), OBJECTS);
+    let cnode = |n| Cap::CNode {
+        id: id(n),
+        radix_bits: 2,
+        guard: 0,
+        guard_bits: 0,
+    };
+    let mut none = Space::new(Vec::new()).expect("no records");
+    assert_eq!(none.capacity(), 0);
+    let refusal = none
+        .insert_original(at(0, 0), cnode(0), Some(slots(2)))
+        .expect_err("no id below a capacity of 0");
+    assert_eq!(refusal.error, InsertError::IdOutOfRange);
+
+    // Borrowed storage outlives the CSpace: records a dead object used
+    // are free again, a live object's are not (the last id, so every
+    // record is looked at).
+    let mut records = records();
+    let last = OBJECTS as u32 - 1;
+    let mut fin = Recorder::default();
+    let mut space = CSpace::new(&mut records[..]).expect("free records");
+    space
+        .insert_original(at(last, 0), cnode(last), Some(slots(2)))
+        .expect("CNode");
+    space.delete(at(last, 0), &mut fin).expect("delete");
+    assert_eq!(fin.finalised_ids(), [last]);
+    let mut space = CSpace::new(&mut records[..]).expect("free again");
+    space
+        .insert_original(at(last, 0), cnode(last), Some(slots(2)))
+        .expect("CNode");
+    let back = CSpace::<Vec<Slot>, _>::new(&mut records[..])
+        .err()
+        .expect("a live record refused");
+    assert_eq!(back.len(), OBJECTS, "the storage handed back");
+    // Storage of u32::MAX records or more is refused too; no host test
+    // can afford it.
+}
+
 // ---- inserting ----
 
 /// Parent, destination, cap, memory, and the refusal expected.

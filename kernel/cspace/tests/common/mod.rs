@@ -9,7 +9,21 @@ use cspace::*;
 /// Object capacity of the test CSpaces.
 pub const OBJECTS: usize = 48;
 
-pub type Space = CSpace<Vec<Slot>, OBJECTS>;
+/// Record storage as the tests supply it.
+pub type Records = Vec<ObjectRecord<Vec<Slot>>>;
+
+pub type Space = CSpace<Vec<Slot>, Records>;
+
+/// Free records for [`OBJECTS`] objects, made one by one as the kernel
+/// writes them.
+pub fn records() -> Records {
+    (0..OBJECTS).map(|_| ObjectRecord::FREE).collect()
+}
+
+/// A CSpace of [`OBJECTS`] objects, with none yet.
+pub fn empty_space() -> Space {
+    Space::new(records()).expect("free records")
+}
 
 /// Empty slot memory for a CNode of `radix`.
 pub fn slots(radix: u8) -> Vec<Slot> {
@@ -113,7 +127,7 @@ pub const fn root_cap() -> Cap {
 /// PML4 (object 1) in slot 3, an Untyped (object 2) in slot 6 and an
 /// endpoint (object 3) in slot 7; all originals.
 pub fn boot() -> Space {
-    let mut space = Space::new();
+    let mut space = empty_space();
     space
         .insert_original(at(ROOT, ROOT_SELF), root_cap(), Some(slots(ROOT_RADIX)))
         .expect("root CNode");
