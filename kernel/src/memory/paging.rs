@@ -64,6 +64,10 @@
 //!   user space sees the kernel's mappings without being updated. Unmap
 //!   flushes the page on this CPU (the only one running; SMP needs a
 //!   shootdown here).
+//!
+//! A third kind, [`explicit::VSpace`], is seL4's: its user links every
+//! table, and its frames are borrowed, so there "a mapping holds its
+//! frame" is the object layer's duty; its module doc says what it keeps.
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, Frame, PAGE_TABLES};
@@ -568,25 +572,72 @@ fn free_table(phys: u64) {
     }
 }
 
+/// A live slot and a root for a new user space: the root from the
+/// page-table freetype, its kernel half the kernel's as it is now.
+fn new_user_root() -> Result<(usize, u64), PagingError> {
+    let slot = LIVE
+        .iter()
+        .position(|live| {
+            live.compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+        .ok_or(PagingError::Alloc(AllocError::OutOfMemory))?;
+    let root = new_table().inspect_err(|_| LIVE[slot].store(0, Ordering::Release))?;
+    LIVE[slot].store(root, Ordering::Release);
+    let kernel_root = super::kernel_root();
+    pte::with_window(|window| {
+        for slot in 256..512 {
+            write(window, root, slot, read(kernel_root, slot));
+        }
+    });
+    Ok((slot, root))
+}
+
+/// Before a user space's root goes: switches this CPU away from it, and
+/// panics if another CPU still has it loaded (only a broken scheduler
+/// drops one there; its root would be freed under it).
+fn unload_dying_root(slot: usize, root: u64) {
+    if cpu::read_cr3() & ADDRESS == root {
+        load_kernel_root();
+    }
+    let elsewhere = LOADED[slot].cpus();
+    if !elsewhere.is_empty() {
+        panic!("user space {root:#x} dropped while CPUs {elsewhere:?} have it loaded");
+    }
+}
+
+/// The frame and leaf entry mapping `virt` in the space rooted at `root`.
+fn translate_in(root: u64, virt: u64) -> Option<(u64, u64)> {
+    let leaf = super::walk::leaf(root, virt)?;
+    let span = leaf.size.bytes();
+    Some((
+        (leaf.entry & ADDRESS & !(span - 1)) + virt % span,
+        leaf.entry,
+    ))
+}
+
+/// The leaf entry mapping `phys` with a page of `size`: present, with
+/// the `access` bits (`USER` or none), writable and no-execute as `flags`
+/// say.
+fn leaf_entry(phys: u64, size: PageSize, flags: MapFlags, access: u64) -> u64 {
+    let mut leaf = phys | PRESENT | access;
+    if flags.writable {
+        leaf |= WRITABLE;
+    }
+    if !flags.executable {
+        leaf |= cpu::no_execute_bit();
+    }
+    if size == PageSize::Large {
+        leaf |= LARGE;
+    }
+    leaf
+}
+
 impl AddressSpace {
     /// A new, empty user address space. Its kernel half is the kernel's as
     /// it is now: create user spaces after [`init_kernel_space`].
     pub fn new() -> Result<Self, PagingError> {
-        let slot = LIVE
-            .iter()
-            .position(|live| {
-                live.compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            })
-            .ok_or(PagingError::Alloc(AllocError::OutOfMemory))?;
-        let root = new_table().inspect_err(|_| LIVE[slot].store(0, Ordering::Release))?;
-        LIVE[slot].store(root, Ordering::Release);
-        let kernel_root = super::kernel_root();
-        pte::with_window(|window| {
-            for slot in 256..512 {
-                write(window, root, slot, read(kernel_root, slot));
-            }
-        });
+        let (slot, root) = new_user_root()?;
         Ok(Self {
             root,
             kind: Kind::User,
@@ -748,16 +799,7 @@ impl AddressSpace {
                 }
             }
         }
-        let mut leaf = phys | PRESENT | self.kind.access_bits() | extra;
-        if flags.writable {
-            leaf |= WRITABLE;
-        }
-        if !flags.executable {
-            leaf |= cpu::no_execute_bit();
-        }
-        if size == PageSize::Large {
-            leaf |= LARGE;
-        }
+        let leaf = leaf_entry(phys, size, flags, self.kind.access_bits()) | extra;
         let link_bits = PRESENT | WRITABLE | self.kind.access_bits();
         pte::with_window(|window| {
             for &next in &new_tables[..needed] {
@@ -861,12 +903,7 @@ impl AddressSpace {
 
     /// The frame and leaf entry mapping `virt`, if any.
     pub fn translate(&self, virt: u64) -> Option<(u64, u64)> {
-        let leaf = super::walk::leaf(self.root, virt)?;
-        let span = leaf.size.bytes();
-        Some((
-            (leaf.entry & ADDRESS & !(span - 1)) + virt % span,
-            leaf.entry,
-        ))
+        translate_in(self.root, virt)
     }
 }
 
@@ -911,19 +948,8 @@ impl Drop for AddressSpace {
         if self.kind == Kind::Kernel {
             return;
         }
-        // A loaded root is never freed: switch to the kernel's first. A
-        // space still loaded on another CPU would be freed under it: only
-        // a broken scheduler drops one.
-        if cpu::read_cr3() & ADDRESS == self.root {
-            load_kernel_root();
-        }
-        let elsewhere = LOADED[self.slot].cpus();
-        if !elsewhere.is_empty() {
-            panic!(
-                "user space {:#x} dropped while CPUs {:?} have it loaded",
-                self.root, elsewhere
-            );
-        }
+        // A loaded root is never freed.
+        unload_dying_root(self.slot, self.root);
         LIVE[self.slot].store(0, Ordering::Release);
         // No move touches its leaves from here: the frames they name now
         // are the ones to free.
@@ -1015,6 +1041,9 @@ impl Drop for IdentityPage {
         *IDENTITY_TAKEN.lock() = false;
     }
 }
+
+pub mod explicit;
+pub use explicit::{TableFrame, TableLevel, VSpace, VSpaceError};
 
 mod rmap;
 

@@ -123,6 +123,16 @@ pub fn flush_pages(pages: &[u64], reach: Reach<'_>) -> u32 {
     shoot(&batch, reach)
 }
 
+/// Drops every translation (a CR3 reload) on the CPUs `reach` names, in
+/// one round: for a change that may cover a whole range of a space, as
+/// unlinking a table does (up to 512 GiB of pages, and the walks cached
+/// through it). Returns the CPUs interrupted.
+pub fn flush_space(reach: Reach<'_>) -> u32 {
+    let mut batch = Batch::new(0);
+    batch.add_all();
+    shoot(&batch, reach)
+}
+
 /// Flushes `batch` on the CPUs `reach` names (this one included if it is
 /// among them): one shootdown round when another CPU is, a local flush
 /// when only this one is. Returns the CPUs interrupted.
