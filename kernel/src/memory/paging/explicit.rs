@@ -352,7 +352,10 @@ impl VSpace {
         let link = if ours {
             self.entry_of(virt, level.level() + 1)
                 .ok()
-                .filter(|&(parent, slot)| read(parent, slot) == table.phys | LINK)
+                // The CPU sets the accessed bit in a link it walks.
+                .filter(|&(parent, slot)| {
+                    read(parent, slot) & (ADDRESS | LINK | LARGE) == table.phys | LINK
+                })
         } else {
             None
         };
