@@ -16,12 +16,12 @@
 //!   cannot be made; if it ever were, its entry is pinned (never moved), so
 //!   no mapping is left pointing at the old frame.
 //!
-//! Capacity: [`CAPACITY`] frames, 16 MiB of 4 KiB user pages, in about
-//! 112 KiB of `.bss` (28 bytes a slot: the entry and its hash index). That
-//! is what fits beside the image on the smallest machine (7 MiB: the
-//! image, its metadata and one whole pageblock above them), and it is
-//! enough for what maps user frames today, the tests (a few per pageblock
-//! they crowd). Compaction needs only the few frames of the sparsest
+//! Capacity: [`CAPACITY`] frames, 8 MiB of 4 KiB user pages, in about
+//! 56 KiB of `.bss` (28 bytes a slot: the entry and its hash index). The
+//! image must fit the 2 MiB the boot stub maps, and this is enough for
+//! what maps movable user frames today, the tests (a few per pageblock
+//! they crowd): the root task's and the object layer's frames are
+//! unmovable objects, which are never recorded here. Compaction needs only the few frames of the sparsest
 //! pageblock to be recorded; a frame left out pins its pageblock, nothing
 //! worse. When the root task and Untyped retype bring user memory by the
 //! gigabyte, this becomes a per-frame array beside the allocator's
@@ -30,10 +30,10 @@
 use ptalloc::{Freetype, Pfn};
 
 /// Movable frames recorded at once.
-pub const CAPACITY: usize = 4096;
+pub const CAPACITY: usize = 2048;
 
 // The size the module doc gives (the entries and their hash index).
-const _: () = assert!(core::mem::size_of::<Rmap>() <= 116 * 1024);
+const _: () = assert!(core::mem::size_of::<Rmap>() <= 58 * 1024);
 
 /// Where a movable frame is mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
