@@ -35,6 +35,9 @@ RUNNER  := cargo run --quiet --package tools --bin runner --
 # built from its directory so that its .cargo/config.toml applies), or the
 # ELF that ROOTTASK names, passed to QEMU as the first boot module (-initrd).
 ROOTTASK_ELF := target/roottask/$(TARGET)/release/roottask
+# The user test suite (kernel/roottask/src/bin/usertests.rs), run by the
+# kernel once per test (roottask=suite; README "User tests").
+USERTESTS_ELF := target/roottask/$(TARGET)/release/usertests
 ROOTTASK     ?=
 ifeq ($(ROOTTASK),)
 INITRD       := --initrd $(ROOTTASK_ELF)
@@ -47,12 +50,12 @@ INITRD       := --initrd "$(ROOTTASK)"
 ROOTTASK_DEP :=
 endif
 
-.PHONY: run test gdb kernel roottask host-test loom-test qemu-test deps toolchain qemu check bench mutants
+.PHONY: run test gdb kernel roottask host-test loom-test qemu-test user-test deps toolchain qemu check bench mutants
 
 run: deps kernel $(ROOTTASK_DEP)
 	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)" $(INITRD)
 
-test: deps host-test loom-test qemu-test
+test: deps host-test loom-test qemu-test user-test
 
 host-test: toolchain
 	cargo test
@@ -66,6 +69,13 @@ loom-test: toolchain
 
 qemu-test: deps kernel roottask
 	cargo test --package qemu-tests
+
+# The user-level test suite under the default protection, its output shown
+# (each test in a process of its own; it ends with "user tests: N passed, M
+# failed, K skipped"). qemu-test runs it under every policy and checks the
+# counts.
+user-test: deps kernel roottask
+	$(RUNNER) --initrd $(USERTESTS_ELF) --append "roottask=suite" --timeout 300
 
 gdb: deps kernel $(ROOTTASK_DEP)
 	$(RUNNER) --gdb --cpu $(CPU) --memory $(MEM) --smp $(SMP) --append "$(APPEND)" $(INITRD)

@@ -23,12 +23,14 @@ mod demo;
 mod fatal;
 mod log;
 mod memory;
+mod object;
 mod pkfault;
 mod report;
 mod roottask;
 mod sync;
 mod syscall;
 mod testing;
+mod usertests;
 
 use arch::cpu::CpuFeatures;
 use arch::exit::{ExitCode, exit_qemu};
@@ -170,7 +172,10 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             // With a boot module, the root task ends the run: its exit
             // status decides ours.
             match boot.info.modules.split_first() {
-                Some((module, others)) => roottask::run(module, others.len()),
+                Some((module, others)) => match boot.config.roottask {
+                    boot::cmdline::RootTaskMode::Run => roottask::run(module, others.len()),
+                    boot::cmdline::RootTaskMode::Suite => usertests::run(module),
+                },
                 None => {
                     println!("boot complete");
                     ExitCode::Success

@@ -1,9 +1,11 @@
 //! The root task: the first ring-3 program, taken from the first PVH boot
-//! module (QEMU `-initrd`), loaded into a fresh user address space and run
-//! on the boot CPU until it stops. How it stops ends the run: exit status
-//! 0 is success, any other status or a fault is a failure.
+//! module (QEMU `-initrd`), built as a process of kernel objects
+//! ([`crate::object::boot`]) and run on the boot CPU until it stops. How
+//! it stops ends the run: exit status 0 is success, any other status or a
+//! fault is a failure.
 //!
-//! Its address space (the user half):
+//! Its address space (the user half), every table and frame an object
+//! whose cap is in the root CNode:
 //! - the ELF's `PT_LOAD` segments, checked first by [`boot::elf_plan`];
 //!   each page a fresh zeroed frame holding the segment's file bytes,
 //!   mapped with the segment's rights (`r-x`, `r--` or `rw-`);
@@ -13,25 +15,29 @@
 //! - the boot-info frame: one read-only page at [`BOOT_INFO`], holding an
 //!   [`abi::BootInfo`].
 //!
+//! Its capabilities: the fixed caps (`abi::InitCap`), Untyped caps worth
+//! [`BUDGET_SHARE`] of the memory free once it is built, the caps of its
+//! tables and frames, then empty slots; the boot info lists them.
+//!
 //! Entry convention (`abi::bootinfo`'s): `rip` is the ELF entry, `rsp` is
 //! [`STACK_TOP`] (16-byte aligned), `rdi` is [`BOOT_INFO`], every other
 //! register is zero, interrupts are on.
 //!
-//! Its frames are movable user memory (`Movable`/`Mapped`): compaction may
-//! move them, and the space's reverse map follows. They are the space's
-//! until it is dropped, after the task stops. The module itself stays
-//! where the loader put it (the page allocator never had it).
+//! Its frames are kernel-placed objects (`Unmovable`/`Mapped`): compaction
+//! does not move them. The module itself stays where the loader put it
+//! (the page allocator never had it).
 
 use crate::arch::exit::ExitCode;
 use crate::arch::usermode::{self, Stop, UserContext};
 use crate::memory::KernelPhys;
-use crate::memory::frames::{self, Frame, FrameError};
-use crate::memory::paging::{AddressSpace, MapFlags, PagingError, load_kernel_root};
+use crate::memory::frames::Frame;
+use crate::memory::paging::{MapFlags, load_kernel_root};
+use crate::object::boot::{BuildError, Builder, Process};
+use crate::object::{self, Body, OBJECTS};
 use crate::println;
-use abi::{BootInfo, FIRST_UNTYPED_SLOT, MAX_BOOT_UNTYPED, SlotRegion};
+use abi::{BootInfo, InitCap, MAX_BOOT_UNTYPED};
 use boot::elf_plan::{self as loader, ElfError, HEADER_BYTES, Plan, Segment};
 use boot::{BootModule, PhysMemory};
-use ptalloc::{Freetype, Mobility, Protection};
 
 /// Top of the root task's stack (its first push lands just below).
 pub const STACK_TOP: u64 = 0x7fff_ffff_0000;
@@ -42,7 +48,12 @@ pub const IPC_BUFFER: u64 = 0x7fff_ffff_4000;
 /// The boot-info frame's page.
 pub const BOOT_INFO: u64 = 0x7fff_ffff_8000;
 /// The root CNode's radix (4096 slots, seL4's default on x86).
-pub const ROOT_CNODE_RADIX: u64 = 12;
+pub const ROOT_CNODE_RADIX: u8 = 12;
+/// The share of the memory free after the build that the root task's
+/// Untyped caps are worth, in quarters: the rest stays the kernel's (page
+/// tables its conversions need, CNodes and TCBs rounded up to pages,
+/// frames of 2 MiB that need whole pageblocks).
+pub const BUDGET_SHARE: u64 = 3;
 
 const PAGE: u64 = 4096;
 /// Where the stack's pages start.
@@ -56,11 +67,6 @@ const _: () = {
     assert!(IPC_BUFFER.is_multiple_of(1 << abi::IPC_BUFFER_SIZE_BITS));
 };
 
-/// Movable user memory, in the direct map.
-const USER_MEMORY: Freetype = Freetype {
-    mobility: Mobility::Movable,
-    protection: Protection::Mapped,
-};
 const READ_ONLY: MapFlags = MapFlags {
     writable: false,
     executable: false,
@@ -72,7 +78,7 @@ const READ_WRITE: MapFlags = MapFlags {
 
 /// Why the root task could not be loaded.
 #[derive(Debug)]
-enum LoadError {
+pub(crate) enum LoadError {
     /// The module's bytes could not be read.
     Unreadable {
         /// Physical address.
@@ -80,27 +86,10 @@ enum LoadError {
     },
     /// The ELF was refused.
     Elf(ElfError),
-    /// No user address space.
-    Space(PagingError),
-    /// No frame for a page.
-    Frame {
-        /// The page it was for.
-        virt: u64,
-        /// Why.
-        error: FrameError,
-    },
-    /// Bytes could not be copied into the fresh frame for a page.
-    Copy {
-        /// The page.
-        virt: u64,
-    },
-    /// A page could not be mapped.
-    Map {
-        /// The page.
-        virt: u64,
-        /// Why.
-        error: PagingError,
-    },
+    /// No object table.
+    Objects(object::InitError),
+    /// A kernel object could not be made or mapped.
+    Build(BuildError),
     /// The boot info the kernel built does not pass `abi`'s check.
     BootInfo(abi::DecodeError),
 }
@@ -112,21 +101,25 @@ impl core::fmt::Display for LoadError {
                 write!(f, "its bytes at physical {phys:#x} are not readable")
             }
             Self::Elf(error) => write!(f, "{error}"),
-            Self::Space(error) => write!(f, "no user address space: {error:?}"),
-            Self::Frame { virt, error } => {
-                write!(f, "no frame for the page at {virt:#x}: {error:?}")
-            }
-            Self::Copy { virt } => write!(f, "cannot fill the frame for the page at {virt:#x}"),
-            Self::Map { virt, error } => write!(f, "cannot map the page at {virt:#x}: {error:?}"),
+            Self::Objects(error) => write!(f, "no object table: {error}"),
+            Self::Build(error) => write!(f, "cannot build its objects: {error}"),
             Self::BootInfo(error) => write!(f, "the boot info fails its check: {error:?}"),
         }
     }
 }
 
-/// A loaded root task, ready to enter.
-struct Loaded {
-    space: AddressSpace,
-    plan: Plan,
+impl From<BuildError> for LoadError {
+    fn from(error: BuildError) -> Self {
+        Self::Build(error)
+    }
+}
+
+/// A loaded process, ready to enter.
+pub(crate) struct Loaded {
+    /// Where its caps are.
+    pub process: Process,
+    /// Its ELF's layout.
+    pub plan: Plan,
 }
 
 /// Loads the root task from `module` (the first boot module; `others`
@@ -138,7 +131,7 @@ pub fn run(module: &BootModule, others: usize) -> ExitCode {
     if others > 0 {
         println!("root task: {} more boot modules are ignored", others);
     }
-    let loaded = match load(module) {
+    let loaded = match init_objects().and_then(|()| load(module)) {
         Ok(loaded) => loaded,
         Err(error) => {
             println!("root task: cannot load boot module 0: {}", error);
@@ -147,13 +140,33 @@ pub fn run(module: &BootModule, others: usize) -> ExitCode {
     };
     print_plan(&loaded.plan);
     println!("boot complete");
+    report_stop(enter(&loaded, 0))
+}
+
+/// Sets up the object table, sized for the memory free now.
+pub(crate) fn init_objects() -> Result<(), LoadError> {
+    let free = crate::memory::frames::frames_not_held().unwrap_or(0) * PAGE;
+    object::init(object::capacity_for(free)).map_err(LoadError::Objects)
+}
+
+/// Runs the loaded process on this CPU until it stops, with `argument` in
+/// rsi; its thread's registers are saved in its TCB when it stops.
+pub(crate) fn enter(loaded: &Loaded, argument: u64) -> Stop {
     let mut context = UserContext::new(loaded.plan.entry, STACK_TOP);
     context.rdi = BOOT_INFO;
-    loaded.space.load();
+    context.rsi = argument;
+    if let Some(objects) = OBJECTS.lock().as_mut() {
+        objects.set_current(Some(loaded.process.tcb));
+        if let Some(Body::VSpace(space)) = objects.body(loaded.process.vspace) {
+            space.load();
+        }
+    }
     let stop = usermode::run(&mut context);
     load_kernel_root();
-    drop(loaded);
-    report_stop(stop)
+    if let Some(objects) = OBJECTS.lock().as_mut() {
+        objects.save_context(loaded.process.tcb, &context);
+    }
+    stop
 }
 
 fn print_module(module: &BootModule) {
@@ -187,86 +200,94 @@ fn print_plan(plan: &Plan) {
 
 /// Says how the task stopped; success only for exit status 0.
 fn report_stop(stop: Stop) -> ExitCode {
-    match stop {
-        Stop::Exited(status) => {
-            println!("root task: exited with status {}", status);
-            if status == 0 {
-                ExitCode::Success
-            } else {
-                ExitCode::Failure
+    if let Stop::Exited(status) = stop {
+        println!("root task: exited with status {}", status);
+        return if status == 0 {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        };
+    }
+    println!("root task: stopped by {}", describe(&stop));
+    ExitCode::Failure
+}
+
+/// How a thread stopped, in words that follow "stopped by".
+pub(crate) struct Describe<'a>(&'a Stop);
+
+/// Words for `stop`.
+pub(crate) fn describe(stop: &Stop) -> Describe<'_> {
+    Describe(stop)
+}
+
+impl core::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self.0 {
+            Stop::Exited(status) => write!(f, "exiting with status {status}"),
+            Stop::Fault {
+                vector,
+                error_code,
+                rip,
+                address,
+            } => {
+                let (mnemonic, name) = crate::arch::idt::exception_name(vector);
+                write!(
+                    f,
+                    "a fault: {name} ({mnemonic}, vector {vector}) at rip {rip:#x}, error code \
+                     {error_code:#x}, address {address:#x}"
+                )
             }
-        }
-        Stop::Fault {
-            vector,
-            error_code,
-            rip,
-            address,
-        } => {
-            let (mnemonic, name) = crate::arch::idt::exception_name(vector);
-            println!(
-                "root task: stopped by a fault: {} ({}, vector {}) at rip {:#x}, error code {:#x}, \
-                 address {:#x}",
-                name, mnemonic, vector, rip, error_code, address
-            );
-            ExitCode::Failure
-        }
-        Stop::BadReturn { rip } => {
-            println!(
-                "root task: stopped: it would return to rip {:#x}, outside the user half",
-                rip
-            );
-            ExitCode::Failure
+            Stop::BadReturn { rip } => {
+                write!(f, "a return to rip {rip:#x}, outside the user half")
+            }
         }
     }
 }
 
-/// Checks the module's ELF, then builds the address space.
-fn load(module: &BootModule) -> Result<Loaded, LoadError> {
+/// Checks the module's ELF, then builds the process (the object table
+/// must be set up).
+pub(crate) fn load(module: &BootModule) -> Result<Loaded, LoadError> {
     let mut header = [0u8; HEADER_BYTES];
     let len = module.size.min(HEADER_BYTES as u64) as usize;
     KernelPhys
         .read(module.start, &mut header[..len])
         .ok_or(LoadError::Unreadable { phys: module.start })?;
     let plan = loader::plan(&header[..len], module.size).map_err(LoadError::Elf)?;
-    let space = AddressSpace::new().map_err(LoadError::Space)?;
+    let mut guard = OBJECTS.lock();
+    let objects = guard
+        .as_mut()
+        .ok_or(LoadError::Objects(object::InitError::NotUp))?;
+    let mut process = Builder::new(objects, ROOT_CNODE_RADIX)?;
+    // The budget is promised before the mappings are made: they take far
+    // less than the quarter kept back.
+    let free = crate::memory::frames::frames_not_held().unwrap_or(0) * PAGE;
+    process.give_budget(free / 4 * BUDGET_SHARE)?;
     for segment in &plan.segments {
-        load_segment(&space, module, segment)?;
+        load_segment(&mut process, module, segment)?;
     }
     for page in 0..STACK_PAGES {
-        map_zeroed(&space, STACK_BOTTOM + page * PAGE, READ_WRITE)?;
+        process.map_frame(STACK_BOTTOM + page * PAGE, READ_WRITE, None, |_| Some(()))?;
     }
-    map_zeroed(&space, IPC_BUFFER, READ_WRITE)?;
-    let info = boot_info(&plan);
+    let ipc_buffer = Some(InitCap::InitThreadIpcBuffer);
+    process.map_frame(IPC_BUFFER, READ_WRITE, ipc_buffer, |_| Some(()))?;
+    process.set_ipc_buffer(IPC_BUFFER, InitCap::InitThreadIpcBuffer);
+    // Its tables first, so that the boot info lists every cap.
+    process.ensure_tables(BOOT_INFO)?;
+    let info = boot_info(&plan, &process.layout());
     info.check().map_err(LoadError::BootInfo)?;
-    let mut frame = user_frame(BOOT_INFO)?;
-    // A fresh 4 KiB frame holds the BootInfo (checked to fit).
-    let copied = crate::memory::ephemeral::copy_to(&mut frame, 0, &boot_info_bytes(&info));
-    copied.ok_or(LoadError::Copy { virt: BOOT_INFO })?;
-    map(&space, BOOT_INFO, frame, READ_ONLY)?;
-    Ok(Loaded { space, plan })
-}
-
-fn user_frame(virt: u64) -> Result<Frame, LoadError> {
-    frames::alloc_frame(0, USER_MEMORY, true).map_err(|error| LoadError::Frame { virt, error })
-}
-
-fn map(space: &AddressSpace, virt: u64, frame: Frame, flags: MapFlags) -> Result<(), LoadError> {
-    space
-        .map(virt, frame, flags)
-        .map_err(|refused| LoadError::Map {
-            virt,
-            error: refused.error,
-        })
-}
-
-fn map_zeroed(space: &AddressSpace, virt: u64, flags: MapFlags) -> Result<(), LoadError> {
-    map(space, virt, user_frame(virt)?, flags)
+    let bytes = boot_info_bytes(&info);
+    let fixed = Some(InitCap::BootInfoFrame);
+    process.map_frame(BOOT_INFO, READ_ONLY, fixed, |frame| {
+        crate::memory::ephemeral::copy_to(frame, 0, &bytes)
+    })?;
+    let process = process.layout();
+    Ok(Loaded { process, plan })
 }
 
 /// Maps `segment`'s pages, each a zeroed frame with the segment's file
 /// bytes that fall in it, copied from the module.
 fn load_segment(
-    space: &AddressSpace,
+    process: &mut Builder<'_>,
     module: &BootModule,
     segment: &Segment,
 ) -> Result<(), LoadError> {
@@ -277,46 +298,40 @@ fn load_segment(
     let file_end = segment.vaddr + segment.filesz;
     let mut buffer = [0u8; PAGE as usize];
     for page in segment.pages().step_by(PAGE as usize) {
-        let mut frame = user_frame(page)?;
         let from = page.max(segment.vaddr);
         let to = (page + PAGE).min(file_end);
-        if from < to {
-            let bytes = &mut buffer[..(to - from) as usize];
+        let bytes = &mut buffer[..to.saturating_sub(from) as usize];
+        if !bytes.is_empty() {
             // Inside the module: the plan checked offset + filesz.
             let phys = module.start + segment.offset + (from - segment.vaddr);
             KernelPhys
                 .read(phys, bytes)
                 .ok_or(LoadError::Unreadable { phys })?;
-            crate::memory::ephemeral::copy_to(&mut frame, from - page, bytes)
-                .ok_or(LoadError::Copy { virt: page })?;
         }
-        map(space, page, frame, flags)?;
+        let fill = |frame: &mut Frame| {
+            if bytes.is_empty() {
+                return Some(());
+            }
+            crate::memory::ephemeral::copy_to(frame, from - page, bytes)
+        };
+        process.map_frame(page, flags, None, fill)?;
     }
     Ok(())
 }
 
 /// What the root task is given. The fixed caps' slots are `abi::InitCap`'s.
-fn boot_info(plan: &Plan) -> BootInfo {
+fn boot_info(plan: &Plan, process: &Process) -> BootInfo {
     let image = plan.image();
     BootInfo {
         magic: BootInfo::MAGIC,
         node_id: 0,
         node_count: 1,
         ipc_buffer: IPC_BUFFER,
-        root_cnode_radix: ROOT_CNODE_RADIX,
-        // TODO(issue 13, capabilities): the capability step creates the
-        // root CNode with the fixed caps and gives the root task its
-        // Untyped caps from FIRST_UNTYPED_SLOT on; it fills `untyped`,
-        // `untyped_bytes` and `empty` from them. Until then: none.
-        untyped: SlotRegion {
-            start: FIRST_UNTYPED_SLOT,
-            end: FIRST_UNTYPED_SLOT,
-        },
-        untyped_bytes: [0; MAX_BOOT_UNTYPED],
-        empty: SlotRegion {
-            start: FIRST_UNTYPED_SLOT,
-            end: 1 << ROOT_CNODE_RADIX,
-        },
+        root_cnode_radix: u64::from(process.radix),
+        untyped: process.untyped,
+        untyped_bytes: process.untyped_bytes,
+        mappings: process.mappings,
+        empty: process.empty,
         image_start: image.start,
         image_end: image.end,
     }
@@ -324,7 +339,7 @@ fn boot_info(plan: &Plan) -> BootInfo {
 
 /// `BootInfo` is `#[repr(C)]` and all `u64`s: its bytes are these words,
 /// in field order (pinned below, so a change to the struct fails here).
-const BOOT_INFO_WORDS: usize = 9 + MAX_BOOT_UNTYPED + 2;
+const BOOT_INFO_WORDS: usize = 9 + MAX_BOOT_UNTYPED + 4;
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<BootInfo>() == BOOT_INFO_WORDS * 8);
@@ -333,6 +348,7 @@ const _: () = {
     assert!(offset_of!(BootInfo, untyped) == 7 * 8);
     assert!(offset_of!(BootInfo, untyped_bytes) == 9 * 8);
     assert!(offset_of!(BootInfo, image_start) == (9 + MAX_BOOT_UNTYPED) * 8);
+    assert!(offset_of!(BootInfo, mappings) == (11 + MAX_BOOT_UNTYPED) * 8);
     assert!(size_of::<BootInfo>() <= PAGE as usize);
 };
 
@@ -351,7 +367,12 @@ fn boot_info_bytes(info: &BootInfo) -> [u8; BOOT_INFO_WORDS * 8] {
         info.untyped.end,
     ]);
     words[9..9 + MAX_BOOT_UNTYPED].copy_from_slice(&info.untyped_bytes);
-    words[9 + MAX_BOOT_UNTYPED..].copy_from_slice(&[info.image_start, info.image_end]);
+    words[9 + MAX_BOOT_UNTYPED..].copy_from_slice(&[
+        info.image_start,
+        info.image_end,
+        info.mappings.start,
+        info.mappings.end,
+    ]);
     let mut bytes = [0u8; BOOT_INFO_WORDS * 8];
     for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
         chunk.copy_from_slice(&word.to_le_bytes());

@@ -3,7 +3,9 @@
 //! The kernel starts the root task with `rdi` holding the virtual address
 //! of its boot-info frame, which holds a [`BootInfo`]. The root CNode
 //! (radix `root_cnode_radix`) has fixed caps in its first slots
-//! ([`InitCap`]), then the Untyped caps, then empty slots to the end. Its
+//! ([`InitCap`]), then the Untyped caps, then the caps of the paging
+//! structures and frames the kernel mapped for it, then empty slots to the
+//! end. Its
 //! cap carries a guard of `64 - radix` zero bits, so a slot's index is its
 //! [`CPtr`] at depth 64.
 
@@ -109,20 +111,26 @@ pub struct BootInfo {
     pub image_start: u64,
     /// One past the last virtual address of the root task's image.
     pub image_end: u64,
+    /// The root CNode's slots holding the caps of what the kernel mapped
+    /// for the root task (its paging structures and frames, in the order
+    /// made; the IPC buffer's and the boot info's frames are fixed caps).
+    /// Each cap reads mapped, so the root task can unmap and reuse them.
+    pub mappings: SlotRegion,
 }
 
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);
 
 impl BootInfo {
     /// Format version; bump on any layout change.
-    pub const VERSION: u64 = 1;
+    pub const VERSION: u64 = 2;
 
     /// "uKBOOT" over the version.
     pub const MAGIC: u64 = 0x754b_424f_4f54 << 16 | Self::VERSION;
 
     /// Checks the magic and version, and that the slot regions are in
     /// order within the root CNode: fixed caps, Untyped caps (at most
-    /// [`MAX_BOOT_UNTYPED`]), then empty slots.
+    /// [`MAX_BOOT_UNTYPED`]), the caps of what the kernel mapped, then
+    /// empty slots.
     pub fn check(&self) -> Result<(), DecodeError> {
         if self.magic != Self::MAGIC {
             return Err(DecodeError::BootInfoMagic(self.magic));
@@ -134,7 +142,9 @@ impl BootInfo {
         let ordered = self.untyped.start == FIRST_UNTYPED_SLOT
             && self.untyped.start <= self.untyped.end
             && self.untyped.len() <= MAX_BOOT_UNTYPED as u64
-            && self.empty.start == self.untyped.end
+            && self.mappings.start == self.untyped.end
+            && self.mappings.start <= self.mappings.end
+            && self.empty.start == self.mappings.end
             && self.empty.start <= self.empty.end
             && self.empty.end <= slots
             && self.untyped_bytes[self.untyped.len() as usize..]

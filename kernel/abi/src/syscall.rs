@@ -52,10 +52,15 @@ numbered! {
         DebugPutChar = 0x100,
         /// Test only: end the whole run with the status in `rdi`.
         DebugExit = 0x101,
-        /// Test only: the kernel prints a summary of its capability state
+        /// Test only: the kernel logs a summary of its capability state
         /// and returns MR0 = caps, MR1 = objects alive, MR2 = derivation
         /// tree edges, MR3 = Untyped budget bytes not yet charged.
         DebugSummary = 0x102,
+        /// Test only: for the frame cap `rdi`, MR0 = the frame's physical
+        /// address and MR1 = 1 if the kernel's direct map translates it,
+        /// 0 if not (a secret frame). Not a frame cap:
+        /// `InvalidCapability { index: 0 }`.
+        DebugFrameInfo = 0x103,
     }
 }
 
@@ -64,7 +69,10 @@ impl Syscall {
     pub const fn is_debug(self) -> bool {
         matches!(
             self,
-            Syscall::DebugPutChar | Syscall::DebugExit | Syscall::DebugSummary
+            Syscall::DebugPutChar
+                | Syscall::DebugExit
+                | Syscall::DebugSummary
+                | Syscall::DebugFrameInfo
         )
     }
 }

@@ -27,8 +27,8 @@ fn syscall_numbers_round_trip_and_unknown_ones_are_refused() {
         assert_eq!(Syscall::try_from(call.number()), Ok(call));
         assert_eq!(u64::from(call), call as u64);
     }
-    assert_eq!(Syscall::ALL.len(), 11);
-    for bad in [0, 9, 0xff, 0x103, u64::MAX] {
+    assert_eq!(Syscall::ALL.len(), 12);
+    for bad in [0, 9, 0xff, 0x104, u64::MAX] {
         assert_eq!(Syscall::try_from(bad), Err(DecodeError::Syscall(bad)));
     }
     assert!(Syscall::DebugExit.is_debug() && !Syscall::Call.is_debug());
@@ -452,8 +452,12 @@ fn boot_info() -> BootInfo {
             start: FIRST_UNTYPED_SLOT,
             end: FIRST_UNTYPED_SLOT + 2,
         },
-        empty: SlotRegion {
+        mappings: SlotRegion {
             start: FIRST_UNTYPED_SLOT + 2,
+            end: FIRST_UNTYPED_SLOT + 5,
+        },
+        empty: SlotRegion {
+            start: FIRST_UNTYPED_SLOT + 5,
             end: 1 << 12,
         },
         untyped_bytes,
@@ -478,7 +482,7 @@ fn boot_info_checks_its_magic_and_regions() {
     let mut bad = boot_info();
     bad.magic ^= 1;
     assert_eq!(bad.check(), Err(DecodeError::BootInfoMagic(bad.magic)));
-    let broken: [fn(&mut BootInfo); 7] = [
+    let broken: [fn(&mut BootInfo); 9] = [
         |b| b.empty.end = (1 << 12) + 1,
         |b| b.untyped.start = 5,
         |b| b.empty.start += 1,
@@ -487,7 +491,12 @@ fn boot_info_checks_its_magic_and_regions() {
         |b| b.root_cnode_radix = 64,
         |b| {
             b.untyped.end = FIRST_UNTYPED_SLOT + MAX_BOOT_UNTYPED as u64 + 1;
-            b.empty.start = b.untyped.end;
+            b.mappings.start = b.untyped.end;
+        },
+        |b| b.mappings.start += 1,
+        |b| {
+            b.mappings.end = b.mappings.start - 1;
+            b.empty.start = b.mappings.end;
         },
     ];
     for breaks in broken {

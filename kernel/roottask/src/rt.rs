@@ -7,10 +7,12 @@
 //!   an unmapped page below it);
 //! - `rdi` is the virtual address of the read-only boot-info frame, which
 //!   holds an [`abi::BootInfo`];
+//! - `rsi` is the program's argument: 0 for the root task, the test's
+//!   number for a process of the user test suite;
 //! - every other register is zero.
 //!
-//! `_start` calls [`start`], which hands the boot-info address to the
-//! program's `main` and ends the thread with `main`'s status through
+//! `_start` calls [`start`], which hands the boot-info address and the
+//! argument to the program's `main` and ends the thread with `main`'s status through
 //! `DebugExit`. Nothing here allocates: the program has no heap.
 
 use abi::Syscall;
@@ -29,19 +31,17 @@ core::arch::global_asm!(
     start = sym start,
 );
 
-/// Called by `_start` with the boot-info address the kernel left in rdi.
-extern "C" fn start(boot_info: u64) -> ! {
-    let status = crate::main(boot_info);
+/// Called by `_start` with the boot-info address the kernel left in rdi
+/// and the argument in rsi (0 for the root task; the test number for a
+/// process of the user test suite).
+extern "C" fn start(boot_info: u64, argument: u64) -> ! {
+    let status = crate::main(boot_info, argument);
     debug_exit(status)
 }
 
 /// What the kernel answers a system call with: the reply's message-info
 /// word (rax), the badge (rdi) and MR0..MR3 (rdx, r10, r8, r9).
 #[derive(Clone, Copy, Debug)]
-#[allow(
-    dead_code,
-    reason = "for programs built on this runtime; this one only prints and exits"
-)]
 pub struct Reply {
     /// The reply's message-info word: label 0 for success, else the error
     /// code.
@@ -81,6 +81,53 @@ pub fn syscall(number: Syscall, cptr: u64, info: u64, mr: [u64; 4]) -> Reply {
         badge,
         mr: [mr0, mr1, mr2, mr3],
     }
+}
+
+/// Invokes the kernel object `cptr` with `label`, message words `words`
+/// and extra caps `caps` (CPtrs). Words past MR3 and the caps go through
+/// `buffer`, the thread's IPC buffer. Returns MR0..MR3 of the reply, or
+/// the error it encodes.
+pub fn invoke(
+    buffer: &mut abi::IpcBuffer,
+    cptr: u64,
+    label: abi::InvocationLabel,
+    words: &[u64],
+    caps: &[u64],
+) -> Result<[u64; 4], abi::Error> {
+    let length = words.len().min(abi::MSG_MAX_LENGTH);
+    let extra = caps.len().min(abi::MSG_MAX_EXTRA_CAPS);
+    let mut mr = [0u64; 4];
+    for (n, &word) in words[..length].iter().enumerate() {
+        match mr.get_mut(n) {
+            Some(register) => *register = word,
+            None => buffer.msg[n] = word,
+        }
+    }
+    buffer.caps_or_badges[..extra].copy_from_slice(&caps[..extra]);
+    let info = abi::MessageInfo::new(label.number(), 0, extra as u8, length as u8)
+        .map_or(0, |info| info.word());
+    let reply = syscall(Syscall::Call, cptr, info, mr);
+    let Ok(tag) = abi::MessageInfo::from_word(reply.info) else {
+        return Err(abi::Error::IllegalOperation);
+    };
+    if tag.label() == 0 {
+        return Ok(reply.mr);
+    }
+    let used = &reply.mr[..(tag.length() as usize).min(4)];
+    Err(abi::Error::decode(tag.label(), used).unwrap_or(abi::Error::IllegalOperation))
+}
+
+/// The kernel's object summary: caps, objects, derivation edges, budget
+/// bytes left (the kernel prints it too).
+pub fn debug_summary() -> [u64; 4] {
+    syscall(Syscall::DebugSummary, 0, 0, [0; 4]).mr
+}
+
+/// Test only: the physical address of the frame `cptr` names, and whether
+/// the kernel's direct map translates it (a secret frame: no).
+pub fn debug_frame_info(cptr: u64) -> (u64, bool) {
+    let reply = syscall(Syscall::DebugFrameInfo, cptr, 0, [0; 4]);
+    (reply.mr[0], reply.mr[1] != 0)
 }
 
 /// Writes one byte to the kernel's debug console (COM1).
@@ -133,6 +180,6 @@ pub const PANIC_STATUS: u64 = 101;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    crate::println!("roottask: panic: {}", info);
+    crate::println!("panic: {}", info);
     debug_exit(PANIC_STATUS)
 }

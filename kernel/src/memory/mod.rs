@@ -25,6 +25,7 @@ pub mod boot_tables;
 pub mod direct_map;
 pub mod early;
 pub mod ephemeral;
+pub mod frame_array;
 pub mod frames;
 pub mod image;
 pub mod movable;

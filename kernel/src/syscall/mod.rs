@@ -6,10 +6,11 @@
 //! and r9; the reply's message-info word comes back in rax (label 0:
 //! success, else the error code) with its words in the same registers.
 //!
-//! What runs today: the debug calls tests use (`DebugPutChar`,
-//! `DebugExit`). Every other number, known or not, is refused with
-//! `IllegalOperation` and the thread goes on: capabilities and objects
-//! come next (issue 13), IPC and scheduling after (part 2).
+//! What runs today: `Call` on a kernel object (an invocation,
+//! [`crate::object`]), and the debug calls tests use (`DebugPutChar`,
+//! `DebugExit`, `DebugSummary`). Every other number, known or not, is
+//! refused with `IllegalOperation` and the thread goes on: IPC and
+//! scheduling come with the microkernel's part 2.
 
 use crate::arch::usermode::{Action, UserContext};
 use abi::{Error, Syscall};
@@ -28,11 +29,53 @@ fn handle(context: &mut UserContext) -> Action {
             Action::Resume
         }
         Ok(Syscall::DebugExit) => Action::Stop(context.rdi),
+        Ok(Syscall::Call) => {
+            let registers = [context.rdx, context.r10, context.r8, context.r9];
+            let outcome = crate::object::call(context.rdi, context.rsi, registers);
+            match outcome.reply {
+                Ok(words) => reply_words(context, &words),
+                Err(error) => reply_error(context, error),
+            }
+            if outcome.thread_lives {
+                Action::Resume
+            } else {
+                crate::println!("syscall: the calling thread's TCB was deleted; it stops");
+                Action::Stop(THREAD_DELETED)
+            }
+        }
+        Ok(Syscall::DebugFrameInfo) => {
+            match crate::object::debug_frame_info(context.rdi) {
+                Ok(words) => reply_words(context, &words),
+                Err(error) => reply_error(context, error),
+            }
+            Action::Resume
+        }
+        Ok(Syscall::DebugSummary) => {
+            match crate::object::debug_summary() {
+                Some(words) => reply_words(context, &words),
+                None => reply_error(context, Error::IllegalOperation),
+            }
+            Action::Resume
+        }
         Ok(_) | Err(_) => {
             reply_error(context, Error::IllegalOperation);
             Action::Resume
         }
     }
+}
+
+/// The exit status of a thread whose invocation deleted its own TCB.
+pub const THREAD_DELETED: u64 = 0xdead;
+
+/// A successful reply with `words` in MR0.. (the rest zeroed).
+fn reply_words(context: &mut UserContext, words: &[u64]) {
+    let mut mrs = [0u64; 4];
+    mrs[..words.len()].copy_from_slice(words);
+    // At most four words: always a valid message-info word.
+    context.rax = abi::MessageInfo::with_label(0, words.len() as u8)
+        .unwrap_or(abi::MessageInfo::EMPTY)
+        .word();
+    [context.rdx, context.r10, context.r8, context.r9] = mrs;
 }
 
 /// A successful empty reply.
