@@ -81,7 +81,7 @@ fn two_cpus_without_pks_boot_and_report() {
 fn two_cpus_run_the_in_kernel_tests() {
     let run = boot(qemu("test=all").smp(2));
     run.expect_outcome(Outcome::Success)
-        .expect_console(&["tests: 63 passed, 0 failed, 1 skipped", "shootdowns: "]);
+        .expect_console(&["tests: 64 passed, 0 failed, 1 skipped", "shootdowns: "]);
     assert_eq!(cpu_lines(&run).len(), 2, "{}", run.0.transcript());
 }
 

@@ -78,10 +78,8 @@ fn invoke(
     let (at, cap) = objects
         .caps
         .lookup(&root, CPtr(cptr))
+        // An empty slot is a lookup failure too.
         .map_err(|_| bad_cap(0))?;
-    if cap.is_null() {
-        return Err(bad_cap(0));
-    }
     if !type_of(&cap).is_some_and(|ty| label.applies_to(ty)) {
         return Err(Error::IllegalOperation);
     }

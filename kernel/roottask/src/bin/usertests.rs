@@ -134,6 +134,10 @@ const TESTS: &[Test] = &[
         run: map_every_level,
     },
     Test {
+        name: "a_table_left_behind_by_a_destroyed_vspace_maps_again_empty",
+        run: tables_outlive_their_vspace,
+    },
+    Test {
         name: "a_paging_structure_is_never_mapped_as_a_frame",
         run: tables_are_not_frames,
     },
@@ -569,6 +573,46 @@ fn map_every_level(env: &mut Env) -> Outcome {
     ok!(env.map_table(pd, SCRATCH));
     ok!(env.map_frame(large, SCRATCH, rw));
     for slot in [pd, large, pdpt] {
+        ok!(env.delete(slot));
+    }
+    check_eq!(env.summary(), start);
+    Ok(())
+}
+
+fn tables_outlive_their_vspace(env: &mut Env) -> Outcome {
+    let start = env.summary();
+    let rw = CapRights::READ | CapRights::WRITE;
+    let other = ok!(env.make(ObjectType::Pml4, 0));
+    let (pdpt, pd, pt, frame) = (
+        ok!(env.make(ObjectType::Pdpt, 0)),
+        ok!(env.make(ObjectType::PageDirectory, 0)),
+        ok!(env.make(ObjectType::PageTable, 0)),
+        ok!(env.make(ObjectType::Frame4K, 0)),
+    );
+    // Build in the other VSpace, then cut the PD out: the PT below it keeps
+    // its leaf, out of reach, and its cap still reads mapped.
+    for table in [pdpt, pd, pt] {
+        ok!(env.invoke(table, Label::PageTableMap, &[SCRATCH, 0], &[other]));
+    }
+    ok!(env.invoke(frame, Label::FrameMap, &[SCRATCH, rw.word(), 0], &[other]));
+    ok!(env.unmap_table(pd));
+    // Destroying the VSpace forgets every mapping into it: the PT's cap
+    // reads unmapped, and the PT must come back empty.
+    ok!(env.delete(other));
+    let (mine_pdpt, mine_pd) = (
+        ok!(env.make(ObjectType::Pdpt, 0)),
+        ok!(env.make(ObjectType::PageDirectory, 0)),
+    );
+    ok!(env.map_table(mine_pdpt, SCRATCH));
+    ok!(env.map_table(mine_pd, SCRATCH));
+    ok!(env.map_table(pt, SCRATCH));
+    // Its old leaf is gone: the place is free for a frame.
+    ok!(env.map_frame(frame, SCRATCH, rw));
+    check!(
+        touch(SCRATCH, 3),
+        "the frame mapped through the reused table does not hold a write"
+    );
+    for slot in [frame, pt, mine_pd, mine_pdpt, pd, pdpt] {
         ok!(env.delete(slot));
     }
     check_eq!(env.summary(), start);

@@ -449,3 +449,55 @@ crate::kernel_test! {
         Ok(())
     }
 }
+
+crate::kernel_test! {
+    /// The attack on a user page-table object: a simulated kernel bug
+    /// (write-what-where) writes a forged leaf into a linked PT through
+    /// the direct map, a user-writable mapping of the space's own PDPT.
+    /// Under `pks` it faults with the page-table key and the PT keeps its
+    /// entry; under `ro` the direct-map alias refuses it; under `none` it
+    /// lands (and is taken out again), which shows the test sees it.
+    fn attack_stray_write_to_a_user_page_table_object() -> TestResult {
+        use crate::arch::recovery::write_u64_if_writable;
+        use crate::memory::direct_map::DIRECT_MAP_BASE;
+        use pkeys::{FaultPolicy, Mechanism};
+        let fail = |e: &dyn core::fmt::Debug| TestFailure::because(e);
+        // Tables first, the space last: it goes first and leaves them unowned.
+        let pdpt = TableFrame::new().map_err(|e| fail(&e))?;
+        let pd = TableFrame::new().map_err(|e| fail(&e))?;
+        let pt = TableFrame::new().map_err(|e| fail(&e))?;
+        let space = VSpace::new().map_err(|e| fail(&e))?;
+        for (level, table) in [(Pdpt, &pdpt), (Pd, &pd), (Pt, &pt)] {
+            let base = V & !(level.covers() - 1);
+            space.link_table(base, level, table).map_err(|e| fail(&e))?;
+        }
+        let target = (DIRECT_MAP_BASE + pt.phys()) as *mut u64;
+        let forged = pdpt.phys() | PRESENT | WRITABLE | USER;
+        // SAFETY: the test's own table, whose entry 0 is empty; a write
+        // that lands is taken out below, before anything walks it.
+        let landed = crate::pkfault::with_policy(FaultPolicy::Report, || unsafe {
+            write_u64_if_writable(target, forged)
+        })
+        .is_ok();
+        let fault = crate::pkfault::last_fault().filter(|f| f.address == target as u64);
+        let seen = space.translate(V).map(|(phys, _)| phys);
+        if landed {
+            // SAFETY: as above; the page is writable, since the write landed.
+            unsafe { target.write_volatile(0) };
+        }
+        drop(space);
+        match pks::current().map_or(Mechanism::None, |p| p.mechanism()) {
+            Mechanism::Pks => {
+                crate::check!(!landed, "the stray write to a user page table landed");
+                crate::check_eq!(fault.and_then(|f| f.key), Some(pkeys::PAGE_TABLE_KEY));
+                crate::check_eq!(seen, None);
+            }
+            Mechanism::WriteProtect => crate::check!(!landed, "the table is writable under ro"),
+            Mechanism::None => {
+                crate::check!(landed, "the write did not land without protection");
+                crate::check_eq!(seen, Some(pdpt.phys()), "the forged leaf is not what the space maps");
+            }
+        }
+        Ok(())
+    }
+}
