@@ -14,8 +14,9 @@
 //! verification walk over every address space (so over the test's VSpace
 //! too), which must pass unless protection is off (`ptprot=none`); then it destroys the process and checks that every frame came
 //! back and no object is left. A test whose walk or clean-up fails is
-//! failed. The suite ends with `user tests: N passed, M failed, K
-//! skipped`.
+//! failed. After the last test the capability space's invariants are
+//! checked once (`cspace::CSpace::check`). The suite ends with `user
+//! tests: N passed, M failed, K skipped`.
 
 use crate::arch::exit::ExitCode;
 use crate::arch::usermode::Stop;
@@ -60,7 +61,7 @@ pub fn run(module: &BootModule) -> ExitCode {
     }
     let mut counts = Counts::default();
     for index in 0..MAX_TESTS {
-        let before = frames::frames_not_held();
+        let before = Baseline::now();
         let converted = conversions();
         let loaded = match roottask::load(module) {
             Ok(loaded) => loaded,
@@ -77,22 +78,30 @@ pub fn run(module: &BootModule) -> ExitCode {
         counts.tables += loaded.process.tables as u64;
         counts.conversions += conversions() - converted;
         let stop = roottask::enter(&loaded, index);
+        let walked = check_walk(&loaded);
+        let cleaned = finish(&loaded, &before);
         if stop == Stop::Exited(NO_SUCH_TEST) {
-            finish(&loaded, before);
+            // The run that found no test: its process must go cleanly too.
+            if let Err(problem) = cleaned {
+                println!("user tests: after the last test: {}", problem);
+                counts.failed += 1;
+            }
             break;
         }
-        let walked = check_walk(&loaded);
-        let cleaned = finish(&loaded, before);
-        let checks_passed = walked && cleaned;
-        match stop {
-            Stop::Exited(PASSED) if checks_passed => {
+        // What the driver found, or the test's own verdict: one line.
+        match (stop, walked.and(cleaned)) {
+            (Stop::Exited(PASSED), Ok(())) => {
                 println!("ok");
                 counts.passed += 1;
             }
-            Stop::Exited(PASSED) => counts.failed += 1,
-            Stop::Exited(SKIPPED) if checks_passed => counts.skipped += 1,
-            Stop::Exited(FAILED) | Stop::Exited(SKIPPED) => counts.failed += 1,
-            other => {
+            (Stop::Exited(SKIPPED), Ok(())) => counts.skipped += 1,
+            (Stop::Exited(FAILED), _) => counts.failed += 1,
+            (Stop::Exited(PASSED | SKIPPED), Err(problem)) => {
+                println!("FAILED");
+                println!("    {}", problem);
+                counts.failed += 1;
+            }
+            (other, _) => {
                 println!("FAILED");
                 println!(
                     "    the test process stopped by {}",
@@ -101,6 +110,15 @@ pub fn run(module: &BootModule) -> ExitCode {
                 counts.failed += 1;
             }
         }
+    }
+    // Once, at the end: the full check takes seconds under TCG.
+    let checked = OBJECTS
+        .lock()
+        .as_ref()
+        .map_or(Ok(()), object::boot::check_caps);
+    if let Err(violation) = checked {
+        println!("user tests: {}", Problem::Caps(violation));
+        counts.failed += 1;
     }
     report_costs(&counts);
     println!(
@@ -124,11 +142,14 @@ fn report_costs(counts: &Counts) {
     let processes = counts.processes.max(1);
     println!(
         "user tests: costs: {} map invocations (frames and tables), {} PKRS writes, {}.{:02} per map (goal 2); \
+         {} tables left non-empty by a dead VSpace cleared on their way back in ({} PKRS writes); \
          each process's VSpace built with {}.{:02} page-table pages and {}.{:02} pageblock conversions ({} processes)",
         costs.maps,
         costs.map_pkrs_writes,
         costs.map_pkrs_writes / costs.maps.max(1),
         costs.map_pkrs_writes * 100 / costs.maps.max(1) % 100,
+        costs.clears,
+        costs.clear_pkrs_writes,
         counts.tables / processes,
         counts.tables * 100 / processes % 100,
         counts.conversions / processes,
@@ -137,9 +158,64 @@ fn report_costs(counts: &Counts) {
     );
 }
 
-/// The verification walk, with the test's process alive: it must pass,
-/// and must have walked the process's VSpace.
-fn check_walk(loaded: &Loaded) -> bool {
+/// What the driver found wrong after a test.
+enum Problem {
+    /// The verification walk failed.
+    Walk(verify::Failure),
+    /// The walk did not reach the test's VSpace.
+    NotCovered,
+    /// Destroying the process left objects or frames behind.
+    Leak {
+        objects: (u32, u32),
+        frames: (Option<u64>, Option<u64>),
+    },
+    /// The capability space broke an invariant.
+    Caps(cspace::Violation),
+}
+
+impl core::fmt::Display for Problem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Walk(failure) => {
+                write!(f, "the verification walk after the test failed: {failure}")
+            }
+            Self::NotCovered => {
+                f.write_str("the verification walk did not reach the test's VSpace")
+            }
+            Self::Leak { objects, frames } => write!(
+                f,
+                "destroying the test's process left {} objects (before it: {}) and {:?} frames not held (before it: {:?})",
+                objects.1, objects.0, frames.1, frames.0
+            ),
+            Self::Caps(violation) => {
+                write!(f, "the capability space broke an invariant: {violation:?}")
+            }
+        }
+    }
+}
+
+/// What must be the same after a test's process is gone.
+struct Baseline {
+    objects: u32,
+    frames: Option<u64>,
+}
+
+impl Baseline {
+    fn now() -> Self {
+        let objects = OBJECTS
+            .lock()
+            .as_ref()
+            .map_or(0, object::boot::live_objects);
+        Self {
+            objects,
+            frames: frames::frames_not_held(),
+        }
+    }
+}
+
+/// The verification walk, with the test's process alive: it must pass
+/// (unless protection is off), and must have walked the process's VSpace.
+fn check_walk(loaded: &Loaded) -> Result<(), Problem> {
     let report = verify::verify();
     let root =
         OBJECTS
@@ -154,25 +230,16 @@ fn check_walk(loaded: &Loaded) -> bool {
     // find page tables unprotected, as at boot; it must still reach the
     // test's VSpace.
     let protected = crate::boot_state().ptprot != pkeys::ProtectionPolicy::None;
-    if let (Some(failure), true) = (report.failure(), protected) {
-        println!("FAILED");
-        println!(
-            "    the verification walk after the test failed: {}",
-            failure
-        );
-        return false;
+    match report.failure() {
+        Some(failure) if protected => Err(Problem::Walk(failure)),
+        _ if !covered => Err(Problem::NotCovered),
+        _ => Ok(()),
     }
-    if !covered {
-        println!("FAILED");
-        println!("    the verification walk did not cover the test's VSpace");
-        return false;
-    }
-    true
 }
 
-/// Destroys the test's process; true if every frame came back and no
-/// object is left.
-fn finish(loaded: &Loaded, before: Option<u64>) -> bool {
+/// Destroys the test's process: every frame must come back, and no object
+/// be left beyond those alive before it.
+fn finish(loaded: &Loaded, before: &Baseline) -> Result<(), Problem> {
     let left = match OBJECTS.lock().as_mut() {
         Some(objects) => {
             object::boot::destroy(objects, &loaded.process);
@@ -181,14 +248,12 @@ fn finish(loaded: &Loaded, before: Option<u64>) -> bool {
         None => 0,
     };
     frames::drain_caches();
-    let after = frames::frames_not_held();
-    if left != 0 || after != before {
-        println!("FAILED");
-        println!(
-            "    after the test's process was destroyed: {} objects left, frames not held {:?} (before it: {:?})",
-            left, after, before
-        );
-        return false;
+    let after = Baseline::now();
+    if left != before.objects || after.frames != before.frames {
+        return Err(Problem::Leak {
+            objects: (before.objects, left),
+            frames: (before.frames, after.frames),
+        });
     }
-    true
+    Ok(())
 }

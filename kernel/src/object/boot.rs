@@ -5,6 +5,9 @@
 //!
 //! Boot objects are charged to no budget: their memory is the kernel's
 //! gift. Everything else the process does is charged to its Untyped caps.
+//! The original caps of the root CNode, VSpace, TCB and Untypeds stay in
+//! a keeper CNode outside the process's reach (see [`destroy`]); the
+//! process holds copies.
 //!
 //! The root CNode's slots, in order (`abi::BootInfo` describes them):
 //! the fixed caps, the Untyped caps, the caps of what the kernel mapped
@@ -18,7 +21,7 @@ use crate::memory::frames::{self, Frame, FrameError};
 use crate::memory::paging::{MapFlags, TableFrame, TableLevel, VSpace, VSpaceError};
 use abi::object::UNTYPED_MIN_BITS;
 use abi::{CapRights, InitCap, MAX_BOOT_UNTYPED, SlotRegion};
-use cspace::{Cap, Mapping, ObjectId, PagingLevel, Slot, SlotRef};
+use cspace::{Cap, Mapping, ObjectId, Slot, SlotRef};
 
 /// Why a process could not be built.
 #[derive(Debug)]
@@ -57,9 +60,25 @@ impl core::fmt::Display for BuildError {
     }
 }
 
+/// A process's keeper: a CNode of the kernel's, outside the process's
+/// CSpace, that holds its own cap and the original caps of the process's
+/// root CNode, VSpace, TCB and Untypeds; the process gets copies. So
+/// however the process moves, copies or loops its caps, revoking these
+/// originals reaches every cap it has, and [`destroy`] cannot be escaped.
+const KEEPER_RADIX: u8 = 5;
+const KEEPER_SLOTS: usize = 1 << KEEPER_RADIX;
+const KEEPER_SELF: u32 = 0;
+const KEEPER_CNODE: u32 = 1;
+const KEEPER_VSPACE: u32 = 2;
+const KEEPER_TCB: u32 = 3;
+const KEEPER_UNTYPED: u32 = 4;
+const _: () = assert!(KEEPER_UNTYPED as usize + MAX_BOOT_UNTYPED <= KEEPER_SLOTS);
+
 /// A process under construction, holding the object lock.
 pub struct Builder<'a> {
     objects: &'a mut Objects,
+    /// Its keeper.
+    keeper: ObjectId,
     /// Its TCB.
     pub tcb: ObjectId,
     /// Its root CNode.
@@ -80,10 +99,11 @@ pub struct Builder<'a> {
 /// A built process: where its caps are.
 #[derive(Clone, Copy, Debug)]
 pub struct Process {
+    /// Its keeper: a CNode outside its CSpace holding the original caps of
+    /// its root CNode, VSpace, TCB and Untypeds.
+    pub keeper: ObjectId,
     /// Its TCB.
     pub tcb: ObjectId,
-    /// Its root CNode.
-    pub cnode: ObjectId,
     /// Its VSpace.
     pub vspace: ObjectId,
     /// The root CNode's radix.
@@ -103,8 +123,19 @@ pub struct Process {
 impl<'a> Builder<'a> {
     /// Starts a process: a root CNode of `radix` (its cap guarded so that
     /// a slot's index is its CPtr at depth 64), a VSpace and a TCB, with
-    /// their caps in the fixed slots and the TCB's copies of the first two.
+    /// copies of their caps in the fixed slots and the TCB's copies of
+    /// the first two. The original caps go to the process's keeper.
     pub fn new(objects: &'a mut Objects, radix: u8) -> Result<Self, BuildError> {
+        let keeper_slots =
+            FrameArray::new(KEEPER_SLOTS, |_| Slot::EMPTY).map_err(BuildError::Memory)?;
+        let keeper = boot_object(objects, Body::CNode)?;
+        let keeper_cap = Cap::original(abi::ObjectType::CNode, keeper, KEEPER_RADIX, false);
+        insert(
+            objects,
+            SlotRef::new(keeper, KEEPER_SELF),
+            keeper_cap,
+            Some(keeper_slots),
+        );
         let slots = FrameArray::new(1 << radix, |_| Slot::EMPTY).map_err(BuildError::Memory)?;
         let cnode = boot_object(objects, Body::CNode)?;
         let root = Cap::CNode {
@@ -113,20 +144,21 @@ impl<'a> Builder<'a> {
             guard: 0,
             guard_bits: 64 - radix,
         };
-        insert(
+        let kept = |index| SlotRef::new(keeper, index);
+        insert(objects, kept(KEEPER_CNODE), root, Some(slots));
+        copy(
             objects,
+            kept(KEEPER_CNODE),
             slot(cnode, InitCap::InitThreadCNode),
-            root,
-            Some(slots),
         );
         let space = VSpace::new().map_err(|_| BuildError::Table)?;
         let vspace = boot_object(objects, Body::VSpace(space))?;
         let vspace_cap = Cap::original(abi::ObjectType::Pml4, vspace, 0, false);
-        insert(
+        insert(objects, kept(KEEPER_VSPACE), vspace_cap, None);
+        copy(
             objects,
+            kept(KEEPER_VSPACE),
             slot(cnode, InitCap::InitThreadVSpace),
-            vspace_cap,
-            None,
         );
         let thread = FrameArray::new(1, |_| Thread {
             context: abi::UserContext::default(),
@@ -138,9 +170,14 @@ impl<'a> Builder<'a> {
         let tcb = boot_object(objects, Body::Tcb(thread))?;
         insert(
             objects,
-            slot(cnode, InitCap::InitThreadTcb),
+            kept(KEEPER_TCB),
             Cap::Tcb { id: tcb },
             Some(tcb_slots),
+        );
+        copy(
+            objects,
+            kept(KEEPER_TCB),
+            slot(cnode, InitCap::InitThreadTcb),
         );
         copy(
             objects,
@@ -155,6 +192,7 @@ impl<'a> Builder<'a> {
         let first = abi::FIRST_UNTYPED_SLOT;
         Ok(Self {
             objects,
+            keeper,
             tcb,
             cnode,
             vspace,
@@ -189,7 +227,9 @@ impl<'a> Builder<'a> {
                     used: 0,
                 }),
             )?;
-            insert(self.objects, at, Cap::Untyped { id }, None);
+            let original = SlotRef::new(self.keeper, KEEPER_UNTYPED + count as u32);
+            insert(self.objects, original, Cap::Untyped { id }, None);
+            copy(self.objects, original, at);
             self.untyped_bytes[count] = 1 << bits;
             count += 1;
         }
@@ -266,14 +306,9 @@ impl<'a> Builder<'a> {
         self.linked
             .push((level, base))
             .map_err(|_| BuildError::Slots)?;
-        let level = match level {
-            TableLevel::Pdpt => PagingLevel::Pdpt,
-            TableLevel::Pd => PagingLevel::Pd,
-            TableLevel::Pt => PagingLevel::Pt,
-        };
         let cap = Cap::PagingStructure {
             id,
-            level,
+            level: super::vspace::paging_level(level),
             mapped: Some(Mapping {
                 vspace: self.vspace,
                 vaddr: base,
@@ -319,8 +354,8 @@ impl<'a> Builder<'a> {
     /// Where the process's caps are so far.
     pub fn layout(&self) -> Process {
         Process {
+            keeper: self.keeper,
             tcb: self.tcb,
-            cnode: self.cnode,
             vspace: self.vspace,
             radix: self.radix,
             untyped: self.untyped,
@@ -338,28 +373,39 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Destroys a process the kernel built: revokes its root CNode cap (every
-/// copy of it, its TCB's included), then deletes its TCB cap and the root
-/// CNode cap, which deletes every cap in it and so every object only it
-/// held. Objects the process passed out of its CSpace (none can leave
-/// it today) would outlive it. Call with the process loaded nowhere.
+/// Destroys a process the kernel built, whatever it did to its own caps:
+/// revokes each original its keeper holds, the Untypeds first (which
+/// destroys everything the process made, cycles of CNodes included), then
+/// deletes them (the root CNode goes, and with it every cap in it: its
+/// image's tables and frames), and the keeper last. Call with the process
+/// loaded nowhere.
 pub fn destroy(objects: &mut Objects, process: &Process) {
     if objects.current(crate::arch::percpu::index()) == Some(process.tcb) {
         objects.set_current(None);
     }
     let (caps, mut finaliser) = objects.split();
-    let cnode = slot(process.cnode, InitCap::InitThreadCNode);
-    let tcb = slot(process.cnode, InitCap::InitThreadTcb);
-    // Each step tolerates what the process did to its own slots (a cap
-    // deleted or moved already): an empty slot deletes fine.
-    let _ = caps.revoke(cnode, &mut finaliser);
-    let _ = caps.delete(tcb, &mut finaliser);
-    let _ = caps.delete(cnode, &mut finaliser);
+    let kept = |index| SlotRef::new(process.keeper, index);
+    let untyped = KEEPER_UNTYPED..KEEPER_UNTYPED + MAX_BOOT_UNTYPED as u32;
+    let order = untyped.chain([KEEPER_TCB, KEEPER_CNODE, KEEPER_VSPACE]);
+    for index in order.clone() {
+        // The keeper is the kernel's: its slots exist, so neither fails.
+        let _ = caps.revoke(kept(index), &mut finaliser);
+    }
+    for index in order.chain([KEEPER_SELF]) {
+        let _ = caps.delete(kept(index), &mut finaliser);
+    }
 }
 
 /// How many objects are alive.
 pub fn live_objects(objects: &Objects) -> u32 {
     objects.caps.summary().objects
+}
+
+/// Whether the capability space keeps its invariants
+/// (`cspace::CSpace::check`: a walk of every slot and record, seconds
+/// under TCG at 4,096 records).
+pub fn check_caps(objects: &Objects) -> Result<(), cspace::Violation> {
+    objects.caps.check()
 }
 
 fn slot(cnode: ObjectId, cap: InitCap) -> SlotRef {

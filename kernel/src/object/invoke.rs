@@ -13,7 +13,7 @@
 //! failed lookup is `FailedLookup`. TCB invocations come with the
 //! scheduler (part 2): `IllegalOperation` until then.
 
-use super::{OBJECTS, Objects, TCB_CSPACE, TCB_IPC_BUFFER, bad_cap, retype, type_of, vspace};
+use super::{OBJECTS, Objects, TCB_CSPACE, TCB_IPC_BUFFER, bad_cap, retype, vspace};
 use crate::memory::ephemeral;
 use abi::{CPtr, Depth, Error, InvocationLabel, InvocationTarget, IpcBuffer, MessageInfo};
 use cspace::{CNodeOp, Cap, ObjectId, SlotRef};
@@ -80,7 +80,7 @@ fn invoke(
         .lookup(&root, CPtr(cptr))
         // An empty slot is a lookup failure too.
         .map_err(|_| bad_cap(0))?;
-    if !type_of(&cap).is_some_and(|ty| label.applies_to(ty)) {
+    if !cap.object_type().is_some_and(|ty| label.applies_to(ty)) {
         return Err(Error::IllegalOperation);
     }
     let length = (info.length() as usize).min(ARGS);
@@ -98,15 +98,17 @@ fn invoke(
     }
     let mut extra = [Cap::Null; EXTRA];
     for (cap, &cptr) in extra.iter_mut().zip(&cptrs[..extra_count]) {
-        let (_, found) = objects
+        // As the invoked cap: resolution stops at a slot that holds no
+        // CNode cap; an empty slot gives the null cap, which the
+        // invocation refuses as the wrong kind of cap.
+        let (at, _) = objects
             .caps
-            .resolve(&root, CPtr(cptr), Depth::WORD)
-            .map(|slot| (slot, objects.caps.cap(slot).unwrap_or_default()))
+            .resolve_partial(&root, CPtr(cptr), Depth::WORD)
             .map_err(|failure| Error::FailedLookup {
                 source: false,
                 failure,
             })?;
-        *cap = found;
+        *cap = objects.caps.cap(at).unwrap_or_default();
     }
     let (args, extra) = (&args[..length], &extra[..extra_count]);
     let none = heapless::Vec::new();

@@ -41,9 +41,11 @@
 //!   the budgets as they were ([`Objects::summary`] is unchanged);
 //! - a frame is never freed while mapped: it is owned by its object, the
 //!   object lives while a cap to it does, and deleting a mapped cap
-//!   unmaps it first ([`Finaliser::unmap`]); a page-table object whose
-//!   cap reads unmapped is all zero (`paging::explicit` clears a table it
-//!   unlinks), so a stale table maps nothing;
+//!   unmaps it first ([`Finaliser::unmap`]). A table unlinked from its
+//!   VSpace is zeroed (`paging::explicit`); one that hung below a table
+//!   unlinked before keeps its entries, out of every walk's reach, until
+//!   its own unmap, or until it is mapped again after its VSpace died
+//!   (then `PageTableMap` clears it first): so a stale table maps nothing;
 //! - a paging structure can never be mapped as a frame: its cap is a
 //!   different variant ([`Cap::PagingStructure`]), frame invocations refuse
 //!   it, and its page is page-table memory, which `paging` refuses as a
@@ -52,7 +54,7 @@
 use crate::memory::frame_array::FrameArray;
 use crate::memory::frames::Frame;
 use crate::memory::paging::{TableFrame, VSpace};
-use abi::{Error, ObjectType};
+use abi::Error;
 use cspace::{CSpace, Cap, Finalise, ObjectId, ObjectRecord, Slot};
 
 pub mod boot;
@@ -160,6 +162,10 @@ pub struct Costs {
     pub maps: u64,
     /// PKRS writes those made.
     pub map_pkrs_writes: u64,
+    /// Tables a dead VSpace left non-empty, cleared when mapped again.
+    pub clears: u64,
+    /// PKRS writes those clears made.
+    pub clear_pkrs_writes: u64,
 }
 
 /// Every kernel object, its capabilities, and the threads running now.
@@ -452,11 +458,6 @@ pub fn debug_frame_info(cptr: u64) -> Result<[u64; 2], Error> {
     let virt = crate::memory::direct_map::DIRECT_MAP_BASE + phys;
     let mapped = crate::memory::walk::leaf(crate::memory::kernel_root(), virt).is_some();
     Ok([phys, u64::from(mapped)])
-}
-
-/// The object type a cap names, for checks.
-fn type_of(cap: &Cap) -> Option<ObjectType> {
-    cap.object_type()
 }
 
 /// `InvalidCapability` for the invoked cap (0) or extra cap `n` (n + 1).

@@ -104,16 +104,17 @@ fn decode(objects: &Objects, args: &[u64], extra: &[Cap]) -> Result<Request, Err
     let Cap::CNode { id: cnode, .. } = cnode_cap else {
         return Err(bad_cap(1));
     };
-    if !(1..=MAX_COUNT).contains(&args[6]) {
+    let slots = objects.caps.slot_count(cnode) as u64;
+    let max_count = MAX_COUNT.min(slots);
+    if !(1..=max_count).contains(&args[6]) {
         return Err(Error::RangeError {
             min: 1,
-            max: MAX_COUNT,
+            max: max_count,
         });
     }
     let count = args[6] as u32;
-    let slots = objects.caps.slot_count(cnode) as u64;
-    let last = slots.saturating_sub(u64::from(count));
-    if args[5] > last || u64::from(count) > slots {
+    let last = slots - u64::from(count);
+    if args[5] > last {
         return Err(Error::RangeError { min: 0, max: last });
     }
     let first = args[5] as u32;

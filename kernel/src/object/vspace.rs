@@ -13,6 +13,15 @@ use cspace::{Cap, FrameSize, Mapping, ObjectId, PagingLevel, SlotRef};
 /// Where user mappings may go: the lower half.
 const USER_END: u64 = 1 << 47;
 
+/// The capability's level of a table linked at `level`.
+pub(super) fn paging_level(level: TableLevel) -> PagingLevel {
+    match level {
+        TableLevel::Pt => PagingLevel::Pt,
+        TableLevel::Pd => PagingLevel::Pd,
+        TableLevel::Pdpt => PagingLevel::Pdpt,
+    }
+}
+
 /// The explicit-paging level of a mappable table (`None` for a PML4).
 pub(super) fn table_level(level: PagingLevel) -> Option<TableLevel> {
     match level {
@@ -185,11 +194,23 @@ pub(super) fn invoke_table(
                 return Err(Error::InvalidArgument { index: 1 });
             }
             let (space, table) = space_and_table(objects, vspace, id);
+            let mut before = pkrs_writes();
+            let mut linked = space.link_table(vaddr, level, table);
             // A table its dead VSpace left non-empty (it hung below one
-            // unlinked before) is cleared on its way back in.
-            table.clear();
-            let before = pkrs_writes();
-            space.link_table(vaddr, level, table).map_err(refused)?;
+            // unlinked before) is cleared on its way back in (`clear`
+            // refuses a table a live space owns). That is the cost of the
+            // VSpace's destruction, counted apart from the map's.
+            let mut cleared = None;
+            if linked == Err(VSpaceError::NotEmpty) && table.clear() {
+                cleared = Some(pkrs_writes() - before);
+                before = pkrs_writes();
+                linked = space.link_table(vaddr, level, table);
+            }
+            if let Some(writes) = cleared {
+                objects.costs.clears += 1;
+                objects.costs.clear_pkrs_writes += writes;
+            }
+            linked.map_err(refused)?;
             objects.count_map(before);
             record(objects, at, Some(Mapping { vspace, vaddr }));
         }

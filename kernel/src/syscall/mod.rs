@@ -8,7 +8,7 @@
 //!
 //! What runs today: `Call` on a kernel object (an invocation,
 //! [`crate::object`]), and the debug calls tests use (`DebugPutChar`,
-//! `DebugExit`, `DebugSummary`). Every other number, known or not, is
+//! `DebugExit`, `DebugSummary`, `DebugFrameInfo`). Every other number, known or not, is
 //! refused with `IllegalOperation` and the thread goes on: IPC and
 //! scheduling come with the microkernel's part 2.
 

@@ -150,6 +150,10 @@ const TESTS: &[Test] = &[
         run: exhaustion,
     },
     Test {
+        name: "a_process_that_hides_its_caps_is_still_destroyed_whole",
+        run: hidden_caps,
+    },
+    Test {
         name: "bad_caps_rights_and_arguments_get_their_errors_and_change_nothing",
         run: bad_input,
     },
@@ -797,6 +801,39 @@ fn exhaustion(env: &mut Env) -> Outcome {
 /// An invocation and the error it must get: the invoked cap, the label,
 /// the words, the extra caps.
 type Case<'a> = (u64, Label, &'a [u64], &'a [u64], Error);
+
+/// Hides caps where deleting the root CNode's slots would not reach them:
+/// a CNode that holds the only cap to itself, and the root CNode's cap
+/// moved out of its fixed slot. The driver then destroys the process and
+/// checks that every object and frame came back (it revokes the originals
+/// its keeper holds, out of the process's reach).
+fn hidden_caps(env: &mut Env) -> Outcome {
+    let lonely = ok!(env.make(ObjectType::CNode, 2));
+    let frame = ok!(env.make(ObjectType::Frame4K, 0));
+    // Into the lonely CNode's own slots: its cap (slot 0) and the frame's.
+    ok!(env.invoke(
+        lonely,
+        Label::CNodeCopy,
+        &[0, 2, lonely, 64, CapRights::all().word()],
+        &[ROOT]
+    ));
+    ok!(env.invoke(lonely, Label::CNodeMove, &[1, 2, frame, 64], &[ROOT]));
+    ok!(env.delete(lonely));
+    // Only itself holds it now; nothing the process can name reaches it.
+    check_eq!(
+        env.invoke(lonely, Label::CNodeDelete, &[0, 2], &[]),
+        Err(Error::InvalidCapability { index: 0 })
+    );
+    // The root CNode's cap, moved out of its fixed slot (the thread keeps
+    // its own copy as its CSpace root, so the process goes on).
+    let hidden = env.slot();
+    ok!(env.move_cap(hidden, ROOT));
+    check_eq!(
+        env.delete(VSPACE),
+        Err(Error::InvalidCapability { index: 0 })
+    );
+    Ok(())
+}
 
 fn bad_input(env: &mut Env) -> Outcome {
     let untyped = env.untyped();
