@@ -33,7 +33,9 @@
 //! CNode's or a TCB's memory up to whole pages and holds small objects in
 //! its table. A retype the budget covers can still fail with
 //! `NotEnoughMemory` when the machine has no such memory left, or the
-//! table no free record; then nothing changes.
+//! table no free record; then nothing changes. The table and the user
+//! VSpaces are global and not charged: with more than one process, each
+//! Untyped will need a quota of records (the README's limits).
 //!
 //! What it promises:
 //! - decode, then perform: every invocation checks everything before it
