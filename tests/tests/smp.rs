@@ -77,9 +77,16 @@ fn two_cpus_without_pks_boot_and_report() {
     .expect_console(&["smp: 2 of 2 CPUs online"]);
 }
 
+/// For the runs that churn page tables on every CPU: TCG runs each vCPU
+/// as a host thread, and a shootdown round waits for every vCPU to be
+/// scheduled, so on a host with fewer free cores than vCPUs (two cores
+/// and a build beside it) the churn takes minutes rather than seconds.
+/// The timeout only detects a hang.
+const BUSY_HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+
 #[test]
 fn two_cpus_run_the_in_kernel_tests() {
-    let run = boot(qemu("test=all").smp(2));
+    let run = boot(qemu("test=all").smp(2).timeout(BUSY_HOST_TIMEOUT));
     run.expect_outcome(Outcome::Success)
         .expect_console(&["tests: 64 passed, 0 failed, 1 skipped", "shootdowns: "]);
     assert_eq!(cpu_lines(&run).len(), 2, "{}", run.0.transcript());
@@ -170,7 +177,8 @@ fn four_cpus_churn_walk_window_and_shoot() {
              an_ap_gdt_and_tss_are_read_only_in_both_mappings,\
              a_shootdown_reaches_a_cpu_running_user_code",
         )
-        .smp(4),
+        .smp(4)
+        .timeout(BUSY_HOST_TIMEOUT),
     );
     run.expect_outcome(Outcome::Success)
         .expect_console(&["tests: 8 passed, 0 failed, 0 skipped"])
