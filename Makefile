@@ -9,6 +9,8 @@
 #   make bench  ptalloc benchmarks: criterion timings, the fragmentation
 #               benchmark (target/bench/fragmentation.json), then a summary
 #               table (also written as JSON to target/bench/ptalloc.json)
+#   make memmap  boot as make run does, with the pageblock map dumped
+#               (memmap=boot), and draw it: target/lab/memmap-after-boot.svg
 #   make mutants  mutation testing of the host crates with cargo-mutants
 #               (slow: about 40 minutes on 2 cores; not part of make test);
 #               MUTANTS.md lists the mutants no test catches, and why
@@ -50,7 +52,7 @@ INITRD       := --initrd "$(ROOTTASK)"
 ROOTTASK_DEP :=
 endif
 
-.PHONY: run test gdb kernel roottask host-test loom-test qemu-test user-test deps toolchain qemu check bench mutants
+.PHONY: run test gdb kernel roottask host-test loom-test qemu-test user-test deps toolchain qemu check bench mutants memmap
 
 run: deps kernel $(ROOTTASK_DEP)
 	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)" $(INITRD)
@@ -107,6 +109,15 @@ bench: deps kernel
 	  echo "== the same flush-limit measurement under KVM (timing only; no PKS there)"; \
 	  $(RUNNER) --accel kvm --append "flushlimit=auto" --timeout 120 | grep -E "flush cost|tlb flush limit|runner"; \
 	fi
+
+# The pageblock map after boot, as a picture. The kernel dumps it over its
+# defmt log when its command line says memmap=boot (the format is in
+# tools/src/memmap.rs). Until the kernel accepts that option it refuses the
+# command line, and this target fails saying no dump was found.
+memmap: deps kernel $(ROOTTASK_DEP)
+	@mkdir -p target/lab
+	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "memmap=boot" $(INITRD) \
+	    | cargo run --quiet --package tools --bin memmap -- --echo --out target/lab
 
 # Mutation testing: cargo-mutants changes the code one mutant at a time and
 # runs the crate's unit and integration tests against each. Settings (the

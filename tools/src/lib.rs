@@ -1,4 +1,5 @@
-//! Host tools for the kernel: the QEMU runner with in-process defmt decoding.
+//! Host tools for the kernel: the QEMU runner with in-process defmt
+//! decoding, and memory pictures.
 //!
 //! The runner boots the kernel ELF under QEMU (PVH boot), streams COM1 (text:
 //! console and the `test NAME ... ok|FAILED` protocol) and COM2 (binary defmt
@@ -20,9 +21,13 @@
 //!   the retry of a KVM `-cpu host` that QEMU cannot set up.
 //! - [`workspace`]: where the workspace, the kernel image and the root
 //!   task are, [`build_kernel`] and [`build_roottask`].
+//! - [`memmap`]: the kernel's pageblock-map dump format (it owns it), its
+//!   writer and parser; [`memmap_svg`] draws a dump (the `memmap` binary).
 
 pub mod defmt_log;
 pub mod error;
+pub mod memmap;
+pub mod memmap_svg;
 pub mod outcome;
 pub mod preflight;
 pub mod qemu;
