@@ -1,5 +1,5 @@
 //! Host tools for the kernel: the QEMU runner with in-process defmt
-//! decoding, and memory pictures.
+//! decoding, memory pictures and page-table traces.
 //!
 //! The runner boots the kernel ELF under QEMU (PVH boot), streams COM1 (text:
 //! console and the `test NAME ... ok|FAILED` protocol) and COM2 (binary defmt
@@ -23,6 +23,9 @@
 //!   task are, [`build_kernel`] and [`build_roottask`].
 //! - [`memmap`]: the kernel's pageblock-map dump format (it owns it), its
 //!   writer and parser; [`memmap_svg`] draws a dump (the `memmap` binary).
+//! - [`trace`]: the page-table trace format, its checking parser, writer
+//!   and synthetic generator (the `trace` binary, `tools/traces/`);
+//!   [`replay`] runs a trace against `ptalloc` on its simulator.
 
 pub mod defmt_log;
 pub mod error;
@@ -31,7 +34,9 @@ pub mod memmap_svg;
 pub mod outcome;
 pub mod preflight;
 pub mod qemu;
+pub mod replay;
 pub mod report;
+pub mod trace;
 pub mod workspace;
 
 pub use error::RunnerError;
