@@ -9,6 +9,11 @@
 #   make bench  ptalloc benchmarks: criterion timings, the fragmentation
 #               benchmark (target/bench/fragmentation.json), then a summary
 #               table (also written as JSON to target/bench/ptalloc.json)
+#   make lab    the policy lab (tools/src/lab.rs): every strategy, protection
+#               and workload that exists, host trace replays and in-kernel
+#               runs; writes target/lab/results.json, results.md, plots and
+#               memory pictures (a few minutes). TRACES=dir replays your own
+#               traces (tools/src/trace.rs gives the format) as well
 #   make memmap  boot as make run does, with the pageblock map dumped
 #               (memmap=boot), and draw it: target/lab/memmap-after-boot.svg
 #   make mutants  mutation testing of the host crates with cargo-mutants
@@ -52,7 +57,7 @@ INITRD       := --initrd "$(ROOTTASK)"
 ROOTTASK_DEP :=
 endif
 
-.PHONY: run test gdb kernel roottask host-test loom-test qemu-test user-test deps toolchain qemu check bench mutants memmap
+.PHONY: run test gdb kernel roottask host-test loom-test qemu-test user-test deps toolchain qemu check bench mutants lab memmap
 
 run: deps kernel $(ROOTTASK_DEP)
 	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "$(APPEND)" $(INITRD)
@@ -109,6 +114,13 @@ bench: deps kernel
 	  echo "== the same flush-limit measurement under KVM (timing only; no PKS there)"; \
 	  $(RUNNER) --accel kvm --append "flushlimit=auto" --timeout 120 | grep -E "flush cost|tlb flush limit|runner"; \
 	fi
+
+# The policy lab: the matrix of strategies, protections and workloads that
+# exist today (tools/src/lab.rs: adding a strategy is one table entry). The
+# shipped traces are in tools/traces/; TRACES=dir adds a directory of yours.
+TRACES ?=
+lab: deps kernel
+	cargo run --quiet --package tools --bin lab -- $(if $(TRACES),--traces "$(TRACES)")
 
 # The pageblock map after boot, as a picture. The kernel dumps it over its
 # defmt log when its command line says memmap=boot (the format is in

@@ -1,5 +1,5 @@
 //! Host tools for the kernel: the QEMU runner with in-process defmt
-//! decoding, memory pictures and page-table traces.
+//! decoding, memory pictures, page-table traces and the policy lab.
 //!
 //! The runner boots the kernel ELF under QEMU (PVH boot), streams COM1 (text:
 //! console and the `test NAME ... ok|FAILED` protocol) and COM2 (binary defmt
@@ -26,9 +26,12 @@
 //! - [`trace`]: the page-table trace format, its checking parser, writer
 //!   and synthetic generator (the `trace` binary, `tools/traces/`);
 //!   [`replay`] runs a trace against `ptalloc` on its simulator.
+//! - [`lab`]: the policy lab's matrix of strategies, protections and
+//!   workloads, its results, table and plots (the `lab` binary).
 
 pub mod defmt_log;
 pub mod error;
+pub mod lab;
 pub mod memmap;
 pub mod memmap_svg;
 pub mod outcome;
