@@ -29,6 +29,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("inject", "none, empty-reserve"),
     ("flushlimit", "auto, or 0-512 pageblocks"),
     ("roottask", "run, suite"),
+    ("memmap", "none, or POINT[,POINT] of boot, churn"),
 ];
 
 /// Most pageblocks `flushlimit=` accepts: one 1 GiB page's worth, beyond
@@ -55,6 +56,16 @@ pub enum Demo {
     /// A simulated kernel bug writes a live page-table entry
     /// (write-what-where); the protection policy decides what happens.
     Pte,
+}
+
+/// When the kernel dumps its pageblock map to the log (`memmap=`), for
+/// the host to draw (`make memmap`, the lab).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MemmapPoints {
+    /// After the boot report (label `after-boot`).
+    pub boot: bool,
+    /// At the peak of the page-table churn test (label `churn-peak`).
+    pub churn: bool,
 }
 
 /// What the kernel does with the first boot module.
@@ -100,6 +111,8 @@ pub struct KernelConfig {
     /// `roottask=`: run the boot module as the root task, or as a user
     /// test suite (default: run).
     pub roottask: RootTaskMode,
+    /// `memmap=`: when to dump the pageblock map (default: never).
+    pub memmap: MemmapPoints,
 }
 
 /// A command line the kernel refuses.
@@ -224,6 +237,7 @@ impl KernelConfig {
                     }
                 }
                 "flushlimit" => config.flush_limit = parse_flush_limit(value).ok_or(bad_value)?,
+                "memmap" => config.memmap = parse_memmap(value).ok_or(bad_value)?,
                 "roottask" => {
                     config.roottask = match value {
                         "run" => RootTaskMode::Run,
@@ -243,6 +257,25 @@ impl KernelConfig {
         }
         Ok(config)
     }
+}
+
+/// `none`, or a comma-separated list of dump points, each at most once.
+fn parse_memmap(value: &str) -> Option<MemmapPoints> {
+    let mut points = MemmapPoints::default();
+    if value == "none" {
+        return Some(points);
+    }
+    for point in value.split(',') {
+        let seen = match point {
+            "boot" => core::mem::replace(&mut points.boot, true),
+            "churn" => core::mem::replace(&mut points.churn, true),
+            _ => return None,
+        };
+        if seen {
+            return None;
+        }
+    }
+    Some(points)
 }
 
 /// `auto`, or a decimal number of pageblocks up to [`MAX_FLUSH_LIMIT`].
@@ -317,6 +350,34 @@ mod tests {
             Some(TestSelection::All)
         );
         assert_eq!(KernelConfig::parse("demo=pte").unwrap().demo, Demo::Pte);
+        let points = |line| KernelConfig::parse(line).map(|c| c.memmap);
+        assert_eq!(points(""), Ok(MemmapPoints::default()));
+        assert_eq!(points("memmap=none"), Ok(MemmapPoints::default()));
+        assert_eq!(
+            points("memmap=churn,boot"),
+            Ok(MemmapPoints {
+                boot: true,
+                churn: true
+            })
+        );
+        for bad in [
+            "memmap=",
+            "memmap=boot,boot",
+            "memmap=boot,",
+            "memmap=peak",
+            "memmap=none,boot",
+        ] {
+            assert!(
+                matches!(
+                    points(bad),
+                    Err(CmdlineError::BadValue {
+                        option: "memmap",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         let mode = |line| KernelConfig::parse(line).map(|c| c.roottask);
         assert_eq!(mode(""), Ok(RootTaskMode::Run));
         assert_eq!(mode("roottask=run"), Ok(RootTaskMode::Run));
