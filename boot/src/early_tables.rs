@@ -8,7 +8,7 @@
 
 use heapless::Vec;
 
-/// Most early page tables that can be recorded. The boot stub makes 3; a
+/// Most early page tables that can be recorded. The boot stub records 5; a
 /// direct map of 4 TiB with 1 GiB pages needs about 10 more.
 pub const MAX_EARLY_TABLES: usize = 64;
 

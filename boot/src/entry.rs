@@ -9,9 +9,10 @@
 //! 2. zeroes `.bss` (QEMU's loader leaves whatever the firmware left there);
 //! 3. builds the boot page tables: physical [0, 1 GiB) mapped with 2 MiB
 //!    pages both at 0 (identity, needed while the jump is in flight) and at
-//!    [`KERNEL_VIRT`], except that the 2 MiB holding the start of the image
-//!    is mapped with 4 KiB pages so the page below the boot stack can stay
-//!    unmapped as a guard;
+//!    [`KERNEL_VIRT`], except that the image's place ([`KERNEL_IMAGE_MAX`]
+//!    from [`KERNEL_PHYS`]) is mapped with 4 KiB pages, one page table per
+//!    2 MiB, so the page below the boot stack can stay unmapped as a guard
+//!    and the kernel can apply W^X page by page;
 //! 4. enables PAE, long mode and paging, and far-jumps into 64-bit code;
 //! 5. jumps to the higher half, switches to the boot stack, drops the
 //!    identity mapping (so null and low addresses fault), and calls
@@ -25,7 +26,10 @@
 
 use crate::early_tables::{EarlyPageTable, TableLevel, TableOrigin};
 use crate::exit_status;
-use crate::layout::{BOOT_WINDOW_SIZE, KERNEL_PHYS, KERNEL_VIRT, MIN_MEMORY};
+use crate::layout::{
+    BOOT_WINDOW_SIZE, IMAGE_PAGE_TABLES, KERNEL_IMAGE_MAX, KERNEL_PHYS, KERNEL_VIRT, MIN_MEMORY,
+    MIN_MEMORY_IMAGE_MAX,
+};
 use crate::start_info::{MEMMAP_ENTRY_SIZE, START_INFO_MAGIC};
 use core::ops::Range;
 
@@ -33,7 +37,8 @@ use core::ops::Range;
 /// structures on it (the page allocator, with a cache per CPU, is about
 /// 90 KiB before it lands in its static); [`boot_stack_high_water`]
 /// measures use (233 KiB at most so far). The kernel image must fit in
-/// 2 MiB, so the stack cannot simply grow.
+/// [`KERNEL_IMAGE_MAX`] (and in [`MIN_MEMORY_IMAGE_MAX`] for the minimum
+/// memory to hold), so the stack cannot simply grow.
 pub const BOOT_STACK_SIZE: usize = 512 * 1024;
 
 const PAGE_SIZE: usize = 4096;
@@ -41,8 +46,11 @@ const LARGE_PAGE_SIZE: u64 = 2 << 20;
 
 // The boot window is one page directory of 2 MiB pages.
 const _: () = assert!(BOOT_WINDOW_SIZE == 512 * LARGE_PAGE_SIZE);
-// The image starts on a 2 MiB boundary, so one page table covers its start.
+// The image's place is whole 2 MiB pages of that directory, one page
+// table each.
 const _: () = assert!(KERNEL_PHYS.is_multiple_of(LARGE_PAGE_SIZE));
+const _: () = assert!(IMAGE_PAGE_TABLES as u64 * LARGE_PAGE_SIZE == KERNEL_IMAGE_MAX);
+const _: () = assert!((KERNEL_PHYS / LARGE_PAGE_SIZE) as usize + IMAGE_PAGE_TABLES <= 512);
 
 core::arch::global_asm!(
     r#"
@@ -61,10 +69,16 @@ core::arch::global_asm!(
     .set DEBUG_EXIT_PORT, {debug_exit_port}
     .set NOT_ENOUGH_MEMORY, {not_enough_memory}
 
-    /* kernel.ld asserts these equal its own KERNEL_PHYS and KERNEL_VIRT. */
+    .set IMAGE_PAGE_TABLES, {image_page_tables}
+
+    /* kernel.ld asserts these equal its own KERNEL_PHYS and KERNEL_VIRT,
+       and the image ends inside the two limits. */
     .global __layout_kernel_phys, __layout_kernel_virt
+    .global __layout_kernel_image_max, __layout_min_memory_image_max
     .set __layout_kernel_phys, KERNEL_PHYS
     .set __layout_kernel_virt, KERNEL_VIRT
+    .set __layout_kernel_image_max, {kernel_image_max}
+    .set __layout_min_memory_image_max, {min_memory_image_max}
 
     /* Xen ELF note type 18 (XEN_ELFNOTE_PHYS32_ENTRY): where QEMU enters. */
     .section .note.pvh, "a", @note
@@ -181,10 +195,11 @@ pvh_start32:
     add $8, %edi
     loop 1b
 
-    /* The image's first 2 MiB again, as 4 KiB pages ... */
+    /* The image's place again, as 4 KiB pages: its page tables are
+       consecutive, so one run of entries fills them all ... */
     mov $(boot_pt_image - KERNEL_VIRT), %edi
     mov $(KERNEL_PHYS + PTE_PRESENT_WRITABLE), %eax
-    mov $512, %ecx
+    mov $(512 * IMAGE_PAGE_TABLES), %ecx
 2:  mov %eax, (%edi)
     add $0x1000, %eax
     add $8, %edi
@@ -193,9 +208,14 @@ pvh_start32:
     mov $(boot_stack_guard - KERNEL_VIRT - KERNEL_PHYS), %eax
     shr $12, %eax
     movl $0, (boot_pt_image - KERNEL_VIRT)(, %eax, 8)
-    /* ... replacing the PD's 2 MiB entry for them. */
+    /* ... replacing the PD's 2 MiB entries for them. */
     mov $(boot_pt_image - KERNEL_VIRT + PTE_PRESENT_WRITABLE), %eax
-    mov %eax, (boot_pd - KERNEL_VIRT + (KERNEL_PHYS >> 21) * 8)
+    mov $(boot_pd - KERNEL_VIRT + (KERNEL_PHYS >> 21) * 8), %edi
+    mov $IMAGE_PAGE_TABLES, %ecx
+4:  mov %eax, (%edi)
+    add $0x1000, %eax
+    add $8, %edi
+    loop 4b
 
     mov %cr4, %eax
     or $CR4_PAE, %eax
@@ -276,7 +296,7 @@ boot_pml4:      .skip 4096
 boot_pdpt_low:  .skip 4096
 boot_pdpt_high: .skip 4096
 boot_pd:        .skip 4096
-boot_pt_image:  .skip 4096
+boot_pt_image:  .skip 4096 * IMAGE_PAGE_TABLES
 
     .section .bss.boot_stack, "aw", @nobits
     .balign 4096
@@ -294,6 +314,9 @@ boot_stack_top:
     debug_exit_port = const exit_status::DEBUG_EXIT_PORT,
     not_enough_memory = const exit_status::NOT_ENOUGH_MEMORY,
     min_mib = const MIN_MEMORY >> 20,
+    image_page_tables = const IMAGE_PAGE_TABLES,
+    kernel_image_max = const KERNEL_IMAGE_MAX,
+    min_memory_image_max = const MIN_MEMORY_IMAGE_MAX,
     memmap_entry_size = const MEMMAP_ENTRY_SIZE,
     options(att_syntax)
 );
@@ -304,7 +327,7 @@ unsafe extern "C" {
     static boot_pml4: [u64; 512];
     static boot_pdpt_high: [u64; 512];
     static boot_pd: [u64; 512];
-    static boot_pt_image: [u64; 512];
+    static boot_pt_image: [[u64; 512]; IMAGE_PAGE_TABLES];
 }
 
 /// Physical address of a kernel-image symbol.
@@ -314,19 +337,21 @@ fn image_phys(virt: *const [u64; 512]) -> u64 {
 
 /// The page tables the stub built that are still in use once the identity
 /// mapping is gone: the PML4, the high PDPT, the shared page directory and
-/// the page table for the image's first 2 MiB.
-pub fn boot_stub_tables() -> [EarlyPageTable; 4] {
+/// the image's page tables, last, in the order they map the image (the
+/// i-th maps the i-th 2 MiB from [`KERNEL_PHYS`]).
+pub fn boot_stub_tables() -> [EarlyPageTable; 3 + IMAGE_PAGE_TABLES] {
     let table = |virt, level| EarlyPageTable {
         phys: image_phys(virt),
         level,
         origin: TableOrigin::BootStub,
     };
-    [
-        table(&raw const boot_pml4, TableLevel::Pml4),
-        table(&raw const boot_pdpt_high, TableLevel::Pdpt),
-        table(&raw const boot_pd, TableLevel::Pd),
-        table(&raw const boot_pt_image, TableLevel::Pt),
-    ]
+    let image_tables = (&raw const boot_pt_image).cast::<[u64; 512]>();
+    core::array::from_fn(|i| match i {
+        0 => table(&raw const boot_pml4, TableLevel::Pml4),
+        1 => table(&raw const boot_pdpt_high, TableLevel::Pdpt),
+        2 => table(&raw const boot_pd, TableLevel::Pd),
+        _ => table(image_tables.wrapping_add(i - 3), TableLevel::Pt),
+    })
 }
 
 /// The unmapped page just below the boot stack: a write there is a boot

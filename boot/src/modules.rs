@@ -203,7 +203,7 @@ pub fn check_placement(
         ),
         (
             KERNEL_PHYS..KERNEL_PHYS + KERNEL_IMAGE_MAX,
-            "the kernel image's place [0x200000, 0x400000)",
+            "the kernel image's place [0x200000, 0x600000)",
         ),
     ];
     if let Some((_, what)) = kernel.iter().find(|(r, _)| overlaps(r, &(start..end))) {
@@ -226,7 +226,7 @@ pub fn check_placement(
     Ok(())
 }
 
-const _: () = assert!(KERNEL_PHYS == 0x20_0000 && KERNEL_IMAGE_MAX == 0x20_0000);
+const _: () = assert!(KERNEL_PHYS == 0x20_0000 && KERNEL_IMAGE_MAX == 0x40_0000);
 
 /// Reads and checks the `count` entries at `list` (physical).
 pub(crate) fn parse(
@@ -360,14 +360,14 @@ mod tests {
     #[test]
     fn a_qemu_initrd_is_read_with_its_command_line() {
         let mut mem = memory();
-        mem.put_list(0x1000, &[(INITRD, 20 << 10, 0x1800), (0x50_0000, 1, 0)]);
+        mem.put_list(0x1000, &[(INITRD, 20 << 10, 0x1800), (0x70_0000, 1, 0)]);
         mem.put(0x1800, b"roottask verbose\0");
         let modules = parse(2, 0x1000, &qemu_128m(), &mem).unwrap();
         assert_eq!(modules.len(), 2);
         assert_eq!(modules[0].range(), INITRD..INITRD + (20 << 10));
         assert_eq!(modules[0].command_line.as_str(), "roottask verbose");
         assert_eq!(modules[1].command_line.as_str(), "");
-        assert_eq!(modules[1].pages(), 0x50_0000..0x50_1000);
+        assert_eq!(modules[1].pages(), 0x70_0000..0x70_1000);
     }
 
     #[test]
@@ -382,7 +382,7 @@ mod tests {
         // The most allowed is read.
         let mut mem = memory();
         let list: std::vec::Vec<_> = (0..MAX_MODULES as u64)
-            .map(|i| (0x50_0000 + i * 0x1000, 0x1000, 0))
+            .map(|i| (0x70_0000 + i * 0x1000, 0x1000, 0))
             .collect();
         mem.put_list(0x1000, &list);
         assert_eq!(
@@ -500,6 +500,7 @@ mod tests {
         for (start, size) in [
             (0x20_0000, 0x1000),
             (0x3f_f000, 0x2000),
+            (0x5f_f000, 0x2000),
             (0x10_0000, 0x10_0001),
             (0x1000, 0x1000),
             (0x9_f000, 0x100),
@@ -513,12 +514,12 @@ mod tests {
             );
         }
         assert_eq!(
-            check_placement(0, 0x3f_f000, 0x2000, &map, &[]),
+            check_placement(0, 0x5f_f000, 0x2000, &map, &[]),
             Err(ModuleError::OverlapsKernel {
                 index: 0,
-                start: 0x3f_f000,
-                end: 0x40_1000,
-                what: "the kernel image's place [0x200000, 0x400000)"
+                start: 0x5f_f000,
+                end: 0x60_1000,
+                what: "the kernel image's place [0x200000, 0x600000)"
             })
         );
         assert!(matches!(
@@ -527,27 +528,27 @@ mod tests {
         ));
         // Between the first MiB and the image, and right after the image.
         assert_eq!(check_placement(0, 0x10_0000, 0x10_0000, &map, &[]), Ok(()));
-        assert_eq!(check_placement(0, 0x40_0000, 0x1000, &map, &[]), Ok(()));
+        assert_eq!(check_placement(0, 0x60_0000, 0x1000, &map, &[]), Ok(()));
     }
 
     #[test]
     fn modules_sharing_a_page_are_refused() {
         let map = qemu_128m();
         let first = BootModule {
-            start: 0x50_0000,
+            start: 0x70_0000,
             size: 0x100,
             command_line: String::new(),
         };
         // Byte-disjoint, but in the same page.
         assert_eq!(
-            check_placement(1, 0x50_0800, 0x100, &map, core::slice::from_ref(&first)),
+            check_placement(1, 0x70_0800, 0x100, &map, core::slice::from_ref(&first)),
             Err(ModuleError::Overlap {
                 first: 0,
                 second: 1
             })
         );
         assert_eq!(
-            check_placement(1, 0x50_1000, 0x100, &map, core::slice::from_ref(&first)),
+            check_placement(1, 0x70_1000, 0x100, &map, core::slice::from_ref(&first)),
             Ok(())
         );
     }

@@ -26,19 +26,19 @@ fn boots_with_pks_and_reports() {
         "sealed records: pageblock protections, single page-table pages (0 in 0 of 128 mixed-pageblock slots) and early page tables, 11 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
-        "early page tables: 9 recorded",
+        "early page tables: 10 recorded",
         "pageblocks: unmovable/mapped=62 unmovable/pkey1=1",
         // The limit itself depends on the host's timing.
         "tlb flush limit: ",
         " pageblocks, measured at boot (INVLPG ",
         "allocator counters: 1 conversions in 1 batches, 1 flushes, splits 1G->2M 0 2M->4K 1, reserve 8 (low-water 7), compactions 0 (0 failed, 0 pages moved), single-page fallbacks 0 (0 live)",
-        "early page tables reprotected: 9 (splits 1G->2M 0, 2M->4K 1)",
+        "early page tables reprotected: 10 (splits 1G->2M 0, 2M->4K 1)",
         "kernel image W^X: ",
         " pages r-x (text), ",
         "direct-map alias read-only for ",
         // The leaf count follows the image's size.
         "verification walk: PASS: 11 page-table frames, ",
-        " leaf mappings, 19 aliases of protected frames, all protected; no stray keys; registers as required",
+        " leaf mappings, 21 aliases of protected frames, all protected; no stray keys; registers as required",
         "register check: CR0.WP set, PKRS 0x00000028 (key 1 ro, key 2 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
         "boot complete",
     ]);

@@ -13,6 +13,11 @@
 //! - where no whole free 2 MiB pageblock is left for page tables (6 MiB)
 //!   memory bring-up refuses;
 //! - from `boot::layout::MIN_MEMORY` (7 MiB) the kernel boots.
+//!
+//! These sizes hold for an image up to `boot::layout::MIN_MEMORY_IMAGE_MAX`
+//! (2 MiB less 24 KiB of allocator metadata); `kernel.ld` refuses to link
+//! a larger one until MIN_MEMORY is raised (to 9 MiB), and then 8M joins
+//! the refused sizes here.
 
 use std::sync::Mutex;
 use std::thread;

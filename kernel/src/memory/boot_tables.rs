@@ -24,7 +24,7 @@ unsafe impl Sync for TestPage {}
 
 impl TestPage {
     /// A zeroed page (for a `static`: the boot stub maps the image's
-    /// first 2 MiB, where statics live, with 4 KiB pages).
+    /// place, where statics live, with 4 KiB pages).
     pub const fn new() -> Self {
         Self(UnsafeCell::new([0; 512]))
     }
@@ -94,8 +94,8 @@ pub enum KeyError {
     NotA4KibPage(u64),
 }
 
-/// Gives the 4 KiB page at `vaddr` (in the image's first 2 MiB, which the
-/// boot stub maps with 4 KiB pages) the protection key `key`.
+/// Gives the 4 KiB page at `vaddr` (in the image, which the boot stub maps
+/// with 4 KiB pages) the protection key `key`.
 pub(super) fn set_page_key(vaddr: u64, key: Pkey) -> Result<(), KeyError> {
     update_page(vaddr, |entry| pkeys::key::pte_with_key(entry, key))
 }

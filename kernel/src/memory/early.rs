@@ -5,7 +5,7 @@
 //!
 //! Each early table frame lies in the kernel image, so it has two aliases:
 //! the image's own 4 KiB mapping at `KERNEL_VIRT` (the boot stub maps the
-//! image's first 2 MiB with 4 KiB pages, and `kernel.ld` keeps the tables
+//! image's first 4 MiB with 4 KiB pages, and `kernel.ld` keeps the image
 //! there) and the direct map, where it sits inside a 1 GiB or 2 MiB page
 //! that is split down to 4 KiB with pages from the split reserve. The boot
 //! window no longer maps anything else (see `narrow_boot_window`).

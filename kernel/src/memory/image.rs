@@ -2,9 +2,10 @@
 //!
 //! The threat model is a data-only attacker: one stray or chosen write.
 //! That only holds if the code, and the tables that steer it, cannot be
-//! written. The boot stub maps the image's 2 MiB with 4 KiB pages, all
-//! writable and executable; [`protect`] rewrites them by section, from the
-//! linker script's page-aligned boundaries:
+//! written. The boot stub maps the image's place (its first
+//! `KERNEL_IMAGE_MAX` bytes, one page table per 2 MiB) with 4 KiB pages,
+//! all writable and executable; [`protect`] rewrites every entry of those
+//! tables by section, from the linker script's page-aligned boundaries:
 //! - the boot stub's note and 32-bit code (dead after boot): `r--`;
 //! - `.text`: `r-x`;
 //! - `.rodata`, the recovery table, the test registry and
@@ -14,7 +15,8 @@
 //!   the early page tables keeping the key (or read-only bit) they got,
 //!   except the guard page below each of the boot CPU's IST stacks and
 //!   its entry stack: unmapped;
-//! - the rest of the 2 MiB, which is not the image: unmapped.
+//! - the rest of the place, which is not the image: unmapped (a table
+//!   past the image's last 2 MiB is unlinked by then, and left empty).
 //!
 //! Every frame of the image also gets a read-only, no-execute alias in the
 //! direct map, except the early page tables, which keep their page-table
@@ -26,8 +28,7 @@ use super::direct_map::DIRECT_MAP_BASE;
 use super::pte::{self, ADDRESS, NO_EXECUTE, PRESENT, WRITABLE};
 use super::{frames, kernel_image_phys, tlb};
 use crate::arch::cpu;
-use boot::early_tables::TableLevel;
-use boot::layout::{KERNEL_PHYS, KERNEL_VIRT};
+use boot::layout::{KERNEL_IMAGE_MAX, KERNEL_PHYS, KERNEL_VIRT};
 use ptalloc::Pfn;
 
 unsafe extern "C" {
@@ -77,7 +78,7 @@ pub(super) fn read_only_phys() -> core::ops::Range<u64> {
     KERNEL_PHYS..layout().read_only.end - KERNEL_VIRT
 }
 
-/// The access the page at `virt` (in the image's 2 MiB) gets.
+/// The access the page at `virt` (in the image's place) gets.
 pub fn access(virt: u64) -> Access {
     let layout = layout();
     if crate::arch::gdt::guard_pages().contains(&(virt & !0xfff)) {
@@ -104,7 +105,7 @@ pub struct ImageProtection {
     pub read_only: u64,
     /// `rw-` pages.
     pub read_write: u64,
-    /// Pages of the 2 MiB unmapped because they are not the image.
+    /// Pages of the image's place unmapped because they are not the image.
     pub unmapped: u64,
     /// Guard pages unmapped below the boot CPU's IST and entry stacks.
     pub guards: u64,
@@ -145,15 +146,24 @@ impl core::fmt::Display for ImageError {
 /// reprotected.
 pub(super) fn protect() -> Result<ImageProtection, ImageError> {
     let mut done = ImageProtection::default();
-    let pt = super::boot_stub_table(TableLevel::Pt);
-    let entries = (KERNEL_VIRT + pt) as *mut u64;
+    let tables = super::boot_stub_image_tables();
     let nx = cpu::no_execute_bit();
+    // Every entry of every table, with the page it maps: table i maps the
+    // i-th 2 MiB of the place.
+    let pages = tables.iter().enumerate().flat_map(|(index, &table)| {
+        (0..512).map(move |slot| {
+            let at = ((KERNEL_VIRT + table) as *mut u64).wrapping_add(slot);
+            (
+                at,
+                KERNEL_VIRT + KERNEL_PHYS + ((index * 512 + slot) as u64) * 4096,
+            )
+        })
+    });
     pte::with_window(|window| {
-        for slot in 0..512 {
-            let virt = KERNEL_VIRT + KERNEL_PHYS + slot as u64 * 4096;
-            // SAFETY: the boot stub's image page table, in the image and
-            // mapped by itself at -2 GiB; entries are read whole.
-            let entry = unsafe { entries.add(slot).read_volatile() };
+        for (at, virt) in pages {
+            // SAFETY: an entry of a boot stub's image page table, in the
+            // image and mapped at -2 GiB by one of them; read whole.
+            let entry = unsafe { at.read_volatile() };
             if entry & PRESENT == 0 {
                 continue; // the boot stack's guard page
             }
@@ -183,7 +193,7 @@ pub(super) fn protect() -> Result<ImageProtection, ImageError> {
             // SAFETY: as above; every page keeps its frame, the image's
             // code stays executable and its data writable, and nothing
             // uses the pages past the image through this mapping.
-            unsafe { pte::write(window, entries.add(slot), new) };
+            unsafe { pte::write(window, at, new) };
         }
     });
 
@@ -264,8 +274,27 @@ crate::kernel_test! {
         let guards = crate::arch::gdt::guard_pages();
         crate::check!(guards.iter().all(|&g| leaf(root, g).is_none()), "a stack guard page is mapped");
         crate::check_eq!(crate::boot_state().memory.image.guards, guards.len() as u64);
-        let past = (image.end..KERNEL_VIRT + KERNEL_PHYS + (2 << 20)).step_by(4096);
+        let past = (image.end..KERNEL_VIRT + KERNEL_PHYS + KERNEL_IMAGE_MAX).step_by(4096);
         crate::check!(past.clone().all(|v| leaf(root, v).is_none()), "a page past the image is mapped");
+        // Every entry of every image table: a page of the image maps its own
+        // frame, through that very table; every other entry is empty.
+        let stack_guard = boot::entry::boot_stack_guard_page().start;
+        for (index, &table) in super::boot_stub_image_tables().iter().enumerate() {
+            for slot in 0..512u64 {
+                let offset = (index as u64 * 512 + slot) * 4096;
+                let virt = KERNEL_VIRT + KERNEL_PHYS + offset;
+                // SAFETY: an entry of a boot stub table, in the image and
+                // mapped readable at -2 GiB; read whole, never written.
+                let entry = unsafe { ((KERNEL_VIRT + table) as *const u64).add(slot as usize).read_volatile() };
+                if virt != stack_guard && !matches!(access(virt), Access::Absent | Access::Guard) {
+                    crate::check!(entry & PRESENT != 0 && entry & ADDRESS == KERNEL_PHYS + offset, "image table {} maps {:#x} with {:#x}", index, virt, entry);
+                    let through = leaf(root, virt).map(|l| l.entry_phys & !0xfff);
+                    crate::check!(through == Some(table), "{:#x} is mapped through {:x?}, not image table {}", virt, through, index);
+                } else {
+                    crate::check!(entry == 0, "image table {} maps {:#x}, not the image: {:#x}", index, virt, entry);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -16,7 +16,7 @@
 use crate::sync::Mutex;
 use boot::PhysMemory;
 use boot::early_tables::{EarlyPageTables, RecordError};
-use boot::layout::{KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
+use boot::layout::{IMAGE_PAGE_TABLES, KERNEL_PHYS, KERNEL_VIRT, boot_window_addr};
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -254,11 +254,32 @@ pub fn kernel_image_phys() -> Range<u64> {
     KERNEL_PHYS..kernel_image_range().end - KERNEL_VIRT
 }
 
+// The minimum memory's image budget (`boot::layout::MIN_MEMORY_IMAGE_MAX`)
+// counts the allocator's metadata right above the image, at this size.
+const _: () =
+    assert!(ptalloc::METADATA_BYTES_PER_FRAME as u64 == boot::layout::METADATA_BYTES_PER_FRAME);
+
 /// Page tables made before the page-table allocator; reprotected later.
 pub static EARLY_PAGE_TABLES: Mutex<EarlyPageTables> = Mutex::new(EarlyPageTables::new());
 
-/// Physical address of the boot stub's table at `level` (it made one of
-/// each; recorded before anything asks).
+/// Physical addresses of the boot stub's image page tables, the i-th
+/// mapping the i-th 2 MiB of the image's place (recorded in that order).
+fn boot_stub_image_tables() -> [u64; IMAGE_PAGE_TABLES] {
+    let list = EARLY_PAGE_TABLES.lock();
+    let mut found = list
+        .tables()
+        .iter()
+        .filter(|t| t.origin == boot::early_tables::TableOrigin::BootStub)
+        .filter(|t| t.level == boot::TableLevel::Pt)
+        .map(|t| t.phys);
+    core::array::from_fn(|i| match found.next() {
+        Some(phys) => phys,
+        None => panic!("the boot stub's image page table {i} is not among the early page tables"),
+    })
+}
+
+/// Physical address of the boot stub's table at `level`, one of each above
+/// the page tables (recorded before anything asks).
 fn boot_stub_table(level: boot::TableLevel) -> u64 {
     let found = EARLY_PAGE_TABLES
         .lock()
@@ -288,20 +309,55 @@ fn record_boot_stub_tables() -> Result<usize, RecordError> {
 }
 
 crate::kernel_test! {
-    /// The boot stub's four tables are recorded, the PML4 is the live root,
-    /// and the identity mapping is gone (so null dereferences fault).
+    /// The boot stub's tables are recorded (PML4, high PDPT, PD and one
+    /// page table per 2 MiB of the image's place, consecutive), the PML4 is
+    /// the live root, the PD links each image table whose 2 MiB the image
+    /// reaches and no other, every one of them carries the page-table
+    /// protection on both its aliases, and the identity mapping is gone (so
+    /// null dereferences fault).
     fn boot_stub_tables_recorded() -> TestResult {
         use boot::early_tables::{TableLevel, TableOrigin};
-        let list = EARLY_PAGE_TABLES.lock();
+        use pkeys::Mechanism;
+        use pte::{ADDRESS, PRESENT, WRITABLE};
+        let list = EARLY_PAGE_TABLES.lock().clone();
         let stub = |t: &&boot::EarlyPageTable| t.origin == TableOrigin::BootStub;
         let tables: heapless::Vec<_, 8> = list.tables().iter().filter(stub).copied().collect();
-        crate::check_eq!(tables.len(), 4);
+        crate::check_eq!(tables.len(), 3 + IMAGE_PAGE_TABLES);
+        let root = crate::arch::cpu::read_cr3() & !0xfff;
         let pml4 = tables.iter().find(|t| t.level == TableLevel::Pml4);
-        crate::check_eq!(pml4.map(|t| t.phys), Some(crate::arch::cpu::read_cr3() & !0xfff));
+        crate::check_eq!(pml4.map(|t| t.phys), Some(root));
         let image = kernel_image_phys();
         crate::check!(tables.iter().all(|t| image.contains(&t.phys)), "boot tables lie outside the image");
+
+        let image_tables = boot_stub_image_tables();
+        let first = image_tables[0];
+        for (i, &table) in image_tables.iter().enumerate() {
+            crate::check_eq!(table, first + i as u64 * 4096, "the image tables are not consecutive");
+            let place = KERNEL_PHYS + (i as u64) * (2 << 20);
+            let link = walk::entry_at(root, KERNEL_VIRT + place, 2).map(|(e, _)| e);
+            if image_window().contains(&place) {
+                let linked = link.map(|e| e & (ADDRESS | PRESENT)) == Some(table | PRESENT);
+                crate::check!(linked, "image table {} is not linked: {:?}", i, link);
+            } else {
+                crate::check!(link == Some(0), "image table {} is linked past the image: {:?}", i, link);
+            }
+        }
+
+        let mechanism = crate::arch::pks::current().map_or(Mechanism::None, |p| p.mechanism());
+        for table in &tables {
+            for alias in [KERNEL_VIRT + table.phys, direct_map::DIRECT_MAP_BASE + table.phys] {
+                let entry = walk::leaf(root, alias).map(|l| l.entry);
+                let protected = match mechanism {
+                    Mechanism::Pks => entry.map(pkeys::key::pte_key) == Some(pkeys::PAGE_TABLE_KEY),
+                    Mechanism::WriteProtect => entry.is_some_and(|e| e & WRITABLE == 0),
+                    Mechanism::None => true,
+                };
+                crate::check!(protected, "the {:?} at {:#x} is unprotected at {:#x}: {:?}", table.level, table.phys, alias, entry);
+            }
+        }
+
         let mut identity_entry = [0xffu8; 8];
-        let read = BootWindow.read(crate::arch::cpu::read_cr3() & !0xfff, &mut identity_entry);
+        let read = BootWindow.read(root, &mut identity_entry);
         crate::check_eq!((read, identity_entry), (Some(()), [0u8; 8]));
         Ok(())
     }
