@@ -32,7 +32,7 @@ const MIB: u64 = 1 << 20;
 /// QEMU rounds the `-m` size up to a multiple of this.
 const QEMU_RAM_ALIGN: u64 = 8 << 10;
 
-// The refusal names these as whole MiB (`-m 7M`).
+// The refusal names these as whole MiB (`-m 9M`).
 const _: () = assert!(KERNEL_PHYS.is_multiple_of(MIB));
 const _: () = assert!(MIN_ENTRY_MEMORY.is_multiple_of(MIB));
 const _: () = assert!(MIN_MEMORY.is_multiple_of(MIB));
@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(
             refusal.to_string(),
             "not enough memory: -m 2M does not hold the kernel's entry stub at 2 MiB \
-             (that takes -m 3M), so QEMU would hang; pks-kernel needs at least 7 MiB (QEMU -m 7M)"
+             (that takes -m 3M), so QEMU would hang; pks-kernel needs at least 9 MiB (QEMU -m 9M)"
         );
         assert_eq!(refusal.detail(), "2048 KiB given");
         // What was typed is echoed escaped, never raw.

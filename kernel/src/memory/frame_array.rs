@@ -1,6 +1,7 @@
 //! Arrays of kernel data in frames the page allocator hands out: the
 //! kernel object layer's tables and CNode slots, which are too large for
-//! the kernel image (it must fit the 2 MiB the boot stub maps) or the
+//! the kernel image (its size decides the memory the kernel needs to boot,
+//! `boot::layout::MIN_MEMORY`) or the
 //! boot stack.
 //!
 //! Owns the one conversion from an owned [`Frame`] to a typed slice.

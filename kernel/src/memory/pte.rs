@@ -83,7 +83,7 @@ pub(super) fn with_window<T>(f: impl FnOnce(&Window) -> T) -> T {
 /// The window itself, compiled once: the open and close code is inlined
 /// (compile-time key and rights), and the kernel calls this from some
 /// fifty places, which would otherwise each carry a copy (about 1 KiB
-/// each, in an image that must fit 2 MiB).
+/// each, in an image that must stay small: `boot::layout::MIN_MEMORY`).
 #[inline(never)]
 fn in_window(body: &mut dyn FnMut(&Window)) {
     let window = Window { _private: () };

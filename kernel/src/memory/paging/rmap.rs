@@ -18,12 +18,13 @@
 //!
 //! Capacity: [`CAPACITY`] frames, 8 MiB of 4 KiB user pages, in about
 //! 56 KiB of `.bss` (28 bytes a slot: the entry and its hash index). The
-//! image must fit the 2 MiB the boot stub maps, and this is enough for
-//! what maps movable user frames today, the tests (a few per pageblock
-//! they crowd): the root task's and the object layer's frames are
-//! unmovable objects, which are never recorded here. Compaction needs only the few frames of the sparsest
-//! pageblock to be recorded; a frame left out pins its pageblock, nothing
-//! worse. When the root task and Untyped retype bring user memory by the
+//! image must stay small (the boot stub maps 4 MiB of it, and a larger
+//! image needs more memory to boot), and this is enough for what maps
+//! movable user frames today, the tests (a few per pageblock they crowd):
+//! the root task's and the object layer's frames are unmovable objects,
+//! which are never recorded here. Compaction needs only the few frames of
+//! the sparsest pageblock to be recorded; a frame left out pins its
+//! pageblock, nothing worse. When the root task and Untyped retype bring user memory by the
 //! gigabyte, this becomes a per-frame array beside the allocator's
 //! metadata (16 bytes a frame, 0.4% of RAM), sized at boot like it.
 
