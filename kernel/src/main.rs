@@ -158,6 +158,9 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         verified,
     });
     report::print_boot_report(boot);
+    if boot.config.memmap.boot {
+        memory::memmap::dump("after-boot");
+    }
     if !boot.verified.passed() && boot.ptprot != ProtectionPolicy::None {
         println!("boot: the verification walk failed: page tables are not protected");
         exit_qemu(ExitCode::Failure);

@@ -9,7 +9,8 @@
 //! kernel image ([`image`]), the
 //! verification walk ([`verify`]), kernel and user address spaces
 //! ([`paging`]), moving movable user frames for compaction ([`movable`]),
-//! direct-map TLB flushes ([`tlb`]), the one door to
+//! direct-map TLB flushes ([`tlb`]), pictures of the pageblock map
+//! ([`memmap`]), the one door to
 //! page-table entries ([`pte`]) and the key-protected record of what is
 //! page-table memory ([`sealed`]).
 
@@ -28,6 +29,7 @@ pub mod ephemeral;
 pub mod frame_array;
 pub mod frames;
 pub mod image;
+pub mod memmap;
 pub mod movable;
 pub mod paging;
 pub mod pte;

@@ -490,6 +490,9 @@ crate::kernel_test! {
         }
         let pkrs_writes = pks::current().map_or(0, |p| p.pkrs_writes()) - pkrs_before;
         let at_peak = allocator.stats();
+        if crate::boot_state().config.memmap.churn {
+            crate::memory::memmap::dump("churn-peak");
+        }
         let mechanism = pks::current().map(|p| p.mechanism());
         // The churned space at its peak: one page table per region.
         let verified = (mechanism != Some(pkeys::Mechanism::None)).then(|| {
