@@ -57,7 +57,15 @@ pub fn dump(label: &str) {
     let mut pfn = first;
     for index in 0..pageblocks {
         let mut tally = Tally::default();
+        let block_start = (first + index * PAGEBLOCK_FRAMES).max(base);
         let block_end = (first + (index + 1) * PAGEBLOCK_FRAMES).min(end);
+        // A block larger than a pageblock starts in an earlier one: its
+        // tail frames still name their pageblock's freetype.
+        if let Some(info) = allocator.frame_info(Pfn(block_start))
+            && info.state != FrameState::Hole
+        {
+            tally.freetype = info.pageblock_freetype.map(|f| f.index() as u8);
+        }
         while pfn < block_end {
             if left == 0 {
                 (left, in_use) = block_at(allocator, pfn, &mut tally);
