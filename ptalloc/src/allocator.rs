@@ -15,16 +15,20 @@
 //! 3. for a page-table page, the single-page fallback
 //!    (`Config::single_page_fallback`), never an unprotected page.
 //!
+//! Only past the ladder, and only with `PtFallback::Unprotected`, does a
+//! page table come out unprotected (exposed, counted).
+//!
 //! `cpu` arguments name the calling CPU. The kernel passes its own CPU
 //! number with preemption off; host tests pass a thread's number. Using
 //! another CPU's cache is safe (each cache has its own lock), only slower.
 
-use crate::backend::{DirectMap, DirectMapError, Migrate, ProtectReport, SplitPages};
+use crate::backend::{DirectMap, DirectMapError, Migrate, PageSize, ProtectReport, SplitPages};
 use crate::core::{Core, RESERVE_CAPACITY, Reach};
 use crate::error::{AllocError, FreeError, InitError};
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, State};
 use crate::stats::Stats;
+use crate::strategy::{PtFallback, Strategy};
 use crate::sync::{AtomicU8, Guard, Lock, Ordering};
 use crate::{MAX_ORDER, PAGEBLOCK_ORDER, Pfn};
 
@@ -78,6 +82,36 @@ pub struct Config {
     /// no mapped page is free at all. Needs a backend that implements
     /// [`DirectMap::protect_frame`](crate::DirectMap::protect_frame).
     pub single_page_fallback: bool,
+    /// How page-table memory is made (the policy lab; see [`Strategy`]).
+    /// `Freetype`, today's design, by default. `Pagewise` protects each
+    /// page table alone through `protect_frame`; `Granular` needs a
+    /// backend whose [`largest_page`](crate::DirectMap::largest_page) is
+    /// 2 MiB at most; `ProtectedFirst` protects the memory
+    /// [`add_memory`](PageAllocator::add_memory) is given.
+    pub strategy: Strategy,
+    /// What a page-table allocation does when no protected page can be
+    /// had: fail (`Fail`, the default), or hand out an exposed, unprotected
+    /// page (`Unprotected`, counted in [`Stats`]).
+    pub pt_fallback: PtFallback,
+}
+
+impl Default for Config {
+    /// Today's behaviour: page tables under key 1, a reserve of 16 pages,
+    /// the default watermark, the single-page fallback on, `Freetype`, and
+    /// no unprotected page tables.
+    fn default() -> Self {
+        Self {
+            page_table: Freetype {
+                mobility: crate::Mobility::Unmovable,
+                protection: Protection::Pkey(1),
+            },
+            reserve_target: 16,
+            conversion_watermark: DEFAULT_CONVERSION_WATERMARK,
+            single_page_fallback: true,
+            strategy: Strategy::Freetype,
+            pt_fallback: PtFallback::Fail,
+        }
+    }
 }
 
 /// The default [`Config::conversion_watermark`], in pageblocks. Measured
@@ -127,6 +161,8 @@ pub struct PageAllocator<'m, D: DirectMap, const CPUS: usize> {
     backend: D,
     /// The owner of movable blocks, which compaction asks to move them.
     migrator: Option<&'m dyn Migrate>,
+    strategy: Strategy,
+    pt_fallback: PtFallback,
     /// Set (under the core lock) when a single-page fallback took a
     /// reserve page: the allocation that made it refills the reserve on
     /// its way out. An atomic, so the fast path reads it without the lock.
@@ -151,6 +187,12 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         if !matches!(config.page_table.protection, Protection::Pkey(_)) {
             return Err(InitError::PageTableFreetype(config.page_table));
         }
+        let largest = backend.largest_page();
+        if config.strategy == Strategy::Granular
+            && !matches!(largest, Some(size) if size <= PageSize::Size2M)
+        {
+            return Err(InitError::NotGranular(largest));
+        }
         Ok(Self {
             meta,
             base,
@@ -161,6 +203,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 config.reserve_target.min(RESERVE_CAPACITY),
                 config.conversion_watermark as u64,
                 config.single_page_fallback,
+                config.strategy,
             )),
             // A constant, so that the caches (several KiB each) are written
             // straight into place: a kernel builds the allocator on a
@@ -171,6 +214,8 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             caches: core::array::from_fn(|_| Lock::new(CpuCache::new())),
             backend,
             migrator: None,
+            strategy: config.strategy,
+            pt_fallback: config.pt_fallback,
             reserve_to_refill: AtomicU8::new(0),
         })
     }
@@ -215,7 +260,10 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
     /// Gives the allocator the free frames `[start, end)`, whose direct-map
     /// mapping has `freetype`'s protection now. Partial pageblocks are
     /// fine: a pageblock with holes is never converted, so its frames stay
-    /// with `freetype`.
+    /// with `freetype`. Under `Strategy::ProtectedFirst`, the whole
+    /// pageblocks of a `Mapped` freetype go to the page-table freetype
+    /// here, protected one aligned block at a time (a block the backend
+    /// refuses stays as given).
     pub fn add_memory(&self, start: Pfn, end: Pfn, freetype: Freetype) -> Result<(), InitError> {
         let bad = InitError::BadRange { start, end };
         let first = start.0.checked_sub(self.base.0).ok_or(bad)?;
@@ -262,7 +310,23 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         for index in first..last {
             self.meta[index as usize].set_state(State::Tail);
         }
-        core.release_range(self.meta, first, last, freetype);
+        // `ProtectedFirst`: the whole pageblocks of mapped memory start in
+        // the page-table freetype; partial ones (with holes) cannot be
+        // converted, so they stay as given.
+        let whole = (
+            first.next_multiple_of(pageblock_size),
+            last & !(pageblock_size - 1),
+        );
+        if self.strategy == Strategy::ProtectedFirst
+            && freetype.protection == Protection::Mapped
+            && whole.0 < whole.1
+        {
+            core.release_range(self.meta, first, whole.0, freetype);
+            core.protect_fresh(self.meta, &self.backend, whole.0, whole.1, freetype);
+            core.release_range(self.meta, whole.1, last, freetype);
+        } else {
+            core.release_range(self.meta, first, last, freetype);
+        }
         Ok(())
     }
 
@@ -326,7 +390,26 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         let (pfn, from_reserve) = match result {
             Ok(found) => found,
             Err(error) => {
-                self.lock_core().stats.failed_allocations += 1;
+                let no_protected_page = matches!(
+                    error,
+                    AllocError::OutOfMemory | AllocError::ReserveExhausted
+                ) && freetype == self.page_table;
+                // The dodge: no protected page to be had, so an exposed one.
+                if no_protected_page
+                    && self.pt_fallback == PtFallback::Unprotected
+                    && order == 0
+                    && !flags.contains(AllocFlags::NO_BLOCK)
+                {
+                    match self.alloc_exposed(flags) {
+                        Err(AllocError::OutOfMemory) => {}
+                        done => return done,
+                    }
+                }
+                let mut core = self.lock_core();
+                core.stats.failed_allocations += 1;
+                if no_protected_page {
+                    core.stats.page_table_failures += 1;
+                }
                 return Err(error);
             }
         };
@@ -374,6 +457,41 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         Ok(pfn)
     }
 
+    /// `PtFallback::Unprotected`: a free mapped page handed out as a page
+    /// table, unprotected and marked as exposed (zeroed as a mapped page
+    /// if asked). `OutOfMemory` if no mapped page is free; a zeroing
+    /// failure gives the page back and counts as a failed allocation.
+    #[cold]
+    fn alloc_exposed(&self, flags: AllocFlags) -> Result<Pfn, AllocError> {
+        // Read before the core lock: caches are locked first.
+        let stamp = self.total_allocations();
+        let index = self
+            .lock_core()
+            .take_exposed(self.meta, stamp)
+            .ok_or(AllocError::OutOfMemory)?;
+        let pfn = self.pfn_of(index);
+        let Some(home) = self.home_freetype(index) else {
+            unreachable!("a managed frame's pageblock records a valid freetype")
+        };
+        if flags.contains(AllocFlags::ZERO)
+            && let Err(error) = self.backend.zero(pfn, 0, home.protection)
+        {
+            let mut core = self.lock_core();
+            core.unexpose(self.meta, index, home, stamp);
+            core.stats.failed_allocations += 1;
+            return Err(AllocError::Backend(error));
+        }
+        Ok(pfn)
+    }
+
+    /// Allocations made so far, on every CPU: the clock exposure is
+    /// measured by. Takes each cache lock, then the core lock; call with
+    /// none held.
+    fn total_allocations(&self) -> u64 {
+        let cached: u64 = (0..CPUS).map(|cpu| self.lock_cache(cpu).allocations).sum();
+        cached + self.lock_core().stats.allocations
+    }
+
     /// After an allocation found no memory: climbs the rescue ladder,
     /// cheapest rung first, trying again after each one that may have
     /// helped. Kept out of line, off the fast path.
@@ -418,7 +536,13 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
                 }
                 drained
             }
-            Rescue::Compact => page_table && order <= PAGEBLOCK_ORDER && self.compact(),
+            // `Pagewise` page tables never need a whole pageblock.
+            Rescue::Compact => {
+                page_table
+                    && self.strategy != Strategy::Pagewise
+                    && order <= PAGEBLOCK_ORDER
+                    && self.compact()
+            }
             Rescue::SinglePage => {
                 page_table && order == 0 && self.lock_core().single_page_fallback()
             }
@@ -435,19 +559,44 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
         flags: AllocFlags,
         reach: Reach,
     ) -> Result<(Pfn, bool), AllocError> {
-        if order == 0 {
+        // `Pagewise` page tables are protected one by one, never cached.
+        let pagewise = freetype == self.page_table && self.strategy == Strategy::Pagewise;
+        if order == 0 && !pagewise {
             self.alloc_cached(cpu, freetype, flags, reach)
         } else {
-            self.alloc_core(order, freetype, reach)
-                .map(|pfn| (pfn, false))
+            self.alloc_core(order, freetype, flags, reach)
         }
     }
 
-    fn alloc_core(&self, order: u32, freetype: Freetype, reach: Reach) -> Result<Pfn, AllocError> {
+    /// A block from the locked core; the flag says whether it came from
+    /// the split reserve (`USE_RESERVE`, a `Pagewise` page table).
+    fn alloc_core(
+        &self,
+        order: u32,
+        freetype: Freetype,
+        flags: AllocFlags,
+        reach: Reach,
+    ) -> Result<(Pfn, bool), AllocError> {
         let mut core = self.lock_core();
-        let index = core.alloc(self.meta, &self.backend, order, freetype, reach)?;
-        core.mark_allocated(self.meta, index, order, freetype);
-        Ok(self.pfn_of(index))
+        match core.alloc(self.meta, &self.backend, order, freetype, reach) {
+            Ok(index) => {
+                core.mark_allocated(self.meta, index, order, freetype);
+                // A page protected alone may have split with a reserve page.
+                if core.reserve_low_after_fallback() {
+                    self.reserve_to_refill.store(1, Ordering::Release);
+                }
+                Ok((self.pfn_of(index), false))
+            }
+            Err(error) => {
+                if flags.contains(AllocFlags::USE_RESERVE)
+                    && let Some(index) = core.take_reserve_page()
+                {
+                    core.mark_allocated(self.meta, index, 0, freetype);
+                    return Ok((self.pfn_of(index), true));
+                }
+                Err(error)
+            }
+        }
     }
 
     /// An order-0 page through the CPU's cache; the flag says whether it
@@ -585,10 +734,21 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             unreachable!("a managed frame's pageblock records a valid freetype")
         };
         if frame.freetype() == Some(self.page_table) && freetype != self.page_table {
+            // An exposed table's exposure ends now; read before the core
+            // lock (caches are locked first).
+            let now = if frame.is_exposed() {
+                self.total_allocations()
+            } else {
+                0
+            };
             let mut core = self.lock_core();
             // Claim it under the lock: a racing free of the same page fails.
             if !frame.transition(State::AllocatedHead, State::Tail) {
                 return Err(FreeError::NotAllocated(pfn));
+            }
+            if frame.is_exposed() {
+                core.free_exposed(self.meta, index, freetype, now);
+                return Ok(());
             }
             return core
                 .free_single_page(self.meta, &self.backend, index, freetype, true)
@@ -718,10 +878,16 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             allocations += cache.allocations;
             frees += cache.frees;
         }
-        let mut stats = self.lock_core().snapshot();
+        let core = self.lock_core();
+        let mut stats = core.snapshot();
         stats.cached_pages = cached;
         stats.allocations += allocations;
         stats.frees += frees;
+        stats.exposure_allocations = core.exposure(stats.allocations);
+        drop(core);
+        // Cached page-table pages pin their pageblocks too.
+        stats.stranded_protected += cached[self.page_table.index()];
+        stats.direct_map = self.backend.mappings();
         stats
     }
 
@@ -752,6 +918,7 @@ impl<'m, D: DirectMap, const CPUS: usize> PageAllocator<'m, D, CPUS> {
             order: frame.order(),
             freetype: frame.freetype(),
             pageblock_freetype: pageblock.pageblock_freetype(),
+            exposed: frame.state() == State::AllocatedHead && frame.is_exposed(),
         })
     }
 }
@@ -786,4 +953,8 @@ pub struct FrameInfo {
     pub freetype: Option<Freetype>,
     /// Freetype of the frame's pageblock.
     pub pageblock_freetype: Option<Freetype>,
+    /// An allocated page table handed out unprotected
+    /// ([`PtFallback::Unprotected`]): mapped as its pageblock, not with
+    /// the page-table key.
+    pub exposed: bool,
 }

@@ -20,6 +20,9 @@
 //! - [`DirectMap::zero`] clears pages of any protection: inside a write
 //!   window for key-protected pages, through a temporary mapping for
 //!   unmapped ones.
+//! - [`DirectMap::largest_page`] and [`DirectMap::mappings`] describe the
+//!   map's shape; both may answer `None` (unknown). `largest_page` must be
+//!   known for [`Strategy::Granular`](crate::Strategy::Granular).
 
 use crate::freetype::Protection;
 use crate::{PAGEBLOCK_ORDER, Pfn};
@@ -73,6 +76,28 @@ pub struct FlushReport {
     pub remote: u32,
 }
 
+/// A direct-map page size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PageSize {
+    /// 4 KiB.
+    Size4K,
+    /// 2 MiB: one pageblock.
+    Size2M,
+    /// 1 GiB.
+    Size1G,
+}
+
+/// Leaf entries of the direct map by page size, at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingCounts {
+    /// 1 GiB mappings.
+    pub pages_1g: u64,
+    /// 2 MiB mappings.
+    pub pages_2m: u64,
+    /// 4 KiB mappings.
+    pub pages_4k: u64,
+}
+
 /// A backend failure. The mapping is left as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DirectMapError {
@@ -113,6 +138,23 @@ pub trait DirectMap: Sync {
 
     /// Zeroes the `1 << order` frames from `start`, which have `protection`.
     fn zero(&self, start: Pfn, order: u32, protection: Protection) -> Result<(), DirectMapError>;
+
+    /// The largest page the direct map holds now or may map with later;
+    /// `Some(Size2M)` promises that no 1 GiB mapping exists or will be
+    /// made, so no conversion ever splits one. `None`: unknown (the
+    /// default), which [`Strategy::Granular`](crate::Strategy::Granular)
+    /// refuses.
+    fn largest_page(&self) -> Option<PageSize> {
+        None
+    }
+
+    /// The direct map's leaf entries by size now, for the statistics
+    /// ([`Stats::direct_map`](crate::Stats::direct_map)); `None` (the
+    /// default) if the backend does not count them. Called without any
+    /// allocator lock held.
+    fn mappings(&self) -> Option<MappingCounts> {
+        None
+    }
 
     /// What a CPU does, again and again, while it waits for one of the
     /// allocator's locks. The holder may be inside [`flush`](Self::flush),

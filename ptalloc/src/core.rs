@@ -41,6 +41,7 @@ use crate::error::AllocError;
 use crate::freetype::{Freetype, Mobility, NR_FREETYPES, Protection};
 use crate::meta::{FrameMeta, NIL, State};
 use crate::stats::Stats;
+use crate::strategy::Strategy;
 use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
 
 /// How far an allocation may go once its freetype has no free block of
@@ -94,6 +95,13 @@ pub(crate) struct Core {
     reserve_ever_filled: bool,
     /// Fault injection: the reserve gives nothing to splits.
     pub(crate) reserve_fault: bool,
+    /// `Config::strategy`: `Pagewise` serves page tables here.
+    strategy: Strategy,
+    /// Exposure of exposed page tables already freed, in allocations.
+    exposure_closed: u64,
+    /// Sum of the allocation counts at which the live exposed page tables
+    /// were handed out: their exposure so far is `live * now - this`.
+    exposed_stamps: u64,
     page_table: Freetype,
     base: u64,
     pub(crate) stats: Stats,
@@ -158,6 +166,7 @@ impl Core {
         reserve_target: usize,
         watermark: u64,
         single_page_fallback: bool,
+        strategy: Strategy,
     ) -> Self {
         Self {
             heads: [[NIL; NR_ORDERS]; NR_FREETYPES],
@@ -171,6 +180,9 @@ impl Core {
             reserve_used_by_fallback: false,
             reserve_ever_filled: false,
             reserve_fault: false,
+            strategy,
+            exposure_closed: 0,
+            exposed_stamps: 0,
             page_table,
             base,
             stats: Stats::new(),
@@ -279,6 +291,18 @@ impl Core {
         if found >= PAGEBLOCK_ORDER && !self.may_take_pageblocks(ft, order) {
             return None;
         }
+        self.split_off(meta, found, order, ft)
+    }
+
+    /// Takes a free block of `found` of `ft` and keeps its first `order`
+    /// part, returning the rest to the free lists; no watermark.
+    fn split_off(
+        &mut self,
+        meta: &[FrameMeta],
+        found: u32,
+        order: u32,
+        ft: Freetype,
+    ) -> Option<u32> {
         let index = self.pop_free(meta, found, ft)?;
         for k in (order..found).rev() {
             self.push_free(meta, index + (1 << k), k, ft);
@@ -349,8 +373,39 @@ impl Core {
 
     /// Allocates a block: from the free lists, else, as far as `reach`
     /// allows, by converting a free pageblock from another freetype, and
-    /// last by the single-page fallback.
+    /// last by the single-page fallback. Under `Strategy::Pagewise` a
+    /// page-table page is always a single page protected alone.
     pub(crate) fn alloc(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+        order: u32,
+        ft: Freetype,
+        reach: Reach,
+    ) -> Result<u32, AllocError> {
+        if ft == self.page_table && self.strategy == Strategy::Pagewise {
+            return match (order, reach) {
+                // Only single pages can be protected alone.
+                (1.., _) => Err(AllocError::OutOfMemory),
+                // Protecting a page splits and flushes: that blocks.
+                (0, Reach::FreeLists) => Err(AllocError::WouldBlock),
+                (0, _) => {
+                    // Refilled before an operation that may split: a page
+                    // inside a 1 GiB mapping takes two.
+                    if self.reserve.len() < 2 {
+                        // Best effort: the split reports an empty reserve.
+                        let _ = self.refill_reserve(meta, backend);
+                    }
+                    self.protect_single_page(meta, backend, false)
+                }
+            };
+        }
+        self.alloc_from_freetypes(meta, backend, order, ft, reach)
+    }
+
+    /// [`alloc`](Self::alloc) through the free lists and conversions,
+    /// whatever the strategy (the split reserve's stock comes this way).
+    fn alloc_from_freetypes(
         &mut self,
         meta: &[FrameMeta],
         backend: &impl DirectMap,
@@ -385,7 +440,7 @@ impl Core {
                         && order == 0
                         && self.single_page_fallback =>
                 {
-                    return self.protect_single_page(meta, backend);
+                    return self.protect_single_page(meta, backend, true);
                 }
                 Err(error) => return Err(error),
             }
@@ -405,10 +460,13 @@ impl Core {
     /// per pageblock: pageblocks split already are tried first) and the
     /// old translation flushed. The page keeps its pageblock's freetype in
     /// the books and goes back to it, unprotected again, when freed.
+    /// `fallback` says which it is: the last resort, or a page of
+    /// `Strategy::Pagewise`.
     fn protect_single_page(
         &mut self,
         meta: &[FrameMeta],
         backend: &impl DirectMap,
+        fallback: bool,
     ) -> Result<u32, AllocError> {
         let (index, home) = self
             .take_fallback_page(meta)
@@ -444,7 +502,10 @@ impl Core {
             let _ = self.mixed.push(pageblock);
         }
         self.reserve_used_by_fallback |= self.reserve.len() < reserve_before;
-        self.stats.single_page_fallbacks += 1;
+        if fallback {
+            self.stats.single_page_fallbacks += 1;
+        }
+        self.stats.page_protects += 1;
         self.stats.single_pages_live += 1;
         Ok(index)
     }
@@ -476,11 +537,13 @@ impl Core {
                 return Some((index, ft));
             }
         }
-        let (donor, _) = Freetype::all()
+        let (donor, fit) = Freetype::all()
             .filter(|ft| ft.protection == Protection::Mapped)
             .filter_map(|ft| self.closest_fit(ft, 0).map(|fit| (ft, fit)))
             .min_by_key(|&(ft, fit)| (fit, ft.index()))?;
-        let index = self.take_block(meta, 0, donor)?;
+        // The page serves a page table, which may break a whole pageblock
+        // the watermark keeps (a `Pagewise` table never converts one).
+        let index = self.split_off(meta, fit, 0, donor)?;
         Some((index, donor))
     }
 
@@ -517,6 +580,7 @@ impl Core {
         self.release_block(meta, index, 0, home);
         self.stats.frees += 1;
         self.stats.single_pages_live -= 1;
+        self.stats.page_unprotects += 1;
         Ok(())
     }
 
@@ -763,7 +827,6 @@ impl Core {
         let source = self
             .pick_source(need, target)
             .ok_or(AllocError::OutOfMemory)?;
-        let changes_protection = source.protection != target.protection;
         // The smallest block that fits: whole free gigabytes stay whole,
         // and a small free run is most likely in a region the direct map
         // has split already, so the conversion splits nothing new.
@@ -777,7 +840,26 @@ impl Core {
         for k in (need..fitting).rev() {
             self.push_free(meta, index + (1 << k), k, source);
         }
+        self.change_block(meta, backend, index, need, source, target)
+    }
 
+    /// Gives the free block of `need` (a pageblock or more) at `index`,
+    /// taken off the free lists (or never on them), of `source`, to
+    /// `target`: wipes it if it leaves a protection that hides its
+    /// contents, changes its protection as one batch (a conversion to the
+    /// page-table freetype hosts its own split; others split with the
+    /// reserve), flushes once if permissions shrank, and frees it to
+    /// `target`'s lists. On failure the block goes back to `source`.
+    fn change_block(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+        index: u32,
+        need: u32,
+        source: Freetype,
+        target: Freetype,
+    ) -> Result<(), AllocError> {
+        let changes_protection = source.protection != target.protection;
         let range = PageblockRange {
             start: self.pfn(index),
             pageblocks: 1 << (need - PAGEBLOCK_ORDER),
@@ -846,6 +928,85 @@ impl Core {
         Ok(())
     }
 
+    /// `Strategy::ProtectedFirst`, at `add_memory`: gives the fresh frames
+    /// `[start, end)` (whole pageblocks, counted as `source`'s, tails on
+    /// no list) to the page-table freetype a whole aligned block at a time
+    /// (a whole gigabyte needs no split; a smaller block hosts its own). A
+    /// block the backend refuses stays with `source`, free.
+    pub(crate) fn protect_fresh(
+        &mut self,
+        meta: &[FrameMeta],
+        backend: &impl DirectMap,
+        start: u32,
+        end: u32,
+        source: Freetype,
+    ) {
+        let mut at = start;
+        while at < end {
+            let order = at.trailing_zeros().min(MAX_ORDER).min((end - at).ilog2());
+            // Either way the block ends up free: in the target or back in
+            // the source.
+            let _ = self.change_block(meta, backend, at, order, source, self.page_table);
+            at += 1 << order;
+        }
+    }
+
+    // ---- exposed page tables (`PtFallback::Unprotected`) ----
+
+    /// Hands out a free page of a mapped freetype as a page table without
+    /// protecting it, marked as exposed; `stamp` is the allocation count
+    /// now. `None` if no mapped page is free.
+    pub(crate) fn take_exposed(&mut self, meta: &[FrameMeta], stamp: u64) -> Option<u32> {
+        let (index, _) = self.take_fallback_page(meta)?;
+        self.mark_allocated(meta, index, 0, self.page_table);
+        meta[index as usize].set_exposed(stamp);
+        self.stats.exposed_tables += 1;
+        self.stats.exposed_live += 1;
+        self.exposed_stamps += stamp;
+        Some(index)
+    }
+
+    /// Frees an exposed page table the caller has claimed, `now`
+    /// allocations in: its exposure ends, and it goes back to `home`'s
+    /// free lists as it is (it was never protected, so nothing to wipe or
+    /// flush).
+    pub(crate) fn free_exposed(
+        &mut self,
+        meta: &[FrameMeta],
+        index: u32,
+        home: Freetype,
+        now: u64,
+    ) {
+        let frame = &meta[index as usize];
+        let held = u64::from((now as u32).wrapping_sub(frame.exposed_stamp()));
+        frame.clear_exposed();
+        self.exposure_closed += held;
+        self.exposed_stamps = self.exposed_stamps.saturating_sub(now.saturating_sub(held));
+        self.stats.exposed_live -= 1;
+        self.release_block(meta, index, 0, home);
+        self.stats.frees += 1;
+    }
+
+    /// Undoes [`take_exposed`](Self::take_exposed) for an allocation that
+    /// failed after it (zeroing): as if it never happened.
+    pub(crate) fn unexpose(&mut self, meta: &[FrameMeta], index: u32, home: Freetype, stamp: u64) {
+        meta[index as usize].clear_exposed();
+        self.stats.exposed_tables -= 1;
+        self.stats.exposed_live -= 1;
+        self.exposed_stamps = self.exposed_stamps.saturating_sub(stamp);
+        self.stats.allocations -= 1;
+        self.release_block(meta, index, 0, home);
+    }
+
+    /// Exposure in allocations, `now` allocations in: that of the exposed
+    /// tables freed, plus that of the live ones so far.
+    pub(crate) fn exposure(&self, now: u64) -> u64 {
+        let open = u128::from(self.stats.exposed_live) * u128::from(now);
+        let open = open.saturating_sub(u128::from(self.exposed_stamps));
+        self.exposure_closed
+            .saturating_add(u64::try_from(open).unwrap_or(u64::MAX))
+    }
+
     /// Takes the smallest free block of `ft` of an order up to `most`,
     /// whole (no split): its first frame and order. The caller marks its
     /// frames.
@@ -905,7 +1066,10 @@ impl Core {
             // The last resort included: a page protected alone serves the
             // reserve as well as a page table (its split may take a
             // reserve page, once per pageblock, and 512 come back).
-            match self.alloc(meta, backend, 0, page_table, Reach::SinglePage) {
+            // Under `Pagewise` too: the reserve is stocked from page-table
+            // pageblocks, since a single page cannot be protected before
+            // the reserve has pages for its split.
+            match self.alloc_from_freetypes(meta, backend, 0, page_table, Reach::SinglePage) {
                 Ok(index) => {
                     let frame = &meta[index as usize];
                     frame.set_order(0);
@@ -1015,6 +1179,12 @@ impl Core {
     pub(crate) fn snapshot(&self) -> Stats {
         let mut stats = self.stats.clone();
         stats.reserve_level = self.reserve.len() as u64;
+        // Free page-table blocks below a pageblock lie in pageblocks that
+        // are not wholly free (else they would have merged).
+        let by_order = &stats.free_blocks[self.page_table.index()];
+        stats.stranded_protected = (0..PAGEBLOCK_ORDER as usize)
+            .map(|k| by_order[k] << k)
+            .sum();
         stats
     }
 }

@@ -7,7 +7,7 @@
 //! pageblocks.
 
 use crate::Pfn;
-use crate::backend::DirectMapError;
+use crate::backend::{DirectMapError, PageSize};
 use crate::freetype::Freetype;
 use core::fmt;
 
@@ -142,6 +142,10 @@ pub enum InitError {
     MixedPageblock(Pfn),
     /// The page-table freetype is not key-protected.
     PageTableFreetype(Freetype),
+    /// [`Strategy::Granular`](crate::Strategy::Granular) needs a direct
+    /// map with no 1 GiB mapping; the backend's largest page is this
+    /// (`None`: it does not say).
+    NotGranular(Option<PageSize>),
 }
 
 impl fmt::Display for InitError {
@@ -175,6 +179,11 @@ impl fmt::Display for InitError {
             Self::PageTableFreetype(ft) => {
                 write!(f, "the page-table freetype must be key-protected, not {ft}")
             }
+            Self::NotGranular(largest) => write!(
+                f,
+                "the granular strategy needs a direct map of 2 MiB pages at most, \
+                 but its largest page is {largest:?}"
+            ),
         }
     }
 }

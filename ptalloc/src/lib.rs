@@ -37,6 +37,37 @@
 //!   allocator is `Sync`;
 //! - counters for conversions, flushes, splits and the reserve ([`Stats`]).
 //!
+//! # Strategies (the policy lab)
+//! [`Config::strategy`] picks how page-table memory is made, so that the
+//! alternatives of the Linux thread can be measured side by side with the
+//! same counters ([`Stats`]: flushes, splits by kind, single-page
+//! protections, direct-map entries by size, stranded protected frames,
+//! reserve use, failures, exposure). Each keeps every invariant above.
+//! - [`Strategy::Freetype`] (default): the above. Page tables come from
+//!   key-protected pageblocks converted whole; a conversion splits at most
+//!   one 1 GiB mapping and never a 2 MiB one.
+//! - [`Strategy::Pagewise`]: the naive baseline. Each page table is a
+//!   mapped page protected alone ([`DirectMap::protect_frame`]: its 2 MiB
+//!   mapping split to 4 KiB, one flush per page) and unprotected when
+//!   freed; no pageblock converts for page tables, only single pages are
+//!   served, and none is cached. The split reserve is stocked as under
+//!   `Freetype` (the first protected page has to come from somewhere).
+//! - [`Strategy::Granular`]: `Freetype` over a direct map of 2 MiB pages
+//!   from boot, which the backend must vouch for
+//!   ([`DirectMap::largest_page`]): no conversion ever splits.
+//! - [`Strategy::ProtectedFirst`]: the inversion. Whole pageblocks of
+//!   mapped memory start in the page-table freetype, protected at
+//!   [`add_memory`](PageAllocator::add_memory) one aligned block per batch;
+//!   ordinary allocations convert them back as they need them.
+//!
+//! [`Config::pt_fallback`] says what a page-table allocation does when no
+//! protected page can be had: fail ([`PtFallback::Fail`], default), or hand
+//! out an unprotected mapped page marked as exposed
+//! ([`PtFallback::Unprotected`]), which stays exposed until freed. That is
+//! the one way a page table is ever handed out without the key; the
+//! simulator's checker counts such tables rather than failing, and
+//! `sim::unprotected_page_tables` (the verification walk) lists them.
+//!
 //! It knows nothing of x86 and holds no `unsafe`. With the `std` feature,
 //! [`sim`] provides a simulated direct map that checks every invariant.
 
@@ -54,6 +85,7 @@ pub mod meta;
 #[cfg(feature = "std")]
 pub mod sim;
 pub mod stats;
+pub mod strategy;
 mod sync;
 
 pub use crate::core::{MAX_SPLIT_PAGES_PER_CALL, RESERVE_CAPACITY};
@@ -62,13 +94,14 @@ pub use allocator::{
     DEFAULT_CONVERSION_WATERMARK, FrameInfo, FrameState, PageAllocator,
 };
 pub use backend::{
-    DirectMap, DirectMapError, FlushReport, Migrate, MigrateError, PageblockRange, ProtectReport,
-    SplitPages,
+    DirectMap, DirectMapError, FlushReport, MappingCounts, Migrate, MigrateError, PageSize,
+    PageblockRange, ProtectReport, SplitPages,
 };
 pub use error::{AllocError, FreeError, InitError};
 pub use freetype::{Freetype, Mobility, NR_FREETYPES, Protection};
 pub use meta::{FrameMeta, METADATA_BYTES_PER_FRAME};
 pub use stats::Stats;
+pub use strategy::{PtFallback, Strategy};
 
 /// Size of a base page.
 pub const PAGE_SIZE: u64 = 4096;

@@ -58,6 +58,13 @@ impl State {
 /// Marks the end of a free list.
 pub(crate) const NIL: u32 = u32::MAX;
 
+/// `next` of an allocated head handed out as an exposed page table
+/// (`PtFallback::Unprotected`); its `prev` then holds the low 32 bits of
+/// the allocation count when it was handed out. An allocated head needs no
+/// links, and no frame index reaches this value (the allocator refuses
+/// `u32::MAX` frames or more), nor does `NIL`.
+const EXPOSED: u32 = u32::MAX - 1;
+
 /// Metadata of one frame. Create arrays with [`FrameMeta::new`] (or zeroed
 /// memory, see the module doc).
 #[derive(Debug)]
@@ -162,6 +169,33 @@ impl FrameMeta {
     #[inline]
     pub(crate) fn set_next(&self, next: u32) {
         self.next.store(next, Ordering::Relaxed);
+    }
+
+    /// True if this allocated head is an exposed page table.
+    #[inline]
+    pub(crate) fn is_exposed(&self) -> bool {
+        self.next() == EXPOSED
+    }
+
+    /// Marks an allocated head as an exposed page table handed out when
+    /// `stamp` allocations had been made (kept modulo 2^32).
+    #[inline]
+    pub(crate) fn set_exposed(&self, stamp: u64) {
+        self.set_next(EXPOSED);
+        self.set_prev(stamp as u32);
+    }
+
+    /// The stamp [`set_exposed`](Self::set_exposed) kept, modulo 2^32.
+    #[inline]
+    pub(crate) fn exposed_stamp(&self) -> u32 {
+        self.prev()
+    }
+
+    /// Clears the mark: the frame may become a tail, whose links are not
+    /// rewritten.
+    #[inline]
+    pub(crate) fn clear_exposed(&self) {
+        self.set_next(NIL);
     }
 
     #[inline]

@@ -43,8 +43,8 @@ use std::thread::{self, ThreadId};
 
 use crate::allocator::{FrameState, PageAllocator};
 use crate::backend::{
-    DirectMap, DirectMapError, FlushReport, Migrate, MigrateError, PageblockRange, ProtectReport,
-    SplitPages,
+    DirectMap, DirectMapError, FlushReport, MappingCounts, Migrate, MigrateError, PageSize,
+    PageblockRange, ProtectReport, SplitPages,
 };
 use crate::freetype::{Freetype, NR_FREETYPES, Protection};
 use crate::{MAX_ORDER, NR_ORDERS, PAGEBLOCK_ORDER, Pfn};
@@ -605,6 +605,46 @@ impl DirectMap for SimDirectMap {
         Ok(report)
     }
 
+    /// The largest page left in the map: it never merges, so that is also
+    /// the largest it will hold. A map built with [`LargestPage::Mega`]
+    /// (or whose every gigabyte is split) answers 2 MiB.
+    fn largest_page(&self) -> Option<PageSize> {
+        let state = self.lock();
+        let mut largest = PageSize::Size4K;
+        for region in &state.regions {
+            match region {
+                Giga::Page(_) => return Some(PageSize::Size1G),
+                Giga::Split { entries, .. } => {
+                    if entries.iter().any(|entry| matches!(entry, Mega::Page(_))) {
+                        largest = PageSize::Size2M;
+                    }
+                }
+            }
+        }
+        Some(largest)
+    }
+
+    /// Every leaf entry of the map by size (the last gigabyte's entries
+    /// past the end of RAM included: the map is built of whole gigabytes).
+    fn mappings(&self) -> Option<MappingCounts> {
+        let state = self.lock();
+        let mut counts = MappingCounts::default();
+        for region in &state.regions {
+            match region {
+                Giga::Page(_) => counts.pages_1g += 1,
+                Giga::Split { entries, .. } => {
+                    for entry in entries {
+                        match entry {
+                            Mega::Page(_) => counts.pages_2m += 1,
+                            Mega::Split { pages, .. } => counts.pages_4k += pages.len() as u64,
+                        }
+                    }
+                }
+            }
+        }
+        Some(counts)
+    }
+
     fn flush(&self, range: PageblockRange) -> FlushReport {
         let report = FlushReport {
             local: 1,
@@ -906,6 +946,28 @@ impl State {
     }
 }
 
+/// The kernel's verification walk, on the simulator: the live page-table
+/// blocks (those of `live` whose freetype is `page_table`) with a frame
+/// the direct map does not map with the page-table protection. Empty under
+/// every strategy, except while [`PtFallback::Unprotected`](crate::PtFallback::Unprotected)
+/// has exposed tables live: then exactly those.
+pub fn unprotected_page_tables(
+    sim: &SimDirectMap,
+    page_table: Freetype,
+    live: &[(Pfn, u32, Freetype)],
+) -> Vec<Pfn> {
+    live.iter()
+        .filter(|&&(_, _, ft)| ft == page_table)
+        .filter(|&&(pfn, order, _)| {
+            let end = Pfn(pfn.0 + (1 << order));
+            sim.protections(pfn, end)
+                .iter()
+                .any(|&protection| protection != page_table.protection)
+        })
+        .map(|&(pfn, _, _)| pfn)
+        .collect()
+}
+
 // ---- the owner of movable blocks ----
 
 /// The owner of movable blocks in host tests and benchmarks: a
@@ -1101,6 +1163,8 @@ impl Migrate for SimMover {
 enum Owner {
     Free(Freetype),
     Live(Freetype),
+    /// A page table handed out unprotected (`PtFallback::Unprotected`).
+    Exposed,
     Cached(Freetype),
     Reserve,
     Table,
@@ -1110,7 +1174,7 @@ impl Owner {
     fn freetype(self, page_table: Freetype) -> Freetype {
         match self {
             Owner::Free(ft) | Owner::Live(ft) | Owner::Cached(ft) => ft,
-            Owner::Reserve | Owner::Table => page_table,
+            Owner::Reserve | Owner::Table | Owner::Exposed => page_table,
         }
     }
 }
@@ -1120,6 +1184,7 @@ impl fmt::Display for Owner {
         match self {
             Owner::Free(ft) => write!(f, "free {ft}"),
             Owner::Live(ft) => write!(f, "allocated {ft}"),
+            Owner::Exposed => write!(f, "exposed page table"),
             Owner::Cached(ft) => write!(f, "cached {ft}"),
             Owner::Reserve => write!(f, "reserve"),
             Owner::Table => write!(f, "direct-map table"),
@@ -1183,7 +1248,13 @@ fn coalesce(managed: &[(Pfn, Pfn)], base: u64, frames: u64) -> Result<Vec<(u64, 
 ///    fallback protected them alone; the simulator's tables are exactly
 ///    the allocator's direct-map table frames;
 /// 6. the simulator saw no violation, every permission removal was
-///    flushed, and the allocator's flush and split counters match it.
+///    flushed, and the allocator's flush and split counters match it;
+/// 7. a page table handed out unprotected on purpose
+///    ([`PtFallback::Unprotected`](crate::PtFallback::Unprotected)) is a
+///    live order-0 page-table block marked exposed, in a mapped pageblock
+///    and mapped as one; it is counted, not failed, and the count matches
+///    [`Stats::exposed_live`](crate::Stats::exposed_live). Any other
+///    page-table frame without the key still breaks rule 1 or 5.
 pub fn check<const CPUS: usize>(
     alloc: &PageAllocator<'_, SimDirectMap, CPUS>,
     page_table: Freetype,
@@ -1265,6 +1336,7 @@ pub fn check<const CPUS: usize>(
     let mut cached = [0u64; NR_FREETYPES];
     let (mut live_seen, mut live_pages, mut reserve_seen, mut table_frames) =
         (0usize, 0u64, 0usize, 0u64);
+    let mut exposed_seen = 0u64;
     let mut owners: Vec<Vec<Owner>> = Vec::with_capacity(ranges.len());
     for &(start, end) in &ranges {
         let mut owner = Vec::with_capacity((end - start) as usize);
@@ -1323,7 +1395,17 @@ pub fn check<const CPUS: usize>(
                         }
                         live_seen += 1;
                         live_pages += 1 << order;
-                        Owner::Live(ft)
+                        if info.exposed {
+                            if ft != page_table || order != 0 {
+                                bail!(
+                                    "rule 7: frame {pfn:#x} is marked exposed but is an order {order} {ft} block"
+                                );
+                            }
+                            exposed_seen += 1;
+                            Owner::Exposed
+                        } else {
+                            Owner::Live(ft)
+                        }
                     };
                     owner.extend(std::iter::repeat_n(who, 1 << order));
                     pfn = block_end;
@@ -1429,6 +1511,12 @@ pub fn check<const CPUS: usize>(
             live.len()
         );
     }
+    if stats.exposed_live != exposed_seen {
+        bail!(
+            "rule 7: exposed_live is {}, {exposed_seen} exposed page tables found",
+            stats.exposed_live
+        );
+    }
     if stats.direct_map_tables > table_frames {
         bail!(
             "rule 4: direct_map_tables is {}, only {table_frames} table frames",
@@ -1459,20 +1547,39 @@ pub fn check<const CPUS: usize>(
             // A page-table page the single-page fallback protected alone
             // in a mapped pageblock, live, in the reserve, or made a
             // direct-map table since (its protection is checked below).
-            let single =
-                ft == page_table && matches!(who, Owner::Live(_) | Owner::Reserve | Owner::Table);
+            // An exposed page table lies in a mapped pageblock (checked
+            // below).
+            let single = ft == page_table
+                && matches!(
+                    who,
+                    Owner::Live(_) | Owner::Reserve | Owner::Table | Owner::Exposed
+                );
             if ft != pageblock_ft && !stolen && !single {
                 let rule = match who {
                     Owner::Free(_) => 2,
                     Owner::Live(_) | Owner::Cached(_) => 1,
-                    Owner::Reserve | Owner::Table => 5,
+                    Owner::Reserve | Owner::Table | Owner::Exposed => 5,
                 };
                 bail!(
                     "rule {rule}: frame {pfn:#x} ({who}) lies in a {pageblock_ft} pageblock {pageblock:#x}"
                 );
             }
+            // An exposed page table is an ordinary mapped page, as its
+            // pageblock maps it: deliberately without the key.
+            if matches!(who, Owner::Exposed) {
+                if pageblock_ft.protection != Protection::Mapped
+                    || *protection != Protection::Mapped
+                {
+                    bail!(
+                        "rule 7: exposed page table {pfn:#x} is mapped {protection} in a {pageblock_ft} \
+                         pageblock, not as an ordinary mapped page"
+                    );
+                }
+                continue;
+            }
             if *protection != ft.protection {
                 let rule = match who {
+                    Owner::Exposed => 7,
                     Owner::Live(_) => 1,
                     Owner::Free(_) => 2,
                     Owner::Cached(_) => 3,

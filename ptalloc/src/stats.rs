@@ -1,6 +1,7 @@
 //! Counters for every mechanism whose cost the design argues about.
 
 use crate::NR_ORDERS;
+use crate::backend::MappingCounts;
 use crate::freetype::{Freetype, NR_FREETYPES};
 
 /// A snapshot of the allocator's counters ([`PageAllocator::stats`](crate::PageAllocator::stats)).
@@ -59,8 +60,34 @@ pub struct Stats {
     /// Page-table pages the single-page fallback protected alone inside a
     /// mapped pageblock.
     pub single_page_fallbacks: u64,
-    /// Of those, the ones still allocated.
+    /// Page-table pages protected alone (the fallback's and every one of
+    /// [`Strategy::Pagewise`](crate::Strategy::Pagewise)) still allocated.
     pub single_pages_live: u64,
+    /// Single 4 KiB frames given the page-table protection by themselves
+    /// (`DirectMap::protect_frame`): the fallback's and `Pagewise`'s pages.
+    pub page_protects: u64,
+    /// Single frames given back their pageblock's protection when freed.
+    pub page_unprotects: u64,
+    /// Page-table allocations that failed for want of protected memory
+    /// (`OutOfMemory` or `ReserveExhausted`).
+    pub page_table_failures: u64,
+    /// Free pages of the page-table freetype outside whole free pageblocks
+    /// (free blocks below a pageblock, and pages in per-CPU caches): no
+    /// conversion can take them back until their pageblock's other pages
+    /// are free, so no other freetype can use them. Computed per snapshot.
+    pub stranded_protected: u64,
+    /// Page tables handed out unprotected by
+    /// [`PtFallback::Unprotected`](crate::PtFallback::Unprotected), in all.
+    pub exposed_tables: u64,
+    /// Of those, the ones still allocated (and still exposed).
+    pub exposed_live: u64,
+    /// How long they were exposed, in allocations: the sum over exposed
+    /// tables of the allocations made while each was live (after it was
+    /// handed out, up to its free, or up to now for live ones).
+    pub exposure_allocations: u64,
+    /// The direct map's leaf entries by size, if the backend counts them
+    /// ([`DirectMap::mappings`](crate::DirectMap::mappings)).
+    pub direct_map: Option<MappingCounts>,
     /// Pageblocks compaction emptied (by moving their movable blocks out)
     /// so that a page-table conversion could take them.
     pub compactions: u64,
@@ -102,6 +129,14 @@ impl Stats {
             watermark_refusals: 0,
             single_page_fallbacks: 0,
             single_pages_live: 0,
+            page_protects: 0,
+            page_unprotects: 0,
+            page_table_failures: 0,
+            stranded_protected: 0,
+            exposed_tables: 0,
+            exposed_live: 0,
+            exposure_allocations: 0,
+            direct_map: None,
             compactions: 0,
             compactions_failed: 0,
             pages_moved: 0,

@@ -158,6 +158,7 @@ fn config(reserve_target: usize) -> Config {
         reserve_target,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     }
 }
 

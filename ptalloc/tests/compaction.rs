@@ -43,6 +43,7 @@ fn allocator<'m>(meta: &'m [FrameMeta], owner: &'m dyn Migrate) -> Alloc<'m> {
         reserve_target: 8,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let map = SimDirectMap::new(meta.len() as u64, LargestPage::Mega, 2);
     let alloc = Alloc::new(meta, Pfn(0), config, map)
@@ -317,6 +318,7 @@ fn without_a_migrator_nothing_moves() {
         reserve_target: 8,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let map = SimDirectMap::new(FRAMES, LargestPage::Mega, 2);
     let alloc = Alloc::new(&meta, Pfn(0), config, map).unwrap();

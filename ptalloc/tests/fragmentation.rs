@@ -48,6 +48,7 @@ fn allocator(meta: &[FrameMeta], largest: LargestPage) -> Alloc<'_> {
         reserve_target: 4,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     allocator_with(meta, largest, config)
 }
@@ -200,6 +201,7 @@ fn allocator_with_fallback(meta: &[FrameMeta]) -> Alloc<'_> {
         reserve_target: 8,
         conversion_watermark: 0,
         single_page_fallback: true,
+        ..Config::default()
     };
     allocator_with(meta, LargestPage::Mega, config)
 }
@@ -374,6 +376,7 @@ fn the_watermark_holds_whole_pageblocks_for_page_tables_only() {
         reserve_target: 0,
         conversion_watermark: 1,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = allocator_with(&meta, LargestPage::Mega, config);
     let kernel = |order| alloc.alloc(0, order, Freetype::KERNEL, AllocFlags::empty());
@@ -440,6 +443,7 @@ fn borrowing_never_takes_a_whole_pageblock_nor_serves_page_tables() {
         reserve_target: 0,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = allocator_with(&meta, LargestPage::Mega, config);
     // The kernel's smallest free block is a whole pageblock: a small user

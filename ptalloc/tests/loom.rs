@@ -86,6 +86,7 @@ fn allocator(frames: u64) -> Arc<Alloc> {
         reserve_target: 0,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = Alloc::new(meta, Pfn(0), config, Flat).expect("valid configuration");
     alloc
@@ -454,6 +455,7 @@ fn a_conversion_shootdown_is_answered_by_a_cpu_waiting_for_the_lock() {
             reserve_target: 0,
             conversion_watermark: 0,
             single_page_fallback: false,
+            ..Config::default()
         };
         let alloc =
             Shot::new(meta, Pfn(0), config, Shooting::default()).expect("valid configuration");

@@ -11,7 +11,9 @@
 //! `PROPTEST_CASES=1000`.
 
 use proptest::prelude::*;
+// The proptest trait, not the allocator's `Strategy` (both come in by glob).
 use proptest::sample::Index;
+use proptest::strategy::Strategy;
 use proptest::test_runner::TestCaseError;
 use ptalloc::sim::{self, LargestPage, SimCounters, SimDirectMap, SimMover, TableLevel};
 use ptalloc::*;
@@ -63,6 +65,7 @@ fn config(
         reserve_target,
         conversion_watermark,
         single_page_fallback,
+        ..Config::default()
     }
 }
 

@@ -97,6 +97,7 @@ fn allocator(meta: &[FrameMeta]) -> PageAllocator<'_, Counting, 2> {
         reserve_target: 4,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = PageAllocator::new(meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -233,6 +234,7 @@ fn empty_reserve_gives_a_clear_error_and_no_unprotected_table() {
         reserve_target: 0,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = PageAllocator::<_, 1>::new(&meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -322,6 +324,7 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
         reserve_target: 4,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = PageAllocator::<_, 1>::new(&meta, Pfn(0), config, Counting::default()).unwrap();
     alloc
@@ -350,6 +353,7 @@ fn add_memory_rejects_overlaps_and_bad_ranges() {
         reserve_target: 4,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     assert!(matches!(
         PageAllocator::<_, 1>::new(&meta, Pfn(0), bad_pt, Counting::default()),

@@ -182,6 +182,7 @@ fn four_cpus_never_hold_the_same_frame() {
         reserve_target: 8,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let alloc = PageAllocator::<_, CPUS>::new(&meta, Pfn(0), config, sim).unwrap();
     alloc
