@@ -1,7 +1,8 @@
 //! The fragmentation benchmark: does a page-table allocation fail while
 //! memory is free, under a realistic load around the page tables?
 //!
-//! The load (a seeded model, [`Load`]): data blocks of orders 0 to 9 (45% of
+//! The load (a seeded model, [`Load`], in `common/load.rs` and shared with
+//! `benches/strategies.rs`): data blocks of orders 0 to 9 (45% of
 //! their frames order 0, 15% order 9, 5% each order between; by count
 //! almost all order 0), two thirds movable user memory and one third
 //! unmovable kernel memory, allocated alongside page-table pages (one
@@ -35,166 +36,24 @@
 
 mod common;
 
-use common::{MAPPED, PEER_ORDER, PT, RESERVE_TARGET, Rng, new_meta};
-use ptalloc::sim::{LargestPage, SimDirectMap, SimMover};
-use ptalloc::{
-    AllocError, AllocFlags, Config, DEFAULT_CONVERSION_WATERMARK, Freetype, Mobility,
-    PAGEBLOCK_ORDER, PageAllocator, Pfn, Protection,
+use common::load::{
+    BURST_HIGH_PERCENT, DATA_ORDERS, HALF_SWINGS, HIGH_PERCENT, LOW_PERCENT, Load, Op, Ours,
+    PT_BURST, PT_ONE_IN, SEEDS, replay, timed,
 };
-use std::collections::HashMap;
+use common::{MAPPED, PEER_ORDER, PT, RESERVE_TARGET, new_meta};
+use ptalloc::sim::{LargestPage, SimDirectMap, SimMover};
+use ptalloc::{AllocError, Config, DEFAULT_CONVERSION_WATERMARK, Freetype, PAGEBLOCK_ORDER, Pfn};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Movable user memory, the bulk of the data blocks.
-const USER: Freetype = Freetype {
-    mobility: Mobility::Movable,
-    protection: Protection::Mapped,
-};
-
 /// Frames of a pageblock.
 const PAGEBLOCK_FRAMES: u64 = 1 << PAGEBLOCK_ORDER;
-/// Largest data block order.
-const MAX_DATA_ORDER: u32 = PAGEBLOCK_ORDER;
-const DATA_ORDERS: usize = MAX_DATA_ORDER as usize + 1;
-
-/// Seeds every machine runs.
-const SEEDS: [u64; 3] = [0x5eed_f001, 0x5eed_f002, 0x5eed_f003];
-/// Fill swings per run: 90% full, then 60%, then 90%, and so on.
-const HALF_SWINGS: usize = 8;
-/// One allocation in this many is a page-table page.
-const PT_ONE_IN: usize = 16;
-/// Fill bounds, in percent of the machine's frames.
-const LOW_PERCENT: u64 = 60;
-const HIGH_PERCENT: u64 = 90;
 
 const GOAL_FLUSH_RATIO: f64 = 1.5;
 
-/// Page-table pages allocated at once at every peak in the watermark
-/// sweep: 4 pageblocks' worth, a large address space built in one go.
-const PT_BURST: usize = 2048;
-/// How full the sweep's load gets before each burst.
-const SWEEP_HIGH_PERCENT: u64 = 98;
 /// Watermarks the sweep tries.
 const SWEEP: [usize; 6] = [0, 1, 2, 4, 8, 16];
-
-/// ptalloc as the benchmark runs it: two CPU caches.
-type Ours<'m> = PageAllocator<'m, SimDirectMap, 2>;
-
-/// One operation of the load. Blocks are named by the index of the
-/// operation that allocated them.
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Data {
-        order: u32,
-        freetype: Freetype,
-        cpu: usize,
-    },
-    PageTable {
-        cpu: usize,
-    },
-    Free {
-        block: usize,
-        cpu: usize,
-    },
-}
-
-/// The load of one seed on one machine, generated before either side runs.
-struct Load {
-    ops: Vec<Op>,
-}
-
-impl Load {
-    /// The load; `pt_burst` page-table pages more are allocated at once at
-    /// every peak (a large address space built in one go), 0 for none.
-    fn generate(machine_frames: u64, seed: u64, high_percent: u64, pt_burst: usize) -> Self {
-        let mut rng = Rng::new(seed);
-        // Count weights from frame shares: share_k / 2^k, in parts per
-        // 2^20 of the order-0 weight.
-        let shares: [u64; DATA_ORDERS] = [45, 5, 5, 5, 5, 5, 5, 5, 5, 15];
-        let weights: Vec<u64> = shares
-            .iter()
-            .enumerate()
-            .map(|(order, share)| (share << 20) >> order)
-            .collect();
-        let total_weight: u64 = weights.iter().sum();
-        let (low, high) = (
-            machine_frames * LOW_PERCENT / 100,
-            machine_frames * high_percent / 100,
-        );
-        let mut ops = Vec::new();
-        // Frames each allocation asked for (0 for frees), by operation.
-        let mut frames = Vec::new();
-        let mut live: Vec<usize> = Vec::new();
-        let mut filled = 0u64;
-        let mut filling = true;
-        let mut half_swings = 0;
-        while half_swings < HALF_SWINGS {
-            let cpu = (rng.next_u64() & 1) as usize;
-            if filling {
-                let op = if rng.below(PT_ONE_IN) == 0 {
-                    Op::PageTable { cpu }
-                } else {
-                    let mut pick = rng.next_u64() % total_weight;
-                    let order = weights
-                        .iter()
-                        .position(|&w| {
-                            let hit = pick < w;
-                            pick = pick.saturating_sub(w);
-                            hit
-                        })
-                        .unwrap_or(0) as u32;
-                    let freetype = if rng.below(3) == 0 { MAPPED } else { USER };
-                    Op::Data {
-                        order,
-                        freetype,
-                        cpu,
-                    }
-                };
-                let size = match op {
-                    Op::Data { order, .. } => 1 << order,
-                    _ => 1,
-                };
-                live.push(ops.len());
-                ops.push(op);
-                frames.push(size);
-                filled += size;
-                if filled >= high {
-                    for _ in 0..pt_burst {
-                        let cpu = (rng.next_u64() & 1) as usize;
-                        live.push(ops.len());
-                        ops.push(Op::PageTable { cpu });
-                        frames.push(1);
-                        filled += 1;
-                    }
-                    filling = false;
-                    half_swings += 1;
-                }
-            } else {
-                let at = rng.below(live.len());
-                let block = live.swap_remove(at);
-                filled -= frames[block];
-                ops.push(Op::Free { block, cpu });
-                frames.push(0);
-                if filled <= low {
-                    filling = true;
-                    half_swings += 1;
-                }
-            }
-        }
-        Self { ops }
-    }
-}
-
-/// Runs `f` and adds its duration to `spent`: the figures time the
-/// allocator calls only, not the replay's own bookkeeping (the owner's
-/// books, the move log), the same way on both sides.
-fn timed<T>(spent: &mut Duration, f: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
-    let result = f();
-    *spent += start.elapsed();
-    result
-}
 
 /// What one side did with one load.
 #[derive(Clone, Debug, Default)]
@@ -255,6 +114,7 @@ fn run_ours(
         reserve_target: RESERVE_TARGET,
         conversion_watermark: watermark,
         single_page_fallback: true,
+        ..Config::default()
     };
     let map = SimDirectMap::new(machine_frames, largest, 2);
     let mut alloc = Ours::new(&meta, Pfn(0), config, map).expect("allocator set-up");
@@ -267,71 +127,34 @@ fn run_ours(
     // As the kernel does at boot: the split reserve starts full.
     alloc.refill_reserve().expect("fill the split reserve");
     let mut out = Outcome::default();
-    let mut held: Vec<Option<(Pfn, u32)>> = vec![None; load.ops.len()];
-    // Movable blocks by first frame: which operation allocated them.
-    let mut movable: HashMap<u64, usize> = HashMap::new();
     let mut live_pt = 0u64;
     let mut spent = Duration::ZERO;
-    for (i, &op) in load.ops.iter().enumerate() {
-        match op {
-            Op::Data {
-                order,
-                freetype,
-                cpu,
-            } => match timed(&mut spent, || {
-                alloc.alloc(cpu, order, freetype, AllocFlags::empty())
-            }) {
-                Ok(pfn) => {
-                    held[i] = Some((pfn, order));
-                    if freetype.mobility == Mobility::Movable {
-                        owner.hold(pfn, order, freetype);
-                        movable.insert(pfn.0, i);
-                    }
-                }
-                Err(_) => out.data_refused[order as usize] += 1,
-            },
-            Op::PageTable { cpu } => {
+    replay(load, &alloc, &owner, &mut spent, |op, result| {
+        match (op, result) {
+            (Op::Data { order, .. }, Err(_)) => out.data_refused[*order as usize] += 1,
+            (Op::Data { .. }, Ok(_)) => {}
+            (Op::PageTable { .. }, Ok(_)) => {
                 out.pt_allocs += 1;
-                match timed(&mut spent, || alloc.alloc(cpu, 0, PT, AllocFlags::empty())) {
-                    Ok(pfn) => {
-                        held[i] = Some((pfn, 0));
-                        live_pt += 1;
-                        out.peak_live_pt = out.peak_live_pt.max(live_pt);
-                    }
-                    Err(error) => {
-                        out.pt_failed += 1;
-                        let free = free_frames(&alloc);
-                        if free >= PAGEBLOCK_FRAMES {
-                            out.pt_errors_with_free_memory[error_index(error)] += 1;
-                            out.pt_failed_with_free_memory += 1;
-                            out.most_free_at_failure = out.most_free_at_failure.max(free);
-                        }
-                    }
+                live_pt += 1;
+                out.peak_live_pt = out.peak_live_pt.max(live_pt);
+            }
+            (Op::PageTable { .. }, Err(error)) => {
+                out.pt_allocs += 1;
+                out.pt_failed += 1;
+                let free = free_frames(&alloc);
+                if free >= PAGEBLOCK_FRAMES {
+                    out.pt_errors_with_free_memory[error_index(error)] += 1;
+                    out.pt_failed_with_free_memory += 1;
+                    out.most_free_at_failure = out.most_free_at_failure.max(free);
                 }
             }
-            Op::Free { block, cpu } => {
-                if let Some((pfn, order)) = held[block].take() {
-                    if matches!(load.ops[block], Op::PageTable { .. }) {
-                        live_pt -= 1;
-                    }
-                    if movable.remove(&pfn.0).is_some() {
-                        owner.release(pfn);
-                    }
-                    timed(&mut spent, || alloc.free(cpu, pfn, order))
-                        .expect("freeing a live block");
+            (Op::Free { block, .. }, _) => {
+                if matches!(load.ops[*block], Op::PageTable { .. }) {
+                    live_pt -= 1;
                 }
             }
         }
-        // Follow the blocks compaction moved.
-        for (from, to) in owner.take_moves() {
-            if let Some(block) = movable.remove(&from.0) {
-                movable.insert(to.0, block);
-                if let Some((pfn, _)) = held[block].as_mut() {
-                    *pfn = to;
-                }
-            }
-        }
-    }
+    });
     out.ns_per_op = spent.as_nanos() as f64 / load.ops.len() as f64;
     let stats = alloc.stats();
     out.compactions = stats.compactions;
@@ -585,7 +408,7 @@ fn watermark_sweep() -> Vec<SweepRow> {
     let frames = 1u64 << 18;
     let loads: Vec<Load> = SEEDS
         .iter()
-        .map(|&seed| Load::generate(frames, seed, SWEEP_HIGH_PERCENT, PT_BURST))
+        .map(|&seed| Load::generate(frames, seed, BURST_HIGH_PERCENT, PT_BURST))
         .collect();
     SWEEP
         .iter()
@@ -605,7 +428,7 @@ fn render_sweep(rows: &[SweepRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nconversion watermark, 1 GiB with 1 GiB pages, the same load to {SWEEP_HIGH_PERCENT}% full, \
+        "\nconversion watermark, 1 GiB with 1 GiB pages, the same load to {BURST_HIGH_PERCENT}% full, \
          then {PT_BURST} page-table pages at once at every peak ({} seeds; default \
          {DEFAULT_CONVERSION_WATERMARK}):\n",
         SEEDS.len()

@@ -12,6 +12,8 @@
 // Each benchmark binary uses part of this module.
 #![allow(dead_code)]
 
+pub mod load;
+
 use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
 use ptalloc::sim::{self, LargestPage, SimDirectMap, TableLevel};
 use ptalloc::{
@@ -68,6 +70,7 @@ pub fn ours(meta: &[FrameMeta]) -> Ours<'_> {
         reserve_target: RESERVE_TARGET,
         conversion_watermark: 0,
         single_page_fallback: false,
+        ..Config::default()
     };
     let map = SimDirectMap::new(frames, LargestPage::Giga, 1);
     let alloc = PageAllocator::new(meta, Pfn(0), config, map).expect("allocator set-up");
