@@ -88,6 +88,7 @@ pub fn kernel_config(machine: &Machine) -> Config {
             0
         },
         single_page_fallback: true,
+        ..Config::default()
     }
 }
 
@@ -365,6 +366,14 @@ pub fn stats_json(stats: &Stats) -> Value {
         compactions_failed,
         pages_moved,
         migrations_refused,
+        page_protects,
+        page_unprotects,
+        page_table_failures,
+        stranded_protected,
+        exposed_tables,
+        exposed_live,
+        exposure_allocations,
+        direct_map,
     } = stats;
     let by_freetype = |values: &[u64; NR_FREETYPES]| -> Value {
         let mut map = Map::new();
@@ -427,6 +436,18 @@ pub fn stats_json(stats: &Stats) -> Value {
         "compactions_failed": compactions_failed,
         "pages_moved": pages_moved,
         "migrations_refused": migrations_refused,
+        "page_protects": page_protects,
+        "page_unprotects": page_unprotects,
+        "page_table_failures": page_table_failures,
+        "stranded_protected": stranded_protected,
+        "exposed_tables": exposed_tables,
+        "exposed_live": exposed_live,
+        "exposure_allocations": exposure_allocations,
+        "direct_map": direct_map.map(|m| json!({
+            "pages_1g": m.pages_1g,
+            "pages_2m": m.pages_2m,
+            "pages_4k": m.pages_4k,
+        })),
     })
 }
 

@@ -183,6 +183,9 @@ pub(super) fn init(
         // sealed record names the single pages it keys, so the walk,
         // `paging` and the ephemeral slot see them as page-table memory.
         single_page_fallback: true,
+        // Today's design: the other strategies (the policy lab) need the
+        // direct-map backend's support first.
+        ..Config::default()
     };
     // Built inside the `Once`: the allocator is large (a cache per CPU),
     // and each move through the stack would copy it.
