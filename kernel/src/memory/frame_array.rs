@@ -16,8 +16,6 @@
 
 use super::direct_map::DIRECT_MAP_BASE;
 use super::frames::{self, Frame, FrameError};
-#[allow(unused_imports)]
-use crate::testing::TestResult;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use ptalloc::{Freetype, Mobility, Protection};
