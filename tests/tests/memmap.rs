@@ -33,7 +33,11 @@ fn the_pageblock_map_after_boot_and_at_the_churn_peak() {
     assert_eq!(boot_map.blocks[1].page, MapPage::Split);
     // Every other pageblock is the allocator's, free ones included (a free
     // block larger than a pageblock names each pageblock's freetype).
-    let managed = boot_map.blocks.iter().filter(|b| b.freetype.is_some()).count();
+    let managed = boot_map
+        .blocks
+        .iter()
+        .filter(|b| b.freetype.is_some())
+        .count();
     assert_eq!(managed, 63, "{boot_map:?}");
     // Page tables have a pageblock at boot, and more at the churn's peak
     // (about 10,000 tables: some twenty pageblocks), each well filled.

@@ -55,7 +55,16 @@ impl Recorder {
 
 impl Finalise<Vec<Slot>> for Recorder {
     fn unmap(&mut self, cap: &Cap) {
-        assert!(cap.mapping().is_some(), "unmap of an unmapped cap {cap:?}");
+        let mapping = cap.mapping().expect("unmap of an unmapped cap");
+        // The contract: an unmap never names a VSpace already finalised.
+        assert!(
+            !self
+                .finalised
+                .iter()
+                .any(|(dead, _)| dead.object_type() == Some(ObjectType::Pml4)
+                    && dead.object() == Some(mapping.vspace)),
+            "unmap of {cap:?} into a finalised VSpace"
+        );
         self.unmapped.push(*cap);
     }
 
