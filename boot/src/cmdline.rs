@@ -29,7 +29,16 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("inject", "none, empty-reserve"),
     ("flushlimit", "auto, or 0-512 pageblocks"),
     ("roottask", "run, suite"),
-    ("memmap", "none, or POINT[,POINT] of boot, churn"),
+    ("memmap", "none, or POINT[,POINT...] of boot, churn, lab"),
+    (
+        "ptstrategy",
+        "freetype, pagewise, granular, protected-first",
+    ),
+    ("ptfallback", "fail, unprotected"),
+    (
+        "lab",
+        "none, or WORKLOAD[,WORKLOAD...] of churn, spaces, storm",
+    ),
 ];
 
 /// Most pageblocks `flushlimit=` accepts: one 1 GiB page's worth, beyond
@@ -66,6 +75,61 @@ pub struct MemmapPoints {
     pub boot: bool,
     /// At the peak of the page-table churn test (label `churn-peak`).
     pub churn: bool,
+    /// After each lab workload (label `after-<workload>`).
+    pub lab: bool,
+}
+
+/// How the page allocator finds protected memory for page tables
+/// (`ptstrategy=`): the policy lab's strategies, `ptalloc::Strategy` in
+/// the kernel (its doc says what each one does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PtStrategy {
+    /// Whole-pageblock conversion with a split reserve (the default).
+    #[default]
+    Freetype,
+    /// Each page table protected by itself, splitting the direct map.
+    Pagewise,
+    /// A direct map of 2 MiB pages from boot, so no 1 GiB split ever.
+    Granular,
+    /// Memory starts protected; pageblocks are unprotected on demand.
+    ProtectedFirst,
+}
+
+/// What a page-table allocation does when no protected page can be had
+/// (`ptfallback=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PtFallback {
+    /// Fail: a page table is never unprotected (the default).
+    #[default]
+    Fail,
+    /// Hand out an ordinary, unprotected page as the page table (the
+    /// verification walk fails while one lives).
+    Unprotected,
+}
+
+/// An in-kernel workload of the policy lab (`lab=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabWorkload {
+    /// Page-table churn: thousands of tables allocated, then freed.
+    Churn,
+    /// Address spaces created, populated and destroyed (fork/exec-like).
+    Spaces,
+    /// A map/unmap storm while ordinary memory is nearly exhausted.
+    Storm,
+}
+
+impl LabWorkload {
+    /// Every workload, in the order `lab=` names them.
+    pub const ALL: [LabWorkload; 3] = [Self::Churn, Self::Spaces, Self::Storm];
+
+    /// Its name on the command line and in the lab's log lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Churn => "churn",
+            Self::Spaces => "spaces",
+            Self::Storm => "storm",
+        }
+    }
 }
 
 /// What the kernel does with the first boot module.
@@ -113,6 +177,15 @@ pub struct KernelConfig {
     pub roottask: RootTaskMode,
     /// `memmap=`: when to dump the pageblock map (default: never).
     pub memmap: MemmapPoints,
+    /// `ptstrategy=`: where page tables find protected memory (default
+    /// `freetype`).
+    pub ptstrategy: PtStrategy,
+    /// `ptfallback=`: a page table when none can be protected (default
+    /// `fail`).
+    pub ptfallback: PtFallback,
+    /// `lab=`: the lab workloads to run after boot, in order (default:
+    /// none).
+    pub lab: Vec<LabWorkload, { LabWorkload::ALL.len() }>,
 }
 
 /// A command line the kernel refuses.
@@ -206,7 +279,7 @@ impl KernelConfig {
     /// Parses a whole command line.
     pub fn parse(line: &str) -> Result<Self, CmdlineError<'_>> {
         let mut config = KernelConfig::default();
-        let mut seen: Vec<&'static str, 8> = Vec::new();
+        let mut seen: Vec<&'static str, { OPTIONS.len() }> = Vec::new();
         for word in line.split_ascii_whitespace() {
             let (key, value) = word
                 .split_once('=')
@@ -218,7 +291,7 @@ impl KernelConfig {
             if seen.contains(&option) {
                 return Err(CmdlineError::Repeated(option));
             }
-            // OPTIONS has fewer entries than `seen` holds.
+            // `seen` holds every entry of OPTIONS.
             let _ = seen.push(option);
             let bad_value = CmdlineError::BadValue {
                 option,
@@ -245,6 +318,23 @@ impl KernelConfig {
                         _ => return Err(bad_value),
                     }
                 }
+                "ptstrategy" => {
+                    config.ptstrategy = match value {
+                        "freetype" => PtStrategy::Freetype,
+                        "pagewise" => PtStrategy::Pagewise,
+                        "granular" => PtStrategy::Granular,
+                        "protected-first" => PtStrategy::ProtectedFirst,
+                        _ => return Err(bad_value),
+                    }
+                }
+                "ptfallback" => {
+                    config.ptfallback = match value {
+                        "fail" => PtFallback::Fail,
+                        "unprotected" => PtFallback::Unprotected,
+                        _ => return Err(bad_value),
+                    }
+                }
+                "lab" => config.lab = parse_lab(value).ok_or(bad_value)?,
                 "demo" => {
                     config.demo = match value {
                         "none" => Demo::None,
@@ -269,6 +359,7 @@ fn parse_memmap(value: &str) -> Option<MemmapPoints> {
         let seen = match point {
             "boot" => core::mem::replace(&mut points.boot, true),
             "churn" => core::mem::replace(&mut points.churn, true),
+            "lab" => core::mem::replace(&mut points.lab, true),
             _ => return None,
         };
         if seen {
@@ -276,6 +367,23 @@ fn parse_memmap(value: &str) -> Option<MemmapPoints> {
         }
     }
     Some(points)
+}
+
+/// `none`, or a comma-separated list of lab workloads, each at most once.
+fn parse_lab(value: &str) -> Option<Vec<LabWorkload, { LabWorkload::ALL.len() }>> {
+    let mut workloads = Vec::new();
+    if value == "none" {
+        return Some(workloads);
+    }
+    for name in value.split(',') {
+        let workload = LabWorkload::ALL.into_iter().find(|w| w.name() == name)?;
+        if workloads.contains(&workload) {
+            return None;
+        }
+        // Each of ALL at most once: it fits.
+        let _ = workloads.push(workload);
+    }
+    Some(workloads)
 }
 
 /// `auto`, or a decimal number of pageblocks up to [`MAX_FLUSH_LIMIT`].
@@ -331,6 +439,51 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_lab_options() {
+        let config = KernelConfig::parse(
+            "ptstrategy=protected-first ptfallback=unprotected lab=storm,churn memmap=lab",
+        )
+        .unwrap();
+        assert_eq!(config.ptstrategy, PtStrategy::ProtectedFirst);
+        assert_eq!(config.ptfallback, PtFallback::Unprotected);
+        assert_eq!(config.lab, [LabWorkload::Storm, LabWorkload::Churn]);
+        assert!(config.memmap.lab && !config.memmap.boot);
+        let defaults = KernelConfig::parse("").unwrap();
+        assert_eq!(
+            (defaults.ptstrategy, defaults.ptfallback, defaults.lab.len()),
+            (PtStrategy::Freetype, PtFallback::Fail, 0)
+        );
+        for (word, strategy) in [
+            ("freetype", PtStrategy::Freetype),
+            ("pagewise", PtStrategy::Pagewise),
+            ("granular", PtStrategy::Granular),
+        ] {
+            let line = std::format!("ptstrategy={word}");
+            assert_eq!(KernelConfig::parse(&line).unwrap().ptstrategy, strategy);
+        }
+        assert!(KernelConfig::parse("lab=none").unwrap().lab.is_empty());
+        assert_eq!(
+            KernelConfig::parse("lab=churn,spaces,storm").unwrap().lab,
+            LabWorkload::ALL
+        );
+        for (bad, option) in [
+            ("ptstrategy=buddy", "ptstrategy"),
+            ("ptstrategy=", "ptstrategy"),
+            ("ptfallback=dodge", "ptfallback"),
+            ("lab=churn,churn", "lab"),
+            ("lab=", "lab"),
+            ("lab=churn,", "lab"),
+            ("lab=none,churn", "lab"),
+            ("lab=fork", "lab"),
+        ] {
+            assert!(
+                matches!(KernelConfig::parse(bad), Err(CmdlineError::BadValue { option: o, .. }) if o == option),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_every_option() {
         let config = KernelConfig::parse(" ptprot=none  pkfault=soft test=a_1,b ").unwrap();
         assert_eq!(config.ptprot, ProtectionPolicy::None);
@@ -357,7 +510,8 @@ mod tests {
             points("memmap=churn,boot"),
             Ok(MemmapPoints {
                 boot: true,
-                churn: true
+                churn: true,
+                lab: false,
             })
         );
         for bad in [

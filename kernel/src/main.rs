@@ -21,6 +21,7 @@ mod arch;
 mod console;
 mod demo;
 mod fatal;
+mod lab;
 mod log;
 mod memory;
 mod object;
@@ -163,6 +164,10 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     }
     if !boot.verified.passed() && boot.ptprot != ProtectionPolicy::None {
         println!("boot: the verification walk failed: page tables are not protected");
+        exit_qemu(ExitCode::Failure);
+    }
+
+    if !boot.config.lab.is_empty() && !lab::run(&boot.config.lab) {
         exit_qemu(ExitCode::Failure);
     }
 

@@ -162,6 +162,12 @@ fn print_allocator(boot: &BootState) {
         info.metadata.start,
         info.conversion_watermark
     );
+    let policy = memory::frames::policy();
+    println!(
+        "page-table policy: ptstrategy={} ptfallback={}",
+        policy.strategy_name(),
+        policy.fallback_name()
+    );
     print!("pageblocks:");
     for freetype in ptalloc::Freetype::all() {
         let count = stats.pageblocks[freetype.index()];

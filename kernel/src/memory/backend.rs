@@ -18,13 +18,17 @@
 //!   says what the QEMU tests can and cannot see of flushes).
 //! - `zero` writes through the direct map (inside a window for the key of
 //!   a protected page), or through the ephemeral slot for unmapped pages.
+//! - `largest_page` answers from the map as built: the direct map never
+//!   grows, so one built without 1 GiB pages (`ptstrategy=granular`, or a
+//!   CPU or machine without them) never has one. `mappings` counts the
+//!   leaf entries by walking the direct map's tables under the edit lock.
 //!
 //! Every page-table write happens inside a page-table write window, and
 //! every pageblock change, and every single page-table page, is written
 //! to the sealed record ([`super::sealed`]) in the same call, under the
 //! same lock; a range the record does not cover keeps `Mapped`.
 
-use super::direct_map::{DIRECT_MAP_BASE, GIB, MIB2};
+use super::direct_map::{DIRECT_MAP_BASE, DirectMapInfo, GIB, MIB2};
 use super::ephemeral;
 use super::pte;
 use super::pte::{ADDRESS, LARGE, NO_EXECUTE, PRESENT, WRITABLE};
@@ -35,14 +39,16 @@ use boot::layout::KERNEL_VIRT;
 use core::sync::atomic::{AtomicBool, Ordering};
 use pkeys::{Mechanism, Pkey};
 use ptalloc::{
-    DirectMap, DirectMapError, FlushReport, PageblockRange, Pfn, ProtectReport, Protection,
-    SplitPages,
+    DirectMap, DirectMapError, FlushReport, MappingCounts, PageSize, PageblockRange, Pfn,
+    ProtectReport, Protection, SplitPages,
 };
 
 /// The real direct map, as `ptalloc` sees it.
 pub struct KernelDirectMap {
     /// Physical address of the direct map's PDPT.
     pdpt_phys: u64,
+    /// Whether the map was built with any 1 GiB page.
+    has_gib_pages: bool,
     /// NX bit for data mappings (0 on CPUs without NX).
     nx: u64,
     /// Serialises edits (ptalloc converts under its lock, but the kernel's
@@ -55,10 +61,11 @@ pub struct KernelDirectMap {
 }
 
 impl KernelDirectMap {
-    /// The backend for a direct map whose PDPT is at `pdpt_phys`.
-    pub fn new(pdpt_phys: u64, nx: bool) -> Self {
+    /// The backend for the direct map `built`.
+    pub fn new(built: &DirectMapInfo, nx: bool) -> Self {
         Self {
-            pdpt_phys,
+            pdpt_phys: built.pdpt_phys,
+            has_gib_pages: built.giga_pages > 0,
             nx: if nx { NO_EXECUTE } else { 0 },
             edits: Mutex::new(()),
             needs_full_flush: AtomicBool::new(false),
@@ -404,6 +411,46 @@ impl DirectMap for KernelDirectMap {
         let full = self.needs_full_flush.swap(false, Ordering::Relaxed);
         let remote = tlb::flush_direct_map(range.start.addr(), range.pageblocks, full);
         FlushReport { local: 1, remote }
+    }
+
+    fn largest_page(&self) -> Option<PageSize> {
+        Some(if self.has_gib_pages {
+            PageSize::Size1G
+        } else {
+            PageSize::Size2M
+        })
+    }
+
+    fn mappings(&self) -> Option<MappingCounts> {
+        if self.pdpt_phys == 0 {
+            return None;
+        }
+        let _edits = self.edits.lock();
+        let mut counts = MappingCounts::default();
+        let present = |table: *mut u64, index: usize| {
+            // SAFETY: the direct map's tables are page-table frames mapped
+            // readable; under `edits` no entry changes while it is read.
+            let entry = unsafe { table.add(index).read_volatile() };
+            (entry & PRESENT != 0).then_some(entry)
+        };
+        let pdpt = any_table(self.pdpt_phys);
+        for pdpte in (0..512).filter_map(|i| present(pdpt, i)) {
+            if pdpte & LARGE != 0 {
+                counts.pages_1g += 1;
+                continue;
+            }
+            let pd = any_table(pdpte & ADDRESS);
+            for pde in (0..512).filter_map(|i| present(pd, i)) {
+                if pde & LARGE != 0 {
+                    counts.pages_2m += 1;
+                } else {
+                    let pt = any_table(pde & ADDRESS);
+                    counts.pages_4k +=
+                        (0..512).filter(|&i| present(pt, i).is_some()).count() as u64;
+                }
+            }
+        }
+        Some(counts)
     }
 
     fn wait_for_lock(&self) {

@@ -20,7 +20,12 @@
 //! - from 1 GiB of whole free pageblocks up, `ptalloc`'s conversion
 //!   watermark holds `ptalloc::DEFAULT_CONVERSION_WATERMARK` whole free
 //!   pageblocks for page tables (none on a smaller machine);
-//! - `ptalloc`'s single-page fallback is on: when no whole free pageblock
+//! - the policy lab's choices (`ptstrategy=`, `ptfallback=`, [`PtPolicy`])
+//!   select `ptalloc`'s strategy and page-table fallback; under
+//!   `ptfallback=unprotected` the single-page fallback below is off, and
+//!   a page table no conversion can serve is an exposed, unprotected page
+//!   (`paging` accepts it, the verification walk reports it);
+//! - otherwise `ptalloc`'s single-page fallback is on: when no whole free pageblock
 //!   can become page-table memory, a page table is one free page of a
 //!   mapped pageblock keyed by itself, which the backend records in the
 //!   sealed record's set of single page-table pages. So a page-table
@@ -41,7 +46,7 @@ use boot::memory_map::MemoryMap;
 use core::ops::Range;
 use ptalloc::{
     AllocError, Config, FrameMeta, Freetype, InitError, METADATA_BYTES_PER_FRAME, Migrate,
-    Mobility, PageAllocator, Pfn, Protection,
+    Mobility, PageAllocator, Pfn, Protection, PtFallback, Strategy,
 };
 
 /// CPUs with a per-CPU cache: one per CPU the kernel can bring up. Each
@@ -119,11 +124,73 @@ pub struct FramesInfo {
 
 const FIRST_MIB: u64 = 1 << 20;
 
+/// The policy lab's choices for the allocator (`ptstrategy=`,
+/// `ptfallback=`), in `ptalloc`'s terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PtPolicy {
+    /// Where page tables find protected memory.
+    pub strategy: Strategy,
+    /// What a page-table allocation does when none can be had.
+    pub fallback: PtFallback,
+}
+
+impl PtPolicy {
+    /// The command line's choices.
+    pub fn from_config(config: &boot::KernelConfig) -> Self {
+        use boot::cmdline as cmd;
+        let strategy = match config.ptstrategy {
+            cmd::PtStrategy::Freetype => Strategy::Freetype,
+            cmd::PtStrategy::Pagewise => Strategy::Pagewise,
+            cmd::PtStrategy::Granular => Strategy::Granular,
+            cmd::PtStrategy::ProtectedFirst => Strategy::ProtectedFirst,
+        };
+        let fallback = match config.ptfallback {
+            cmd::PtFallback::Fail => PtFallback::Fail,
+            cmd::PtFallback::Unprotected => PtFallback::Unprotected,
+        };
+        Self { strategy, fallback }
+    }
+
+    /// The strategy's command-line spelling.
+    pub fn strategy_name(self) -> &'static str {
+        match self.strategy {
+            Strategy::Freetype => "freetype",
+            Strategy::Pagewise => "pagewise",
+            Strategy::Granular => "granular",
+            Strategy::ProtectedFirst => "protected-first",
+        }
+    }
+
+    /// The fallback's command-line spelling.
+    pub fn fallback_name(self) -> &'static str {
+        match self.fallback {
+            PtFallback::Fail => "fail",
+            PtFallback::Unprotected => "unprotected",
+        }
+    }
+
+    /// Whether the direct map may use 1 GiB pages (where the CPU has
+    /// them): not under `granular`, whose point is a direct map of 2 MiB
+    /// pages from boot.
+    pub fn gib_pages(self) -> bool {
+        self.strategy != Strategy::Granular
+    }
+}
+
+/// The policy the allocator was set up with (the default until then).
+static POLICY: spin::Once<PtPolicy> = spin::Once::new();
+
+/// The policy the allocator runs with.
+pub fn policy() -> PtPolicy {
+    POLICY.get().copied().unwrap_or_default()
+}
+
 /// Sets up the allocator. Call once, after the direct map is built.
 pub(super) fn init(
     memory: &MemoryMap,
     direct_map: &DirectMapInfo,
     nx: bool,
+    policy: PtPolicy,
     migrator: &'static dyn Migrate,
 ) -> Result<FramesInfo, FramesError> {
     let highest = memory.summary().highest_usable_end;
@@ -179,25 +246,23 @@ pub(super) fn init(
         page_table: PAGE_TABLES,
         reserve_target: RESERVE_TARGET,
         conversion_watermark: watermark,
-        // The last resort for a page table, never an unprotected one: the
-        // sealed record names the single pages it keys, so the walk,
-        // `paging` and the ephemeral slot see them as page-table memory.
-        single_page_fallback: true,
-        // Today's design: the other strategies (the policy lab) need the
-        // direct-map backend's support first.
-        ..Config::default()
+        // The last resort for a protected page table: the sealed record
+        // names the single pages it keys, so the walk, `paging` and the
+        // ephemeral slot see them as page-table memory. The dodge takes
+        // its place under `ptfallback=unprotected`: with it on, any moment
+        // an unprotected page could be had a protected one can be made,
+        // and the dodge would never be seen.
+        single_page_fallback: policy.fallback == PtFallback::Fail,
+        strategy: policy.strategy,
+        pt_fallback: policy.fallback,
     };
+    POLICY.call_once(|| policy);
     // Built inside the `Once`: the allocator is large (a cache per CPU),
     // and each move through the stack would copy it.
     let allocator = FRAMES
         .try_call_once(|| {
-            PageAllocator::new(
-                meta,
-                Pfn(0),
-                config,
-                KernelDirectMap::new(direct_map.pdpt_phys, nx),
-            )
-            .map(|allocator| allocator.with_migrator(migrator))
+            PageAllocator::new(meta, Pfn(0), config, KernelDirectMap::new(direct_map, nx))
+                .map(|allocator| allocator.with_migrator(migrator))
         })
         .map_err(FramesError::Init)?;
 

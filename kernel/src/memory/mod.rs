@@ -130,12 +130,20 @@ pub fn bring_up(
         return Err(BringUpError::AlreadyUp);
     }
     record_boot_stub_tables().map_err(BringUpError::EarlyTables)?;
-    let direct_map = direct_map::build(memory, features.gib_pages, features.nx)
-        .map_err(BringUpError::DirectMap)?;
+    let policy = frames::PtPolicy::from_config(config);
+    let gib_pages = features.gib_pages && policy.gib_pages();
+    let direct_map =
+        direct_map::build(memory, gib_pages, features.nx).map_err(BringUpError::DirectMap)?;
     let flush_calibration = tlb::init(config.flush_limit, &direct_map);
     ephemeral::init().map_err(BringUpError::EarlyTables)?;
-    let frames = frames::init(memory, &direct_map, features.nx, &movable::USER_FRAMES)
-        .map_err(BringUpError::Frames)?;
+    let frames = frames::init(
+        memory,
+        &direct_map,
+        features.nx,
+        policy,
+        &movable::USER_FRAMES,
+    )
+    .map_err(BringUpError::Frames)?;
     narrow_boot_window();
     if config.inject_empty_reserve && frames::inject_empty_reserve(true) {
         crate::println!("fault injection: the split reserve gives nothing to direct-map splits");

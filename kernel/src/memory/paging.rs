@@ -549,8 +549,18 @@ fn alloc_table(flags: AllocFlags) -> Result<u64, PagingError> {
         .map(Pfn::addr)
         .map_err(PagingError::Alloc)?;
     // The allocator's metadata is ordinary memory; the sealed record
-    // says whether the frame is really protected.
-    if !is_page_table_memory(table) {
+    // says whether the frame is really protected. The one unprotected
+    // table accepted is the one `ptfallback=unprotected` asks for (an
+    // exposed page, as the allocator's metadata says: under that policy
+    // an attacker who can write the metadata wins anyway, and the walk
+    // reports every exposed table that is linked).
+    let exposed = || {
+        frames::policy().fallback == ptalloc::PtFallback::Unprotected
+            && allocator
+                .frame_info(Pfn(table / 4096))
+                .is_some_and(|info| info.exposed)
+    };
+    if !is_page_table_memory(table) && !exposed() {
         panic!(
             "the allocator handed out page table {table:#x}, which the sealed record does not call page-table memory: its metadata was tampered with"
         );
