@@ -104,8 +104,19 @@ fn report(workload: LabWorkload, before: &Snapshot, figures: &Figures, after: &S
     let protection = crate::boot_state().ptprot.name();
     let pt_allocs = (a.allocations - b.allocations).saturating_sub(figures.data_allocations);
     let dm = peak.direct_map.unwrap_or_default();
+    // The walk's keys only where it ran (no walk under `ptprot=none`).
+    let mut walk = heapless::String::<64>::new();
+    if let Some(report) = figures.walk {
+        let _ = core::fmt::write(
+            &mut walk,
+            format_args!(
+                " walk_tables={} walk_violations={}",
+                report.tables, report.violations
+            ),
+        );
+    }
     defmt::info!(
-        "lab: workload={=str} strategy={=str} fallback={=str} protection={=str} ops={=u64} maps={=u64} pt_allocs={=u64} pt_failures={=u64} failed_allocs={=u64} flushes={=u64} flushes_remote={=u64} splits_1g={=u64} splits_2m={=u64} page_protects={=u64} page_unprotects={=u64} conversions={=u64} reserve_taken={=u64} exposed_tables={=u64} exposure_allocs={=u64} pkrs_writes={=u64} dm_1g={=u64} dm_2m={=u64} dm_4k={=u64} stranded={=u64} reserve_level={=u64} reserve_low_water={=u64} exposed_live={=u64}",
+        "lab: workload={=str} strategy={=str} fallback={=str} protection={=str} ops={=u64} maps={=u64} pt_allocs={=u64} pt_failures={=u64} failed_allocs={=u64} flushes={=u64} flushes_remote={=u64} splits_1g={=u64} splits_2m={=u64} page_protects={=u64} page_unprotects={=u64} conversions={=u64} reserve_taken={=u64} exposed_tables={=u64} exposure_allocs={=u64} pkrs_writes={=u64} dm_1g={=u64} dm_2m={=u64} dm_4k={=u64} stranded={=u64} reserve_level={=u64} reserve_low_water={=u64} exposed_live={=u64}{=str}",
         workload.name(),
         strategy,
         fallback,
@@ -132,16 +143,9 @@ fn report(workload: LabWorkload, before: &Snapshot, figures: &Figures, after: &S
         peak.stranded_protected,
         peak.reserve_level,
         peak.reserve_low_water,
-        peak.exposed_live
+        peak.exposed_live,
+        walk.as_str()
     );
-    if let Some(walk) = figures.walk {
-        defmt::info!(
-            "lab: workload={=str} walk_tables={=usize} walk_violations={=u64}",
-            workload.name(),
-            walk.tables,
-            walk.violations
-        );
-    }
 }
 
 const RW: MapFlags = MapFlags {
