@@ -1,30 +1,55 @@
 //! The policy lab: the matrix of {strategy x protection x workload}, its
-//! results, and their table and plots.
+//! results, and their tables and plots.
 //!
 //! The matrix is data. [`STRATEGIES`] names each allocation strategy with
 //! how to select it in the kernel (command-line words) and in the host
-//! simulator (a `ptalloc::Config` builder); `None` means that side does
-//! not have it yet, and its runs are recorded as skipped with the reason.
+//! simulator (a [`HostSetup`] builder: the `ptalloc::Config`, and the
+//! simulated machine where the strategy needs another one, as `granular`
+//! needs a direct map of 2 MiB pages); `None` means that side does not
+//! have it yet, and its runs are recorded as skipped with the reason.
 //! Adding a strategy is one entry there. [`PROTECTIONS`] are the kernel's
-//! protection options; [`KERNEL_WORKLOADS`] the in-kernel workloads, each
-//! a command line and a parser of its log lines. Host workloads are trace
-//! files (`tools/traces/` and any the user brings), replayed by
+//! protection options; [`KERNEL_WORKLOADS`] the in-kernel workloads
+//! (`lab=NAME`), whose figures come from one `lab:` log line each, read
+//! by one parser ([`kernel_line`]). Host workloads are trace files
+//! (`tools/traces/` and any the user brings), replayed by
 //! [`crate::replay`]; protection does not apply to them (the simulator
 //! models the allocator, not the MMU), so they run once per strategy with
-//! protection `sim`.
+//! protection `sim`. The shipped `pressure` trace is the one that presses
+//! memory (`crate::trace::Pattern::Pressure`): only there do page tables
+//! run short, so only there does `ptfallback-unprotected` expose tables
+//! and `freetype` fail some.
 //!
 //! What this module promises: every run of the matrix becomes one
-//! [`RunResult`] (ok, failed with why, or skipped with why), metrics are
-//! named the same for host and kernel runs where they mean the same thing
-//! ([`METRICS`]), and [`Results`] is the schema of `results.json`.
+//! [`RunResult`] (ok, failed with why, or skipped with why); metrics have
+//! one name per meaning across host and kernel runs ([`METRICS`] says
+//! what each counts and where each side gets it); [`Results`] is the
+//! schema of `results.json`; [`tables`] and [`plots`] turn it into
+//! `results.md`, `comparison.md` and the bar charts.
+
+pub mod kernel_line;
+pub mod plots;
+pub mod tables;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
-use plotters::prelude::*;
 use ptalloc::Config;
+use ptalloc::sim::LargestPage;
 use serde::{Deserialize, Serialize};
+
+use crate::memmap::Dump;
+use crate::replay::{self, Machine};
+use crate::trace::Trace;
+
+/// A host replay's set-up: the simulated machine and the allocator's
+/// configuration on it.
+#[derive(Clone, Copy, Debug)]
+pub struct HostSetup {
+    /// The machine (a strategy may change its direct map's largest page).
+    pub machine: Machine,
+    /// The allocator's configuration.
+    pub config: Config,
+}
 
 /// An allocation strategy and how each side selects it.
 #[derive(Clone, Copy, Debug)]
@@ -36,13 +61,55 @@ pub struct Strategy {
     /// Kernel command-line words selecting it; `None`: the kernel has no
     /// such option yet.
     pub kernel: Option<&'static [&'static str]>,
-    /// Turns the kernel's default host `Config` into this strategy's;
-    /// `None`: the simulator has no such strategy yet.
-    pub host: Option<fn(Config) -> Config>,
+    /// Its host set-up on the lab's machine (memory size and a direct map
+    /// of 1 GiB pages); `None`: the simulator has no such strategy yet.
+    pub host: Option<fn(Machine) -> HostSetup>,
 }
 
-fn as_today(config: Config) -> Config {
-    config
+/// The kernel's configuration of today on `machine`.
+fn today(machine: Machine) -> HostSetup {
+    HostSetup {
+        machine,
+        config: replay::kernel_config(&machine),
+    }
+}
+
+/// Today's configuration with another `ptalloc::Strategy`.
+fn with_strategy(machine: Machine, strategy: ptalloc::Strategy) -> HostSetup {
+    let mut setup = today(machine);
+    setup.config.strategy = strategy;
+    setup
+}
+
+fn pagewise(machine: Machine) -> HostSetup {
+    with_strategy(machine, ptalloc::Strategy::Pagewise)
+}
+
+/// `Granular` needs a direct map that never had a 1 GiB page (the
+/// allocator refuses to start otherwise): the machine's map starts with
+/// 2 MiB pages, as the kernel's does under `ptstrategy=granular`.
+fn granular(machine: Machine) -> HostSetup {
+    let machine = Machine {
+        largest: LargestPage::Mega,
+        ..machine
+    };
+    with_strategy(machine, ptalloc::Strategy::Granular)
+}
+
+fn protected_first(machine: Machine) -> HostSetup {
+    with_strategy(machine, ptalloc::Strategy::ProtectedFirst)
+}
+
+/// The dodge in place of the last resort: with the single-page fallback
+/// on, a page table finds a protected page whenever any mapped page is
+/// free, so the dodge, which needs a free mapped page too, would never be
+/// reached. As in `ptalloc`'s strategies benchmark, the fallback gives
+/// way to it; the rest is today's (the watermark stays).
+fn ptfallback_unprotected(machine: Machine) -> HostSetup {
+    let mut setup = today(machine);
+    setup.config.pt_fallback = ptalloc::PtFallback::Unprotected;
+    setup.config.single_page_fallback = false;
+    setup
 }
 
 /// The strategies of the seed thread (DESIGN.md, "Policy lab").
@@ -50,32 +117,32 @@ pub const STRATEGIES: &[Strategy] = &[
     Strategy {
         name: "freetype",
         about: "whole-pageblock freetypes with a split reserve (today's design)",
-        kernel: Some(&[]),
-        host: Some(as_today),
+        kernel: Some(&["ptstrategy=freetype"]),
+        host: Some(today),
     },
     Strategy {
         name: "pagewise",
         about: "page tables protected page by page, splitting the direct map as needed",
-        kernel: None,
-        host: None,
+        kernel: Some(&["ptstrategy=pagewise"]),
+        host: Some(pagewise),
     },
     Strategy {
         name: "granular",
-        about: "a direct map of 2 MiB pages from boot: no split ever needed",
-        kernel: None,
-        host: None,
+        about: "a direct map of 2 MiB pages from boot: no 1 GiB split ever needed",
+        kernel: Some(&["ptstrategy=granular"]),
+        host: Some(granular),
     },
     Strategy {
         name: "protected-first",
         about: "the direct map starts protected; pageblocks are unprotected on demand",
-        kernel: None,
-        host: None,
+        kernel: Some(&["ptstrategy=protected-first"]),
+        host: Some(protected_first),
     },
     Strategy {
         name: "ptfallback-unprotected",
-        about: "under pressure, a temporarily unprotected page table (the 'dodge')",
-        kernel: None,
-        host: None,
+        about: "freetype, but under pressure a temporarily unprotected page table (the 'dodge')",
+        kernel: Some(&["ptstrategy=freetype", "ptfallback=unprotected"]),
+        host: Some(ptfallback_unprotected),
     },
 ];
 
@@ -107,110 +174,450 @@ pub const PROTECTIONS: &[ProtectionOption] = &[
 /// What host runs report as their protection.
 pub const HOST_PROTECTION: &str = "sim";
 
-/// Metrics parsed from a kernel run's transcript, by name.
+/// Figures of a run, by name ([`METRICS`]).
 pub type Metrics = BTreeMap<String, f64>;
 
-/// An in-kernel workload run under QEMU.
+/// An in-kernel workload run under QEMU. Its figures come from its
+/// `lab: workload=NAME ...` log line ([`kernel_line::parse_lab_line`]).
 #[derive(Clone, Copy, Debug)]
 pub struct KernelWorkload {
-    /// Its name in results.
+    /// Its name in results, and the `workload=` its line carries.
     pub name: &'static str,
     /// Kernel command-line words that run it.
     pub kernel: &'static [&'static str],
     /// Seconds before the run is killed.
     pub timeout: u64,
-    /// Its figures from the decoded log lines (COM2, `[INFO ] ...`).
-    pub parse: fn(&[String]) -> Result<Metrics, String>,
 }
 
-/// The in-kernel workloads. Address-space create/destroy and the map/unmap
-/// storm join here once the kernel has tests for them (their host-side
-/// counterparts are the shipped traces).
-pub const KERNEL_WORKLOADS: &[KernelWorkload] = &[KernelWorkload {
-    name: "churn",
-    kernel: &["test=page_table_churn"],
-    timeout: 180,
-    parse: parse_churn,
-}];
+/// The in-kernel workloads (`kernel/src/lab.rs`): each runs in a boot of
+/// its own, on a fresh machine.
+pub const KERNEL_WORKLOADS: &[KernelWorkload] = &[
+    KernelWorkload {
+        name: "churn",
+        kernel: &["lab=churn"],
+        timeout: 180,
+    },
+    KernelWorkload {
+        name: "spaces",
+        kernel: &["lab=spaces"],
+        timeout: 180,
+    },
+    KernelWorkload {
+        name: "storm",
+        kernel: &["lab=storm"],
+        timeout: 180,
+    },
+];
 
-/// Words added to every kernel run's command line. `memmap=...` goes here
-/// once the kernel accepts it (an unknown option is a boot error): the
-/// lab already draws every dump it finds in a transcript.
-pub const KERNEL_EXTRA_WORDS: &[&str] = &[];
+/// Words added to every kernel run's command line: a pageblock map after
+/// each lab workload (label `after-<workload>`), drawn as
+/// `memmap-<workload>-<strategy>-<protection>-after-<workload>.svg`.
+pub const KERNEL_EXTRA_WORDS: &[&str] = &["memmap=lab"];
 
-/// A metric's name, its column heading and whether the lab plots it.
+/// The value of `key=` among kernel command-line `words`, if there.
+fn word_value<'w>(words: &[&'w str], key: &str) -> Option<&'w str> {
+    words
+        .iter()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+impl Strategy {
+    /// The `strategy=` and `fallback=` a kernel running this strategy
+    /// prints: its `ptstrategy=` and `ptfallback=` words, or the kernel's
+    /// defaults. `None` if the kernel lacks it.
+    pub fn kernel_names(&self) -> Option<(&'static str, &'static str)> {
+        let words = self.kernel?;
+        Some((
+            word_value(words, "ptstrategy").unwrap_or("freetype"),
+            word_value(words, "ptfallback").unwrap_or("fail"),
+        ))
+    }
+}
+
+/// A QEMU run's figures from its decoded log: `workload`'s `lab:` line,
+/// checked to be from the strategy and protection asked for (a kernel that
+/// ran something else has figures for something else).
+pub fn kernel_metrics(
+    log: &[String],
+    workload: &KernelWorkload,
+    strategy: &Strategy,
+    protection: &ProtectionOption,
+) -> Result<Metrics, String> {
+    let line = kernel_line::parse_lab_line(log, workload.name)?;
+    let (want_strategy, want_fallback) = strategy.kernel_names().unwrap_or(("?", "?"));
+    for (key, got, want) in [
+        ("strategy", &line.strategy, want_strategy),
+        ("fallback", &line.fallback, want_fallback),
+        ("protection", &line.protection, protection.name),
+    ] {
+        match got.as_deref() {
+            Some(got) if got == want => {}
+            Some(got) => {
+                return Err(format!(
+                    "the kernel ran {key}={got}, not the {key}={want} asked for"
+                ));
+            }
+            None => return Err(format!("the lab line has no {key}= (expected {want})")),
+        }
+    }
+    Ok(line.metrics)
+}
+
+/// A metric: its key, its heading and what it means.
 #[derive(Clone, Copy, Debug)]
 pub struct Metric {
     /// Key in `metrics`.
     pub key: &'static str,
-    /// Column heading and plot title.
+    /// Heading in tables and plot titles.
     pub heading: &'static str,
-    /// Drawn as a bar chart (`plot-<key>.svg`).
+    /// What it counts, and where each side gets it.
+    pub about: &'static str,
+    /// Drawn as bar charts (`plot-host-<key>.svg`, `plot-kernel-<key>.svg`).
     pub plot: bool,
 }
 
-/// The metrics the table shows, in order.
+const fn metric(
+    key: &'static str,
+    heading: &'static str,
+    about: &'static str,
+    plot: bool,
+) -> Metric {
+    Metric {
+        key,
+        heading,
+        about,
+        plot,
+    }
+}
+
+/// Every metric, one name per meaning across host and kernel runs.
+///
+/// The kernel's `lab:` line uses these keys. A host replay gives the same
+/// figure under the same key from `ptalloc::Stats` (counters over the
+/// whole trace; levels and the walk at the trace's peak, the first event
+/// with the most page tables live), and adds figures only the simulator
+/// has. A key a run does not give is absent (not measured), never 0.
 pub const METRICS: &[Metric] = &[
-    Metric {
-        key: "page_table_allocs",
-        heading: "PT allocs",
-        plot: false,
-    },
-    Metric {
-        key: "failed_allocs",
-        heading: "failed",
-        plot: true,
-    },
-    Metric {
-        key: "flushes",
-        heading: "flushes",
-        plot: false,
-    },
-    Metric {
-        key: "flushes_per_1000",
-        heading: "flushes / 1k PT",
-        plot: true,
-    },
-    Metric {
-        key: "splits_1g",
-        heading: "splits 1G→2M",
-        plot: false,
-    },
-    Metric {
-        key: "splits_2m",
-        heading: "splits 2M→4K",
-        plot: true,
-    },
-    Metric {
-        key: "reserve_low_water",
-        heading: "reserve low-water",
-        plot: true,
-    },
-    Metric {
-        key: "stranded_pt_frames_peak",
-        heading: "stranded PT frames (peak)",
-        plot: true,
-    },
-    Metric {
-        key: "dm_split_pageblocks",
-        heading: "DM split blocks",
-        plot: false,
-    },
-    Metric {
-        key: "pkrs_writes_per_map",
-        heading: "PKRS writes / map",
-        plot: false,
-    },
-    Metric {
-        key: "walk_violations_peak",
-        heading: "walk violations",
-        plot: false,
-    },
-    Metric {
-        key: "seconds",
-        heading: "seconds",
-        plot: false,
-    },
+    // Counters over the workload.
+    metric(
+        "ops",
+        "ops",
+        "workload operations (kernel: regions, spaces or rounds; host: trace events)",
+        false,
+    ),
+    metric("maps", "maps", "map operations (kernel only)", false),
+    metric(
+        "pt_allocs",
+        "PT allocs",
+        "page-table pages allocated (exposed ones included)",
+        false,
+    ),
+    metric(
+        "pt_failures",
+        "PT failed",
+        "page-table allocations that failed (host: Stats::page_table_failures)",
+        true,
+    ),
+    metric(
+        "failed_allocs",
+        "allocs failed",
+        "allocations of any kind that failed (Stats::failed_allocations)",
+        false,
+    ),
+    metric(
+        "flushes",
+        "flushes",
+        "local TLB flushes by the allocator (Stats::flushes_local)",
+        false,
+    ),
+    metric(
+        "flushes_per_1000",
+        "flushes / 1k PT",
+        "flushes * 1000 / pt_allocs (derived)",
+        true,
+    ),
+    metric(
+        "flushes_remote",
+        "remote flushes",
+        "CPUs interrupted by shootdowns (Stats::flushes_remote)",
+        false,
+    ),
+    metric(
+        "splits_1g",
+        "splits 1G→2M",
+        "1 GiB direct-map pages split into 2 MiB ones",
+        true,
+    ),
+    metric(
+        "splits_2m",
+        "splits 2M→4K",
+        "2 MiB direct-map pages split into 4 KiB ones",
+        true,
+    ),
+    metric(
+        "page_protects",
+        "pages protected alone",
+        "single frames given the page-table key by themselves (pagewise, the single-page fallback)",
+        false,
+    ),
+    metric(
+        "page_unprotects",
+        "pages unprotected alone",
+        "single frames given back their pageblock's protection",
+        false,
+    ),
+    metric(
+        "conversions",
+        "conversions",
+        "pageblocks converted from one freetype to another, every direction",
+        false,
+    ),
+    metric(
+        "reserve_taken",
+        "reserve taken",
+        "split-reserve pages taken",
+        false,
+    ),
+    metric(
+        "exposed_tables",
+        "exposed tables",
+        "page tables handed out unprotected (ptfallback=unprotected)",
+        true,
+    ),
+    metric(
+        "exposure_allocs",
+        "exposure (allocs)",
+        "allocations made while each exposed table lived, summed",
+        false,
+    ),
+    metric(
+        "pkrs_writes",
+        "PKRS writes",
+        "writes of the PKRS register (kernel only)",
+        false,
+    ),
+    metric(
+        "pkrs_writes_per_map",
+        "PKRS writes / map",
+        "pkrs_writes / maps (derived; kernel only)",
+        true,
+    ),
+    // Levels at the peak.
+    metric(
+        "dm_1g",
+        "DM 1G",
+        "direct-map leaf entries of 1 GiB at the peak",
+        false,
+    ),
+    metric(
+        "dm_2m",
+        "DM 2M",
+        "direct-map leaf entries of 2 MiB at the peak",
+        false,
+    ),
+    metric(
+        "dm_4k",
+        "DM 4K",
+        "direct-map leaf entries of 4 KiB at the peak",
+        true,
+    ),
+    metric(
+        "stranded",
+        "stranded",
+        "free page-table frames outside whole free pageblocks at the peak (Stats::stranded_protected)",
+        true,
+    ),
+    metric(
+        "reserve_level",
+        "reserve level",
+        "split-reserve pages at the peak",
+        false,
+    ),
+    metric(
+        "reserve_low_water",
+        "reserve low water",
+        "the split reserve's lowest level up to the peak",
+        true,
+    ),
+    metric(
+        "exposed_live",
+        "exposed live",
+        "exposed page tables live at the peak",
+        false,
+    ),
+    // The verification walk at the peak.
+    metric(
+        "walk_tables",
+        "walk tables",
+        "page tables the verification walk saw at the peak (kernel: absent under ptprot=none; host: live trace tables)",
+        false,
+    ),
+    metric(
+        "walk_violations",
+        "walk violations",
+        "page tables the walk found without the page-table key at the peak; expected under ptfallback-unprotected",
+        true,
+    ),
+    // The simulator's alone.
+    metric(
+        "conversions_to_pt",
+        "conversions to PT",
+        "pageblocks converted to the page-table freetype (host only)",
+        false,
+    ),
+    metric(
+        "conversions_from_pt",
+        "conversions from PT",
+        "pageblocks converted from the page-table freetype (host only)",
+        false,
+    ),
+    metric(
+        "conversion_batches",
+        "conversion batches",
+        "conversion batches, each at most one flush (host only)",
+        false,
+    ),
+    metric(
+        "single_page_fallbacks",
+        "single-page fallbacks",
+        "page tables the last resort protected alone (host only)",
+        false,
+    ),
+    metric(
+        "compactions",
+        "compactions",
+        "pageblocks compaction emptied (host only)",
+        false,
+    ),
+    metric(
+        "data_failed",
+        "data failed",
+        "data blocks (trace `D`) that could not be allocated (host only)",
+        false,
+    ),
+    metric(
+        "pt_pageblocks_peak",
+        "PT pageblocks",
+        "pageblocks of the page-table freetype at the peak (host only)",
+        false,
+    ),
+    metric(
+        "check_failed",
+        "check failed",
+        "1 if ptalloc::sim::check found a broken invariant at the end (host only)",
+        false,
+    ),
+    metric(
+        "seconds",
+        "seconds",
+        "wall time (kernel: the whole QEMU run; host: the replay)",
+        false,
+    ),
+];
+
+/// How a column shows its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `a / b / c`.
+    Slash,
+    /// `a (b)`.
+    Paren,
+}
+
+/// A column of a table: one metric, or several in one cell.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    /// Its heading.
+    pub heading: &'static str,
+    /// The metrics in the cell, in order.
+    pub keys: &'static [&'static str],
+    /// How they are joined.
+    pub shape: Shape,
+}
+
+const fn column(heading: &'static str, keys: &'static [&'static str], shape: Shape) -> Column {
+    Column {
+        heading,
+        keys,
+        shape,
+    }
+}
+
+/// `results.md`'s columns: what the README compares across strategies.
+pub const TABLE: &[Column] = &[
+    column("PT allocs", &["pt_allocs"], Shape::Slash),
+    column("PT failed", &["pt_failures"], Shape::Slash),
+    column("allocs failed", &["failed_allocs"], Shape::Slash),
+    column(
+        "flushes (per 1k PT)",
+        &["flushes", "flushes_per_1000"],
+        Shape::Paren,
+    ),
+    column(
+        "splits 1G→2M / 2M→4K",
+        &["splits_1g", "splits_2m"],
+        Shape::Slash,
+    ),
+    column(
+        "pages protected / unprotected alone",
+        &["page_protects", "page_unprotects"],
+        Shape::Slash,
+    ),
+    column("conversions", &["conversions"], Shape::Slash),
+    column(
+        "DM 1G / 2M / 4K",
+        &["dm_1g", "dm_2m", "dm_4k"],
+        Shape::Slash,
+    ),
+    column("stranded", &["stranded"], Shape::Slash),
+    column(
+        "reserve low water / taken",
+        &["reserve_low_water", "reserve_taken"],
+        Shape::Slash,
+    ),
+    column(
+        "exposed tables / allocs / live",
+        &["exposed_tables", "exposure_allocs", "exposed_live"],
+        Shape::Slash,
+    ),
+    column(
+        "walk tables / violations",
+        &["walk_tables", "walk_violations"],
+        Shape::Slash,
+    ),
+    column("PKRS writes / map", &["pkrs_writes_per_map"], Shape::Slash),
+    column("seconds", &["seconds"], Shape::Slash),
+];
+
+/// `comparison.md`'s columns: the key figures, compact enough for the
+/// README to include the file as it is.
+pub const COMPARISON: &[Column] = &[
+    column("PT allocs", &["pt_allocs"], Shape::Slash),
+    column("PT failed", &["pt_failures"], Shape::Slash),
+    column(
+        "flushes (per 1k PT)",
+        &["flushes", "flushes_per_1000"],
+        Shape::Paren,
+    ),
+    column("splits 1G / 2M", &["splits_1g", "splits_2m"], Shape::Slash),
+    column(
+        "DM 1G / 2M / 4K",
+        &["dm_1g", "dm_2m", "dm_4k"],
+        Shape::Slash,
+    ),
+    column("stranded", &["stranded"], Shape::Slash),
+    column(
+        "reserve low / taken",
+        &["reserve_low_water", "reserve_taken"],
+        Shape::Slash,
+    ),
+    column(
+        "exposed tables / allocs",
+        &["exposed_tables", "exposure_allocs"],
+        Shape::Slash,
+    ),
+    column("walk violations", &["walk_violations"], Shape::Slash),
+    column("PKRS writes / map", &["pkrs_writes_per_map"], Shape::Slash),
 ];
 
 /// How a run ended.
@@ -277,6 +684,13 @@ impl RunResult {
             detail: None,
         }
     }
+
+    /// This run, failed for `reason`.
+    pub fn failed(mut self, reason: String) -> Self {
+        self.status = Status::Failed;
+        self.reason = Some(reason);
+        self
+    }
 }
 
 /// `results.json`.
@@ -341,264 +755,62 @@ impl From<&Strategy> for StrategyInfo {
     }
 }
 
-/// The number just before `suffix` in `text` (its last word, less any
-/// `(`), if both are there.
-fn number_before(text: &str, suffix: &str) -> Option<f64> {
-    let at = text.find(suffix)?;
-    let word = text[..at].split_whitespace().next_back()?;
-    word.trim_start_matches('(').parse().ok()
-}
-
-/// The churn's figures from its two log lines (`kernel/src/memory/paging/tests.rs`,
-/// `page_table_churn`; `make bench` shows the same lines).
-pub fn parse_churn(log: &[String]) -> Result<Metrics, String> {
-    let message = |l: &String| {
-        l.find("churn: ")
-            .map(|at| l[at + "churn: ".len()..].to_string())
-    };
-    let mut metrics = Metrics::new();
-    let summary = log
-        .iter()
-        .filter_map(message)
-        .find(|m| m.contains("page-table pages allocated and freed"))
-        .ok_or("no `churn: ... page-table pages allocated and freed` line in the log")?;
-    let fields = [
-        ("page_table_allocs", " page-table pages allocated"),
-        ("flushes", " flushes ("),
-        ("flushes_per_1000", " per 1,000)"),
-        ("splits_2m", " 2M->4K splits"),
-        ("pkrs_writes_per_map", " PKRS writes per map"),
-    ];
-    for (key, suffix) in fields {
-        let value = number_before(&summary, suffix).ok_or_else(|| {
-            format!("the churn's line has no number before {suffix:?}: {summary:?}")
-        })?;
-        metrics.insert(key.into(), value);
-    }
-    // Only where a walk runs (not under ptprot=none).
-    if let Some(walk) = log
-        .iter()
-        .filter_map(message)
-        .find(|m| m.starts_with("verification walk at the peak"))
-    {
-        for (key, suffix) in [
-            ("walk_tables_peak", " page tables,"),
-            ("walk_violations_peak", " violations"),
-        ] {
-            let value = number_before(&walk, suffix).ok_or_else(|| {
-                format!("the churn's walk line has no number before {suffix:?}: {walk:?}")
-            })?;
-            metrics.insert(key.into(), value);
-        }
-    }
-    Ok(metrics)
-}
-
-fn cell(value: Option<f64>) -> String {
-    match value {
-        None => "—".into(),
-        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{v:.0}"),
-        Some(v) => format!("{v:.2}"),
-    }
-}
-
-/// `results.md`: a table of the runs that ran, then what was skipped.
-pub fn markdown(results: &Results) -> String {
-    let mut md = String::from("# Policy lab results\n\n");
-    let _ = writeln!(
-        md,
-        "Host runs replay traces on ptalloc's simulator ({} MiB, {} pages first); QEMU runs boot the \
-         kernel (-m {}, -cpu {}, -smp {}). Metrics as in `tools/src/lab.rs` (`METRICS`); — = not \
-         measured by that run.\n",
-        results.host_machine.memory_mib,
-        results.host_machine.largest_page,
-        results.qemu_machine.memory,
-        results.qemu_machine.cpu,
-        results.qemu_machine.smp
+/// Replays `trace` (or records why it could not be read) under `strategy`
+/// on `machine` as the host run of `workload`; with `pictures`, also
+/// returns the pageblock maps at the peak and the end, labelled
+/// `<workload>-<strategy>-peak|end`. A strategy the simulator lacks is a
+/// skipped run; a broken simulator invariant is a failed one.
+pub fn host_run(
+    strategy: &Strategy,
+    workload: &str,
+    trace: Result<&Trace, &str>,
+    machine: Machine,
+    pictures: bool,
+) -> (RunResult, Vec<Dump>) {
+    let mut result = RunResult::skipped(
+        strategy.name,
+        HOST_PROTECTION,
+        workload,
+        "host",
+        String::new(),
     );
-    md.push_str("| strategy | protection | workload | status |");
-    for m in METRICS {
-        let _ = write!(md, " {} |", m.heading);
-    }
-    md.push_str("\n|---|---|---|---|");
-    for _ in METRICS {
-        md.push_str("---:|");
-    }
-    md.push('\n');
-    for run in results.runs.iter().filter(|r| r.status != Status::Skipped) {
-        let status = match run.status {
-            Status::Ok => "ok".to_string(),
-            _ => format!(
-                "FAILED: {}",
-                run.reason.as_deref().unwrap_or("").replace('|', "/")
-            ),
-        };
-        let _ = write!(
-            md,
-            "| {} | {} | {} | {status} |",
-            run.strategy, run.protection, run.workload
-        );
-        for m in METRICS {
-            let _ = write!(md, " {} |", cell(run.metrics.get(m.key).copied()));
-        }
-        md.push('\n');
-    }
-    let mut skipped: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-    for run in results.runs.iter().filter(|r| r.status == Status::Skipped) {
-        let reason = run.reason.as_deref().unwrap_or("");
-        skipped
-            .entry((run.strategy.as_str(), reason))
-            .or_default()
-            .push(format!("{}/{}", run.workload, run.protection));
-    }
-    if !skipped.is_empty() {
-        md.push_str("\nNot run yet:\n\n");
-        for ((strategy, reason), cells) in skipped {
-            let _ = writeln!(
-                md,
-                "- `{strategy}`: {reason} ({} runs: {})",
-                cells.len(),
-                cells.join(", ")
-            );
-        }
-    }
-    md
-}
-
-/// Colour of the `i`-th strategy's bars (Okabe-Ito).
-fn strategy_colour(i: usize) -> RGBColor {
-    const PALETTE: [RGBColor; 7] = [
-        RGBColor(0x00, 0x72, 0xb2),
-        RGBColor(0xd5, 0x5e, 0x00),
-        RGBColor(0x00, 0x9e, 0x73),
-        RGBColor(0xcc, 0x79, 0xa7),
-        RGBColor(0xe6, 0x9f, 0x00),
-        RGBColor(0x56, 0xb4, 0xe9),
-        RGBColor(0xf0, 0xe4, 0x42),
-    ];
-    PALETTE[i % PALETTE.len()]
-}
-
-/// A grouped bar chart of `metric` over the runs that have it: one group
-/// per workload (and protection), one bar per strategy. `None` when no
-/// run has the metric.
-pub fn plot(metric: &Metric, runs: &[RunResult]) -> Result<Option<String>, String> {
-    let have: Vec<&RunResult> = runs
-        .iter()
-        .filter(|r| r.status == Status::Ok && r.metrics.contains_key(metric.key))
-        .collect();
-    if have.is_empty() {
-        return Ok(None);
-    }
-    let group_of = |r: &RunResult| {
-        if r.protection == HOST_PROTECTION {
-            r.workload.clone()
-        } else {
-            format!("{} ({})", r.workload, r.protection)
-        }
+    let Some(build) = strategy.host else {
+        result.reason = Some("the simulator has no such strategy yet (ptalloc Config)".into());
+        return (result, Vec::new());
     };
-    let mut groups: Vec<String> = Vec::new();
-    let mut strategies: Vec<&str> = Vec::new();
-    for r in &have {
-        let g = group_of(r);
-        if !groups.contains(&g) {
-            groups.push(g);
-        }
-        if !strategies.contains(&r.strategy.as_str()) {
-            strategies.push(&r.strategy);
-        }
+    let trace = match trace {
+        Ok(trace) => trace,
+        Err(e) => return (result.failed(e.to_string()), Vec::new()),
+    };
+    let setup = build(machine);
+    let label = crate::memmap::label_from(&format!("{workload}-{}", strategy.name));
+    let report = match replay::replay(
+        trace,
+        &setup.machine,
+        setup.config,
+        pictures.then_some(label.as_str()),
+    ) {
+        Ok(report) => report,
+        Err(e) => return (result.failed(e.to_string()), Vec::new()),
+    };
+    result.status = Status::Ok;
+    result.reason = None;
+    result.metrics = report
+        .metrics()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    result.detail = Some(report.to_json());
+    if let Err(broken) = &report.check {
+        result = result.failed(format!("the simulator's invariants broke: {broken}"));
     }
-    let max = have
-        .iter()
-        .filter_map(|r| r.metrics.get(metric.key).copied())
-        .fold(0.0f64, f64::max);
-    let top = if max > 0.0 { max * 1.15 } else { 1.0 };
-    let mut svg = String::new();
-    let width = (120 + 110 * groups.len() as u32).clamp(640, 1600);
-    {
-        let root = SVGBackend::with_string(&mut svg, (width, 440)).into_drawing_area();
-        draw_bars(&root, metric, &groups, &strategies, &have, &group_of, top)
-            .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
-    }
-    Ok(Some(svg))
+    (result, report.dumps)
 }
 
-type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
-
-fn draw_bars(
-    root: &Area<'_>,
-    metric: &Metric,
-    groups: &[String],
-    strategies: &[&str],
-    runs: &[&RunResult],
-    group_of: &dyn Fn(&RunResult) -> String,
-    top: f64,
-) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
-    root.fill(&WHITE)?;
-    let n = groups.len() as i32;
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            format!("{} ({})", metric.heading, metric.key),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        // plotters' integer ranges are closed: 0..n-1 is n segments.
-        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..top)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_max_light_lines(1)
-        .x_labels(groups.len() + 1)
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => groups.get(*i as usize).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .y_desc(metric.heading)
-        .draw()?;
-    let (plot_width, _) = chart.plotting_area().dim_in_pixel();
-    let segment = f64::from(plot_width) / f64::from(n.max(1));
-    let bar = segment * 0.8 / strategies.len().max(1) as f64;
-    for (si, strategy) in strategies.iter().enumerate() {
-        let colour = strategy_colour(si);
-        let left = (segment * 0.1 + si as f64 * bar).round() as u32;
-        let right = (segment - segment * 0.1 - (si + 1) as f64 * bar)
-            .max(0.0)
-            .round() as u32;
-        let bars = runs
-            .iter()
-            .filter(|r| r.strategy == *strategy)
-            .filter_map(|r| {
-                let g = groups.iter().position(|g| *g == group_of(r))? as i32;
-                let v = *r.metrics.get(metric.key)?;
-                let mut rect = Rectangle::new(
-                    [
-                        (SegmentValue::Exact(g), 0.0),
-                        (SegmentValue::Exact(g + 1), v),
-                    ],
-                    colour.filled(),
-                );
-                rect.set_margin(0, 0, left, right);
-                Some(rect)
-            });
-        chart
-            .draw_series(bars)?
-            .label(*strategy)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    Ok(())
-}
-
-/// Writes `results.json`, `results.md` and a plot per plotted metric into
-/// `dir`; returns the files written.
+/// Writes `results.json`, `results.md`, `comparison.md` and, per plotted
+/// metric, a chart of the host runs and one of the kernel runs
+/// (`plot-host-<key>.svg`, `plot-kernel-<key>.svg`, where any run has the
+/// metric) into `dir`; returns the files written.
 pub fn write_outputs(dir: &Path, results: &Results) -> Result<Vec<String>, String> {
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
@@ -607,13 +819,25 @@ pub fn write_outputs(dir: &Path, results: &Results) -> Result<Vec<String>, Strin
     let json =
         serde_json::to_string_pretty(results).map_err(|e| format!("results as JSON: {e}"))?;
     write("results.json", &json)?;
-    write("results.md", &markdown(results))?;
-    let mut files = vec!["results.json".to_string(), "results.md".to_string()];
+    write("results.md", &tables::markdown(results))?;
+    write("comparison.md", &tables::comparison(results))?;
+    let mut files = vec![
+        "results.json".to_string(),
+        "results.md".to_string(),
+        "comparison.md".to_string(),
+    ];
+    let (host, kernel): (Vec<RunResult>, Vec<RunResult>) = results
+        .runs
+        .iter()
+        .cloned()
+        .partition(|r| r.protection == HOST_PROTECTION);
     for metric in METRICS.iter().filter(|m| m.plot) {
-        if let Some(svg) = plot(metric, &results.runs)? {
-            let name = format!("plot-{}.svg", metric.key);
-            write(&name, &svg)?;
-            files.push(name);
+        for (side, runs) in [("host", &host), ("kernel", &kernel)] {
+            if let Some(svg) = plots::plot(metric, side, runs)? {
+                let name = format!("plot-{side}-{}.svg", metric.key);
+                write(&name, &svg)?;
+                files.push(name);
+            }
         }
     }
     Ok(files)
@@ -622,68 +846,246 @@ pub fn write_outputs(dir: &Path, results: &Results) -> Result<Vec<String>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn log(lines: &[&str]) -> Vec<String> {
-        lines.iter().map(|l| format!("[INFO ] {l}")).collect()
-    }
+    use crate::replay::PAGEBLOCK_FRAMES;
 
     #[test]
-    fn the_churn_lines_give_their_figures() {
-        let lines = log(&[
-            "boot: 127 MiB usable",
-            "churn: verification walk at the peak: 10032 page tables, 0 violations",
-            "churn: 10021 page-table pages allocated and freed, 19 flushes (1.89 per 1,000), 0 2M->4K splits, 2 PKRS writes per map",
-        ]);
-        let m = parse_churn(&lines).unwrap_or_default();
-        let get = |k: &str| m.get(k).copied();
-        assert_eq!(get("page_table_allocs"), Some(10021.0));
-        assert_eq!(get("flushes"), Some(19.0));
-        assert_eq!(get("flushes_per_1000"), Some(1.89));
-        assert_eq!(get("splits_2m"), Some(0.0));
-        assert_eq!(get("pkrs_writes_per_map"), Some(2.0));
-        assert_eq!(get("walk_tables_peak"), Some(10032.0));
-        assert_eq!(get("walk_violations_peak"), Some(0.0));
-        // Without the walk (ptprot=none) the rest still counts.
-        assert_eq!(parse_churn(&lines[2..]).map(|m| m.len()), Ok(5));
-    }
-
-    #[test]
-    fn a_missing_or_reworded_churn_line_is_a_clear_error() {
-        let e = parse_churn(&log(&["nothing"])).err().unwrap_or_default();
-        assert!(
-            e.contains("no `churn: ... page-table pages allocated and freed` line"),
-            "{e}"
-        );
-        let e = parse_churn(&log(&[
-            "churn: 5 page-table pages allocated and freed, many flushes",
-        ]))
-        .err()
-        .unwrap_or_default();
-        assert!(e.contains("no number before \" flushes (\""), "{e}");
-    }
-
-    #[test]
-    fn every_strategy_is_named_once_and_today_runs_everywhere() {
+    fn every_strategy_is_named_once_and_runs_on_both_sides() {
         let mut names: Vec<&str> = STRATEGIES.iter().map(|s| s.name).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), STRATEGIES.len());
         assert_eq!(names.len(), 5);
-        let today = &STRATEGIES[0];
-        assert!(today.kernel.is_some() && today.host.is_some());
+        assert!(
+            STRATEGIES
+                .iter()
+                .all(|s| s.kernel.is_some() && s.host.is_some())
+        );
         assert!(
             STRATEGIES
                 .iter()
                 .all(|s| crate::memmap::label_from(s.name) == s.name)
         );
+        let names: Vec<Option<(&str, &str)>> =
+            STRATEGIES.iter().map(Strategy::kernel_names).collect();
+        assert_eq!(
+            names,
+            [
+                Some(("freetype", "fail")),
+                Some(("pagewise", "fail")),
+                Some(("granular", "fail")),
+                Some(("protected-first", "fail")),
+                Some(("freetype", "unprotected")),
+            ]
+        );
+    }
+
+    #[test]
+    fn metric_names_are_one_list() {
+        let mut keys: Vec<&str> = METRICS.iter().map(|m| m.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), METRICS.len(), "a metric is listed twice");
+        let known = |k: &str| METRICS.iter().any(|m| m.key == k);
+        for column in TABLE.iter().chain(COMPARISON) {
+            for key in column.keys {
+                assert!(known(key), "column {:?}: {key}", column.heading);
+            }
+        }
+        // Whatever a replay reports is documented.
+        let machine = small(LargestPage::Giga);
+        let report = replay::replay(
+            &Trace::default(),
+            &machine,
+            replay::kernel_config(&machine),
+            None,
+        );
+        let report = report.map_err(|e| e.to_string());
+        for (key, _) in report.map(|r| r.metrics()).unwrap_or_default() {
+            assert!(known(key), "replay metric {key}");
+        }
+        // And so is every key of the kernel's line, derived ones too.
+        let line = "lab: workload=churn strategy=freetype fallback=fail protection=pks ops=1 \
+                    maps=1 pt_allocs=1 pt_failures=0 failed_allocs=0 flushes=1 flushes_remote=0 \
+                    splits_1g=0 splits_2m=0 page_protects=0 page_unprotects=0 conversions=1 \
+                    reserve_taken=0 exposed_tables=0 exposure_allocs=0 pkrs_writes=2 dm_1g=0 \
+                    dm_2m=64 dm_4k=0 stranded=0 reserve_level=8 reserve_low_water=8 \
+                    exposed_live=0 walk_tables=1 walk_violations=0";
+        let parsed = kernel_line::parse_lab_line(&[line.to_string()], "churn");
+        let metrics = parsed.map(|l| l.metrics).unwrap_or_default();
+        assert_eq!(metrics.len(), 25 + 2);
+        for key in metrics.keys() {
+            assert!(known(key), "kernel key {key}");
+        }
+    }
+
+    #[test]
+    fn kernel_figures_must_be_from_the_run_asked_for() {
+        let (churn, unprotected, pks) = (&KERNEL_WORKLOADS[0], &STRATEGIES[4], &PROTECTIONS[0]);
+        let log = |s: &str| {
+            vec![format!(
+                "[INFO ] lab: workload=churn {s} pt_allocs=4 flushes=2"
+            )]
+        };
+        let ok = kernel_metrics(
+            &log("strategy=freetype fallback=unprotected protection=pks"),
+            churn,
+            unprotected,
+            pks,
+        );
+        assert_eq!(
+            ok.map(|m| m.get("flushes_per_1000").copied()),
+            Ok(Some(500.0))
+        );
+        let e = kernel_metrics(
+            &log("strategy=freetype fallback=fail protection=pks"),
+            churn,
+            unprotected,
+            pks,
+        );
+        assert_eq!(
+            e,
+            Err("the kernel ran fallback=fail, not the fallback=unprotected asked for".into())
+        );
+        let e = kernel_metrics(&log("strategy=freetype"), churn, &STRATEGIES[0], pks);
+        assert!(e.is_err_and(|e| e.contains("no fallback=")));
+        let e = kernel_metrics(&[], churn, &STRATEGIES[0], pks);
+        assert!(e.is_err_and(|e| e.contains("no `lab: workload=churn")));
+    }
+
+    /// 32 pageblocks: small enough to replay the shipped traces in a
+    /// fraction of a second, and a machine the pressure trace (made for
+    /// 2 GiB) presses hard.
+    fn small(largest: LargestPage) -> Machine {
+        Machine {
+            frames: 32 * PAGEBLOCK_FRAMES,
+            largest,
+        }
+    }
+
+    fn shipped(name: &str) -> Trace {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("traces")
+            .join(format!("{name}.trace"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        crate::trace::parse(&text).unwrap_or_default()
+    }
+
+    /// Each strategy's run of `trace` on the small machine, all ok.
+    fn runs_of(trace: &Trace, workload: &str) -> BTreeMap<&'static str, Metrics> {
+        assert!(!trace.events.is_empty(), "{workload}: no shipped trace");
+        STRATEGIES
+            .iter()
+            .map(|s| {
+                let (run, dumps) = host_run(s, workload, Ok(trace), small(LargestPage::Giga), true);
+                assert_eq!(
+                    run.status,
+                    Status::Ok,
+                    "{workload}/{}: {:?}",
+                    s.name,
+                    run.reason
+                );
+                assert_eq!(dumps.len(), 2);
+                let detail = run.detail.unwrap_or_default();
+                assert_eq!(detail["check"], "ok", "{workload}/{}", s.name);
+                (s.name, run.metrics)
+            })
+            .collect()
+    }
+
+    fn get(runs: &BTreeMap<&str, Metrics>, strategy: &str, key: &str) -> f64 {
+        runs.get(strategy)
+            .and_then(|m| m.get(key).copied())
+            .unwrap_or(f64::NAN)
+    }
+
+    #[test]
+    fn each_strategy_shows_its_signature_on_the_shipped_traces() {
+        let growing = runs_of(&shipped("growing"), "growing");
+        let g = |s, k| get(&growing, s, k);
+        let tables = g("freetype", "pt_allocs");
+        assert_eq!(tables, 8897.0);
+        // Today's design: page tables from converted pageblocks, no page
+        // protected alone, no 2 MiB split.
+        assert!(g("freetype", "conversions_to_pt") >= 2.0);
+        assert_eq!(g("freetype", "page_protects"), 0.0);
+        assert_eq!(g("freetype", "splits_2m"), 0.0);
+        assert_eq!(g("freetype", "splits_1g"), 1.0);
+        // Pagewise: every table protected alone, none from a conversion
+        // (the one conversion stocks the split reserve).
+        assert_eq!(g("pagewise", "page_protects"), tables);
+        assert!(g("pagewise", "conversions_to_pt") <= 1.0);
+        assert!(g("pagewise", "splits_2m") > 0.0 && g("pagewise", "dm_4k") > 0.0);
+        assert!(g("pagewise", "flushes") >= tables);
+        // Granular: a map of 2 MiB pages, so never a 1 GiB split.
+        assert_eq!(g("granular", "splits_1g"), 0.0);
+        assert_eq!(g("granular", "dm_1g"), 0.0);
+        // Protected first: the memory starts in the page-table freetype.
+        assert!(g("protected-first", "conversions_to_pt") > 16.0);
+
+        let pressure = runs_of(&shipped("pressure"), "pressure");
+        let p = |s, k| get(&pressure, s, k);
+        // Memory runs out: today's design fails page tables, and exposes
+        // none; the dodge hands them out exposed, and the walk finds the
+        // ones live at the peak.
+        assert!(p("freetype", "pt_failures") > 0.0);
+        assert_eq!(p("freetype", "exposed_tables"), 0.0);
+        assert_eq!(p("freetype", "walk_violations"), 0.0);
+        assert!(p("ptfallback-unprotected", "exposed_tables") > 0.0);
+        assert!(p("ptfallback-unprotected", "exposure_allocs") > 0.0);
+        assert!(p("ptfallback-unprotected", "walk_violations") > 0.0);
+        assert_eq!(
+            p("ptfallback-unprotected", "walk_violations"),
+            p("ptfallback-unprotected", "exposed_live")
+        );
+        // Ordinary memory takes pageblocks back from the page tables.
+        assert!(p("protected-first", "conversions_from_pt") > 0.0);
+        assert_eq!(p("freetype", "conversions_from_pt"), 0.0);
+        for s in STRATEGIES {
+            if s.name != "ptfallback-unprotected" {
+                assert_eq!(p(s.name, "exposed_tables"), 0.0, "{}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_trace_fails_its_run() {
+        let (run, dumps) = host_run(
+            &STRATEGIES[0],
+            "bad",
+            Err("bad.trace: line 1: bad level \"9\""),
+            small(LargestPage::Giga),
+            true,
+        );
+        assert_eq!(run.status, Status::Failed);
+        assert_eq!(
+            run.reason.as_deref(),
+            Some("bad.trace: line 1: bad level \"9\"")
+        );
+        assert!(dumps.is_empty());
+        let missing = Strategy {
+            host: None,
+            ..STRATEGIES[0]
+        };
+        let (run, _) = host_run(
+            &missing,
+            "x",
+            Ok(&Trace::default()),
+            small(LargestPage::Giga),
+            false,
+        );
+        assert_eq!(run.status, Status::Skipped);
     }
 
     fn results() -> Results {
         let mut ok = RunResult::skipped("freetype", "sim", "storm", "host", String::new());
         ok.status = Status::Ok;
         ok.reason = None;
+        ok.metrics.insert("flushes".into(), 3.0);
         ok.metrics.insert("flushes_per_1000".into(), 1.5);
         ok.metrics.insert("splits_2m".into(), 0.0);
+        let mut dodge = ok.clone();
+        dodge.strategy = "ptfallback-unprotected".into();
+        dodge.metrics.insert("walk_violations".into(), 12.0);
         let mut churn = ok.clone();
         churn.workload = "churn".into();
         churn.protection = "pks".into();
@@ -712,7 +1114,7 @@ mod tests {
                 smp: 1,
             },
             strategies: STRATEGIES.iter().map(StrategyInfo::from).collect(),
-            runs: vec![ok, churn, failed, skipped],
+            runs: vec![ok, dodge, churn, failed, skipped],
         }
     }
 
@@ -721,50 +1123,127 @@ mod tests {
         let r = results();
         let json = serde_json::to_string(&r).unwrap_or_default();
         assert!(json.contains("\"status\":\"skipped\""));
+        assert!(json.contains("\"schema\":\"pks-lab/1\""));
         assert_eq!(serde_json::from_str::<Results>(&json).ok(), Some(r));
+        // A real host run too, its full report included.
+        let (run, _) = host_run(
+            &STRATEGIES[2],
+            "growing",
+            Ok(&shipped("growing")),
+            small(LargestPage::Giga),
+            false,
+        );
+        let mut r = results();
+        r.runs = vec![run];
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        let back = serde_json::from_str::<Results>(&json).ok();
+        assert_eq!(
+            back.as_ref().map(|b| &b.runs[0].metrics),
+            Some(&r.runs[0].metrics)
+        );
+        assert_eq!(
+            back.and_then(|b| b.runs[0].detail.clone())
+                .map(|d| d["machine"]["largest_page"].clone()),
+            Some(serde_json::json!("2M")),
+            "granular ran on a map of 2 MiB pages"
+        );
     }
 
     #[test]
     fn the_table_has_a_row_per_run_that_ran_and_lists_the_rest() {
-        let md = markdown(&results());
-        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| freetype")).collect();
-        assert_eq!(rows.len(), 3);
-        assert!(rows[0].contains("| storm | ok |") && rows[0].contains(" 1.50 |"));
-        assert!(rows[2].contains("FAILED: timed out / killed"));
+        let md = tables::markdown(&results());
+        let rows: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("| freetype") || l.starts_with("| ptfallback"))
+            .collect();
+        assert_eq!(rows.len(), 4);
+        assert!(rows[0].contains("| storm | ok |") && rows[0].contains(" 3 (1.50) |"));
+        assert!(rows[3].contains("FAILED: timed out / killed"));
         assert!(md.contains("- `granular`: not in the simulator yet (1 runs: storm/sim)"));
         let header = md
             .lines()
             .find(|l| l.starts_with("| strategy"))
             .unwrap_or_default();
-        assert_eq!(header.matches('|').count(), 5 + METRICS.len());
+        assert_eq!(header.matches('|').count(), 5 + TABLE.len());
+        // The walk's violations: a column, a sentence, and which run.
+        assert!(header.contains("walk tables / violations"));
+        assert!(md.contains("A run with violations still passes"));
+        assert!(md.contains("- storm / ptfallback-unprotected / sim: 12 (expected"));
+        assert!(md.contains("- `walk_violations` (walk violations):"));
     }
 
     #[test]
-    fn plots_have_a_bar_per_run_and_a_legend() {
+    fn the_comparison_has_a_table_per_workload_and_a_row_per_strategy() {
+        let md = tables::comparison(&results());
+        assert!(md.contains("## storm (host trace)") && md.contains("## churn (kernel)"));
+        // ptprot=ro is not compared.
+        assert!(!md.contains("timed out"));
+        let storm = md.split("## churn").next().unwrap_or_default();
+        let rows: Vec<&str> = storm.lines().filter(|l| l.starts_with("| ")).collect();
+        // A header and a row per strategy.
+        assert_eq!(rows.len(), 1 + STRATEGIES.len());
+        assert!(
+            rows[1].starts_with("| freetype | — | — | 3 (1.50) |"),
+            "{}",
+            rows[1]
+        );
+        assert!(storm.contains("- `granular`: not run: not in the simulator yet"));
+        assert!(storm.contains("- `pagewise`: not run\n"));
+    }
+
+    #[test]
+    fn cells_join_their_metrics() {
+        let mut m = Metrics::new();
+        let dm = column("DM", &["dm_1g", "dm_2m", "dm_4k"], Shape::Slash);
+        assert_eq!(tables::cell(&dm, &m), "—");
+        m.insert("dm_2m".into(), 512.0);
+        assert_eq!(tables::cell(&dm, &m), "— / 512 / —");
+        let flushes = column("f", &["flushes", "flushes_per_1000"], Shape::Paren);
+        m.insert("flushes".into(), 20097.0);
+        m.insert("flushes_per_1000".into(), 1531.678);
+        assert_eq!(tables::cell(&flushes, &m), "20097 (1531.7)");
+        assert_eq!(tables::number(0.126), "0.13");
+    }
+
+    #[test]
+    fn plots_have_a_bar_and_a_value_per_run_and_a_legend() {
         let r = results();
         let metric = METRICS.iter().find(|m| m.key == "flushes_per_1000");
         let svg = metric
-            .map(|m| plot(m, &r.runs))
+            .map(|m| plots::plot(m, "host", &r.runs))
             .and_then(Result::ok)
             .flatten()
             .unwrap_or_default();
         assert!(svg.starts_with("<svg"), "{svg:.80}");
         assert!(svg.contains("storm") && svg.contains("churn (pks)") && svg.contains("freetype"));
-        // One group, two strategies.
-        let mut two = vec![r.runs[0].clone(), r.runs[0].clone()];
-        two[1].strategy = "pagewise".into();
-        let svg = metric
-            .map(|m| plot(m, &two))
-            .and_then(Result::ok)
-            .flatten()
-            .unwrap_or_default();
-        assert!(svg.contains("pagewise") && svg.contains("freetype"));
+        assert!(svg.contains("1.50"), "the bars carry their values");
         // Nothing to plot: no file.
         let none = Metric {
             key: "absent",
             heading: "x",
+            about: "",
             plot: true,
         };
-        assert_eq!(plot(&none, &r.runs), Ok(None));
+        assert_eq!(plots::plot(&none, "host", &r.runs), Ok(None));
+    }
+
+    #[test]
+    fn outputs_are_written() {
+        let dir = std::env::temp_dir().join(format!("lab-outputs-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let files = write_outputs(&dir, &results()).unwrap_or_default();
+        for name in [
+            "results.json",
+            "results.md",
+            "comparison.md",
+            "plot-host-flushes_per_1000.svg",
+            "plot-kernel-flushes_per_1000.svg",
+            "plot-host-walk_violations.svg",
+        ] {
+            assert!(files.iter().any(|f| f == name), "{name}: {files:?}");
+            assert!(dir.join(name).is_file(), "{name}");
+        }
+        assert!(!files.iter().any(|f| f == "plot-kernel-walk_violations.svg"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -6,17 +6,24 @@
 //! image), given to the allocator as `Mapped` kernel memory and the split
 //! reserve filled, as the kernel's `memory::frames::init` does. Every `A`
 //! of a trace is one zeroed order-0 page of the page-table freetype on
-//! CPU 0, every `F` frees it; the level is counted, not acted on (every
-//! level is one 4 KiB page-table page).
+//! CPU 0 (the level is counted, not acted on: every level is one 4 KiB
+//! page-table page); every `D` is a block of ordinary kernel memory
+//! (`Freetype::KERNEL`) of its order; `F` frees either.
 //!
 //! What a replay promises: it never panics on a trace (an allocation that
 //! fails is counted and its later `F` skipped); it reports the allocator's
 //! [`Stats`] and the simulator's counters at the end and at the peak (the
-//! first event at which most pages were live), the protected frames left
-//! free at each (stranded), and the result of `ptalloc::sim::check`, every
-//! invariant the simulator knows, over the pages still live at the end;
-//! and it can take [`Dump`]s of the pageblock map at the peak and the end,
-//! the same pictures the kernel's `memmap` dumps give.
+//! first event at which most page tables were live), the simulated
+//! verification walk at the peak (`ptalloc::sim::unprotected_page_tables`
+//! over the live page tables: each one found without the key is a
+//! violation, as the kernel's walk counts them), and the result of
+//! `ptalloc::sim::check`, every invariant the simulator knows, over the
+//! pages and blocks still live at the end (exposed page tables are counted
+//! there, not failed); and it can take [`Dump`]s of the pageblock map at
+//! the peak and the end, the same pictures the kernel's `memmap` dumps
+//! give. [`ReplayReport::metrics`] names its figures as the policy lab
+//! does (`crate::lab::METRICS`), so host and kernel runs compare key by
+//! key.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,7 +48,8 @@ pub const KERNEL_RESERVE_TARGET: usize = 8;
 /// Below this many whole free pageblocks the kernel keeps no conversion
 /// watermark (`memory::frames::conversion_watermark`).
 const KERNEL_WATERMARK_FROM: u64 = 512;
-const PAGEBLOCK_FRAMES: u64 = 1 << PAGEBLOCK_ORDER;
+/// Frames in a pageblock (2 MiB).
+pub const PAGEBLOCK_FRAMES: u64 = 1 << PAGEBLOCK_ORDER;
 
 /// The allocator a replay drives: one CPU.
 pub type SimAllocator<'m> = PageAllocator<'m, SimDirectMap, 1>;
@@ -117,33 +125,71 @@ pub enum ReplayError {
 /// What a replay found.
 #[derive(Clone, Debug)]
 pub struct ReplayReport {
+    /// The machine it ran on.
+    pub machine: Machine,
     /// Counts over the trace.
     pub summary: TraceSummary,
-    /// Allocations that failed (their frees were skipped).
+    /// Page-table allocations that failed (their frees were skipped).
     pub failed: u64,
-    /// The first failure, as the allocator worded it.
+    /// The first page-table failure, as the allocator worded it.
     pub first_failure: Option<String>,
+    /// Data block allocations that failed (their frees were skipped).
+    pub data_failed: u64,
     /// The allocator's counters at the peak.
     pub stats_at_peak: Stats,
     /// The allocator's counters at the end.
     pub stats: Stats,
     /// The simulator's counters at the end.
     pub sim: SimCounters,
+    /// The simulated verification walk at the peak.
+    pub walk_at_peak: Walk,
     /// Free page-table frames (free lists and caches) at the peak.
-    pub stranded_at_peak: u64,
+    pub free_pt_frames_at_peak: u64,
     /// Free page-table frames at the end.
-    pub stranded_at_end: u64,
+    pub free_pt_frames_at_end: u64,
     /// `ptalloc::sim::check` at the end: `Ok` or the first broken rule.
     pub check: Result<(), String>,
     /// Pageblock maps at the peak and at the end, if asked for.
     pub dumps: Vec<Dump>,
-    /// Wall time of the replay (not of the dumps).
+    /// Wall time of the replay (not of the dumps or the walk).
     pub elapsed: Duration,
 }
 
+/// The simulated verification walk: the live page tables, and those of
+/// them the direct map does not give the page-table key (exposed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Live page tables walked.
+    pub tables: u64,
+    /// Of those, the ones without the key.
+    pub violations: u64,
+}
+
+/// What an id of the trace holds while it lives.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    pfn: Pfn,
+    order: u32,
+    freetype: Freetype,
+}
+
 /// Free page-table frames: protected, unused, and not the reserve.
-fn stranded(stats: &Stats) -> u64 {
+fn free_pt_frames(stats: &Stats) -> u64 {
     stats.free_pages(PAGE_TABLES) + stats.cached_pages[PAGE_TABLES.index()]
+}
+
+/// The walk over the live page tables of `live`.
+fn walk(alloc: &SimAllocator<'_>, live: &HashMap<u64, Held>) -> Walk {
+    let tables: Vec<(Pfn, u32, Freetype)> = live
+        .values()
+        .filter(|h| h.freetype == PAGE_TABLES)
+        .map(|h| (h.pfn, h.order, h.freetype))
+        .collect();
+    let exposed = ptalloc::sim::unprotected_page_tables(alloc.backend(), PAGE_TABLES, &tables);
+    Walk {
+        tables: tables.len() as u64,
+        violations: exposed.len() as u64,
+    }
 }
 
 /// Replays `trace` on `machine` with `config`. With `label`, takes dumps
@@ -177,59 +223,89 @@ pub fn replay(
 
     let summary = trace.summary();
     let started = Instant::now();
-    let mut setup_time = Duration::ZERO;
-    let mut live: HashMap<u64, Pfn> = HashMap::new();
+    let mut paused_for = Duration::ZERO;
+    let mut live: HashMap<u64, Held> = HashMap::new();
     let mut failed = 0u64;
+    let mut data_failed = 0u64;
     let mut first_failure = None;
     let mut stats_at_peak = alloc.stats();
+    let mut walk_at_peak = Walk::default();
     let mut dumps = Vec::new();
     for (at, event) in trace.events.iter().enumerate() {
         match *event {
             Event::Alloc { id, .. } => match alloc.alloc(0, 0, PAGE_TABLES, AllocFlags::ZERO) {
                 Ok(pfn) => {
-                    live.insert(id, pfn);
+                    let held = Held {
+                        pfn,
+                        order: 0,
+                        freetype: PAGE_TABLES,
+                    };
+                    live.insert(id, held);
                 }
                 Err(error) => {
                     failed += 1;
                     first_failure.get_or_insert_with(|| format!("event {at}: {error}"));
                 }
             },
+            Event::Data { id, order } => {
+                let order = u32::from(order);
+                match alloc.alloc(0, order, Freetype::KERNEL, AllocFlags::empty()) {
+                    Ok(pfn) => {
+                        let held = Held {
+                            pfn,
+                            order,
+                            freetype: Freetype::KERNEL,
+                        };
+                        live.insert(id, held);
+                    }
+                    // Memory pressure is what data blocks are for: counted.
+                    Err(_) => data_failed += 1,
+                }
+            }
             Event::Free { id } => {
                 // An id whose allocation failed has nothing to free.
-                if let Some(pfn) = live.remove(&id) {
-                    alloc.free(0, pfn, 0).map_err(|e| ReplayError::Free {
-                        event: at,
-                        id,
-                        error: e.to_string(),
-                    })?;
+                if let Some(held) = live.remove(&id) {
+                    alloc
+                        .free(0, held.pfn, held.order)
+                        .map_err(|e| ReplayError::Free {
+                            event: at,
+                            id,
+                            error: e.to_string(),
+                        })?;
                 }
             }
         }
         if at == summary.peak_at && summary.peak_live > 0 {
             let paused = Instant::now();
             stats_at_peak = alloc.stats();
+            walk_at_peak = walk(&alloc, &live);
             if let Some(label) = label {
                 dumps.push(dump_of(&alloc, machine.largest, &format!("{label}-peak")));
             }
-            setup_time += paused.elapsed();
+            paused_for += paused.elapsed();
         }
     }
-    let elapsed = started.elapsed().saturating_sub(setup_time);
+    let elapsed = started.elapsed().saturating_sub(paused_for);
     let stats = alloc.stats();
     if let Some(label) = label {
         dumps.push(dump_of(&alloc, machine.largest, &format!("{label}-end")));
     }
-    let live_blocks: Vec<(Pfn, u32, Freetype)> =
-        live.values().map(|&pfn| (pfn, 0, PAGE_TABLES)).collect();
+    let live_blocks: Vec<(Pfn, u32, Freetype)> = live
+        .values()
+        .map(|h| (h.pfn, h.order, h.freetype))
+        .collect();
     let check = ptalloc::sim::check(&alloc, PAGE_TABLES, &[managed], &live_blocks);
     Ok(ReplayReport {
+        machine: *machine,
         summary,
         failed,
         first_failure,
-        stranded_at_peak: stranded(&stats_at_peak),
-        stranded_at_end: stranded(&stats),
+        data_failed,
+        free_pt_frames_at_peak: free_pt_frames(&stats_at_peak),
+        free_pt_frames_at_end: free_pt_frames(&stats),
         stats_at_peak,
         sim: alloc.backend().counters(),
+        walk_at_peak,
         stats,
         check,
         dumps,
@@ -490,52 +566,60 @@ pub fn sim_json(counters: &SimCounters) -> Value {
 }
 
 impl ReplayReport {
-    /// The figures the lab compares, by name (see `lab::METRICS`).
+    /// The figures the lab compares, by name: the names and meanings of
+    /// `crate::lab::METRICS` where the kernel has the same figure
+    /// (counters over the whole trace; levels and the walk at the peak),
+    /// then figures only the simulator has.
     pub fn metrics(&self) -> Vec<(&'static str, f64)> {
-        let s = &self.stats;
+        let (s, p) = (&self.stats, &self.stats_at_peak);
         let tables = self.summary.total_allocations() - self.failed;
-        let end = self.dumps.iter().rev().find(|d| d.label.ends_with("-end"));
-        let mut m = vec![
-            ("page_table_allocs", tables as f64),
-            ("failed_allocs", self.failed as f64),
-            ("conversions", s.total_conversions() as f64),
-            ("conversion_batches", s.conversion_batches as f64),
-            ("flushes", s.flushes_local as f64),
+        let dm = p.direct_map.unwrap_or_default();
+        let pt = PAGE_TABLES.index();
+        let to_pt: u64 = s.conversions.iter().map(|to| to[pt]).sum();
+        let from_pt: u64 = s.conversions[pt].iter().sum();
+        let n = |v: u64| v as f64;
+        vec![
+            // Shared with the kernel's `lab:` line.
+            ("ops", n(self.summary.events())),
+            ("pt_allocs", n(tables)),
+            ("pt_failures", n(s.page_table_failures)),
+            ("failed_allocs", n(s.failed_allocations)),
+            ("flushes", n(s.flushes_local)),
             ("flushes_per_1000", per_thousand(s.flushes_local, tables)),
-            ("shootdown_cpus", s.flushes_remote as f64),
-            ("splits_1g", s.splits_1g as f64),
-            ("splits_2m", s.splits_2m as f64),
-            ("reserve_low_water", s.reserve_low_water as f64),
-            ("reserve_taken", s.reserve_taken as f64),
-            ("single_page_fallbacks", s.single_page_fallbacks as f64),
-            ("compactions", s.compactions as f64),
-            (
-                "pt_pageblocks_peak",
-                self.stats_at_peak.pageblocks[PAGE_TABLES.index()] as f64,
-            ),
-            ("stranded_pt_frames_peak", self.stranded_at_peak as f64),
-            ("stranded_pt_frames_end", self.stranded_at_end as f64),
-            ("violations", f64::from(u8::from(self.check.is_err()))),
+            ("flushes_remote", n(s.flushes_remote)),
+            ("splits_1g", n(s.splits_1g)),
+            ("splits_2m", n(s.splits_2m)),
+            ("page_protects", n(s.page_protects)),
+            ("page_unprotects", n(s.page_unprotects)),
+            ("conversions", n(s.total_conversions())),
+            ("reserve_taken", n(s.reserve_taken)),
+            ("exposed_tables", n(s.exposed_tables)),
+            ("exposure_allocs", n(s.exposure_allocations)),
+            ("dm_1g", n(dm.pages_1g)),
+            ("dm_2m", n(dm.pages_2m)),
+            ("dm_4k", n(dm.pages_4k)),
+            ("stranded", n(p.stranded_protected)),
+            ("reserve_level", n(p.reserve_level)),
+            ("reserve_low_water", n(p.reserve_low_water)),
+            ("exposed_live", n(p.exposed_live)),
+            ("walk_tables", n(self.walk_at_peak.tables)),
+            ("walk_violations", n(self.walk_at_peak.violations)),
+            // The simulator's alone.
+            ("conversions_to_pt", n(to_pt)),
+            ("conversions_from_pt", n(from_pt)),
+            ("conversion_batches", n(s.conversion_batches)),
+            ("single_page_fallbacks", n(s.single_page_fallbacks)),
+            ("compactions", n(s.compactions)),
+            ("data_failed", n(self.data_failed)),
+            ("pt_pageblocks_peak", n(p.pageblocks[pt])),
+            ("check_failed", f64::from(u8::from(self.check.is_err()))),
             ("seconds", self.elapsed.as_secs_f64()),
-        ];
-        if let Some(end) = end {
-            let by_page = end.summary().by_page;
-            m.push((
-                "dm_pageblocks_in_1g",
-                by_page[MapPage::Giga as usize] as f64,
-            ));
-            m.push(("dm_2m_pages", by_page[MapPage::Mega as usize] as f64));
-            m.push((
-                "dm_split_pageblocks",
-                by_page[MapPage::Split as usize] as f64,
-            ));
-        }
-        m
+        ]
     }
 
-    /// The whole report as JSON: the trace's counts, the metrics, the
-    /// allocator's stats at the peak and the end, the simulator's counters
-    /// and the invariant check.
+    /// The whole report as JSON: the machine, the trace's counts, the
+    /// metrics, the allocator's stats at the peak and the end, the
+    /// simulator's counters, the walk and the invariant check.
     pub fn to_json(&self) -> Value {
         let s = &self.summary;
         let metrics: Map<String, Value> = self
@@ -544,21 +628,39 @@ impl ReplayReport {
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
         json!({
+            "machine": {
+                "frames": self.machine.frames,
+                "largest_page": largest_name(self.machine.largest),
+            },
             "trace": {
-                "events": s.total_allocations() + s.frees,
+                "events": s.events(),
                 "allocations_by_level": {"PT": s.allocations[0], "PD": s.allocations[1], "PDPT": s.allocations[2], "PML4": s.allocations[3]},
                 "frees": s.frees,
                 "peak_live": s.peak_live,
                 "live_at_end": s.live_at_end,
+                "data_allocations": s.data_allocations,
+                "data_frames": s.data_frames,
+                "data_frees": s.data_frees,
             },
             "failed_allocations": self.failed,
             "first_failure": self.first_failure,
+            "failed_data_allocations": self.data_failed,
+            "free_page_table_frames": {"peak": self.free_pt_frames_at_peak, "end": self.free_pt_frames_at_end},
+            "walk_at_peak": {"tables": self.walk_at_peak.tables, "violations": self.walk_at_peak.violations},
             "metrics": metrics,
             "stats": stats_json(&self.stats),
             "stats_at_peak": stats_json(&self.stats_at_peak),
             "sim": sim_json(&self.sim),
             "check": match &self.check { Ok(()) => Value::from("ok"), Err(e) => Value::from(e.clone()) },
         })
+    }
+}
+
+/// `1G` or `2M`: a simulated direct map's largest page, as results name it.
+pub fn largest_name(largest: LargestPage) -> &'static str {
+    match largest {
+        LargestPage::Giga => "1G",
+        LargestPage::Mega => "2M",
     }
 }
 
@@ -645,6 +747,59 @@ mod tests {
         assert!(report.first_failure.is_some());
         assert_eq!(report.check, Ok(()));
         assert!(report.dumps.is_empty());
+    }
+
+    #[test]
+    fn data_blocks_take_memory_and_their_failures_are_counted() {
+        // 16 pageblocks, 15 managed: 30 halves fit, the rest fail; the
+        // second halves freed leave no pageblock whole and free.
+        let machine = Machine {
+            frames: 16 * PAGEBLOCK_FRAMES,
+            largest: LargestPage::Mega,
+        };
+        let mut text = String::new();
+        for id in 0..40 {
+            text.push_str(&format!("D {id} 8\n"));
+        }
+        for id in (1..40).step_by(2) {
+            text.push_str(&format!("F {id}\n"));
+        }
+        // More page tables than the reserve's pageblock holds.
+        for id in 100..700 {
+            text.push_str(&format!("A {id} 1\n"));
+        }
+        let trace = parse(&text).unwrap_or_default();
+        let mut config = kernel_config(&machine);
+        config.single_page_fallback = false;
+        let report = match replay(&trace, &machine, config, None) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(report.check, Ok(()));
+        // The reserve's pageblock is converted at set-up: 28 halves fit.
+        assert_eq!(report.data_failed, 40 - 28);
+        assert!(report.failed > 0, "page tables ran short");
+        assert_eq!(report.stats.page_table_failures, report.failed);
+        let m: HashMap<&str, f64> = report.metrics().into_iter().collect();
+        assert_eq!(m["pt_failures"], report.failed as f64);
+        assert_eq!(
+            m["failed_allocs"],
+            (report.failed + report.data_failed) as f64
+        );
+        assert_eq!(m["data_failed"], report.data_failed as f64);
+        assert_eq!(m["walk_violations"], 0.0);
+        // The dodge: the same trace exposes what failed, and the walk at
+        // the peak (the end) finds every exposed table.
+        config.pt_fallback = ptalloc::PtFallback::Unprotected;
+        let report = match replay(&trace, &machine, config, None) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(report.check, Ok(()));
+        assert_eq!(report.failed, 0);
+        assert!(report.stats.exposed_tables > 0);
+        assert_eq!(report.walk_at_peak.violations, report.stats.exposed_live);
+        assert_eq!(report.walk_at_peak.tables, 600);
     }
 
     #[test]

@@ -8,18 +8,23 @@
 //! ```text
 //! A <id> <level>    allocate a page-table page at <level>: 1 = PT, 2 = PD,
 //!                   3 = PDPT, 4 = PML4
-//! F <id>            free the page allocated as <id>
+//! D <id> <order>    allocate a data block of 2^<order> contiguous frames of
+//!                   ordinary kernel memory (unmovable, on the direct map),
+//!                   <order> 0..=18: the memory pressure page tables meet
+//! F <id>            free the page or block allocated as <id>
 //! ```
 //!
-//! `<id>` is a decimal number below 2^64 naming the page while it lives;
-//! once freed it may be used again. `#` starts a comment (to the end of
-//! the line); blank lines are allowed. Pages still live at the end are
-//! fine (a process that outlives the trace).
+//! `<id>` is a decimal number below 2^64 naming the page or block while it
+//! lives; once freed it may be used again. `#` starts a comment (to the
+//! end of the line); blank lines are allowed. Pages still live at the end
+//! are fine (a process that outlives the trace). Most traces are page
+//! tables alone; `D` events make the memory around them (the `pressure`
+//! pattern).
 //!
 //! What is an error, with its 1-based line number ([`TraceError`]): an
-//! unknown verb, a missing or extra field, an id or level that is not a
-//! number, a level outside 1..=4, an `A` whose id is live, and an `F` whose
-//! id is not.
+//! unknown verb, a missing or extra field, an id, level or order that is
+//! not a number, a level outside 1..=4 or an order above 18, an `A` or `D`
+//! whose id is live, and an `F` whose id is not.
 //!
 //! # Synthetic traces
 //!
@@ -65,6 +70,10 @@ impl Level {
     }
 }
 
+/// The largest data block order (`D`): 2^18 frames, 1 GiB, the
+/// allocator's largest block (`ptalloc::MAX_ORDER`).
+pub const MAX_DATA_ORDER: u8 = 18;
+
 /// One event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -75,9 +84,16 @@ pub enum Event {
         /// Its level.
         level: Level,
     },
+    /// `D <id> <order>`.
+    Data {
+        /// The block's name while it lives.
+        id: u64,
+        /// log2 of its frames, at most [`MAX_DATA_ORDER`].
+        order: u8,
+    },
     /// `F <id>`.
     Free {
-        /// The page's name.
+        /// The page's or block's name.
         id: u64,
     },
 }
@@ -86,6 +102,7 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Alloc { id, level } => write!(f, "A {id} {}", *level as u8),
+            Self::Data { id, order } => write!(f, "D {id} {order}"),
             Self::Free { id } => write!(f, "F {id}"),
         }
     }
@@ -98,25 +115,37 @@ pub struct Trace {
     pub events: Vec<Event>,
 }
 
-/// Counts over a trace.
+/// Counts over a trace. Pages are page-table pages; data blocks (`D`)
+/// are counted apart and never in the peak.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceSummary {
-    /// Allocations by level (index 0 = PT).
+    /// Page-table allocations by level (index 0 = PT).
     pub allocations: [u64; 4],
-    /// Frees.
+    /// Frees of page-table pages.
     pub frees: u64,
-    /// Most pages live at once.
+    /// Most page-table pages live at once.
     pub peak_live: u64,
     /// Index of the event after which `peak_live` was first reached.
     pub peak_at: usize,
-    /// Pages live at the end.
+    /// Page-table pages live at the end.
     pub live_at_end: u64,
+    /// Data block allocations (`D`).
+    pub data_allocations: u64,
+    /// Frames the data blocks asked for, in all.
+    pub data_frames: u64,
+    /// Frees of data blocks.
+    pub data_frees: u64,
 }
 
 impl TraceSummary {
-    /// Allocations of every level.
+    /// Page-table allocations of every level.
     pub fn total_allocations(&self) -> u64 {
         self.allocations.iter().sum()
+    }
+
+    /// Every event: allocations and frees of both kinds.
+    pub fn events(&self) -> u64 {
+        self.total_allocations() + self.frees + self.data_allocations + self.data_frees
     }
 }
 
@@ -125,6 +154,8 @@ impl Trace {
     pub fn summary(&self) -> TraceSummary {
         let mut s = TraceSummary::default();
         let mut live = 0u64;
+        // Which ids are data blocks: an `F` says only the id.
+        let mut data = std::collections::HashSet::new();
         for (i, event) in self.events.iter().enumerate() {
             match event {
                 Event::Alloc { level, .. } => {
@@ -135,25 +166,41 @@ impl Trace {
                         s.peak_at = i;
                     }
                 }
-                Event::Free { .. } => {
-                    s.frees += 1;
-                    live = live.saturating_sub(1);
+                Event::Data { id, order } => {
+                    s.data_allocations += 1;
+                    s.data_frames += 1 << order;
+                    data.insert(*id);
+                }
+                Event::Free { id } => {
+                    if data.remove(id) {
+                        s.data_frees += 1;
+                    } else {
+                        s.frees += 1;
+                        live = live.saturating_sub(1);
+                    }
                 }
             }
         }
         s.live_at_end = live;
         s
     }
+
+    /// Whether the trace has data blocks (`D`) as well as page tables.
+    pub fn has_data(&self) -> bool {
+        self.events.iter().any(|e| matches!(e, Event::Data { .. }))
+    }
 }
 
 /// What is wrong with a line.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TraceProblem {
-    /// Neither `A` nor `F`.
-    #[error("unknown verb {0:?}: expected `A <id> <level>` or `F <id>`")]
+    /// Not `A`, `D` or `F`.
+    #[error("unknown verb {0:?}: expected `A <id> <level>`, `D <id> <order>` or `F <id>`")]
     UnknownVerb(String),
     /// Too few or too many fields for the verb.
-    #[error("{0:?} has the wrong number of fields: expected `A <id> <level>` or `F <id>`")]
+    #[error(
+        "{0:?} has the wrong number of fields: expected `A <id> <level>`, `D <id> <order>` or `F <id>`"
+    )]
     Fields(String),
     /// An id that is not a decimal number below 2^64.
     #[error("bad id {0:?}: expected a decimal number below 2^64")]
@@ -161,7 +208,10 @@ pub enum TraceProblem {
     /// A level that is not 1..=4.
     #[error("bad level {0:?}: expected 1 (PT), 2 (PD), 3 (PDPT) or 4 (PML4)")]
     BadLevel(String),
-    /// An `A` of an id already live.
+    /// An order that is not 0..=[`MAX_DATA_ORDER`].
+    #[error("bad order {0:?}: expected 0 to 18 (a block of 2^order frames, at most 1 GiB)")]
+    BadOrder(String),
+    /// An `A` or `D` of an id already live.
     #[error("id {id} allocated again while live (allocated at line {since})")]
     IdLive {
         /// The id.
@@ -232,6 +282,22 @@ impl Checker {
                 self.live.insert(id, line);
                 Ok(Some(Event::Alloc { id, level }))
             }
+            "D" => {
+                let [_, id_text, order_text] = fields[..] else {
+                    return Err(error(TraceProblem::Fields(content.trim().to_string())));
+                };
+                let id = id(id_text)?;
+                let order = order_text
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&o| o <= MAX_DATA_ORDER && !order_text.starts_with('+'))
+                    .ok_or_else(|| error(TraceProblem::BadOrder(order_text.to_string())))?;
+                if let Some(&since) = self.live.get(&id) {
+                    return Err(error(TraceProblem::IdLive { id, since }));
+                }
+                self.live.insert(id, line);
+                Ok(Some(Event::Data { id, order }))
+            }
             "F" => {
                 let [_, id_text] = fields[..] else {
                     return Err(error(TraceProblem::Fields(content.trim().to_string())));
@@ -294,15 +360,24 @@ pub enum Pattern {
     /// thin, shifting stride survives, so every protected pageblock keeps
     /// a few live pages and many free ones (stranded protected frames).
     Fragment,
+    /// Page tables under memory pressure, with data blocks (`D`): ordinary
+    /// memory fills the machine and half of it is freed so that no
+    /// pageblock is whole and free; storms of page tables then outgrow
+    /// the protected memory there is; last, ordinary memory takes back
+    /// what is free and a final storm runs memory out. The scale is the
+    /// machine in pageblocks it is made for (1024: 2 GiB, the lab's);
+    /// smaller machines are pressed harder, larger ones not at all.
+    Pressure,
 }
 
 impl Pattern {
     /// Every pattern.
-    pub const ALL: [Pattern; 4] = [
+    pub const ALL: [Pattern; 5] = [
         Pattern::ForkExec,
         Pattern::Growing,
         Pattern::Storm,
         Pattern::Fragment,
+        Pattern::Pressure,
     ];
 
     /// Its command-line and file name.
@@ -312,6 +387,7 @@ impl Pattern {
             Self::Growing => "growing",
             Self::Storm => "storm",
             Self::Fragment => "fragment",
+            Self::Pressure => "pressure",
         }
     }
 
@@ -329,6 +405,9 @@ impl Pattern {
             Self::Fragment => {
                 "adversarial fragmentation: waves of which a thin, shifting stride survives"
             }
+            Self::Pressure => {
+                "page-table storms under memory pressure: data blocks leave no pageblock whole and free, then run memory out"
+            }
         }
     }
 
@@ -339,6 +418,7 @@ impl Pattern {
             Self::Growing => 6000,
             Self::Storm => 40,
             Self::Fragment => 12,
+            Self::Pressure => 1024,
         }
     }
 }
@@ -381,6 +461,13 @@ impl Emitter {
         let id = self.next_id;
         self.next_id += 1;
         self.events.push(Event::Alloc { id, level });
+        id
+    }
+
+    fn data(&mut self, order: u8) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.events.push(Event::Data { id, order });
         id
     }
 
@@ -451,6 +538,7 @@ pub fn generate(pattern: Pattern, seed: u64, scale: u32) -> Trace {
         Pattern::Growing => growing(&mut rng, &mut e, scale),
         Pattern::Storm => storm(&mut rng, &mut e, scale),
         Pattern::Fragment => fragment(&mut rng, &mut e, scale),
+        Pattern::Pressure => pressure(&mut rng, &mut e, scale),
     }
     Trace { events: e.events }
 }
@@ -575,6 +663,49 @@ fn fragment(rng: &mut Rng, e: &mut Emitter, waves: u64) {
     }
 }
 
+/// Storms of page tables in the pressure pattern's second act.
+const PRESSURE_STORMS: u64 = 3;
+
+fn pressure(rng: &mut Rng, e: &mut Emitter, pageblocks: u64) {
+    // Act 1: two 1 MiB data blocks per pageblock (allocated in address
+    // order from whole free memory), then the second of each pair freed:
+    // half of memory free, and no pageblock whole and free for a
+    // conversion to take, beyond those the allocator's watermark keeps.
+    let pairs: Vec<(u64, u64)> = (0..pageblocks).map(|_| (e.data(8), e.data(8))).collect();
+    for (_, second) in pairs {
+        e.free(second);
+    }
+    // Act 2: storms of two to four page tables per pageblock of the
+    // machine, well past a watermark's worth, unmapped in random order
+    // with one in twenty surviving.
+    let _base = Space::build(e, [8, 2, 1]);
+    let mut survivors: Vec<u64> = Vec::new();
+    for _ in 0..PRESSURE_STORMS {
+        let size = rng.range(pageblocks * 2, pageblocks * 4);
+        let mut burst: Vec<u64> = (0..size).map(|_| e.alloc(Level::Pt)).collect();
+        while !burst.is_empty() {
+            let id = burst.swap_remove(rng.pick(&burst));
+            if rng.chance(5) {
+                survivors.push(id);
+            } else {
+                e.free(id);
+            }
+        }
+    }
+    // Act 3: ordinary memory takes back the freed halves and what single
+    // pages it can, and a last storm finds memory run out. Everything
+    // stays live at the end.
+    for _ in 0..pageblocks {
+        e.data(8);
+    }
+    for _ in 0..pageblocks {
+        e.data(0);
+    }
+    for _ in 0..pageblocks * 4 {
+        e.alloc(Level::Pt);
+    }
+}
+
 /// The command that makes the shipped trace of `pattern` (its header
 /// quotes it).
 pub fn command(pattern: Pattern, seed: u64, scale: u32) -> String {
@@ -589,7 +720,7 @@ pub fn command(pattern: Pattern, seed: u64, scale: u32) -> String {
 pub fn shipped_file(pattern: Pattern, seed: u64, scale: u32) -> String {
     let trace = generate(pattern, seed, scale);
     let s = trace.summary();
-    let header = [
+    let mut header = vec![
         format!("Synthetic page-table trace: {}.", pattern.about()),
         format!(
             "Generated by: {} > tools/traces/{}.trace",
@@ -611,6 +742,19 @@ pub fn shipped_file(pattern: Pattern, seed: u64, scale: u32) -> String {
             s.live_at_end
         ),
     ];
+    // Said only where there are any, so the page-table traces' headers
+    // stay as they were.
+    if trace.has_data() {
+        header.insert(
+            3,
+            "`D <id> <order>` allocates a data block of 2^order frames of ordinary kernel memory; `F` frees it too."
+                .to_string(),
+        );
+        header.push(format!(
+            "Data: {} blocks ({} frames asked for), {} freed.",
+            s.data_allocations, s.data_frames, s.data_frees
+        ));
+    }
     write(&trace, &header)
 }
 
@@ -686,6 +830,26 @@ mod tests {
     }
 
     #[test]
+    fn data_blocks_are_events_of_their_own() {
+        let text = "D 1 8\nA 2 1\nD 3 0\nF 1\nA 1 2\nF 2\n";
+        let trace = parse(text).unwrap_or_default();
+        assert_eq!(trace.events[0], Event::Data { id: 1, order: 8 });
+        assert!(trace.has_data());
+        assert_eq!(parse(&write(&trace, &[])), Ok(trace.clone()));
+        let s = trace.summary();
+        assert_eq!(
+            (s.data_allocations, s.data_frames, s.data_frees),
+            (2, 257, 1)
+        );
+        // Page tables alone make the peak and the live count: the `F 1`
+        // is the data block's, and id 1 is a page table afterwards.
+        assert_eq!((s.total_allocations(), s.frees), (2, 1));
+        assert_eq!((s.peak_live, s.peak_at, s.live_at_end), (2, 4, 1));
+        assert_eq!(s.events(), 6);
+        assert!(!parse("A 1 1\n").unwrap_or_default().has_data());
+    }
+
+    #[test]
     fn writer_round_trips() {
         let trace = parse("A 7 1\nA 18446744073709551615 4\nF 7\n").unwrap_or_default();
         let text = write(&trace, &["two\nlines".to_string()]);
@@ -718,6 +882,18 @@ mod tests {
             ),
             ("F 9", 1, "free of id 9, which is not live"),
             ("A 1 1\nF 1\nF 1", 3, "free of id 1"),
+            ("D 1", 1, "wrong number of fields"),
+            ("D 1 8 8", 1, "wrong number of fields"),
+            ("D x 8", 1, "bad id \"x\""),
+            ("D 1 19", 1, "bad order \"19\""),
+            ("D 1 +1", 1, "bad order \"+1\""),
+            ("D 1 -1", 1, "bad order \"-1\""),
+            (
+                "D 1 8\nA 1 1",
+                2,
+                "id 1 allocated again while live (allocated at line 1)",
+            ),
+            ("A 1 1\nD 1 0", 2, "id 1 allocated again while live"),
         ];
         for (text, line, says) in cases {
             let e = error_of(text);
@@ -744,6 +920,13 @@ mod tests {
         assert!(storm.total_allocations() > 10 * 64 && storm.live_at_end == 12);
         let frag = generate(Pattern::Fragment, 1, 3).summary();
         assert_eq!((frag.allocations[0], frag.live_at_end), (3 * 2048, 0));
+        // Two 1 MiB blocks per pageblock, half freed, then taken back with
+        // single pages; a last storm of four tables per pageblock.
+        let pressure = generate(Pattern::Pressure, 1, 16).summary();
+        assert_eq!(pressure.data_allocations, 16 * 2 + 16 + 16);
+        assert_eq!(pressure.data_frames, 16 * 2 * 256 + 16 * 256 + 16);
+        assert_eq!(pressure.data_frees, 16);
+        assert!(pressure.live_at_end >= 16 * 4);
     }
 
     #[test]

@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use ptalloc::sim::LargestPage;
 use tools::lab::{
-    self, HOST_PROTECTION, HostMachine, KERNEL_EXTRA_WORDS, KERNEL_WORKLOADS, PROTECTIONS,
-    QemuMachine, Results, RunResult, STRATEGIES, Status, Strategy, StrategyInfo,
+    self, HostMachine, KERNEL_EXTRA_WORDS, KERNEL_WORKLOADS, KernelWorkload, PROTECTIONS,
+    ProtectionOption, QemuMachine, Results, RunResult, STRATEGIES, Status, Strategy, StrategyInfo,
 };
-use tools::replay::{self, Machine};
+use tools::replay::Machine;
 use tools::{QemuConfig, memmap, memmap_svg, trace};
 
 /// Run the policy lab: {strategy x protection x workload}.
@@ -112,6 +112,14 @@ fn trace_files(dirs: &[PathBuf]) -> Result<Vec<TraceFile>, String> {
     Ok(files)
 }
 
+/// A trace file, read and checked; the error names the file.
+fn load_trace(file: &TraceFile) -> Result<trace::Trace, String> {
+    fs::read_to_string(&file.path)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|text| trace::parse(&text).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", file.path.display()))
+}
+
 fn run(cli: &Cli) -> Result<bool, String> {
     if !cli.host_memory.is_multiple_of(2) {
         return Err(format!(
@@ -133,9 +141,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let mut runs = Vec::new();
 
     for file in trace_files(&cli.traces)? {
-        let parsed = fs::read_to_string(&file.path)
-            .map_err(|e| format!("cannot read: {e}"))
-            .and_then(|text| trace::parse(&text).map_err(|e| e.to_string()));
+        let parsed = load_trace(&file);
         for strategy in STRATEGIES {
             let result = host_run(strategy, &file, &parsed, &machine, &out);
             report_progress(&result);
@@ -145,35 +151,48 @@ fn run(cli: &Cli) -> Result<bool, String> {
 
     if !cli.no_qemu {
         let kernel = tools::default_kernel_path(false);
+        // Said once for every run, rather than found out by each of them.
+        let cannot_run = if !kernel.is_file() {
+            Some(format!(
+                "no kernel image at {} (`make lab` builds it)",
+                kernel.display()
+            ))
+        } else {
+            tools::find_or_install_qemu().err().map(|e| e.to_string())
+        };
         for workload in KERNEL_WORKLOADS {
             for strategy in STRATEGIES {
                 for protection in PROTECTIONS {
-                    let result = match strategy.kernel {
-                        None => RunResult::skipped(
+                    let result = match (strategy.kernel, &cannot_run) {
+                        (None, _) => RunResult::skipped(
                             strategy.name,
                             protection.name,
                             workload.name,
                             "qemu",
                             "the kernel has no option for it yet".into(),
                         ),
-                        Some(words) => {
+                        (Some(words), cannot_run) => {
                             let mut line: Vec<&str> = workload.kernel.to_vec();
                             line.extend(words);
                             line.extend(protection.kernel);
                             line.extend(KERNEL_EXTRA_WORDS);
-                            let name =
-                                format!("{}-{}-{}", workload.name, strategy.name, protection.name);
-                            let config = QemuConfig::new(&kernel)
-                                .cpu("max")
-                                .memory(cli.memory.clone())
-                                .append(line.join(" "))
-                                .timeout(Duration::from_secs(workload.timeout));
-                            let mut result = qemu_run(config, &name, &out, workload.parse);
-                            result.strategy = strategy.name.into();
-                            result.protection = protection.name.into();
-                            result.workload = workload.name.into();
-                            result.command_line = Some(line.join(" "));
-                            result
+                            let run = KernelRun {
+                                workload,
+                                strategy,
+                                protection,
+                                command_line: line.join(" "),
+                            };
+                            match cannot_run {
+                                Some(why) => run.result().failed(why.clone()),
+                                None => {
+                                    let config = QemuConfig::new(&kernel)
+                                        .cpu("max")
+                                        .memory(cli.memory.clone())
+                                        .append(run.command_line.clone())
+                                        .timeout(Duration::from_secs(workload.timeout));
+                                    qemu_run(&run, config, &out)
+                                }
+                            }
                         }
                     };
                     report_progress(&result);
@@ -232,57 +251,19 @@ fn host_run(
     machine: &Machine,
     out: &Path,
 ) -> RunResult {
-    let mut result = RunResult::skipped(
-        strategy.name,
-        HOST_PROTECTION,
+    let (mut result, dumps) = lab::host_run(
+        strategy,
         &file.name,
-        "host",
-        String::new(),
+        parsed.as_ref().map_err(String::as_str),
+        *machine,
+        true,
     );
-    let Some(build) = strategy.host else {
-        result.reason = Some("the simulator has no such strategy yet (ptalloc Config)".into());
-        return result;
-    };
-    let trace = match parsed {
-        Ok(trace) => trace,
-        Err(e) => return failed(result, format!("{}: {e}", file.path.display())),
-    };
-    let label = memmap::label_from(&format!("{}-{}", file.name, strategy.name));
-    let report = match replay::replay(
-        trace,
-        machine,
-        build(replay::kernel_config(machine)),
-        Some(&label),
-    ) {
-        Ok(report) => report,
-        Err(e) => return failed(result, e.to_string()),
-    };
-    result.status = Status::Ok;
-    result.reason = None;
-    result.metrics = report
-        .metrics()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    result.detail = Some(report.to_json());
-    for dump in &report.dumps {
+    for dump in &dumps {
         match write_picture(out, dump) {
             Ok(name) => result.pictures.push(name),
-            Err(e) => return failed(result, e),
+            Err(e) => return result.failed(e),
         }
     }
-    if let Err(broken) = &report.check {
-        return failed(
-            result,
-            format!("the simulator's invariants broke: {broken}"),
-        );
-    }
-    result
-}
-
-fn failed(mut result: RunResult, reason: String) -> RunResult {
-    result.status = Status::Failed;
-    result.reason = Some(reason);
     result
 }
 
@@ -294,46 +275,87 @@ fn write_picture(out: &Path, dump: &memmap::Dump) -> Result<String, String> {
     Ok(name)
 }
 
-fn qemu_run(
-    config: QemuConfig,
-    name: &str,
-    out: &Path,
-    parse: fn(&[String]) -> Result<lab::Metrics, String>,
-) -> RunResult {
-    let mut result = RunResult::skipped("", "", "", "qemu", String::new());
+/// One kernel run of the matrix.
+struct KernelRun<'m> {
+    workload: &'m KernelWorkload,
+    strategy: &'m Strategy,
+    protection: &'m ProtectionOption,
+    command_line: String,
+}
+
+impl KernelRun<'_> {
+    /// Its name in file names: `<workload>-<strategy>-<protection>`.
+    fn name(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.workload.name, self.strategy.name, self.protection.name
+        )
+    }
+
+    /// Its result before it ran (marked skipped until it has one).
+    fn result(&self) -> RunResult {
+        let mut result = RunResult::skipped(
+            self.strategy.name,
+            self.protection.name,
+            self.workload.name,
+            "qemu",
+            String::new(),
+        );
+        result.command_line = Some(self.command_line.clone());
+        result
+    }
+}
+
+/// The kernel's own words on why a run failed (COM1): its command-line
+/// refusal, a lab workload's failure, or the first line of a fatal
+/// report (`!!! kernel fault: ...`, `!!! kernel panic ...`).
+fn kernel_says(console: &str) -> Option<&str> {
+    const MARKERS: [&str; 3] = ["kernel command line rejected", "lab: ", "!!! "];
+    MARKERS.iter().find_map(|marker| {
+        console
+            .lines()
+            .map(str::trim)
+            .find(|line| line.contains(marker))
+    })
+}
+
+fn qemu_run(run: &KernelRun<'_>, config: QemuConfig, out: &Path) -> RunResult {
+    let name = run.name();
+    let mut result = run.result();
     let report = match tools::run(&config.echo(false)) {
         Ok(report) => report,
-        Err(e) => return failed(result, e.to_string()),
+        Err(e) => return result.failed(e.to_string()),
     };
     let transcript = report.interleaved.join("\n") + "\n";
     let log_name = format!("logs/{name}.log");
     if let Err(e) = fs::write(out.join(&log_name), &transcript) {
-        return failed(result, format!("cannot write {log_name}: {e}"));
+        return result.failed(format!("cannot write {log_name}: {e}"));
     }
     result.detail = Some(serde_json::json!({
         "transcript": log_name,
         "outcome": report.outcome.to_string(),
     }));
-    // Whatever pageblock maps the kernel dumped (it does when asked).
+    // Whatever pageblock maps the kernel dumped (`memmap=lab`: one after
+    // the workload, labelled `after-<workload>`).
     match memmap::parse_transcript(&transcript) {
         Ok(dumps) => {
             for mut dump in dumps {
                 dump.label = memmap::label_from(&format!("{name}-{}", dump.label));
                 match write_picture(out, &dump) {
                     Ok(file) => result.pictures.push(file),
-                    Err(e) => return failed(result, e),
+                    Err(e) => return result.failed(e),
                 }
             }
         }
-        Err(e) => return failed(result, format!("{log_name}: memmap dump: {e}")),
+        Err(e) => return result.failed(format!("{log_name}: memmap dump: {e}")),
     }
     if !report.outcome.is_success() {
-        return failed(
-            result,
-            format!("{} (transcript: {log_name})", report.outcome),
-        );
+        let said = kernel_says(&report.console)
+            .map(|line| format!(": {line:?}"))
+            .unwrap_or_default();
+        return result.failed(format!("{}{said} (transcript: {log_name})", report.outcome));
     }
-    match parse(&report.log) {
+    match lab::kernel_metrics(&report.log, run.workload, run.strategy, run.protection) {
         Ok(metrics) => {
             result.status = Status::Ok;
             result.reason = None;
@@ -343,7 +365,7 @@ fn qemu_run(
                 .insert("seconds".into(), report.elapsed.as_secs_f64());
             result
         }
-        Err(e) => failed(result, format!("{e} (transcript: {log_name})")),
+        Err(e) => result.failed(format!("{e} (transcript: {log_name})")),
     }
 }
 
@@ -376,26 +398,42 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_trace_fails_its_runs_and_a_missing_strategy_skips_them() {
+    fn a_bad_trace_fails_its_runs_naming_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("lab-bad-trace-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
         let file = TraceFile {
             name: "bad".into(),
-            path: PathBuf::from("bad.trace"),
+            path: dir.join("bad.trace"),
         };
-        let parsed = trace::parse("A 1 9\n").map_err(|e| e.to_string());
-        let machine = Machine::default();
-        let out = std::env::temp_dir();
-        let r = host_run(&STRATEGIES[0], &file, &parsed, &machine, &out);
+        let _ = fs::write(&file.path, "A 1 9\n");
+        let parsed = load_trace(&file);
+        let r = host_run(&STRATEGIES[0], &file, &parsed, &Machine::default(), &dir);
         assert_eq!(r.status, Status::Failed);
+        let reason = r.reason.unwrap_or_default();
         assert!(
-            r.reason
-                .as_deref()
-                .unwrap_or("")
-                .contains("bad.trace: line 1: bad level \"9\"")
+            reason.contains("bad.trace: line 1: bad level \"9\""),
+            "{reason}"
         );
-        let missing = STRATEGIES.iter().find(|s| s.host.is_none());
-        if let Some(strategy) = missing {
-            let r = host_run(strategy, &file, &parsed, &machine, &out);
-            assert_eq!(r.status, Status::Skipped);
-        }
+        let missing = TraceFile {
+            name: "missing".into(),
+            path: dir.join("missing.trace"),
+        };
+        assert!(load_trace(&missing).is_err_and(|e| e.contains("missing.trace: cannot read")));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_kernel_says_why_it_failed() {
+        let console = "pks-kernel 0.1.0 booting\npk fault policy: pkfault=report\nkernel command line rejected: unknown option 'lab'\n";
+        assert_eq!(
+            kernel_says(console),
+            Some("kernel command line rejected: unknown option 'lab'")
+        );
+        let console =
+            "boot complete\nlab: storm failed: a mapping the workload made could not be unmapped\n";
+        assert!(kernel_says(console).is_some_and(|l| l.starts_with("lab: storm failed")));
+        let console = "x\n!!! kernel panic at a.rs:1:2\n!!! stopping the machine\n";
+        assert_eq!(kernel_says(console), Some("!!! kernel panic at a.rs:1:2"));
+        assert_eq!(kernel_says("pk fault policy: pkfault=report\n"), None);
     }
 }

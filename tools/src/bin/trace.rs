@@ -2,16 +2,17 @@
 //! `tools::trace`).
 //!
 //! ```text
-//! trace gen <fork-exec|growing|storm|fragment> [--seed N] [--scale N] [--out FILE]
+//! trace gen <fork-exec|growing|storm|fragment|pressure> [--seed N] [--scale N] [--out FILE]
 //! trace check FILE...
-//! trace replay FILE... [--memory MIB] [--mega] [--pictures DIR]
+//! trace replay FILE... [--memory MIB] [--mega] [--strategy NAME] [--pictures DIR]
 //! ```
 //!
 //! - `gen` writes a synthetic trace with its header comment (the command
 //!   that makes it again) to FILE or standard output.
 //! - `check` parses each file and prints its counts.
 //! - `replay` runs each file against `ptalloc` on its simulated direct map
-//!   with the kernel's configuration of today and prints one JSON object
+//!   with the kernel's configuration of today, or a policy-lab strategy's
+//!   (`--strategy`, as `tools::lab::STRATEGIES` sets it up), and prints one JSON object
 //!   per file (`{"file": ..., "report": ...}`, the report as
 //!   `tools::replay::ReplayReport::to_json` writes it); with `--pictures`
 //!   it also writes the pageblock map at the peak and the end as SVG.
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ptalloc::sim::LargestPage;
+use tools::lab::{STRATEGIES, Strategy};
 use tools::replay::{self, Machine};
 use tools::trace::{self, Pattern, Trace};
 
@@ -41,7 +43,7 @@ struct Cli {
 enum Command {
     /// Write a synthetic trace.
     Gen {
-        /// fork-exec, growing, storm or fragment.
+        /// fork-exec, growing, storm, fragment or pressure.
         #[arg(value_parser = parse_pattern)]
         pattern: Pattern,
         /// Seed of the generator.
@@ -72,6 +74,10 @@ enum Command {
         /// Start the direct map with 2 MiB pages instead of 1 GiB ones.
         #[arg(long)]
         mega: bool,
+        /// The policy lab's strategy to replay under (granular always has
+        /// a map of 2 MiB pages).
+        #[arg(long, default_value = "freetype", value_parser = parse_strategy)]
+        strategy: &'static Strategy,
         /// Also write the pageblock maps at the peak and the end here.
         #[arg(long, value_name = "DIR")]
         pictures: Option<PathBuf>,
@@ -81,6 +87,13 @@ enum Command {
 fn parse_pattern(name: &str) -> Result<Pattern, String> {
     Pattern::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = Pattern::ALL.iter().map(|p| p.name()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
+fn parse_strategy(name: &str) -> Result<&'static Strategy, String> {
+    STRATEGIES.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = STRATEGIES.iter().map(|s| s.name).collect();
         format!("expected one of {}", names.join(", "))
     })
 }
@@ -122,8 +135,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
         Command::Check { files } => {
             for path in files {
                 let s = load(&path)?.summary();
+                let data = if s.data_allocations > 0 {
+                    format!(
+                        "; data: {} blocks ({} frames), {} freed",
+                        s.data_allocations, s.data_frames, s.data_frees
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{}: ok: {} allocations (PT {}, PD {}, PDPT {}, PML4 {}), {} frees, peak {} live, {} live at the end",
+                    "{}: ok: {} allocations (PT {}, PD {}, PDPT {}, PML4 {}), {} frees, peak {} live, {} live at the end{data}",
                     path.display(),
                     s.total_allocations(),
                     s.allocations[0],
@@ -141,6 +162,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             files,
             memory,
             mega,
+            strategy,
             pictures,
         } => {
             if !memory.is_multiple_of(2) {
@@ -154,17 +176,19 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     LargestPage::Giga
                 },
             };
+            let Some(build) = strategy.host else {
+                return Err(format!(
+                    "--strategy {}: the simulator does not have it",
+                    strategy.name
+                ));
+            };
+            let setup = build(machine);
             let mut broken = false;
             for path in files {
                 let trace = load(&path)?;
                 let label = pictures.as_ref().map(|_| label_of(&path));
-                let report = replay::replay(
-                    &trace,
-                    &machine,
-                    replay::kernel_config(&machine),
-                    label.as_deref(),
-                )
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                let report = replay::replay(&trace, &setup.machine, setup.config, label.as_deref())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 broken |= report.check.is_err();
                 if let Some(dir) = &pictures {
                     fs::create_dir_all(dir)
@@ -178,6 +202,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 }
                 let json = serde_json::json!({
                     "file": path.display().to_string(),
+                    "strategy": strategy.name,
                     "report": report.to_json(),
                 });
                 println!("{json:#}");
@@ -215,11 +240,14 @@ mod tests {
     #[test]
     fn options_are_checked() {
         assert!(Cli::try_parse_from(["trace", "gen", "storm", "--seed", "3"]).is_ok());
+        assert!(Cli::try_parse_from(["trace", "gen", "pressure"]).is_ok());
+        assert!(Cli::try_parse_from(["trace", "replay", "x", "--strategy", "granular"]).is_ok());
         for args in [
             &["trace", "gen", "nope"][..],
             &["trace", "gen", "storm", "--scale", "0"],
             &["trace", "check"],
             &["trace", "replay", "x", "--memory", "2"],
+            &["trace", "replay", "x", "--strategy", "nope"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
