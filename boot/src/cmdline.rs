@@ -39,6 +39,10 @@ pub const OPTIONS: &[(&str, &str)] = &[
         "lab",
         "none, or WORKLOAD[,WORKLOAD...] of churn, spaces, storm",
     ),
+    (
+        "protect",
+        "pt[,CLASS...] with CLASS of meta, cnode, tcb (page tables always; ptprot=none protects nothing)",
+    ),
 ];
 
 /// Most pageblocks `flushlimit=` accepts: one 1 GiB page's worth, beyond
@@ -105,6 +109,31 @@ pub enum PtFallback {
     /// Hand out an ordinary, unprotected page as the page table (the
     /// verification walk fails while one lives).
     Unprotected,
+}
+
+/// Which kernel objects carry a protection key of their own (`protect=`),
+/// besides page tables, which always do. Each class is write-disabled
+/// outside its own windows; one left out keeps the default key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectProtection {
+    /// The sealed records that say what is page-table memory (key 2).
+    pub meta: bool,
+    /// Capability tables: CNode and TCB slots and the capability space's
+    /// records (key 3).
+    pub cnode: bool,
+    /// Thread control blocks: a thread's saved registers (key 4).
+    pub tcb: bool,
+}
+
+impl Default for ObjectProtection {
+    /// `protect=pt,meta`: page tables and the records about them.
+    fn default() -> Self {
+        Self {
+            meta: true,
+            cnode: false,
+            tcb: false,
+        }
+    }
 }
 
 /// An in-kernel workload of the policy lab (`lab=`).
@@ -186,6 +215,9 @@ pub struct KernelConfig {
     /// `lab=`: the lab workloads to run after boot, in order (default:
     /// none).
     pub lab: Vec<LabWorkload, { LabWorkload::ALL.len() }>,
+    /// `protect=`: the object classes with keys of their own (default
+    /// `pt,meta`).
+    pub protect: ObjectProtection,
 }
 
 /// A command line the kernel refuses.
@@ -335,6 +367,7 @@ impl KernelConfig {
                     }
                 }
                 "lab" => config.lab = parse_lab(value).ok_or(bad_value)?,
+                "protect" => config.protect = parse_protect(value).ok_or(bad_value)?,
                 "demo" => {
                     config.demo = match value {
                         "none" => Demo::None,
@@ -367,6 +400,30 @@ fn parse_memmap(value: &str) -> Option<MemmapPoints> {
         }
     }
     Some(points)
+}
+
+/// `pt`, then any of `meta`, `cnode`, `tcb`, each at most once, in any
+/// order.
+fn parse_protect(value: &str) -> Option<ObjectProtection> {
+    let mut protect = ObjectProtection {
+        meta: false,
+        cnode: false,
+        tcb: false,
+    };
+    let mut page_tables = false;
+    for class in value.split(',') {
+        let seen = match class {
+            "pt" => core::mem::replace(&mut page_tables, true),
+            "meta" => core::mem::replace(&mut protect.meta, true),
+            "cnode" => core::mem::replace(&mut protect.cnode, true),
+            "tcb" => core::mem::replace(&mut protect.tcb, true),
+            _ => return None,
+        };
+        if seen {
+            return None;
+        }
+    }
+    page_tables.then_some(protect)
 }
 
 /// `none`, or a comma-separated list of lab workloads, each at most once.
@@ -462,6 +519,31 @@ mod tests {
             assert_eq!(KernelConfig::parse(&line).unwrap().ptstrategy, strategy);
         }
         assert!(KernelConfig::parse("lab=none").unwrap().lab.is_empty());
+        let protect = |line| KernelConfig::parse(line).map(|c| c.protect);
+        assert_eq!(
+            protect(""),
+            Ok(ObjectProtection {
+                meta: true,
+                cnode: false,
+                tcb: false
+            })
+        );
+        assert_eq!(
+            protect("protect=tcb,pt,cnode"),
+            Ok(ObjectProtection {
+                meta: false,
+                cnode: true,
+                tcb: true
+            })
+        );
+        assert_eq!(
+            protect("protect=pt"),
+            Ok(ObjectProtection {
+                meta: false,
+                cnode: false,
+                tcb: false
+            })
+        );
         assert_eq!(
             KernelConfig::parse("lab=churn,spaces,storm").unwrap().lab,
             LabWorkload::ALL
@@ -475,6 +557,10 @@ mod tests {
             ("lab=churn,", "lab"),
             ("lab=none,churn", "lab"),
             ("lab=fork", "lab"),
+            ("protect=cnode", "protect"),
+            ("protect=pt,pt", "protect"),
+            ("protect=pt,ipc", "protect"),
+            ("protect=", "protect"),
         ] {
             assert!(
                 matches!(KernelConfig::parse(bad), Err(CmdlineError::BadValue { option: o, .. }) if o == option),

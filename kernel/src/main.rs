@@ -133,6 +133,7 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         "protection windows: {=str}",
         report::mechanism_name(protection.mechanism())
     );
+    object::protection::init(config.protect);
     let memory = match memory::bring_up(&info.memory, &features, &config) {
         Ok(memory) => memory,
         Err(error) => {

@@ -68,6 +68,13 @@ pub fn print_boot_report(boot: &BootState) {
             consumer.key, consumer.name, consumer.rights
         );
     }
+    let objects = crate::object::protection::in_force();
+    println!(
+        "object protection: protect=pt{}{}{} (classes with keys of their own; none under ptprot=none)",
+        if objects.meta { ",meta" } else { "" },
+        if objects.cnode { ",cnode" } else { "" },
+        if objects.tcb { ",tcb" } else { "" },
+    );
     let applies = match boot.ptprot {
         ProtectionPolicy::Pks => "",
         ProtectionPolicy::ReadOnlyAlias => {

@@ -33,7 +33,7 @@ use crate::memory::KernelPhys;
 use crate::memory::frames::Frame;
 use crate::memory::paging::{MapFlags, load_kernel_root};
 use crate::object::boot::{BuildError, Builder, Process};
-use crate::object::{self, Body, OBJECTS};
+use crate::object::{self, Body};
 use crate::println;
 use abi::{BootInfo, InitCap, MAX_BOOT_UNTYPED};
 use boot::elf_plan::{self as loader, ElfError, HEADER_BYTES, Plan, Segment};
@@ -155,17 +155,15 @@ pub(crate) fn enter(loaded: &Loaded, argument: u64) -> Stop {
     let mut context = UserContext::new(loaded.plan.entry, STACK_TOP);
     context.rdi = BOOT_INFO;
     context.rsi = argument;
-    if let Some(objects) = OBJECTS.lock().as_mut() {
+    object::with_objects(|objects| {
         objects.set_current(Some(loaded.process.tcb));
         if let Some(Body::VSpace(space)) = objects.body(loaded.process.vspace) {
             space.load();
         }
-    }
+    });
     let stop = usermode::run(&mut context);
     load_kernel_root();
-    if let Some(objects) = OBJECTS.lock().as_mut() {
-        objects.save_context(loaded.process.tcb, &context);
-    }
+    object::with_objects(|objects| objects.save_context(loaded.process.tcb, &context));
     stop
 }
 
@@ -253,10 +251,18 @@ pub(crate) fn load(module: &BootModule) -> Result<Loaded, LoadError> {
         .read(module.start, &mut header[..len])
         .ok_or(LoadError::Unreadable { phys: module.start })?;
     let plan = loader::plan(&header[..len], module.size).map_err(LoadError::Elf)?;
-    let mut guard = OBJECTS.lock();
-    let objects = guard
-        .as_mut()
-        .ok_or(LoadError::Objects(object::InitError::NotUp))?;
+    object::with_objects(|objects| build(objects, module, &plan))
+        .ok_or(LoadError::Objects(object::InitError::NotUp))?
+        .map(|process| Loaded { process, plan })
+}
+
+/// Builds the process `plan` describes from `module`, under the object
+/// layer's lock.
+fn build(
+    objects: &mut object::Objects,
+    module: &BootModule,
+    plan: &loader::Plan,
+) -> Result<object::boot::Process, LoadError> {
     let mut process = Builder::new(objects, ROOT_CNODE_RADIX)?;
     // The budget is promised before the mappings are made: they take far
     // less than the quarter kept back.
@@ -273,15 +279,14 @@ pub(crate) fn load(module: &BootModule) -> Result<Loaded, LoadError> {
     process.set_ipc_buffer(IPC_BUFFER, InitCap::InitThreadIpcBuffer);
     // Its tables first, so that the boot info lists every cap.
     process.ensure_tables(BOOT_INFO)?;
-    let info = boot_info(&plan, &process.layout());
+    let info = boot_info(plan, &process.layout());
     info.check().map_err(LoadError::BootInfo)?;
     let bytes = boot_info_bytes(&info);
     let fixed = Some(InitCap::BootInfoFrame);
     process.map_frame(BOOT_INFO, READ_ONLY, fixed, |frame| {
         crate::memory::ephemeral::copy_to(frame, 0, &bytes)
     })?;
-    let process = process.layout();
-    Ok(Loaded { process, plan })
+    Ok(process.layout())
 }
 
 /// Maps `segment`'s pages, each a zeroed frame with the segment's file

@@ -21,7 +21,7 @@
 use crate::arch::exit::ExitCode;
 use crate::arch::usermode::Stop;
 use crate::memory::{frames, verify};
-use crate::object::{self, Body, OBJECTS};
+use crate::object::{self, Body};
 use crate::println;
 use crate::roottask::{self, Loaded};
 use boot::BootModule;
@@ -112,10 +112,7 @@ pub fn run(module: &BootModule) -> ExitCode {
         }
     }
     // Once, at the end: the full check takes seconds under TCG.
-    let checked = OBJECTS
-        .lock()
-        .as_ref()
-        .map_or(Ok(()), object::boot::check_caps);
+    let checked = object::read_objects(object::boot::check_caps).unwrap_or(Ok(()));
     if let Err(violation) = checked {
         println!("user tests: {}", Problem::Caps(violation));
         counts.failed += 1;
@@ -134,12 +131,20 @@ pub fn run(module: &BootModule) -> ExitCode {
 
 /// Prints what the suite's VSpaces and map invocations cost.
 fn report_costs(counts: &Counts) {
-    let costs = OBJECTS
-        .lock()
-        .as_ref()
-        .map(|objects| objects.costs())
-        .unwrap_or_default();
+    let costs = object::read_objects(|objects| objects.costs()).unwrap_or_default();
     let processes = counts.processes.max(1);
+    let (syscalls, syscall_writes) = crate::syscall::costs();
+    let objects = object::protection::in_force();
+    println!(
+        "user tests: costs: {} syscalls, {} PKRS writes, {}.{:02} per syscall (protect=pt{}{}{})",
+        syscalls,
+        syscall_writes,
+        syscall_writes / syscalls.max(1),
+        syscall_writes * 100 / syscalls.max(1) % 100,
+        if objects.meta { ",meta" } else { "" },
+        if objects.cnode { ",cnode" } else { "" },
+        if objects.tcb { ",tcb" } else { "" },
+    );
     println!(
         "user tests: costs: {} map invocations (frames and tables), {} PKRS writes, {}.{:02} per map (goal 2); \
          {} tables left non-empty by a dead VSpace cleared on their way back in ({} PKRS writes); \
@@ -202,10 +207,7 @@ struct Baseline {
 
 impl Baseline {
     fn now() -> Self {
-        let objects = OBJECTS
-            .lock()
-            .as_ref()
-            .map_or(0, object::boot::live_objects);
+        let objects = object::read_objects(object::boot::live_objects).unwrap_or(0);
         Self {
             objects,
             frames: frames::frames_not_held(),
@@ -217,14 +219,11 @@ impl Baseline {
 /// (unless protection is off), and must have walked the process's VSpace.
 fn check_walk(loaded: &Loaded) -> Result<(), Problem> {
     let report = verify::verify();
-    let root =
-        OBJECTS
-            .lock()
-            .as_ref()
-            .and_then(|objects| match objects.body(loaded.process.vspace) {
-                Some(Body::VSpace(space)) => Some(space.root()),
-                _ => None,
-            });
+    let root = object::read_objects(|objects| match objects.body(loaded.process.vspace) {
+        Some(Body::VSpace(space)) => Some(space.root()),
+        _ => None,
+    })
+    .flatten();
     let covered = root.is_some_and(|root| crate::memory::paging::live_roots().contains(&root));
     // Under ptprot=none nothing is protected: the walk is expected to
     // find page tables unprotected, as at boot; it must still reach the
@@ -240,13 +239,11 @@ fn check_walk(loaded: &Loaded) -> Result<(), Problem> {
 /// Destroys the test's process: every frame must come back, and no object
 /// be left beyond those alive before it.
 fn finish(loaded: &Loaded, before: &Baseline) -> Result<(), Problem> {
-    let left = match OBJECTS.lock().as_mut() {
-        Some(objects) => {
-            object::boot::destroy(objects, &loaded.process);
-            object::boot::live_objects(objects)
-        }
-        None => 0,
-    };
+    let left = object::with_objects(|objects| {
+        object::boot::destroy(objects, &loaded.process);
+        object::boot::live_objects(objects)
+    })
+    .unwrap_or(0);
     frames::drain_caches();
     let after = Baseline::now();
     if left != before.objects || after.frames != before.frames {

@@ -2,10 +2,13 @@
 //!
 //! Key 0 is every page's default. Key 1 protects page tables, key 2 the
 //! allocator metadata the kernel's protection decisions read (which
-//! pageblocks are page-table memory): both write-disabled except inside
-//! their own write windows. The other keys are free for the next consumers
-//! (capability tables are the obvious experiment): add a row to
-//! [`KEY_TABLE`] and the default PKRS follows.
+//! pageblocks are page-table memory), key 3 capability tables (CNode and
+//! TCB slots, the capability space's records) and key 4 thread control
+//! blocks: all write-disabled except inside their own write windows.
+//! Which memory carries keys 2 to 4 is the kernel's policy (`protect=`):
+//! a class left unprotected keeps the default key, and its key's
+//! write-disable bit guards nothing. The other keys are free for the next
+//! consumers: add a row to [`KEY_TABLE`] and the default PKRS follows.
 
 use crate::key::{Pkey, Pkrs, Rights};
 
@@ -35,6 +38,11 @@ pub const PAGE_TABLE_KEY: Pkey = key(1);
 /// memory.
 pub const METADATA_KEY: Pkey = key(2);
 
+/// The key of capability tables.
+pub const CAPABILITY_KEY: Pkey = key(3);
+/// The key of thread control blocks.
+pub const THREAD_KEY: Pkey = key(4);
+
 /// Every key in use. Keys not listed are read-write and unused.
 pub const KEY_TABLE: &[KeyConsumer] = &[
     KeyConsumer {
@@ -50,6 +58,16 @@ pub const KEY_TABLE: &[KeyConsumer] = &[
     KeyConsumer {
         key: METADATA_KEY,
         name: "allocator metadata",
+        rights: Rights::ReadOnly,
+    },
+    KeyConsumer {
+        key: CAPABILITY_KEY,
+        name: "capability tables",
+        rights: Rights::ReadOnly,
+    },
+    KeyConsumer {
+        key: THREAD_KEY,
+        name: "thread control blocks",
         rights: Rights::ReadOnly,
     },
 ];
@@ -71,8 +89,8 @@ pub fn consumer(key: Pkey) -> Option<&'static KeyConsumer> {
 }
 
 const _: () = assert!(
-    default_pkrs().bits() == 0b10_1000,
-    "the page-table and metadata keys are write-disabled, nothing else"
+    default_pkrs().bits() == 0b10_1010_1000,
+    "keys 1 to 4 are write-disabled, nothing else"
 );
 
 #[cfg(test)]

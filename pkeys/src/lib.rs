@@ -34,7 +34,7 @@ pub mod window;
 
 pub use fault::{Access, FaultAction, FaultHandler, PageFaultError, PkFault};
 pub use key::{Pkey, Pkrs, Rights};
-pub use keys::{METADATA_KEY, PAGE_TABLE_KEY, default_pkrs};
+pub use keys::{CAPABILITY_KEY, METADATA_KEY, PAGE_TABLE_KEY, THREAD_KEY, default_pkrs};
 pub use policy::{FaultPolicy, ProtectionPolicy};
 pub use window::{
     CpuProtection, Mechanism, ProtectionRegisters, SavedProtection, Violation, ViolationHandler,

@@ -675,11 +675,11 @@ mod tests {
     }
 
     /// A key nobody restricts.
-    struct Key3;
+    struct Key5;
     // SAFETY: as above.
     #[allow(unsafe_code)]
-    unsafe impl WindowKind for Key3 {
-        const KEY: Pkey = match Pkey::new(3) {
+    unsafe impl WindowKind for Key5 {
+        const KEY: Pkey = match Pkey::new(5) {
             Some(key) => key,
             None => panic!(),
         };
@@ -751,7 +751,7 @@ mod tests {
         cpu.with_window::<PageTables, _>(|| {
             cpu.with_window::<PageTables, _>(|| {}); // nothing to change
             assert_eq!(cpu.pkrs_writes(), 1);
-            cpu.with_window::<Key3, _>(|| {}); // key 3 is already writable
+            cpu.with_window::<Key5, _>(|| {}); // key 5 is already writable
             assert_eq!(cpu.pkrs_writes(), 1);
             assert!(
                 cpu.pkrs().allows_write(PAGE_TABLE_KEY),
@@ -831,7 +831,12 @@ mod tests {
             Some(crate::METADATA_KEY)
         );
         let key2_bit = 1 << crate::METADATA_KEY.index();
-        assert_eq!(over_granted(Pkrs::ALL_ACCESS, key1_bit | key2_bit), None);
+        assert_eq!(
+            over_granted(Pkrs::ALL_ACCESS, key1_bit | key2_bit),
+            Some(crate::CAPABILITY_KEY)
+        );
+        let keys_1_to_4 = 0b1_1110;
+        assert_eq!(over_granted(Pkrs::ALL_ACCESS, keys_1_to_4), None);
         // Keys outside the table are read-write by default, and
         // restrictions are always fine.
         let restricted = default_pkrs().with_rights(key15, Rights::NoAccess);
@@ -1038,7 +1043,7 @@ mod tests {
             default_pkrs(),
             "the exit opened a key"
         );
-        cpu.with_window::<Key3, _>(|| {});
+        cpu.with_window::<Key5, _>(|| {});
         assert_eq!(cpu.regs.read_pkrs(), default_pkrs());
     }
 
@@ -1054,7 +1059,7 @@ mod tests {
     #[test]
     fn only_windows_that_loosen_a_key_clear_write_protect() {
         let cpu = cpu_with(Mechanism::WriteProtect);
-        cpu.with_window::<Key3, _>(|| assert!(cpu.regs.write_protect()));
+        cpu.with_window::<Key5, _>(|| assert!(cpu.regs.write_protect()));
         assert_eq!(cpu.write_protect_writes(), 0);
     }
 
@@ -1084,7 +1089,7 @@ mod tests {
         let cpu = pks_cpu();
         cpu.with_window::<PageTables, _>(|| {
             cpu.regs.pkrs.set(0); // opened behind the windows' back
-            cpu.with_window::<Key3, _>(|| {});
+            cpu.with_window::<Key5, _>(|| {});
         });
     }
 
@@ -1152,7 +1157,7 @@ mod tests {
         cpu.exit_exception(saved);
         let before = cpu.checks();
         cpu.with_window::<PageTables, _>(|| {
-            cpu.with_window::<Key3, _>(|| {
+            cpu.with_window::<Key5, _>(|| {
                 let saved = cpu.enter_exception();
                 assert_eq!(saved.depth(), 2);
                 cpu.exit_exception(saved);

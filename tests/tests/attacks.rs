@@ -13,7 +13,7 @@ fn pkrs_opened_behind_the_windows_is_caught_at_the_next_exception() {
         .expect_outcome(Outcome::KernelFailure)
         .expect_console(&[
             "test attack_pkrs_opened_then_exception ... FAILED",
-            "!!! protection registers tampered with: PKRS holds 0x00000000, but the open windows set 0x00000028 (key 1 ro, key 2 ro)",
+            "!!! protection registers tampered with: PKRS holds 0x00000000, but the open windows set 0x000002a8 (key 1 ro, key 2 ro, key 3 ro, key 4 ro)",
         ])
         .expect_no_log("attack: the stray page-table write landed");
     boot(qemu("ptprot=none test=attack_pkrs_opened_then_exception"))

@@ -17,12 +17,16 @@ fn boots_with_pks_and_reports() {
     let run = boot(qemu(""));
     run.expect_outcome(Outcome::Success).expect_console(&[
         "pks-kernel",
-        "PKS: present, CR4.PKS on, PKRS 0x00000028 (key 1 ro, key 2 ro)",
+        "PKS: present, CR4.PKS on, PKRS 0x000002a8 (key 1 ro, key 2 ro, key 3 ro, key 4 ro)",
         "+PKS",
         "cpu protections: SMEP on, SMAP on, UMIP on, NX on, CR0.WP on",
         "protection policy: ptprot=pks (auto: PKS present), write windows by PKRS",
         "key 1: page tables, ReadOnly outside windows",
         "key 2: allocator metadata, ReadOnly outside windows",
+        "key 3: capability tables, ReadOnly outside windows",
+        "key 4: thread control blocks, ReadOnly outside windows",
+        "object protection: protect=pt,meta (classes with keys of their own; none under ptprot=none)",
+        "page-table policy: ptstrategy=freetype ptfallback=fail",
         "sealed records: pageblock protections, single page-table pages (0 in 0 of 128 mixed-pageblock slots) and early page tables, 11 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
@@ -39,7 +43,7 @@ fn boots_with_pks_and_reports() {
         // The leaf count follows the image's size.
         "verification walk: PASS: 11 page-table frames, ",
         " leaf mappings, 21 aliases of protected frames, all protected; no stray keys; registers as required",
-        "register check: CR0.WP set, PKRS 0x00000028 (key 1 ro, key 2 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
+        "register check: CR0.WP set, PKRS 0x000002a8 (key 1 ro, key 2 ro, key 3 ro, key 4 ro) (the default, no window open), CR4 pinned bits 0x1300000 (PKS SMEP SMAP); checked at window close, exception entry and exit, and this walk: held",
         "boot complete",
     ]);
     // Boot time to the walk's pass is measured by the runner, as the
@@ -246,7 +250,7 @@ fn stray_write_under_panic_policy_reports_the_key() {
         "protection key fault: write of 0xffffffff8",
         "denied by key 1 (page tables) at RIP 0xffffffff8",
         "fault policy: pkfault=panic",
-        "PKRS of the faulting code: 0x00000028 (key 1 ro, key 2 ro)",
+        "PKRS of the faulting code: 0x000002a8 (key 1 ro, key 2 ro, key 3 ro, key 4 ro)",
     ]);
 }
 

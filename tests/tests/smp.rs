@@ -5,7 +5,7 @@
 use qemu_tests::{Run, boot, qemu};
 use tools::Outcome;
 
-const PKS_STATE: &str = "CR4.PKS on, PKRS 0x00000028 (key 1 ro, key 2 ro), SMEP on, SMAP on, CR0.WP on, register check held";
+const PKS_STATE: &str = "CR4.PKS on, PKRS 0x000002a8 (key 1 ro, key 2 ro, key 3 ro, key 4 ro), SMEP on, SMAP on, CR0.WP on, register check held";
 
 /// The `cpu N:` lines of a run, in order.
 fn cpu_lines(run: &Run) -> Vec<String> {

@@ -475,8 +475,10 @@ impl DirectMap for KernelDirectMap {
                     Protection::Pkey(k) if k == pkeys::PAGE_TABLE_KEY.index() => {
                         pte::with_window(|_| zero())
                     }
-                    // No other key has a window to write its pages in.
-                    Protection::Pkey(_) => return Err(DirectMapError::Failed),
+                    // Object classes' memory, in their owner's window; no
+                    // other key has one.
+                    Protection::Pkey(k) => crate::object::protection::zero_keyed(k, zero)
+                        .ok_or(DirectMapError::Failed)?,
                     _ => zero(),
                 }
             }

@@ -8,7 +8,10 @@
 //! Promises:
 //! - the memory is kernel-object memory ([`KERNEL_OBJECTS`]: unmovable,
 //!   mapped in the direct map with the default key), so compaction never
-//!   moves it and the direct map reaches it without a window;
+//!   moves it and the direct map reaches it without a window; or, with
+//!   [`FrameArray::new_in`], an unmovable keyed freetype of an object
+//!   class (`object::protection`), which its owner writes only inside the
+//!   class's window;
 //! - every element is written before the slice exists, and dropped before
 //!   the frames go back;
 //! - the array is the frames' only owner: the slice lives exactly as long
@@ -39,7 +42,19 @@ impl<T> FrameArray<T> {
     /// An array of `len` elements, element `i` being `fill(i)`, in the
     /// smallest block of [`KERNEL_OBJECTS`] frames that holds it (a page
     /// at least). Too large for any block is `OutOfMemory`.
-    pub fn new(len: usize, mut fill: impl FnMut(usize) -> T) -> Result<Self, FrameError> {
+    pub fn new(len: usize, fill: impl FnMut(usize) -> T) -> Result<Self, FrameError> {
+        Self::new_in(KERNEL_OBJECTS, len, fill)
+    }
+
+    /// As [`new`](Self::new), in frames of `freetype`: an unmovable
+    /// freetype in the direct map, `Mapped` or keyed. For a keyed one the
+    /// caller holds its key's window open (the elements are written
+    /// here), as it must for every later write.
+    pub fn new_in(
+        freetype: Freetype,
+        len: usize,
+        mut fill: impl FnMut(usize) -> T,
+    ) -> Result<Self, FrameError> {
         const { assert!(core::mem::align_of::<T>() <= PAGE) };
         let too_big = FrameError::Alloc(ptalloc::AllocError::OutOfMemory);
         let bytes = len
@@ -51,12 +66,15 @@ impl<T> FrameArray<T> {
         if order > ptalloc::MAX_ORDER {
             return Err(too_big);
         }
-        let frame = frames::alloc_frame(order, KERNEL_OBJECTS, false)?;
+        if freetype.mobility != Mobility::Unmovable || freetype.protection == Protection::Unmapped {
+            return Err(FrameError::NotKernelMemory);
+        }
+        let frame = frames::alloc_frame(order, freetype, false)?;
         let base = Self::base(&frame);
         for index in 0..len {
-            // SAFETY: the block is ours alone (an owned Frame), of
-            // KERNEL_OBJECTS memory, which the direct map maps writable
-            // with the default key; `index < len` keeps the write inside
+            // SAFETY: the block is ours alone (an owned Frame), unmovable
+            // memory the direct map maps, writable with the default key or
+            // inside the key's window the caller holds; `index < len` keeps the write inside
             // the `bytes` the block holds, and the base is page aligned.
             unsafe { base.add(index).write(fill(index)) };
         }

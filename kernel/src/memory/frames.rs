@@ -432,17 +432,22 @@ pub(super) fn movable_freetype(frame: &Frame) -> Option<Freetype> {
 pub enum FrameError {
     /// No page allocator yet.
     NoAllocator,
-    /// A key-protected freetype: its frames are page tables, which only
-    /// `paging` allocates, and never hands out.
+    /// The page-table freetype, or a key no object class uses: page
+    /// tables only `paging` allocates, and never hands out.
     ProtectedFreetype,
+    /// Not memory for kernel data: movable, or absent from the direct
+    /// map.
+    NotKernelMemory,
     /// The allocator refused.
     Alloc(AllocError),
 }
 
 /// Allocates an owned block of `1 << order` frames of `freetype`, zeroed
-/// if `zero`. Any freetype but the key-protected ones (page tables).
+/// if `zero`. Any freetype but page tables' and keys no object class
+/// uses (`object::protection`'s capability and thread memory have keys).
 pub fn alloc_frame(order: u32, freetype: Freetype, zero: bool) -> Result<Frame, FrameError> {
-    if matches!(freetype.protection, Protection::Pkey(_)) {
+    let object_keys = [pkeys::CAPABILITY_KEY.index(), pkeys::THREAD_KEY.index()];
+    if matches!(freetype.protection, Protection::Pkey(k) if !object_keys.contains(&k)) {
         return Err(FrameError::ProtectedFreetype);
     }
     let allocator = allocator().ok_or(FrameError::NoAllocator)?;

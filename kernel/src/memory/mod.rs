@@ -153,7 +153,7 @@ pub fn bring_up(
     // The image's direct-map alias turns read-only before the records are
     // sealed, so they never have a writable alias without their key.
     let image = image::protect().map_err(BringUpError::Image)?;
-    let sealed_pages = sealed::seal().map_err(BringUpError::Seal)?;
+    let sealed_pages = sealed::seal(config.protect.meta).map_err(BringUpError::Seal)?;
     Ok(MemoryState {
         direct_map,
         flush_calibration,

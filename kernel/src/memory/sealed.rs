@@ -111,6 +111,18 @@ static SINGLES: SinglesRecord = SinglesRecord {
 #[unsafe(link_section = ".sealed")]
 static EARLY: spin::Once<EarlyPageTables> = spin::Once::new();
 
+/// Whether [`seal`] protected the records (`protect=...,meta`, the
+/// default), frozen with them: with `meta` left out they keep the default
+/// key, as an experiment, and the walk does not require key 2 on them.
+#[unsafe(link_section = ".sealed")]
+static KEYED: spin::Once<bool> = spin::Once::new();
+
+/// True unless the records were left unprotected (`protect=` without
+/// `meta`).
+pub fn keyed() -> bool {
+    KEYED.get().copied().unwrap_or(true)
+}
+
 unsafe extern "C" {
     static __sealed_start: u8;
     static __sealed_end: u8;
@@ -437,11 +449,15 @@ pub(super) fn with_early_tables<T>(f: impl FnOnce(&EarlyPageTables) -> T) -> T {
 /// (read-only under `ro`). Call once at boot, after the last early table
 /// is recorded and after `image` made the image's direct-map alias (theirs
 /// included) read-only.
-pub(super) fn seal() -> Result<usize, super::boot_tables::KeyError> {
+pub(super) fn seal(protect: bool) -> Result<usize, super::boot_tables::KeyError> {
     let frozen = EARLY_PAGE_TABLES.lock().clone();
     with_window(|| {
         EARLY.call_once(|| frozen);
+        KEYED.call_once(|| protect);
     });
+    if !protect {
+        return Ok(0);
+    }
     let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
     let start = (&raw const __sealed_start) as u64;
     let end = (&raw const __sealed_end) as u64;

@@ -14,10 +14,13 @@
 //!    key 1 under `pks`, read-only under `ro`. A leaf of 2 MiB or more
 //!    over a pageblock with single page-table pages is such a leaf.
 //! 3. No leaf maps the image's read-only part (code, rodata, the IDT, GDT
-//!    and TSS) writable, nor the sealed records writable without key 2.
+//!    and TSS) writable, nor the sealed records writable without key 2
+//!    (unless `protect=` left them out).
 //! 4. Keys go only where the key table puts them: a supervisor leaf with
-//!    key 1 maps page-table memory, one with key 2 the sealed records, and
-//!    no supervisor leaf carries any other key but the default. A key left
+//!    key 1 maps page-table memory, one with key 2 the sealed records, one
+//!    with key 3 or 4 pageblocks the sealed record gives that key
+//!    (capability tables, TCBs), and no supervisor leaf carries any other
+//!    key but the default. A key left
 //!    behind (by a test, or a stray write to a PTE's key bits) is a
 //!    *stray key*.
 //!
@@ -279,9 +282,10 @@ fn unprotected_image_frame(
         let start = range.start.max(phys_base);
         (start < range.end.min(phys_base + span)).then_some(start)
     };
-    let sealed_ok = mechanism == Mechanism::Pks
-        && entry & USER == 0
-        && pkeys::key::pte_key(entry) == pkeys::METADATA_KEY;
+    let sealed_ok = !super::sealed::keyed()
+        || mechanism == Mechanism::Pks
+            && entry & USER == 0
+            && pkeys::key::pte_key(entry) == pkeys::METADATA_KEY;
     overlap(super::image::read_only_phys())
         .or_else(|| overlap(super::sealed::phys_range()).filter(|_| !sealed_ok))
 }
@@ -302,6 +306,13 @@ fn stray_key(phys_base: u64, span: u64, entry: u64) -> bool {
         page_table_memory_in(phys_base, span).is_none()
     } else if key == pkeys::METADATA_KEY {
         !overlaps(super::sealed::phys_range())
+    } else if key == pkeys::CAPABILITY_KEY || key == pkeys::THREAD_KEY {
+        // Object memory: the record must give every pageblock the leaf
+        // touches this key.
+        let first = phys_base & !(ptalloc::PAGEBLOCK_SIZE - 1);
+        (first..phys_base + span)
+            .step_by(ptalloc::PAGEBLOCK_SIZE as usize)
+            .any(|at| super::sealed::protection(at) != ptalloc::Protection::Pkey(key.index()))
     } else {
         true
     }

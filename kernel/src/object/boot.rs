@@ -14,14 +14,13 @@
 //! (tables and frames, in the order made), then empty slots.
 
 use super::{
-    Body, Budget, FRAMES, Objects, Slots, TCB_CSPACE, TCB_IPC_BUFFER, TCB_SLOTS, TCB_VSPACE, Thread,
+    Body, Budget, FRAMES, Objects, Slots, TCB_CSPACE, TCB_IPC_BUFFER, TCB_SLOTS, TCB_VSPACE,
 };
-use crate::memory::frame_array::FrameArray;
 use crate::memory::frames::{self, Frame, FrameError};
 use crate::memory::paging::{MapFlags, TableFrame, TableLevel, VSpace, VSpaceError};
 use abi::object::UNTYPED_MIN_BITS;
 use abi::{CapRights, InitCap, MAX_BOOT_UNTYPED, SlotRegion};
-use cspace::{Cap, Mapping, ObjectId, Slot, SlotRef};
+use cspace::{Cap, Mapping, ObjectId, SlotRef};
 
 /// Why a process could not be built.
 #[derive(Debug)]
@@ -127,7 +126,7 @@ impl<'a> Builder<'a> {
     /// the first two. The original caps go to the process's keeper.
     pub fn new(objects: &'a mut Objects, radix: u8) -> Result<Self, BuildError> {
         let keeper_slots =
-            FrameArray::new(KEEPER_SLOTS, |_| Slot::EMPTY).map_err(BuildError::Memory)?;
+            super::protection::new_slots(KEEPER_SLOTS).map_err(BuildError::Memory)?;
         let keeper = boot_object(objects, Body::CNode)?;
         let keeper_cap = Cap::original(abi::ObjectType::CNode, keeper, KEEPER_RADIX, false);
         insert(
@@ -136,7 +135,7 @@ impl<'a> Builder<'a> {
             keeper_cap,
             Some(keeper_slots),
         );
-        let slots = FrameArray::new(1 << radix, |_| Slot::EMPTY).map_err(BuildError::Memory)?;
+        let slots = super::protection::new_slots(1 << radix).map_err(BuildError::Memory)?;
         let cnode = boot_object(objects, Body::CNode)?;
         let root = Cap::CNode {
             id: cnode,
@@ -160,13 +159,9 @@ impl<'a> Builder<'a> {
             kept(KEEPER_VSPACE),
             slot(cnode, InitCap::InitThreadVSpace),
         );
-        let thread = FrameArray::new(1, |_| Thread {
-            context: abi::UserContext::default(),
-            ipc_buffer: 0,
-        })
-        .map_err(BuildError::Memory)?;
-        let tcb_slots: Slots =
-            FrameArray::new(TCB_SLOTS as usize, |_| Slot::EMPTY).map_err(BuildError::Memory)?;
+        let thread = super::protection::new_thread().map_err(BuildError::Memory)?;
+        let tcb_slots =
+            super::protection::new_slots(TCB_SLOTS as usize).map_err(BuildError::Memory)?;
         let tcb = boot_object(objects, Body::Tcb(thread))?;
         insert(
             objects,

@@ -13,7 +13,7 @@
 //! failed lookup is `FailedLookup`. TCB invocations come with the
 //! scheduler (part 2): `IllegalOperation` until then.
 
-use super::{OBJECTS, Objects, TCB_CSPACE, TCB_IPC_BUFFER, bad_cap, retype, vspace};
+use super::{Objects, TCB_CSPACE, TCB_IPC_BUFFER, bad_cap, retype, vspace};
 use crate::memory::ephemeral;
 use abi::{CPtr, Depth, Error, InvocationLabel, InvocationTarget, IpcBuffer, MessageInfo};
 use cspace::{CNodeOp, Cap, ObjectId, SlotRef};
@@ -38,13 +38,13 @@ pub struct Outcome {
 /// Performs the invocation `cptr` names, with the message-info word
 /// `info` and MR0..MR3 `registers`, for the thread this CPU runs.
 pub fn call(cptr: u64, info: u64, registers: [u64; 4]) -> Outcome {
-    let mut guard = OBJECTS.lock();
-    let Some(objects) = guard.as_mut() else {
-        return Outcome {
-            reply: Err(Error::IllegalOperation),
-            thread_lives: true,
-        };
-    };
+    super::with_objects(|objects| call_locked(objects, cptr, info, registers)).unwrap_or(Outcome {
+        reply: Err(Error::IllegalOperation),
+        thread_lives: true,
+    })
+}
+
+fn call_locked(objects: &mut Objects, cptr: u64, info: u64, registers: [u64; 4]) -> Outcome {
     let Some(thread) = objects.current(crate::arch::percpu::index()) else {
         return Outcome {
             reply: Err(Error::IllegalOperation),

@@ -7,7 +7,9 @@
 //!   memory (an owned frame, a page-table page, a VSpace, slot memory)
 //!   and its charge to the Untyped budget it was made from;
 //! - the capability space ([`cspace::CSpace`]) over it;
-//! - the one big lock ([`OBJECTS`]) both sit behind. A kernel entry takes
+//! - the one big lock both sit behind, taken through [`with_objects`]
+//!   (which opens the windows of the object classes `protect=` keys,
+//!   [`protection`]) or [`read_objects`]. A kernel entry takes
 //!   it for the whole invocation, as seL4's big kernel lock does: objects
 //!   link to each other in every direction (caps, mappings, budgets), and
 //!   one lock makes every invocation atomic for every other CPU. It is a
@@ -61,6 +63,7 @@ use cspace::{CSpace, Cap, Finalise, ObjectId, ObjectRecord, Slot};
 
 pub mod boot;
 mod invoke;
+pub mod protection;
 mod retype;
 mod vspace;
 
@@ -182,7 +185,21 @@ pub struct Objects {
 }
 
 /// The objects, once [`init`] has run.
-pub static OBJECTS: crate::sync::Mutex<Option<Objects>> = crate::sync::Mutex::new(None);
+static OBJECTS: crate::sync::Mutex<Option<Objects>> = crate::sync::Mutex::new(None);
+
+/// Runs `f` on the objects under the big lock, with the write windows of
+/// the protected object classes open; `None` before [`init`].
+pub fn with_objects<T>(f: impl FnOnce(&mut Objects) -> T) -> Option<T> {
+    let mut guard = OBJECTS.lock();
+    let objects = guard.as_mut()?;
+    Some(protection::with_windows(|| f(objects)))
+}
+
+/// Runs `f` on the objects under the big lock, reading only (no window
+/// opens); `None` before [`init`].
+pub fn read_objects<T>(f: impl FnOnce(&Objects) -> T) -> Option<T> {
+    OBJECTS.lock().as_ref().map(f)
+}
 
 /// Why the object layer could not be set up.
 #[derive(Debug)]
@@ -212,7 +229,12 @@ pub fn init(capacity: usize) -> Result<(), InitError> {
     if objects.is_some() {
         return Err(InitError::AlreadyUp);
     }
-    let records = FrameArray::new(capacity, |_| ObjectRecord::FREE).map_err(InitError::Memory)?;
+    let records = protection::with_windows(|| {
+        FrameArray::new_in(protection::capability_memory(), capacity, |_| {
+            ObjectRecord::FREE
+        })
+    })
+    .map_err(InitError::Memory)?;
     let table = FrameArray::new(capacity, |_| Object::FREE).map_err(InitError::Memory)?;
     let Ok(caps) = CSpace::new(records) else {
         unreachable!("fresh records are free and fewer than u32::MAX");

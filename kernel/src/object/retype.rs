@@ -8,10 +8,7 @@
 //! already made are deleted again (refunding their charge), so the
 //! refusal leaves the same caps, objects and budget as before.
 
-use super::{
-    Body, Budget, FRAMES, Object, Objects, SECRET_FRAMES, Slots, TCB_SLOTS, Thread, bad_cap,
-};
-use crate::memory::frame_array::FrameArray;
+use super::{Body, Budget, FRAMES, Object, Objects, SECRET_FRAMES, Slots, TCB_SLOTS, bad_cap};
 use crate::memory::frames::{self, Frame};
 use crate::memory::paging::{TableFrame, VSpace};
 use abi::{CPtr, Depth, Error, ObjectType, RetypeFlags};
@@ -146,8 +143,7 @@ fn make(request: &Request, id: ObjectId) -> Result<(Body, Option<Slots>, Cap), N
         0
     };
     let cap = Cap::original(ty, id, radix, request.secret);
-    let slots =
-        |count: usize| FrameArray::new(count, |_| cspace::Slot::EMPTY).map_err(|_| NoMemory);
+    let slots = |count: usize| super::protection::new_slots(count).map_err(|_| NoMemory);
     let (body, memory) = match ty {
         ObjectType::Untyped => (
             Body::Untyped(Budget {
@@ -157,11 +153,7 @@ fn make(request: &Request, id: ObjectId) -> Result<(Body, Option<Slots>, Cap), N
             None,
         ),
         ObjectType::Tcb => {
-            let thread = FrameArray::new(1, |_| Thread {
-                context: abi::UserContext::default(),
-                ipc_buffer: 0,
-            })
-            .map_err(|_| NoMemory)?;
+            let thread = super::protection::new_thread().map_err(|_| NoMemory)?;
             (Body::Tcb(thread), Some(slots(TCB_SLOTS as usize)?))
         }
         ObjectType::Endpoint => (Body::Endpoint, None),

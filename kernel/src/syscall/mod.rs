@@ -14,14 +14,38 @@
 
 use crate::arch::usermode::{Action, UserContext};
 use abi::{Error, Syscall};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Syscalls handled, and the PKRS writes they made (on the CPU that
+/// handled each): what the object classes' windows cost per syscall.
+static SYSCALLS: AtomicU64 = AtomicU64::new(0);
+static SYSCALL_PKRS_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Syscalls handled so far, and the PKRS writes made while handling them.
+pub fn costs() -> (u64, u64) {
+    (
+        SYSCALLS.load(Ordering::Relaxed),
+        SYSCALL_PKRS_WRITES.load(Ordering::Relaxed),
+    )
+}
 
 /// Installs [`handle`] as the kernel's syscall handler.
 pub fn init() {
     crate::arch::usermode::set_handler(handle);
 }
 
-/// Decodes and performs the syscall in `context`.
+/// Performs the syscall in `context`, counting it and its PKRS writes.
 fn handle(context: &mut UserContext) -> Action {
+    let writes = || crate::arch::pks::current().map_or(0, |p| p.pkrs_writes());
+    let before = writes();
+    let action = perform(context);
+    SYSCALLS.fetch_add(1, Ordering::Relaxed);
+    SYSCALL_PKRS_WRITES.fetch_add(writes() - before, Ordering::Relaxed);
+    action
+}
+
+/// Decodes and performs the syscall in `context`.
+fn perform(context: &mut UserContext) -> Action {
     match Syscall::try_from(context.rax) {
         Ok(Syscall::DebugPutChar) => {
             crate::console::put_byte(context.rdi as u8);
