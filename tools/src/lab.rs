@@ -655,6 +655,10 @@ pub struct RunResult {
     pub metrics: Metrics,
     /// Memory pictures written, relative to the output directory.
     pub pictures: Vec<String>,
+    /// What went wrong without failing the run: a memory picture that
+    /// could not be drawn (the figures were read all the same).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notes: Vec<String>,
     /// Everything else: a host replay's full report (stats at the peak
     /// and end, simulator counters, invariant check); a QEMU run's
     /// transcript file.
@@ -681,6 +685,7 @@ impl RunResult {
             command_line: None,
             metrics: Metrics::new(),
             pictures: Vec::new(),
+            notes: Vec::new(),
             detail: None,
         }
     }
@@ -1091,6 +1096,9 @@ mod tests {
         churn.protection = "pks".into();
         churn.kind = "qemu".into();
         let mut failed = churn.clone();
+        churn
+            .notes
+            .push("logs/churn.log: memmap dump: no `memmap end`; no picture".into());
         failed.protection = "ro".into();
         failed.status = Status::Failed;
         failed.reason = Some("timed out | killed".into());
@@ -1170,6 +1178,9 @@ mod tests {
         assert!(md.contains("A run with violations still passes"));
         assert!(md.contains("- storm / ptfallback-unprotected / sim: 12 (expected"));
         assert!(md.contains("- `walk_violations` (walk violations):"));
+        assert!(
+            md.contains("- churn / freetype / pks: logs/churn.log: memmap dump: no `memmap end`")
+        );
     }
 
     #[test]

@@ -6,17 +6,23 @@
 //!
 //! Runs every {strategy x protection x workload} of `tools::lab`: host
 //! replays of the traces in `tools/traces/` and in each `--traces`
-//! directory (every file not starting with a dot), and the in-kernel
-//! workloads under QEMU (the kernel must be built: `make lab` does it).
-//! Writes to DIR (default `target/lab` in the workspace):
-//! `results.json`, `results.md`, `plot-<metric>.svg`, the memory pictures
-//! (`memmap-<workload>-<strategy>[-<protection>]-<moment>.svg`) and each
-//! QEMU run's transcript (`logs/`).
+//! directory (every file not starting with a dot), each strategy on its
+//! own simulated machine of `--host-memory` MiB, and the in-kernel
+//! workloads (`lab=churn|spaces|storm`, a boot each) under QEMU (the
+//! kernel must be built: `make lab` does it). Writes to DIR (default
+//! `target/lab` in the workspace): `results.json`, `results.md`,
+//! `comparison.md`, `plot-host-<metric>.svg` and `plot-kernel-<metric>.svg`,
+//! the memory pictures (`memmap-<workload>-<strategy>-<moment>.svg` for
+//! host runs, `memmap-<workload>-<strategy>-<protection>-after-<workload>.svg`
+//! for kernel runs) and each QEMU run's transcript (`logs/`).
 //!
-//! A run that fails (a malformed trace, a kernel failure, a log line not
-//! found) is recorded with why and the lab goes on. Exit codes: 0 every
-//! run that could run passed; 1 some failed, or the outputs could not be
-//! written; 2 bad options.
+//! A run that fails (a malformed trace, a kernel that refuses an option
+//! or fails, a `lab:` line not found or not from the strategy asked for,
+//! no kernel image or QEMU) is recorded with why, in the kernel's own
+//! words where it said any, and the lab goes on; a memory picture that
+//! cannot be drawn is a note on its run. Exit codes: 0 every run that
+//! could run passed; 1 some failed, or the outputs could not be written;
+//! 2 bad options.
 
 use std::collections::HashSet;
 use std::fs;
@@ -234,6 +240,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
 
 fn report_progress(r: &RunResult) {
     let what = match r.status {
+        Status::Ok if !r.notes.is_empty() => format!("ok (note: {})", r.notes.join("; ")),
         Status::Ok => "ok".to_string(),
         Status::Failed => format!("FAILED: {}", r.reason.as_deref().unwrap_or("")),
         Status::Skipped => return,
@@ -336,7 +343,8 @@ fn qemu_run(run: &KernelRun<'_>, config: QemuConfig, out: &Path) -> RunResult {
         "outcome": report.outcome.to_string(),
     }));
     // Whatever pageblock maps the kernel dumped (`memmap=lab`: one after
-    // the workload, labelled `after-<workload>`).
+    // the workload, labelled `after-<workload>`). A dump cut short is a
+    // picture lost, not a measurement: noted, and the run goes on.
     match memmap::parse_transcript(&transcript) {
         Ok(dumps) => {
             for mut dump in dumps {
@@ -347,7 +355,9 @@ fn qemu_run(run: &KernelRun<'_>, config: QemuConfig, out: &Path) -> RunResult {
                 }
             }
         }
-        Err(e) => return result.failed(format!("{log_name}: memmap dump: {e}")),
+        Err(e) => result
+            .notes
+            .push(format!("{log_name}: memmap dump: {e}; no picture")),
     }
     if !report.outcome.is_success() {
         let said = kernel_says(&report.console)

@@ -188,19 +188,15 @@ impl Chart<'_> {
 
     /// A swatch and a name per strategy, top down.
     fn draw_legend(&self, area: &Area<'_>) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
-        let style = TextStyle::from(("sans-serif", 13).into_font())
-            .pos(Pos::new(HPos::Left, VPos::Center));
+        let style =
+            TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         for (i, strategy) in self.strategies.iter().enumerate() {
             let y = 60 + 22 * i as i32;
             area.draw(&Rectangle::new(
                 [(8, y - 6), (20, y + 6)],
                 strategy_colour(strategy).filled(),
             ))?;
-            area.draw(&Text::new(
-                strategy.to_string(),
-                (28, y),
-                style.clone(),
-            ))?;
+            area.draw(&Text::new(strategy.to_string(), (28, y), style.clone()))?;
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! What this module promises: every run that ran is a row of
 //! `results.md` (a failed one with why), the skipped ones are listed under
 //! the table by strategy and reason, and the runs whose verification walk
-//! found page tables without the key are named, expected or not;
+//! found page tables without the key are named, expected or not, as are
+//! the runs with notes (a picture that could not be drawn);
 //! `comparison.md` has, for each workload, one row per strategy in
 //! [`STRATEGIES`] order with the [`COMPARISON`] columns (kernel workloads
 //! under `ptprot=pks`, the protection every strategy is about). Neither
@@ -128,6 +129,26 @@ pub fn markdown(results: &Results) -> String {
     }
     md.push('\n');
     md.push_str(&walk_paragraph(&results.runs));
+    let noted: Vec<&RunResult> = results
+        .runs
+        .iter()
+        .filter(|r| !r.notes.is_empty())
+        .collect();
+    if !noted.is_empty() {
+        md.push_str("\nNotes (the run's figures stand):\n\n");
+        for run in noted {
+            for note in &run.notes {
+                let _ = writeln!(
+                    md,
+                    "- {} / {} / {}: {}",
+                    run.workload,
+                    run.strategy,
+                    run.protection,
+                    escape(note)
+                );
+            }
+        }
+    }
     let mut skipped: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for run in results.runs.iter().filter(|r| r.status == Status::Skipped) {
         let reason = run.reason.as_deref().unwrap_or("");
