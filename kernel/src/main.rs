@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 mod arch;
+mod attack_matrix;
 mod console;
 mod demo;
 mod fatal;
@@ -173,7 +174,14 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
     }
 
     let code = match test_plan {
-        Some(plan) => testing::run(plan),
+        Some(plan) => {
+            // Tests that make objects need the table; made before the
+            // first test, it is nobody's leak.
+            if let Err(error) = roottask::init_objects() {
+                println!("tests: no object table: {}", error);
+            }
+            testing::run(plan)
+        }
         None => {
             if boot.config.demo == boot::cmdline::Demo::Pte {
                 demo::run();

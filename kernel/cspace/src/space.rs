@@ -301,6 +301,13 @@ where
             .expect("a derivation link names a slot that does not exist")
     }
 
+    /// Where the cap of slot `at` lies in the memory lent for it; `None`
+    /// if there is no such slot. For attack tests, which write it behind
+    /// the CSpace's back as a stray kernel write would.
+    pub fn cap_address(&self, at: SlotRef) -> Option<*const Cap> {
+        self.slot(at).map(|slot| &raw const slot.cap)
+    }
+
     /// The cap in slot `at`; `None` if there is no such slot.
     pub fn cap(&self, at: SlotRef) -> Option<Cap> {
         self.slot(at).map(|slot| slot.cap)

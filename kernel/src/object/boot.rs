@@ -67,7 +67,7 @@ impl core::fmt::Display for BuildError {
 const KEEPER_RADIX: u8 = 5;
 const KEEPER_SLOTS: usize = 1 << KEEPER_RADIX;
 const KEEPER_SELF: u32 = 0;
-const KEEPER_CNODE: u32 = 1;
+pub const KEEPER_CNODE: u32 = 1;
 const KEEPER_VSPACE: u32 = 2;
 const KEEPER_TCB: u32 = 3;
 const KEEPER_UNTYPED: u32 = 4;

@@ -71,9 +71,9 @@ pub use invoke::call;
 
 /// Frames made without `RetypeFlags::SECRET` (and the root task's):
 /// unmovable, in the direct map, like every kernel object.
-const FRAMES: ptalloc::Freetype = crate::memory::frame_array::KERNEL_OBJECTS;
+pub(crate) const FRAMES: ptalloc::Freetype = crate::memory::frame_array::KERNEL_OBJECTS;
 /// Frames made with `RetypeFlags::SECRET`: absent from the direct map.
-const SECRET_FRAMES: ptalloc::Freetype = ptalloc::Freetype {
+pub(crate) const SECRET_FRAMES: ptalloc::Freetype = ptalloc::Freetype {
     mobility: ptalloc::Mobility::Unmovable,
     protection: ptalloc::Protection::Unmapped,
 };
@@ -332,6 +332,33 @@ impl Objects {
             fs_base: 0,
             gs_base: 0,
         };
+    }
+
+    /// The cap in slot `at`, if the slot exists.
+    pub fn cap(&self, at: cspace::SlotRef) -> Option<Cap> {
+        self.caps.cap(at)
+    }
+
+    /// Where the cap of slot `at` lies, for attack tests.
+    pub fn cap_address(&self, at: cspace::SlotRef) -> Option<*const Cap> {
+        self.caps.cap_address(at)
+    }
+
+    /// Where thread `tcb`'s saved instruction pointer lies, for attack
+    /// tests.
+    pub fn saved_rip_address(&self, tcb: ObjectId) -> Option<*const u64> {
+        match self.body(tcb)? {
+            Body::Tcb(thread) => Some(&raw const thread[0].context.rip),
+            _ => None,
+        }
+    }
+
+    /// Thread `tcb`'s saved instruction pointer: where it resumes.
+    pub fn saved_rip(&self, tcb: ObjectId) -> Option<u64> {
+        match self.body(tcb)? {
+            Body::Tcb(thread) => Some(thread[0].context.rip),
+            _ => None,
+        }
     }
 
     /// Makes `tcb` the thread this CPU runs.
