@@ -7,7 +7,7 @@
 //! the page-table records in `memory::sealed`). It makes its target, writes
 //! the forged value through the direct map with a probe that survives the
 //! fault, looks whether the kernel would now act on the forged value, puts
-//! things back, and calls [`record`]: that prints one line,
+//! things back, and calls [`record`]: that logs one line (COM2),
 //! `attack-matrix: target=T ptprot=P protect=C outcome=O`, and fails the
 //! test unless the outcome is the one [`expected`] claims for the policy.
 //! The lab (`make lab`) boots the attacks under every policy and builds
@@ -120,8 +120,8 @@ pub fn expected(target: Target) -> Outcome {
 /// claim.
 pub fn record(target: Target, outcome: Outcome) -> TestResult {
     let classes = protection::in_force();
-    crate::println!(
-        "attack-matrix: target={} ptprot={} protect=pt{}{}{} outcome={}",
+    defmt::info!(
+        "attack-matrix: target={=str} ptprot={=str} protect=pt{=str}{=str}{=str} outcome={=str}",
         target.name(),
         crate::boot_state().ptprot.name(),
         if classes.meta { ",meta" } else { "" },

@@ -29,6 +29,7 @@
 //! - [`lab`]: the policy lab's matrix of strategies, protections and
 //!   workloads, its results, table and plots (the `lab` binary).
 
+pub mod attack_matrix;
 pub mod defmt_log;
 pub mod error;
 pub mod lab;
