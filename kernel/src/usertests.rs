@@ -60,6 +60,7 @@ pub fn run(module: &BootModule) -> ExitCode {
         return ExitCode::Failure;
     }
     let mut counts = Counts::default();
+    let stats_before = frames::stats();
     for index in 0..MAX_TESTS {
         let before = Baseline::now();
         let converted = conversions();
@@ -118,6 +119,9 @@ pub fn run(module: &BootModule) -> ExitCode {
         counts.failed += 1;
     }
     report_costs(&counts);
+    if let (Some(before), Some(after)) = (stats_before, frames::stats()) {
+        report_lab_line(&before, &after);
+    }
     println!(
         "user tests: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.skipped
@@ -127,6 +131,28 @@ pub fn run(module: &BootModule) -> ExitCode {
     } else {
         ExitCode::Failure
     }
+}
+
+/// The suite as a policy-lab workload (`syscalls`): what the protected
+/// object classes cost over its syscalls, in the lab's `key=value` form
+/// (`crate::lab`).
+fn report_lab_line(before: &ptalloc::Stats, after: &ptalloc::Stats) {
+    let (syscalls, pkrs_writes) = crate::syscall::costs();
+    let objects = object::protection::in_force();
+    let policy = frames::policy();
+    defmt::info!(
+        "lab: workload=syscalls strategy={=str} fallback={=str} protection={=str} protect=pt{=str}{=str}{=str} ops={=u64} pkrs_writes={=u64} flushes={=u64} conversions={=u64}",
+        policy.strategy_name(),
+        policy.fallback_name(),
+        crate::boot_state().ptprot.name(),
+        if objects.meta { ",meta" } else { "" },
+        if objects.cnode { ",cnode" } else { "" },
+        if objects.tcb { ",tcb" } else { "" },
+        syscalls,
+        pkrs_writes,
+        after.flushes_local - before.flushes_local,
+        after.total_conversions() - before.total_conversions()
+    );
 }
 
 /// Prints what the suite's VSpaces and map invocations cost.
