@@ -93,6 +93,16 @@ pub fn plot(metric: &Metric, side: &str, runs: &[RunResult]) -> Result<Option<St
     Ok(Some(svg))
 }
 
+/// A bar's value, short enough to sit above a narrow bar: whole above
+/// 100, as the tables show it below.
+fn bar_label(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        number(value)
+    }
+}
+
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 /// Pixels right of the chart for the legend, which inside it would hide
@@ -146,7 +156,7 @@ impl Chart<'_> {
         let (plot_width, _) = chart.plotting_area().dim_in_pixel();
         let segment = f64::from(plot_width) / f64::from(n.max(1));
         let bar = segment * 0.8 / self.strategies.len().max(1) as f64;
-        let label_style = TextStyle::from(("sans-serif", 11).into_font())
+        let label_style = TextStyle::from(("sans-serif", 10).into_font())
             .pos(Pos::new(HPos::Center, VPos::Bottom));
         for (si, strategy) in self.strategies.iter().enumerate() {
             let colour = strategy_colour(strategy);
@@ -176,7 +186,7 @@ impl Chart<'_> {
             let labels = values.iter().map(|&(g, v)| {
                 EmptyElement::at((SegmentValue::Exact(g), v))
                     + Text::new(
-                        number(v),
+                        bar_label(v),
                         ((left + bar / 2.0).round() as i32, -2),
                         label_style.clone(),
                     )
