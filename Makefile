@@ -10,10 +10,12 @@
 #               benchmark (target/bench/fragmentation.json), then a summary
 #               table (also written as JSON to target/bench/ptalloc.json)
 #   make lab    the policy lab (tools/src/lab.rs): every strategy, protection
-#               and workload that exists, host trace replays and in-kernel
-#               runs; writes target/lab/results.json, results.md, plots and
-#               memory pictures (a few minutes). TRACES=dir replays your own
-#               traces (tools/src/trace.rs gives the format) as well
+#               and workload, host trace replays and in-kernel runs, then
+#               the attack matrix and syscall costs of every object policy;
+#               writes target/lab/results.json, results.md, comparison.md,
+#               objects.md, plots and memory pictures (a few minutes).
+#               TRACES=dir replays your own traces (tools/src/trace.rs
+#               gives the format) as well
 #   make memmap  boot as make run does, with the pageblock map dumped
 #               (memmap=boot), and draw it: target/lab/memmap-after-boot.svg
 #   make mutants  mutation testing of the host crates with cargo-mutants
@@ -115,17 +117,18 @@ bench: deps kernel
 	  $(RUNNER) --accel kvm --append "flushlimit=auto" --timeout 120 | grep -E "flush cost|tlb flush limit|runner"; \
 	fi
 
-# The policy lab: the matrix of strategies, protections and workloads that
-# exist today (tools/src/lab.rs: adding a strategy is one table entry). The
+# The policy lab: the matrix of strategies, protections and workloads
+# (tools/src/lab.rs: adding a strategy is one table entry), then the attack
+# matrix and the syscall costs of every object-protection policy
+# (tools/src/attack_matrix.rs; the user suite is the root task's). The
 # shipped traces are in tools/traces/; TRACES=dir adds a directory of yours.
 TRACES ?=
-lab: deps kernel
+lab: deps kernel roottask
 	cargo run --quiet --package tools --bin lab -- $(if $(TRACES),--traces "$(TRACES)")
 
 # The pageblock map after boot, as a picture. The kernel dumps it over its
 # defmt log when its command line says memmap=boot (the format is in
-# tools/src/memmap.rs). Until the kernel accepts that option it refuses the
-# command line, and this target fails saying no dump was found.
+# tools/src/memmap.rs).
 memmap: deps kernel $(ROOTTASK_DEP)
 	@mkdir -p target/lab
 	$(RUNNER) --cpu $(CPU) --memory $(MEM) --smp $(SMP) --timeout $(TIMEOUT) --append "memmap=boot" $(INITRD) \

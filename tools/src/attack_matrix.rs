@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
+
 /// The kernel tests that make the attacks, one per target.
 pub const TESTS: &[&str] = &[
     "attack_matrix_page_table_entry",
@@ -88,7 +90,7 @@ impl Policy {
 }
 
 /// One attack as the kernel reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attack {
     /// The target's name.
     pub target: String,
@@ -157,6 +159,85 @@ pub fn markdown(columns: &[(&str, Vec<Attack>)]) -> String {
     md
 }
 
+/// What the user test suite's syscalls cost under a policy: its
+/// `lab: workload=syscalls` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyscallCosts {
+    /// Syscalls made.
+    pub syscalls: u64,
+    /// PKRS writes while handling them.
+    pub pkrs_writes: u64,
+    /// TLB flushes the allocator made during the suite.
+    pub flushes: u64,
+    /// Pageblocks converted during the suite.
+    pub conversions: u64,
+}
+
+/// The suite's costs in a decoded log.
+pub fn parse_syscalls(log: &str) -> Result<SyscallCosts, String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("lab: workload=syscalls"))
+        .ok_or("no `lab: workload=syscalls` line in the log")?;
+    let number = |key: &str| {
+        line.split_whitespace()
+            .find_map(|token| token.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|value| value.parse::<u64>().ok())
+            .ok_or_else(|| format!("no number for {key} in {line:?}"))
+    };
+    Ok(SyscallCosts {
+        syscalls: number("ops")?,
+        pkrs_writes: number("pkrs_writes")?,
+        flushes: number("flushes")?,
+        conversions: number("conversions")?,
+    })
+}
+
+/// One policy's column of the matrix and its costs, as `results.json`
+/// keeps them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRun {
+    /// [`Policy::name`].
+    pub policy: String,
+    /// Its kernel words.
+    pub words: String,
+    /// The attacks (empty if the run failed).
+    pub attacks: Vec<Attack>,
+    /// The suite's costs, if it ran.
+    pub costs: Option<SyscallCosts>,
+    /// Why a run failed, if one did.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub failures: Vec<String>,
+}
+
+/// The cost table: a row per policy, its PKRS writes per syscall and
+/// what the suite's memory cost in flushes and conversions.
+pub fn costs_markdown(runs: &[PolicyRun]) -> String {
+    let mut md = String::from(
+        "| policy | syscalls | PKRS writes | per syscall | flushes | conversions |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for run in runs {
+        match run.costs {
+            Some(c) => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.2} | {} | {} |",
+                    run.policy,
+                    c.syscalls,
+                    c.pkrs_writes,
+                    c.pkrs_writes as f64 / c.syscalls.max(1) as f64,
+                    c.flushes,
+                    c.conversions
+                );
+            }
+            None => {
+                let _ = writeln!(md, "| {} | — | — | — | — | — |", run.policy);
+            }
+        }
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +269,31 @@ mod tests {
             let error = parse(bad).expect_err(bad);
             assert!(error.contains(bad) || error.contains("ptprot"), "{error}");
         }
+    }
+
+    #[test]
+    fn reads_the_suites_costs() {
+        let log = "x\n  log| [INFO ] lab: workload=syscalls strategy=freetype fallback=fail protection=pks protect=pt,meta ops=1070 pkrs_writes=1466 flushes=1 conversions=1\n";
+        let costs = parse_syscalls(log).expect("costs");
+        assert_eq!(
+            costs,
+            SyscallCosts {
+                syscalls: 1070,
+                pkrs_writes: 1466,
+                flushes: 1,
+                conversions: 1
+            }
+        );
+        assert!(parse_syscalls("nothing").is_err());
+        assert!(parse_syscalls("lab: workload=syscalls ops=x").is_err());
+        let run = PolicyRun {
+            policy: "pks".into(),
+            words: String::new(),
+            attacks: Vec::new(),
+            costs: Some(costs),
+            failures: Vec::new(),
+        };
+        assert!(costs_markdown(&[run]).contains("| pks | 1070 | 1466 | 1.37 | 1 | 1 |"));
     }
 
     #[test]

@@ -711,6 +711,10 @@ pub struct Results {
     pub strategies: Vec<StrategyInfo>,
     /// Every cell of the matrix.
     pub runs: Vec<RunResult>,
+    /// The object-protection policies: each one's column of the attack
+    /// matrix and what its syscalls cost (`crate::attack_matrix`).
+    #[serde(default)]
+    pub objects: Vec<crate::attack_matrix::PolicyRun>,
 }
 
 /// The schema name and version `results.json` carries.
@@ -812,10 +816,49 @@ pub fn host_run(
     (result, report.dumps)
 }
 
-/// Writes `results.json`, `results.md`, `comparison.md` and, per plotted
-/// metric, a chart of the host runs and one of the kernel runs
-/// (`plot-host-<key>.svg`, `plot-kernel-<key>.svg`, where any run has the
-/// metric) into `dir`; returns the files written.
+/// `objects.md`: the attack matrix, then what each policy's syscalls
+/// cost, then any run that failed.
+pub fn objects_markdown(runs: &[crate::attack_matrix::PolicyRun]) -> String {
+    use crate::attack_matrix::{costs_markdown, markdown};
+    let columns: Vec<(&str, Vec<crate::attack_matrix::Attack>)> = runs
+        .iter()
+        .map(|run| (run.policy.as_str(), run.attacks.clone()))
+        .collect();
+    let mut md = String::from(
+        "# Object protection: the attack matrix and its costs\n\n\
+         Each cell is a kernel attack test's outcome under the policy of its column \
+         (`kernel/src/attack_matrix.rs`): blocked (the write faulted), detected (it landed and \
+         the verification walk reported it) or succeeded (it landed unnoticed). — = the run \
+         failed (below).\n\n",
+    );
+    md.push_str(&markdown(&columns));
+    md.push_str(
+        "\n## What the protected classes cost\n\nThe user test suite (`roottask=suite`) under \
+         each policy: its syscalls, the PKRS writes made while handling them, and the flushes \
+         and pageblock conversions the allocator made during the suite.\n\n",
+    );
+    md.push_str(&costs_markdown(runs));
+    let failures: Vec<String> = runs
+        .iter()
+        .flat_map(|run| {
+            run.failures
+                .iter()
+                .map(move |f| format!("- {}: {f}", run.policy))
+        })
+        .collect();
+    if !failures.is_empty() {
+        md.push_str("\n## Runs that failed\n\n");
+        md.push_str(&failures.join("\n"));
+        md.push('\n');
+    }
+    md
+}
+
+/// Writes `results.json`, `results.md`, `comparison.md`, `objects.md`
+/// (when the object policies ran) and, per plotted metric, a chart of the
+/// host runs and one of the kernel runs (`plot-host-<key>.svg`,
+/// `plot-kernel-<key>.svg`, where any run has the metric) into `dir`;
+/// returns the files written.
 pub fn write_outputs(dir: &Path, results: &Results) -> Result<Vec<String>, String> {
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
@@ -831,6 +874,10 @@ pub fn write_outputs(dir: &Path, results: &Results) -> Result<Vec<String>, Strin
         "results.md".to_string(),
         "comparison.md".to_string(),
     ];
+    if !results.objects.is_empty() {
+        write("objects.md", &objects_markdown(&results.objects))?;
+        files.push("objects.md".to_string());
+    }
     let (host, kernel): (Vec<RunResult>, Vec<RunResult>) = results
         .runs
         .iter()
@@ -1123,6 +1170,7 @@ mod tests {
             },
             strategies: STRATEGIES.iter().map(StrategyInfo::from).collect(),
             runs: vec![ok, dodge, churn, failed, skipped],
+            objects: Vec::new(),
         }
     }
 

@@ -9,9 +9,13 @@
 //! directory (every file not starting with a dot), each strategy on its
 //! own simulated machine of `--host-memory` MiB, and the in-kernel
 //! workloads (`lab=churn|spaces|storm`, a boot each) under QEMU (the
-//! kernel must be built: `make lab` does it). Writes to DIR (default
+//! kernel must be built: `make lab` does it). Then, under each
+//! object-protection policy (`tools::attack_matrix::POLICIES`), the
+//! kernel's attack tests and the user test suite (built by `make lab`).
+//! Writes to DIR (default
 //! `target/lab` in the workspace): `results.json`, `results.md`,
-//! `comparison.md`, `plot-host-<metric>.svg` and `plot-kernel-<metric>.svg`,
+//! `comparison.md`, `objects.md` (the attack matrix and what each policy
+//! costs per syscall), `plot-host-<metric>.svg` and `plot-kernel-<metric>.svg`,
 //! the memory pictures (`memmap-<workload>-<strategy>-<moment>.svg` for
 //! host runs, `memmap-<workload>-<strategy>-<protection>-after-<workload>.svg`
 //! for kernel runs) and each QEMU run's transcript (`logs/`).
@@ -37,7 +41,7 @@ use tools::lab::{
     ProtectionOption, QemuMachine, Results, RunResult, STRATEGIES, Status, Strategy, StrategyInfo,
 };
 use tools::replay::Machine;
-use tools::{QemuConfig, memmap, memmap_svg, trace};
+use tools::{QemuConfig, attack_matrix, memmap, memmap_svg, trace};
 
 /// Run the policy lab: {strategy x protection x workload}.
 #[derive(Debug, Parser)]
@@ -208,6 +212,12 @@ fn run(cli: &Cli) -> Result<bool, String> {
         }
     }
 
+    let objects = if cli.no_qemu {
+        Vec::new()
+    } else {
+        object_policies(cli, &out)
+    };
+
     let results = Results {
         schema: lab::SCHEMA.into(),
         host_machine: HostMachine {
@@ -221,6 +231,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         },
         strategies: STRATEGIES.iter().map(StrategyInfo::from).collect(),
         runs,
+        objects,
     };
     let files = lab::write_outputs(&out, &results)?;
     let count = |s: Status| results.runs.iter().filter(|r| r.status == s).count();
@@ -235,7 +246,72 @@ fn run(cli: &Cli) -> Result<bool, String> {
         files.join(", "),
         out.display()
     );
-    Ok(failed == 0)
+    let objects_failed = results.objects.iter().any(|r| !r.failures.is_empty());
+    Ok(failed == 0 && !objects_failed)
+}
+
+/// The object-protection policies (`tools::attack_matrix::POLICIES`):
+/// under each, the kernel's attack tests (its column of the matrix) and
+/// the user test suite (what its syscalls cost). Transcripts go to
+/// `logs/objects-<n>-{attacks,suite}.log`.
+fn object_policies(cli: &Cli, out: &Path) -> Vec<attack_matrix::PolicyRun> {
+    let kernel = tools::default_kernel_path(false);
+    let suite = tools::default_roottask_path(true).with_file_name("usertests");
+    let boot = |index: usize, what: &str, config: QemuConfig| -> Result<String, String> {
+        let report = tools::run(&config.echo(false)).map_err(|e| e.to_string())?;
+        let log_name = format!("logs/objects-{index}-{what}.log");
+        let transcript = report.interleaved.join("\n") + "\n";
+        fs::write(out.join(&log_name), &transcript)
+            .map_err(|e| format!("cannot write {log_name}: {e}"))?;
+        if report.outcome.is_success() {
+            Ok(report.log.join("\n"))
+        } else {
+            let said = kernel_says(&report.console)
+                .map(|line| format!(": {line:?}"))
+                .unwrap_or_default();
+            Err(format!(
+                "{what}: {}{said} (transcript: {log_name})",
+                report.outcome
+            ))
+        }
+    };
+    let mut runs = Vec::new();
+    for (index, policy) in attack_matrix::POLICIES.iter().enumerate() {
+        let mut run = attack_matrix::PolicyRun {
+            policy: policy.name.into(),
+            words: policy.words.into(),
+            attacks: Vec::new(),
+            costs: None,
+            failures: Vec::new(),
+        };
+        let attacks = QemuConfig::new(&kernel)
+            .cpu("max")
+            .memory(cli.memory.clone())
+            .append(policy.command_line())
+            .timeout(Duration::from_secs(120));
+        match boot(index, "attacks", attacks).and_then(|log| attack_matrix::parse(&log)) {
+            Ok(attacks) => run.attacks = attacks,
+            Err(e) => run.failures.push(e),
+        }
+        let config = QemuConfig::new(&kernel)
+            .cpu("max")
+            .memory(cli.memory.clone())
+            .initrd(suite.clone())
+            .append(format!("{} roottask=suite", policy.words))
+            .timeout(Duration::from_secs(240));
+        match boot(index, "suite", config).and_then(|log| attack_matrix::parse_syscalls(&log)) {
+            Ok(costs) => run.costs = Some(costs),
+            Err(e) => run.failures.push(e),
+        }
+        let state = if run.failures.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("FAILED: {}", run.failures.join("; "))
+        };
+        println!("lab: objects / {}: {state}", policy.name);
+        runs.push(run);
+    }
+    runs
 }
 
 fn report_progress(r: &RunResult) {
