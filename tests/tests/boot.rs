@@ -27,7 +27,7 @@ fn boots_with_pks_and_reports() {
         "key 4: thread control blocks, ReadOnly outside windows",
         "object protection: protect=pt,meta (classes with keys of their own; none under ptprot=none)",
         "page-table policy: ptstrategy=freetype ptfallback=fail",
-        "sealed records: pageblock protections, single page-table pages (0 in 0 of 128 mixed-pageblock slots) and early page tables, 11 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
+        "sealed records: pageblock protections, single page-table pages (0 in 0 of 128 mixed-pageblock slots) and early page tables, 12 pages with the metadata key; 0 pageblocks disagree with the allocator's metadata",
         "pk fault policy: pkfault=panic",
         "direct map: 128 MiB at 0xffff800000000000: 0 x 1 GiB + 64 x 2 MiB pages, 2 page tables",
         "early page tables: 10 recorded",

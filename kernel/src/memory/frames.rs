@@ -178,6 +178,10 @@ impl PtPolicy {
 }
 
 /// The policy the allocator was set up with (the default until then).
+/// Among the sealed records (key 2 once boot seals them): `paging`
+/// accepts an unprotected page table only when it says
+/// `ptfallback=unprotected`, so a stray write must not make it say so.
+#[unsafe(link_section = ".sealed")]
 static POLICY: spin::Once<PtPolicy> = spin::Once::new();
 
 /// The policy the allocator runs with.

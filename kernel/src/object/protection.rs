@@ -45,6 +45,10 @@ pub const THREAD_MEMORY: Freetype = Freetype {
     protection: Protection::Pkey(THREAD_KEY.index()),
 };
 
+/// Set before memory comes up, and kept among the sealed records (key 2
+/// once boot seals them): a stray write must not move new objects out of
+/// keyed memory.
+#[unsafe(link_section = ".sealed")]
 static POLICY: spin::Once<ObjectProtection> = spin::Once::new();
 
 /// Sets the policy, once, before the first object exists; later calls
