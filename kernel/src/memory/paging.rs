@@ -548,24 +548,50 @@ fn alloc_table(flags: AllocFlags) -> Result<u64, PagingError> {
         .alloc(crate::arch::percpu::index(), 0, PAGE_TABLES, flags)
         .map(Pfn::addr)
         .map_err(PagingError::Alloc)?;
-    // The allocator's metadata is ordinary memory; the sealed record
-    // says whether the frame is really protected. The one unprotected
-    // table accepted is the one `ptfallback=unprotected` asks for (an
-    // exposed page, as the allocator's metadata says: under that policy
-    // an attacker who can write the metadata wins anyway, and the walk
-    // reports every exposed table that is linked).
     let exposed = || {
-        frames::policy().fallback == ptalloc::PtFallback::Unprotected
-            && allocator
-                .frame_info(Pfn(table / 4096))
-                .is_some_and(|info| info.exposed)
+        allocator
+            .frame_info(Pfn(table / 4096))
+            .is_some_and(|info| info.exposed)
     };
-    if !is_page_table_memory(table) && !exposed() {
+    if !table_acceptable(
+        is_page_table_memory(table),
+        frames::policy().fallback,
+        exposed,
+    ) {
         panic!(
             "the allocator handed out page table {table:#x}, which the sealed record does not call page-table memory: its metadata was tampered with"
         );
     }
     Ok(table)
+}
+
+/// Whether a page the allocator handed out may serve as a page table.
+/// The allocator's metadata is ordinary memory; the sealed record says
+/// whether the frame is really protected (`protected`). The one
+/// unprotected table accepted is the one `ptfallback=unprotected` asks
+/// for: a page the metadata marks exposed (under that policy an attacker
+/// who can write the metadata wins anyway, and the walk reports every
+/// exposed table that is linked). The policy itself is a sealed record.
+fn table_acceptable(
+    protected: bool,
+    fallback: ptalloc::PtFallback,
+    exposed: impl FnOnce() -> bool,
+) -> bool {
+    protected || fallback == ptalloc::PtFallback::Unprotected && exposed()
+}
+
+crate::kernel_test! {
+    /// A page table the sealed record does not call protected is refused
+    /// unless the dodge is the policy and the page is marked exposed.
+    fn unprotected_tables_are_accepted_only_from_the_dodge() -> TestResult {
+        use ptalloc::PtFallback::{Fail, Unprotected};
+        crate::check!(table_acceptable(true, Fail, || false), "a protected table refused");
+        crate::check!(table_acceptable(true, Unprotected, || false), "a protected table refused");
+        crate::check!(!table_acceptable(false, Fail, || true), "an exposed table taken under fail");
+        crate::check!(!table_acceptable(false, Unprotected, || false), "an unmarked page taken");
+        crate::check!(table_acceptable(false, Unprotected, || true), "the dodge's table refused");
+        Ok(())
+    }
 }
 
 /// Zeroes a table not yet linked.
