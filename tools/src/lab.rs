@@ -10,14 +10,21 @@
 //! Adding a strategy is one entry there. [`PROTECTIONS`] are the kernel's
 //! protection options; [`KERNEL_WORKLOADS`] the in-kernel workloads
 //! (`lab=NAME`), whose figures come from one `lab:` log line each, read
-//! by one parser ([`kernel_line`]). Host workloads are trace files
-//! (`tools/traces/` and any the user brings), replayed by
-//! [`crate::replay`]; protection does not apply to them (the simulator
-//! models the allocator, not the MMU), so they run once per strategy with
-//! protection `sim`. The shipped `pressure` trace is the one that presses
-//! memory (`crate::trace::Pattern::Pressure`): only there do page tables
-//! run short, so only there does `ptfallback-unprotected` expose tables
-//! and `freetype` fail some.
+//! by one parser ([`kernel_line`]). Traces ([`TraceFile`]:
+//! `tools/traces/` and any the user brings) run on both sides. On the
+//! host [`crate::replay`] replays them; protection does not apply there
+//! (the simulator models the allocator, not the MMU), so they run once per
+//! strategy with protection `sim`. In the kernel [`KERNEL_TRACE`]
+//! (`lab=trace`) replays the trace given as the boot module on the real
+//! page allocator, once per strategy under [`TRACE_PROTECTIONS`]; such a
+//! run carries the trace's name as its workload, as the host's runs of the
+//! trace do, and its `trace` ([`RunResult::is_kernel_replay`]) sets it
+//! apart from a kernel workload of the same name. [`KernelRun`] says what
+//! each kernel run boots, what its files are called and how its figures
+//! are read. The shipped `pressure` trace is the one that presses memory
+//! (`crate::trace::Pattern::Pressure`): only there do page tables run
+//! short on the host, so only there does `ptfallback-unprotected` expose
+//! tables and `freetype` fail some.
 //!
 //! What this module promises: every run of the matrix becomes one
 //! [`RunResult`] (ok, failed with why, or skipped with why); metrics have
@@ -31,7 +38,7 @@ pub mod plots;
 pub mod tables;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ptalloc::Config;
 use ptalloc::sim::LargestPage;
@@ -214,6 +221,166 @@ pub const KERNEL_WORKLOADS: &[KernelWorkload] = &[
 /// `memmap-<workload>-<strategy>-<protection>-after-<workload>.svg`.
 pub const KERNEL_EXTRA_WORDS: &[&str] = &["memmap=lab"];
 
+/// The kernel's trace replay (`lab=trace`, `kernel/src/lab.rs`): the
+/// kernel reads its first boot module (QEMU `-initrd`) as a trace in the
+/// format of [`crate::trace`], checks all of it before it starts (a
+/// malformed trace ends the run with `lab: trace failed: line N: ...`),
+/// replays it on its page allocator (`A`: a page table from the page-table
+/// freetype, `D`: ordinary memory, `F`: a free), frees what is still live,
+/// and prints `lab: workload=trace ...`: the keys of the other workloads
+/// but the walk's (the tables are linked into no address space), `ops`
+/// the events replayed. The longest shipped trace (`fragment`, 49,152
+/// events) must fit its timeout under TCG.
+pub const KERNEL_TRACE: KernelWorkload = KernelWorkload {
+    name: "trace",
+    kernel: &["lab=trace"],
+    timeout: 240,
+};
+
+/// The protections kernel trace replays run under: `pks` alone, the
+/// protection the strategies are about. The kernel workloads already show
+/// what `ro` and `none` change; under all three the replays would be 75
+/// boots instead of 25.
+pub const TRACE_PROTECTIONS: &[ProtectionOption] = &[PROTECTIONS[0]];
+
+/// A trace file the lab replays, on the host and in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceFile {
+    /// The workload name its runs carry (its file's stem as a label, made
+    /// apart from the other traces').
+    pub name: String,
+    /// Where to read it (host runs) and boot it from (kernel runs).
+    pub path: PathBuf,
+    /// The file as results record it: relative to the workspace for the
+    /// shipped traces, as given for the user's.
+    pub shown: String,
+}
+
+/// One kernel run of the matrix: a workload of [`KERNEL_WORKLOADS`], or
+/// [`KERNEL_TRACE`] replaying a trace, under a strategy and a protection.
+/// Pure: what to boot, what its files are called and how to read its
+/// figures; the `lab` binary boots it.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelRun<'m> {
+    /// The workload the kernel runs (`lab=NAME`).
+    pub workload: &'m KernelWorkload,
+    /// The trace it replays ([`KERNEL_TRACE`]): the boot module, and the
+    /// run's workload name.
+    pub trace: Option<&'m TraceFile>,
+    /// The allocation strategy.
+    pub strategy: &'m Strategy,
+    /// The page-table protection.
+    pub protection: &'m ProtectionOption,
+}
+
+impl<'m> KernelRun<'m> {
+    /// A run of one of [`KERNEL_WORKLOADS`].
+    pub fn of_workload(
+        workload: &'m KernelWorkload,
+        strategy: &'m Strategy,
+        protection: &'m ProtectionOption,
+    ) -> Self {
+        Self {
+            workload,
+            trace: None,
+            strategy,
+            protection,
+        }
+    }
+
+    /// The kernel's replay of `trace` ([`KERNEL_TRACE`]).
+    pub fn of_trace(
+        trace: &'m TraceFile,
+        strategy: &'m Strategy,
+        protection: &'m ProtectionOption,
+    ) -> Self {
+        Self {
+            workload: &KERNEL_TRACE,
+            trace: Some(trace),
+            strategy,
+            protection,
+        }
+    }
+
+    /// The workload its result carries: for a replay the trace's name, as
+    /// the host's runs of the trace call it (the kernel's line says
+    /// `workload=trace` whatever the trace), else the workload's.
+    pub fn workload_name(&self) -> &str {
+        self.trace.map_or(self.workload.name, |t| t.name.as_str())
+    }
+
+    /// Its stem in file names: `<workload>-<strategy>-<protection>` with
+    /// [`Self::workload_name`]. Its pictures add the dump's label, and a
+    /// replay's (`after-trace`) differs from any kernel workload's.
+    pub fn stem(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.workload_name(),
+            self.strategy.name,
+            self.protection.name
+        )
+    }
+
+    /// Its transcript, relative to the output directory:
+    /// `logs/<stem>.log`, and `logs/trace-<stem>.log` for a replay (the
+    /// shipped `storm` trace and `lab=storm` share a stem).
+    pub fn log_name(&self) -> String {
+        let kind = if self.trace.is_some() { "trace-" } else { "" };
+        format!("logs/{kind}{}.log", self.stem())
+    }
+
+    /// The kernel command line: the workload's words, the strategy's, the
+    /// protection's and [`KERNEL_EXTRA_WORDS`]; `None` if the kernel has no
+    /// option for the strategy.
+    pub fn command_line(&self) -> Option<String> {
+        let mut words: Vec<&str> = self.workload.kernel.to_vec();
+        words.extend(self.strategy.kernel?);
+        words.extend(self.protection.kernel);
+        words.extend(KERNEL_EXTRA_WORDS);
+        Some(words.join(" "))
+    }
+
+    /// Its result before it ran: skipped, with its command line and trace;
+    /// the reason is said when the kernel lacks the strategy, and set by
+    /// whatever ends the run otherwise.
+    pub fn result(&self) -> RunResult {
+        let reason = match self.strategy.kernel {
+            Some(_) => String::new(),
+            None => "the kernel has no option for it yet".into(),
+        };
+        let mut result = RunResult::skipped(
+            self.strategy.name,
+            self.protection.name,
+            self.workload_name(),
+            "qemu",
+            reason,
+        );
+        result.command_line = self.command_line();
+        result.trace = self.trace.map(|t| t.shown.clone());
+        result
+    }
+
+    /// Its figures from the decoded `log` ([`kernel_metrics`]: the
+    /// workload's line, from the strategy and protection asked for). A
+    /// replay must have replayed the whole trace: its `ops` must be the
+    /// trace's `events` where the host could count them, or the figures
+    /// are of some other trace.
+    pub fn metrics(&self, log: &[String], events: Option<usize>) -> Result<Metrics, String> {
+        let metrics = kernel_metrics(log, self.workload, self.strategy, self.protection)?;
+        if let (Some(trace), Some(events)) = (self.trace, events) {
+            let ops = metrics.get("ops").copied();
+            if ops != Some(events as f64) {
+                let said = ops.map_or_else(|| "no ops=".to_string(), |n| format!("ops={n}"));
+                return Err(format!(
+                    "the kernel's replay says {said}, but {} has {events} events",
+                    trace.shown
+                ));
+            }
+        }
+        Ok(metrics)
+    }
+}
+
 /// The value of `key=` among kernel command-line `words`, if there.
 fn word_value<'w>(words: &[&'w str], key: &str) -> Option<&'w str> {
     words
@@ -302,7 +469,7 @@ pub const METRICS: &[Metric] = &[
     metric(
         "ops",
         "ops",
-        "workload operations (kernel: regions, spaces or rounds; host: trace events)",
+        "workload operations (kernel: regions, spaces or rounds, a replay's trace events; host: trace events)",
         false,
     ),
     metric("maps", "maps", "map operations (kernel only)", false),
@@ -639,7 +806,8 @@ pub struct RunResult {
     pub strategy: String,
     /// [`ProtectionOption::name`], or [`HOST_PROTECTION`].
     pub protection: String,
-    /// The workload: a kernel workload's name or a trace file's stem.
+    /// The workload: a kernel workload's name or a trace's
+    /// ([`TraceFile::name`], host runs and the kernel's replays alike).
     pub workload: String,
     /// `qemu` or `host`.
     pub kind: String,
@@ -651,6 +819,10 @@ pub struct RunResult {
     /// The kernel command line (QEMU runs).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub command_line: Option<String>,
+    /// The trace file replayed ([`TraceFile::shown`]): every host run,
+    /// and the kernel's replays (`lab=trace`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trace: Option<String>,
     /// Figures by name ([`METRICS`] and more).
     pub metrics: Metrics,
     /// Memory pictures written, relative to the output directory.
@@ -683,6 +855,7 @@ impl RunResult {
             status: Status::Skipped,
             reason: Some(reason),
             command_line: None,
+            trace: None,
             metrics: Metrics::new(),
             pictures: Vec::new(),
             notes: Vec::new(),
@@ -695,6 +868,23 @@ impl RunResult {
         self.status = Status::Failed;
         self.reason = Some(reason);
         self
+    }
+
+    /// Whether it is the kernel's replay of a trace (`lab=trace`).
+    pub fn is_kernel_replay(&self) -> bool {
+        self.kind == "qemu" && self.trace.is_some()
+    }
+
+    /// Its workload as tables and plots name it: `trace <name>` for the
+    /// kernel's replay of a trace, apart from a kernel workload of the
+    /// same name (the shipped `storm` trace and `lab=storm`); else its
+    /// workload.
+    pub fn workload_label(&self) -> String {
+        if self.is_kernel_replay() {
+            format!("trace {}", self.workload)
+        } else {
+            self.workload.clone()
+        }
     }
 }
 
@@ -1135,6 +1325,7 @@ mod tests {
         ok.metrics.insert("flushes".into(), 3.0);
         ok.metrics.insert("flushes_per_1000".into(), 1.5);
         ok.metrics.insert("splits_2m".into(), 0.0);
+        ok.trace = Some("tools/traces/storm.trace".into());
         let mut dodge = ok.clone();
         dodge.strategy = "ptfallback-unprotected".into();
         dodge.metrics.insert("walk_violations".into(), 12.0);
@@ -1142,6 +1333,23 @@ mod tests {
         churn.workload = "churn".into();
         churn.protection = "pks".into();
         churn.kind = "qemu".into();
+        churn.trace = None;
+        // `lab=storm`, and the kernel's replays of the storm trace: one
+        // workload name, two workloads.
+        let mut lab_storm = churn.clone();
+        lab_storm.workload = "storm".into();
+        lab_storm.metrics.insert("flushes".into(), 9.0);
+        let mut replay = lab_storm.clone();
+        replay.trace = ok.trace.clone();
+        replay.metrics.insert("flushes".into(), 7.0);
+        replay.metrics.insert("flushes_per_1000".into(), 3.5);
+        let mut replay_refused = replay.clone().failed(
+            "kernel rejected its command line: \"kernel command line rejected: option 'lab' does \
+             not accept 'trace'\""
+                .into(),
+        );
+        replay_refused.strategy = "pagewise".into();
+        replay_refused.metrics.clear();
         let mut failed = churn.clone();
         churn
             .notes
@@ -1169,7 +1377,16 @@ mod tests {
                 smp: 1,
             },
             strategies: STRATEGIES.iter().map(StrategyInfo::from).collect(),
-            runs: vec![ok, dodge, churn, failed, skipped],
+            runs: vec![
+                ok,
+                dodge,
+                churn,
+                failed,
+                skipped,
+                lab_storm,
+                replay,
+                replay_refused,
+            ],
             objects: Vec::new(),
         }
     }
@@ -1180,6 +1397,7 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap_or_default();
         assert!(json.contains("\"status\":\"skipped\""));
         assert!(json.contains("\"schema\":\"pks-lab/1\""));
+        assert!(json.contains("\"trace\":\"tools/traces/storm.trace\""));
         assert_eq!(serde_json::from_str::<Results>(&json).ok(), Some(r));
         // A real host run too, its full report included.
         let (run, _) = host_run(
@@ -1212,9 +1430,13 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("| freetype") || l.starts_with("| ptfallback"))
             .collect();
-        assert_eq!(rows.len(), 4);
+        assert_eq!(rows.len(), 6);
         assert!(rows[0].contains("| storm | ok |") && rows[0].contains(" 3 (1.50) |"));
         assert!(rows[3].contains("FAILED: timed out / killed"));
+        // `lab=storm` and the kernel's replay of the storm trace, apart.
+        assert!(rows[4].starts_with("| freetype | pks | storm | ok |"));
+        assert!(rows[5].starts_with("| freetype | pks | trace storm | ok |"));
+        assert!(md.contains("| pagewise | pks | trace storm | FAILED: kernel rejected"));
         assert!(md.contains("- `granular`: not in the simulator yet (1 runs: storm/sim)"));
         let header = md
             .lines()
@@ -1234,20 +1456,163 @@ mod tests {
     #[test]
     fn the_comparison_has_a_table_per_workload_and_a_row_per_strategy() {
         let md = tables::comparison(&results());
-        assert!(md.contains("## storm (host trace)") && md.contains("## churn (kernel)"));
+        let headings: Vec<&str> = md.lines().filter(|l| l.starts_with("## ")).collect();
+        assert_eq!(
+            headings,
+            ["## storm (trace)", "## churn (kernel)", "## storm (kernel)"]
+        );
         // ptprot=ro is not compared.
         assert!(!md.contains("timed out"));
-        let storm = md.split("## churn").next().unwrap_or_default();
-        let rows: Vec<&str> = storm.lines().filter(|l| l.starts_with("| ")).collect();
-        // A header and a row per strategy.
-        assert_eq!(rows.len(), 1 + STRATEGIES.len());
+        let section = |heading: &str| {
+            md.split("## ")
+                .find(|s| s.starts_with(heading))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let rows = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("| "))
+                .map(String::from)
+                .collect()
+        };
+        // The trace: a header, and a row per strategy on each side.
+        let trace = section("storm (trace)");
+        let trace_rows = rows(&trace);
+        assert_eq!(trace_rows.len(), 1 + 2 * STRATEGIES.len());
+        assert!(trace_rows[0].starts_with("| side | strategy | PT allocs |"));
+        let host = &trace_rows[1];
         assert!(
-            rows[1].starts_with("| freetype | — | — | 3 (1.50) |"),
-            "{}",
-            rows[1]
+            host.starts_with("| host | freetype | — | — | 3 (1.50) |"),
+            "{host}"
         );
-        assert!(storm.contains("- `granular`: not run: not in the simulator yet"));
-        assert!(storm.contains("- `pagewise`: not run\n"));
+        let kernel = &trace_rows[1 + STRATEGIES.len()];
+        assert!(
+            kernel.starts_with("| kernel | freetype | — | — | 7 (3.50) |"),
+            "{kernel}"
+        );
+        assert!(trace.contains("- host `granular`: not run: not in the simulator yet"));
+        assert!(trace.contains("- host `pagewise`: not run\n"));
+        assert!(trace.contains("- kernel `pagewise`: failed: kernel rejected its command line"));
+        // `lab=storm` has its own section, without the replay's figures.
+        let workload = rows(&section("storm (kernel)"));
+        assert_eq!(workload.len(), 1 + STRATEGIES.len());
+        assert!(workload[0].starts_with("| strategy | PT allocs |"));
+        assert!(
+            workload[1].starts_with("| freetype | — | — | 9 (1.50) |"),
+            "{}",
+            workload[1]
+        );
+        // Host runs alone (`--no-qemu`): no kernel side at all.
+        let mut host_only = results();
+        host_only.runs.retain(|r| r.kind == "host");
+        let md = tables::comparison(&host_only);
+        assert_eq!(md.matches("## ").count(), 1);
+        assert!(!md.contains("| kernel |") && !md.contains("- kernel"));
+    }
+
+    fn trace_file() -> TraceFile {
+        TraceFile {
+            name: "storm".into(),
+            path: PathBuf::from("traces/storm.trace"),
+            shown: "tools/traces/storm.trace".into(),
+        }
+    }
+
+    #[test]
+    fn a_kernel_replay_boots_the_trace_and_carries_its_name() {
+        let file = trace_file();
+        let (freetype, dodge, pks) = (&STRATEGIES[0], &STRATEGIES[4], &PROTECTIONS[0]);
+        assert_eq!(TRACE_PROTECTIONS.len(), 1);
+        assert_eq!(TRACE_PROTECTIONS[0].name, "pks");
+        let replay = KernelRun::of_trace(&file, dodge, &TRACE_PROTECTIONS[0]);
+        assert_eq!(
+            replay.command_line().as_deref(),
+            Some("lab=trace ptstrategy=freetype ptfallback=unprotected ptprot=pks memmap=lab")
+        );
+        assert_eq!(replay.workload.timeout, 240);
+        assert_eq!(replay.workload_name(), "storm");
+        assert_eq!(replay.stem(), "storm-ptfallback-unprotected-pks");
+        assert_eq!(
+            replay.log_name(),
+            "logs/trace-storm-ptfallback-unprotected-pks.log"
+        );
+        let r = replay.result();
+        assert_eq!(
+            (r.workload.as_str(), r.kind.as_str(), r.protection.as_str()),
+            ("storm", "qemu", "pks")
+        );
+        assert_eq!(r.trace.as_deref(), Some("tools/traces/storm.trace"));
+        assert!(r.is_kernel_replay());
+        assert_eq!(r.workload_label(), "trace storm");
+        // The kernel workload of the same name: its own log and label.
+        let storm = KernelRun::of_workload(&KERNEL_WORKLOADS[2], freetype, pks);
+        assert_eq!(
+            storm.command_line().as_deref(),
+            Some("lab=storm ptstrategy=freetype ptprot=pks memmap=lab")
+        );
+        assert_eq!(storm.log_name(), "logs/storm-freetype-pks.log");
+        let r = storm.result();
+        assert!(!r.is_kernel_replay() && r.trace.is_none());
+        assert_eq!(r.workload_label(), "storm");
+        // A strategy the kernel lacks: no command line, skipped with why.
+        let missing = Strategy {
+            kernel: None,
+            ..*freetype
+        };
+        let run = KernelRun::of_trace(&file, &missing, pks);
+        assert_eq!(run.command_line(), None);
+        let r = run.result();
+        assert_eq!(r.status, Status::Skipped);
+        assert!(r.reason.is_some_and(|why| why.contains("no option")));
+        // Host runs of the trace are not replays, though they name it.
+        let mut host = RunResult::skipped("freetype", HOST_PROTECTION, "storm", "host", "".into());
+        host.trace = Some(file.shown.clone());
+        assert!(!host.is_kernel_replay());
+        assert_eq!(host.workload_label(), "storm");
+    }
+
+    #[test]
+    fn a_kernel_replay_reads_the_trace_line_and_must_replay_every_event() {
+        let file = trace_file();
+        let (freetype, pks) = (&STRATEGIES[0], &PROTECTIONS[0]);
+        let replay = KernelRun::of_trace(&file, freetype, pks);
+        let log = |workload: &str| {
+            vec![format!(
+                "[INFO ] lab: workload={workload} strategy=freetype fallback=fail protection=pks \
+                 ops=44812 pt_allocs=2000 pt_failures=0 flushes=4"
+            )]
+        };
+        let metrics = replay.metrics(&log("trace"), Some(44812));
+        assert_eq!(
+            metrics.map(|m| (
+                m.get("pt_allocs").copied(),
+                m.get("flushes_per_1000").copied()
+            )),
+            Ok((Some(2000.0), Some(2.0)))
+        );
+        // The host could not read the trace: nothing to hold ops to.
+        assert!(replay.metrics(&log("trace"), None).is_ok());
+        let e = replay
+            .metrics(&log("trace"), Some(44813))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "the kernel's replay says ops=44812, but tools/traces/storm.trace has 44813 events"
+        );
+        let no_ops =
+            vec!["lab: workload=trace strategy=freetype fallback=fail protection=pks".to_string()];
+        let e = replay.metrics(&no_ops, Some(1)).err().unwrap_or_default();
+        assert!(e.contains("says no ops="), "{e}");
+        // The kernel's line names the workload `trace`, never the trace.
+        let e = replay
+            .metrics(&log("storm"), Some(44812))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("no `lab: workload=trace"), "{e}");
+        // And a kernel workload's ops are not held to any trace.
+        let storm = KernelRun::of_workload(&KERNEL_WORKLOADS[2], freetype, pks);
+        assert!(storm.metrics(&log("storm"), Some(1)).is_ok());
     }
 
     #[test]
@@ -1275,6 +1640,10 @@ mod tests {
             .unwrap_or_default();
         assert!(svg.starts_with("<svg"), "{svg:.80}");
         assert!(svg.contains("storm") && svg.contains("churn (pks)") && svg.contains("freetype"));
+        assert!(
+            svg.contains("trace storm (pks)"),
+            "the replay's bars are its own"
+        );
         assert!(svg.contains("1.50"), "the bars carry their values");
         // Nothing to plot: no file.
         let none = Metric {

@@ -7,9 +7,11 @@
 //! Runs every {strategy x protection x workload} of `tools::lab`: host
 //! replays of the traces in `tools/traces/` and in each `--traces`
 //! directory (every file not starting with a dot), each strategy on its
-//! own simulated machine of `--host-memory` MiB, and the in-kernel
+//! own simulated machine of `--host-memory` MiB; the in-kernel
 //! workloads (`lab=churn|spaces|storm`, a boot each) under QEMU (the
-//! kernel must be built: `make lab` does it). Then, under each
+//! kernel must be built: `make lab` does it); and the same traces
+//! replayed by the kernel (`lab=trace`, the trace as the boot module,
+//! `ptprot=pks`, a boot per trace and strategy). Then, under each
 //! object-protection policy (`tools::attack_matrix::POLICIES`), the
 //! kernel's attack tests and the user test suite (built by `make lab`).
 //! Writes to DIR (default
@@ -18,11 +20,14 @@
 //! costs per syscall), `plot-host-<metric>.svg` and `plot-kernel-<metric>.svg`,
 //! the memory pictures (`memmap-<workload>-<strategy>-<moment>.svg` for
 //! host runs, `memmap-<workload>-<strategy>-<protection>-after-<workload>.svg`
-//! for kernel runs) and each QEMU run's transcript (`logs/`).
+//! for kernel runs, `memmap-<trace>-<strategy>-pks-after-trace.svg` for
+//! the kernel's replays) and each QEMU run's transcript (`logs/`;
+//! `logs/trace-*.log` for the replays).
 //!
 //! A run that fails (a malformed trace, a kernel that refuses an option
 //! or fails, a `lab:` line not found or not from the strategy asked for,
-//! no kernel image or QEMU) is recorded with why, in the kernel's own
+//! a replay of fewer or more events than the trace has, no kernel image
+//! or QEMU) is recorded with why, in the kernel's own
 //! words where it said any, and the lab goes on; a memory picture that
 //! cannot be drawn is a note on its run. Exit codes: 0 every run that
 //! could run passed; 1 some failed, or the outputs could not be written;
@@ -37,8 +42,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use ptalloc::sim::LargestPage;
 use tools::lab::{
-    self, HostMachine, KERNEL_EXTRA_WORDS, KERNEL_WORKLOADS, KernelWorkload, PROTECTIONS,
-    ProtectionOption, QemuMachine, Results, RunResult, STRATEGIES, Status, Strategy, StrategyInfo,
+    self, HostMachine, KERNEL_WORKLOADS, KernelRun, PROTECTIONS, QemuMachine, Results, RunResult,
+    STRATEGIES, Status, Strategy, StrategyInfo, TRACE_PROTECTIONS, TraceFile,
 };
 use tools::replay::Machine;
 use tools::{QemuConfig, attack_matrix, memmap, memmap_svg, trace};
@@ -80,17 +85,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// A trace file and the workload name it runs under.
-struct TraceFile {
-    name: String,
-    path: PathBuf,
-}
-
 /// The shipped traces, then each user directory's, named apart.
 fn trace_files(dirs: &[PathBuf]) -> Result<Vec<TraceFile>, String> {
     let mut files = Vec::new();
     let mut names = HashSet::new();
-    let shipped = tools::workspace_root().join("tools/traces");
+    let root = tools::workspace_root();
+    let shipped = root.join("tools/traces");
     for dir in std::iter::once(&shipped).chain(dirs) {
         let entries = fs::read_dir(dir)
             .map_err(|e| format!("cannot read trace directory {}: {e}", dir.display()))?;
@@ -116,7 +116,14 @@ fn trace_files(dirs: &[PathBuf]) -> Result<Vec<TraceFile>, String> {
                 n += 1;
                 name = format!("{base}-{n}");
             }
-            files.push(TraceFile { name, path });
+            // Results say where a trace came from without naming this
+            // machine's workspace.
+            let shown = path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            files.push(TraceFile { name, path, shown });
         }
     }
     Ok(files)
@@ -150,13 +157,18 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let started = Instant::now();
     let mut runs = Vec::new();
 
-    for file in trace_files(&cli.traces)? {
-        let parsed = load_trace(&file);
+    let traces = trace_files(&cli.traces)?;
+    // Each trace's events, where the host could read it: the kernel's
+    // replay must say it replayed as many.
+    let mut events = Vec::new();
+    for file in &traces {
+        let parsed = load_trace(file);
         for strategy in STRATEGIES {
-            let result = host_run(strategy, &file, &parsed, &machine, &out);
+            let result = host_run(strategy, file, &parsed, &machine, &out);
             report_progress(&result);
             runs.push(result);
         }
+        events.push(parsed.ok().map(|t| t.events.len()));
     }
 
     if !cli.no_qemu {
@@ -170,45 +182,41 @@ fn run(cli: &Cli) -> Result<bool, String> {
         } else {
             tools::find_or_install_qemu().err().map(|e| e.to_string())
         };
+        // The kernel's workloads under every protection, then its replays
+        // of the traces under the protections kept for them.
+        let mut plan: Vec<(KernelRun<'_>, Option<usize>)> = Vec::new();
         for workload in KERNEL_WORKLOADS {
             for strategy in STRATEGIES {
                 for protection in PROTECTIONS {
-                    let result = match (strategy.kernel, &cannot_run) {
-                        (None, _) => RunResult::skipped(
-                            strategy.name,
-                            protection.name,
-                            workload.name,
-                            "qemu",
-                            "the kernel has no option for it yet".into(),
-                        ),
-                        (Some(words), cannot_run) => {
-                            let mut line: Vec<&str> = workload.kernel.to_vec();
-                            line.extend(words);
-                            line.extend(protection.kernel);
-                            line.extend(KERNEL_EXTRA_WORDS);
-                            let run = KernelRun {
-                                workload,
-                                strategy,
-                                protection,
-                                command_line: line.join(" "),
-                            };
-                            match cannot_run {
-                                Some(why) => run.result().failed(why.clone()),
-                                None => {
-                                    let config = QemuConfig::new(&kernel)
-                                        .cpu("max")
-                                        .memory(cli.memory.clone())
-                                        .append(run.command_line.clone())
-                                        .timeout(Duration::from_secs(workload.timeout));
-                                    qemu_run(&run, config, &out)
-                                }
-                            }
-                        }
-                    };
-                    report_progress(&result);
-                    runs.push(result);
+                    plan.push((KernelRun::of_workload(workload, strategy, protection), None));
                 }
             }
+        }
+        for (file, count) in traces.iter().zip(&events) {
+            for strategy in STRATEGIES {
+                for protection in TRACE_PROTECTIONS {
+                    plan.push((KernelRun::of_trace(file, strategy, protection), *count));
+                }
+            }
+        }
+        for (run, events) in plan {
+            let result = match (run.command_line(), &cannot_run) {
+                (None, _) => run.result(),
+                (Some(_), Some(why)) => run.result().failed(why.clone()),
+                (Some(command_line), None) => {
+                    let mut config = QemuConfig::new(&kernel)
+                        .cpu("max")
+                        .memory(cli.memory.clone())
+                        .append(command_line)
+                        .timeout(Duration::from_secs(run.workload.timeout));
+                    if let Some(trace) = run.trace {
+                        config = config.initrd(trace.path.clone());
+                    }
+                    qemu_run(&run, events, config, &out)
+                }
+            };
+            report_progress(&result);
+            runs.push(result);
         }
     }
 
@@ -323,7 +331,9 @@ fn report_progress(r: &RunResult) {
     };
     println!(
         "lab: {} / {} / {}: {what}",
-        r.workload, r.strategy, r.protection
+        r.workload_label(),
+        r.strategy,
+        r.protection
     );
 }
 
@@ -341,6 +351,7 @@ fn host_run(
         *machine,
         true,
     );
+    result.trace = Some(file.shown.clone());
     for dump in &dumps {
         match write_picture(out, dump) {
             Ok(name) => result.pictures.push(name),
@@ -358,37 +369,6 @@ fn write_picture(out: &Path, dump: &memmap::Dump) -> Result<String, String> {
     Ok(name)
 }
 
-/// One kernel run of the matrix.
-struct KernelRun<'m> {
-    workload: &'m KernelWorkload,
-    strategy: &'m Strategy,
-    protection: &'m ProtectionOption,
-    command_line: String,
-}
-
-impl KernelRun<'_> {
-    /// Its name in file names: `<workload>-<strategy>-<protection>`.
-    fn name(&self) -> String {
-        format!(
-            "{}-{}-{}",
-            self.workload.name, self.strategy.name, self.protection.name
-        )
-    }
-
-    /// Its result before it ran (marked skipped until it has one).
-    fn result(&self) -> RunResult {
-        let mut result = RunResult::skipped(
-            self.strategy.name,
-            self.protection.name,
-            self.workload.name,
-            "qemu",
-            String::new(),
-        );
-        result.command_line = Some(self.command_line.clone());
-        result
-    }
-}
-
 /// The kernel's own words on why a run failed (COM1): its command-line
 /// refusal, a lab workload's failure, or the first line of a fatal
 /// report (`!!! kernel fault: ...`, `!!! kernel panic ...`).
@@ -402,15 +382,22 @@ fn kernel_says(console: &str) -> Option<&str> {
     })
 }
 
-fn qemu_run(run: &KernelRun<'_>, config: QemuConfig, out: &Path) -> RunResult {
-    let name = run.name();
+/// Boots `run` and reads its figures; `events`: the trace's, for a
+/// replay the host could read.
+fn qemu_run(
+    run: &KernelRun<'_>,
+    events: Option<usize>,
+    config: QemuConfig,
+    out: &Path,
+) -> RunResult {
+    let name = run.stem();
     let mut result = run.result();
     let report = match tools::run(&config.echo(false)) {
         Ok(report) => report,
         Err(e) => return result.failed(e.to_string()),
     };
     let transcript = report.interleaved.join("\n") + "\n";
-    let log_name = format!("logs/{name}.log");
+    let log_name = run.log_name();
     if let Err(e) = fs::write(out.join(&log_name), &transcript) {
         return result.failed(format!("cannot write {log_name}: {e}"));
     }
@@ -441,7 +428,7 @@ fn qemu_run(run: &KernelRun<'_>, config: QemuConfig, out: &Path) -> RunResult {
             .unwrap_or_default();
         return result.failed(format!("{}{said} (transcript: {log_name})", report.outcome));
     }
-    match lab::kernel_metrics(&report.log, run.workload, run.strategy, run.protection) {
+    match run.metrics(&report.log, events) {
         Ok(metrics) => {
             result.status = Status::Ok;
             result.reason = None;
@@ -478,6 +465,19 @@ mod tests {
             "{names:?}"
         );
         assert!(!names.iter().any(|n| n.contains("hidden")));
+        // Results name the shipped traces without this machine's paths,
+        // and the user's as given.
+        let shown = |name: &str| {
+            files
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.shown.clone())
+        };
+        assert_eq!(shown("storm").as_deref(), Some("tools/traces/storm.trace"));
+        assert_eq!(
+            shown("storm-2"),
+            Some(dir.join("storm.trace").display().to_string())
+        );
         let missing = trace_files(&[dir.join("nope")]).err().unwrap_or_default();
         assert!(missing.contains("cannot read trace directory"), "{missing}");
         let _ = fs::remove_dir_all(dir);
@@ -490,6 +490,7 @@ mod tests {
         let file = TraceFile {
             name: "bad".into(),
             path: dir.join("bad.trace"),
+            shown: "bad.trace".into(),
         };
         let _ = fs::write(&file.path, "A 1 9\n");
         let parsed = load_trace(&file);
@@ -500,9 +501,11 @@ mod tests {
             reason.contains("bad.trace: line 1: bad level \"9\""),
             "{reason}"
         );
+        assert_eq!(r.trace.as_deref(), Some("bad.trace"));
         let missing = TraceFile {
             name: "missing".into(),
             path: dir.join("missing.trace"),
+            shown: "missing.trace".into(),
         };
         assert!(load_trace(&missing).is_err_and(|e| e.contains("missing.trace: cannot read")));
         let _ = fs::remove_dir_all(dir);

@@ -1,6 +1,7 @@
 //! The lab's bar charts (plotters, SVG backend only): one chart per
 //! plotted metric and side, groups of bars by workload (and protection,
-//! for kernel runs), one bar per strategy.
+//! for kernel runs; the kernel's replay of a trace is `trace <name>`),
+//! one bar per strategy.
 //!
 //! What this module promises: a strategy has the same colour in every
 //! chart (its place in [`STRATEGIES`], Okabe-Ito), every bar carries its
@@ -47,7 +48,7 @@ pub fn plot(metric: &Metric, side: &str, runs: &[RunResult]) -> Result<Option<St
         if r.protection == HOST_PROTECTION {
             r.workload.clone()
         } else {
-            format!("{} ({})", r.workload, r.protection)
+            format!("{} ({})", r.workload_label(), r.protection)
         }
     };
     let mut groups: Vec<String> = Vec::new();

@@ -5,12 +5,16 @@
 //! `results.md` (a failed one with why), the skipped ones are listed under
 //! the table by strategy and reason, and the runs whose verification walk
 //! found page tables without the key are named, expected or not, as are
-//! the runs with notes (a picture that could not be drawn);
-//! `comparison.md` has, for each workload, one row per strategy in
-//! [`STRATEGIES`] order with the [`COMPARISON`] columns (kernel workloads
-//! under `ptprot=pks`, the protection every strategy is about). Neither
-//! panics on any [`Results`]: an absent metric is `—`, and a `|` in a
-//! reason cannot break a row.
+//! the runs with notes (a picture that could not be drawn); the kernel's
+//! replay of a trace is named `trace <name>` wherever a kernel workload
+//! of that name could be mistaken for it. `comparison.md` has a section
+//! per trace and per kernel workload, with the [`COMPARISON`] columns
+//! and one row per strategy in [`STRATEGIES`] order: a trace's section
+//! gives each side that ran it (`host`, then `kernel`: its replay in the
+//! kernel), a kernel workload's its runs under `ptprot=pks`, the
+//! protection every strategy is about. Neither panics on any
+//! [`Results`]: an absent metric is `—`, and a `|` in a reason cannot
+//! break a row.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -120,7 +124,9 @@ pub fn markdown(results: &Results) -> String {
         let _ = write!(
             md,
             "| {} | {} | {} | {status} |",
-            run.strategy, run.protection, run.workload
+            run.strategy,
+            run.protection,
+            run.workload_label()
         );
         for column in TABLE {
             let _ = write!(md, " {} |", cell(column, &run.metrics));
@@ -141,7 +147,7 @@ pub fn markdown(results: &Results) -> String {
                 let _ = writeln!(
                     md,
                     "- {} / {} / {}: {}",
-                    run.workload,
+                    run.workload_label(),
                     run.strategy,
                     run.protection,
                     escape(note)
@@ -155,7 +161,7 @@ pub fn markdown(results: &Results) -> String {
         skipped
             .entry((run.strategy.as_str(), reason))
             .or_default()
-            .push(format!("{}/{}", run.workload, run.protection));
+            .push(format!("{}/{}", run.workload_label(), run.protection));
     }
     if !skipped.is_empty() {
         md.push_str("\nNot run yet:\n\n");
@@ -202,7 +208,7 @@ fn walk_paragraph(runs: &[RunResult]) -> String {
         let _ = writeln!(
             text,
             "- {} / {} / {}: {} ({verdict})",
-            run.workload,
+            run.workload_label(),
             run.strategy,
             run.protection,
             number(violations)
@@ -211,63 +217,128 @@ fn walk_paragraph(runs: &[RunResult]) -> String {
     text
 }
 
-/// `comparison.md`: for each workload, the strategies as rows and the key
+/// A section of `comparison.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section<'r> {
+    /// A trace: its host runs and the kernel's replays.
+    Trace(&'r str),
+    /// A kernel workload, under [`COMPARED_PROTECTION`].
+    Kernel(&'r str),
+}
+
+/// A side of a trace's section: its name and whether `run` is on it.
+type Side = (&'static str, fn(&RunResult) -> bool);
+
+/// A trace's sides: the simulator's runs, then the kernel's replays under
+/// [`COMPARED_PROTECTION`].
+const SIDES: [Side; 2] = [
+    ("host", |r| r.protection == HOST_PROTECTION),
+    ("kernel", |r| {
+        r.is_kernel_replay() && r.protection == COMPARED_PROTECTION
+    }),
+];
+
+/// The row of one strategy: `leading` cells, then the figures of `run`
+/// if it ran; otherwise `—`s, and why it has none (for the notes under
+/// the table).
+fn row(md: &mut String, leading: &[&str], run: Option<&RunResult>) -> Option<String> {
+    md.push('|');
+    for cell in leading {
+        let _ = write!(md, " {cell} |");
+    }
+    let why = match run {
+        Some(run) if run.status == Status::Ok => {
+            for column in COMPARISON {
+                let _ = write!(md, " {} |", cell(column, &run.metrics));
+            }
+            None
+        }
+        Some(run) if run.status == Status::Failed => Some(format!(
+            "failed: {}",
+            escape(run.reason.as_deref().unwrap_or(""))
+        )),
+        Some(run) => Some(format!(
+            "not run: {}",
+            escape(run.reason.as_deref().unwrap_or(""))
+        )),
+        None => Some("not run".to_string()),
+    };
+    if why.is_some() {
+        for _ in COMPARISON {
+            md.push_str(" — |");
+        }
+    }
+    md.push('\n');
+    why
+}
+
+/// `comparison.md`: for each trace and each kernel workload, the
+/// strategies as rows (a trace's on each side that ran it) and the key
 /// figures as columns.
 pub fn comparison(results: &Results) -> String {
     let mut md = String::from("# Allocation strategies compared (policy lab)\n\n");
     let _ = writeln!(
         md,
-        "{} Kernel workloads under `ptprot={COMPARED_PROTECTION}`; every run in `results.md`. \
+        "{} A trace's table gives each side that replayed it: `host` (the simulator) and \
+         `kernel` (`lab=trace`: the kernel replays the trace, its boot module, on its page \
+         allocator under `ptprot={COMPARED_PROTECTION}`, on the QEMU machine's memory, so its \
+         figures are of a smaller machine; no walk: the tables are in no address space). \
+         Kernel workloads under `ptprot={COMPARED_PROTECTION}`; every run in `results.md`. \
          {READING}\n",
         machines(results)
     );
-    // Workloads in the order they ran: host traces, then kernel workloads.
-    let mut workloads: Vec<(&str, bool)> = Vec::new();
+    // Sections in the order their first runs came: traces, kernel workloads.
+    let mut sections: Vec<Section<'_>> = Vec::new();
     for run in &results.runs {
-        let host = run.protection == HOST_PROTECTION;
-        if (host || run.protection == COMPARED_PROTECTION)
-            && !workloads.contains(&(run.workload.as_str(), host))
-        {
-            workloads.push((&run.workload, host));
+        let section = if SIDES.iter().any(|(_, on)| on(run)) {
+            Section::Trace(&run.workload)
+        } else if run.protection == COMPARED_PROTECTION && !run.is_kernel_replay() {
+            Section::Kernel(&run.workload)
+        } else {
+            continue;
+        };
+        if !sections.contains(&section) {
+            sections.push(section);
         }
     }
-    for (workload, host) in workloads {
-        let (side, protection) = if host {
-            ("host trace", HOST_PROTECTION)
-        } else {
-            ("kernel", COMPARED_PROTECTION)
-        };
-        let _ = writeln!(md, "## {workload} ({side})\n");
-        header(&mut md, &["strategy"], COMPARISON);
+    for section in sections {
         let mut notes = Vec::new();
-        for strategy in STRATEGIES {
-            let run = results.runs.iter().find(|r| {
-                r.workload == workload && r.protection == protection && r.strategy == strategy.name
-            });
-            let _ = write!(md, "| {} |", strategy.name);
-            match run {
-                Some(run) if run.status == Status::Ok => {
-                    for column in COMPARISON {
-                        let _ = write!(md, " {} |", cell(column, &run.metrics));
+        match section {
+            Section::Trace(trace) => {
+                let _ = writeln!(md, "## {trace} (trace)\n");
+                header(&mut md, &["side", "strategy"], COMPARISON);
+                for (side, on) in SIDES {
+                    let runs: Vec<&RunResult> = results
+                        .runs
+                        .iter()
+                        .filter(|r| r.workload == trace && on(r))
+                        .collect();
+                    if runs.is_empty() {
+                        continue;
                     }
-                }
-                _ => {
-                    for _ in COMPARISON {
-                        md.push_str(" — |");
+                    for strategy in STRATEGIES {
+                        let run = runs.iter().find(|r| r.strategy == strategy.name).copied();
+                        if let Some(why) = row(&mut md, &[side, strategy.name], run) {
+                            notes.push(format!("- {side} `{}`: {why}", strategy.name));
+                        }
                     }
-                    let why = match run {
-                        Some(run) if run.status == Status::Failed => {
-                            format!("failed: {}", escape(run.reason.as_deref().unwrap_or("")))
-                        }
-                        Some(run) => {
-                            format!("not run: {}", escape(run.reason.as_deref().unwrap_or("")))
-                        }
-                        None => "not run".to_string(),
-                    };
-                    notes.push(format!("- `{}`: {why}", strategy.name));
                 }
             }
-            md.push('\n');
+            Section::Kernel(workload) => {
+                let _ = writeln!(md, "## {workload} (kernel)\n");
+                header(&mut md, &["strategy"], COMPARISON);
+                for strategy in STRATEGIES {
+                    let run = results.runs.iter().find(|r| {
+                        r.workload == workload
+                            && !r.is_kernel_replay()
+                            && r.protection == COMPARED_PROTECTION
+                            && r.strategy == strategy.name
+                    });
+                    if let Some(why) = row(&mut md, &[strategy.name], run) {
+                        notes.push(format!("- `{}`: {why}", strategy.name));
+                    }
+                }
+            }
         }
         if !notes.is_empty() {
             md.push('\n');
