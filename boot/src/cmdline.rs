@@ -37,7 +37,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ("ptfallback", "fail, unprotected"),
     (
         "lab",
-        "none, or WORKLOAD[,WORKLOAD...] of churn, spaces, storm",
+        "none, or WORKLOAD[,WORKLOAD...] of churn, spaces, storm, trace",
     ),
     (
         "protect",
@@ -145,11 +145,13 @@ pub enum LabWorkload {
     Spaces,
     /// A map/unmap storm while ordinary memory is nearly exhausted.
     Storm,
+    /// A page-table trace, given as the first boot module, replayed.
+    Trace,
 }
 
 impl LabWorkload {
     /// Every workload, in the order `lab=` names them.
-    pub const ALL: [LabWorkload; 3] = [Self::Churn, Self::Spaces, Self::Storm];
+    pub const ALL: [LabWorkload; 4] = [Self::Churn, Self::Spaces, Self::Storm, Self::Trace];
 
     /// Its name on the command line and in the lab's log lines.
     pub const fn name(self) -> &'static str {
@@ -157,6 +159,7 @@ impl LabWorkload {
             Self::Churn => "churn",
             Self::Spaces => "spaces",
             Self::Storm => "storm",
+            Self::Trace => "trace",
         }
     }
 }
@@ -545,7 +548,9 @@ mod tests {
             })
         );
         assert_eq!(
-            KernelConfig::parse("lab=churn,spaces,storm").unwrap().lab,
+            KernelConfig::parse("lab=churn,spaces,storm,trace")
+                .unwrap()
+                .lab,
             LabWorkload::ALL
         );
         for (bad, option) in [

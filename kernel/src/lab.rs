@@ -27,6 +27,12 @@
 //!   rounds of mapping a page in fresh 2 MiB regions until memory runs out
 //!   (at most 16,384), and unmapping them: page tables from memory no
 //!   conversion can take, until the split reserve runs dry.
+//! - `trace`: the first boot module (`-initrd`), a page-table trace in
+//!   `tools/src/trace.rs`'s format, checked whole, then replayed on the
+//!   allocator (`trace`'s doc).
+//!
+//! With `lab=`, the run ends after the workloads: a boot module is the
+//! trace's, never a root task.
 
 use crate::arch::pks;
 use crate::memory::frame_array::FrameArray;
@@ -35,6 +41,8 @@ use crate::memory::paging::{AddressSpace, MapFlags, PageSize};
 use crate::memory::verify::{self, VerifyReport};
 use boot::cmdline::LabWorkload;
 use ptalloc::{Freetype, Stats};
+
+mod trace;
 
 /// Runs `workloads` in order; false if one misbehaved.
 pub fn run(workloads: &[LabWorkload]) -> bool {
@@ -48,6 +56,7 @@ pub fn run(workloads: &[LabWorkload]) -> bool {
             LabWorkload::Churn => churn(),
             LabWorkload::Spaces => spaces(),
             LabWorkload::Storm => storm(),
+            LabWorkload::Trace => trace::run(),
         };
         match (outcome, Snapshot::take()) {
             (Ok(figures), Some(after)) => report(workload, &before, &figures, &after),

@@ -169,8 +169,13 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
         exit_qemu(ExitCode::Failure);
     }
 
-    if !boot.config.lab.is_empty() && !lab::run(&boot.config.lab) {
-        exit_qemu(ExitCode::Failure);
+    // The lab's workloads are the whole run (a boot module is a trace).
+    if !boot.config.lab.is_empty() {
+        exit_qemu(if lab::run(&boot.config.lab) {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        });
     }
 
     let code = match test_plan {

@@ -168,3 +168,47 @@ fn the_dodge_fails_the_walk_exactly_while_exposed_tables_live() {
     // The same storm under the default fallback exposes nothing: see
     // `freetype_converts_whole_pageblocks`, whose walks all pass.
 }
+
+/// `lab=trace` replays the boot module as a trace: a good one gives its
+/// figures, a bad one is refused whole, before anything is allocated,
+/// with the line that is wrong.
+#[test]
+fn a_trace_replays_in_the_kernel_and_a_bad_one_is_refused_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("pks-lab-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("a temporary trace");
+        path
+    };
+    let good = write(
+        "good.trace",
+        "# a long comment that goes on and on and on and on and on and on and on and on and on and on and on and on and on\nA 1 4\nA 2 1 # a PT\nD 3 2\nF 2\n",
+    );
+    let run = boot(qemu("lab=trace").initrd(good));
+    run.expect_outcome(Outcome::Success);
+    let trace = &lab_lines(&run)["trace"];
+    assert_eq!(number(trace, "ops"), 4);
+    assert_eq!(number(trace, "pt_allocs"), 2);
+    assert_eq!(number(trace, "pt_failures"), 0);
+    for (text, said) in [
+        ("A 1 4\nF 2\n", "line 2: frees an id that is not live"),
+        ("A 1 4\nA 1 1\n", "line 2: the id is live already"),
+        (
+            "A 1 5\n",
+            "line 1: a level outside 1..=4 or an order above 18",
+        ),
+        ("\nX 1\n", "line 2: not an event"),
+        ("A 1\n", "line 1: not an event"),
+        ("F 1 2\n", "line 1: not an event"),
+    ] {
+        let bad = write("bad.trace", text);
+        boot(qemu("lab=trace").initrd(bad))
+            .expect_outcome(Outcome::KernelFailure)
+            .expect_console(&[&format!("lab: trace failed: {said}")]);
+    }
+    boot(qemu("lab=trace"))
+        .expect_outcome(Outcome::KernelFailure)
+        .expect_console(&["lab: trace failed: no boot module: give the trace with -initrd"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

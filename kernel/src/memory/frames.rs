@@ -466,6 +466,23 @@ pub fn alloc_frame(order: u32, freetype: Freetype, zero: bool) -> Result<Frame, 
     Ok(Frame { pfn, order })
 }
 
+/// A zeroed page of the page-table freetype as an owned frame, for the
+/// lab's trace replay (`lab=trace`), which allocates page-table pages
+/// without linking them. Nothing can map it as data: `paging` refuses
+/// page-table memory as a leaf, and the ephemeral slot refuses it too.
+pub fn alloc_page_table_frame() -> Result<Frame, FrameError> {
+    let allocator = allocator().ok_or(FrameError::NoAllocator)?;
+    let pfn = allocator
+        .alloc(
+            crate::arch::percpu::index(),
+            0,
+            PAGE_TABLES,
+            ptalloc::AllocFlags::ZERO,
+        )
+        .map_err(FrameError::Alloc)?;
+    Ok(Frame { pfn, order: 0 })
+}
+
 /// Gives every page parked in a per-CPU cache back to the allocator's
 /// free lists, where whole free pageblocks can form again (tests, after
 /// each test). Nothing before [`init`].
