@@ -41,7 +41,7 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ),
     (
         "protect",
-        "pt[,CLASS...] with CLASS of meta, cnode, tcb (page tables always; ptprot=none protects nothing)",
+        "pt[,CLASS...] with CLASS of meta, cnode, tcb; cnode and tcb need meta and ptprot=pks (page tables always; ptprot=none protects nothing)",
     ),
 ];
 
@@ -406,7 +406,7 @@ fn parse_memmap(value: &str) -> Option<MemmapPoints> {
 }
 
 /// `pt`, then any of `meta`, `cnode`, `tcb`, each at most once, in any
-/// order.
+/// order; `cnode` and `tcb` need `meta`.
 fn parse_protect(value: &str) -> Option<ObjectProtection> {
     let mut protect = ObjectProtection {
         meta: false,
@@ -426,7 +426,10 @@ fn parse_protect(value: &str) -> Option<ObjectProtection> {
             return None;
         }
     }
-    page_tables.then_some(protect)
+    // The object classes' placement and the walk's view of it are sealed
+    // records: keying objects while those stay writable protects nothing.
+    let needs_meta = (protect.cnode || protect.tcb) && !protect.meta;
+    (page_tables && !needs_meta).then_some(protect)
 }
 
 /// `none`, or a comma-separated list of lab workloads, each at most once.
@@ -532,9 +535,9 @@ mod tests {
             })
         );
         assert_eq!(
-            protect("protect=tcb,pt,cnode"),
+            protect("protect=tcb,pt,meta,cnode"),
             Ok(ObjectProtection {
-                meta: false,
+                meta: true,
                 cnode: true,
                 tcb: true
             })
@@ -563,6 +566,8 @@ mod tests {
             ("lab=none,churn", "lab"),
             ("lab=fork", "lab"),
             ("protect=cnode", "protect"),
+            ("protect=pt,cnode", "protect"),
+            ("protect=pt,tcb", "protect"),
             ("protect=pt,pt", "protect"),
             ("protect=pt,ipc", "protect"),
             ("protect=", "protect"),

@@ -37,6 +37,9 @@ pub enum Target {
     CapabilitySlot,
     /// A TCB: a stopped thread's saved instruction pointer.
     ThreadState,
+    /// The object table: a TCB's handle to its state block, pointed at a
+    /// forged copy.
+    ObjectTable,
     /// The page allocator's own per-pageblock freetype (ordinary memory).
     AllocatorMetadata,
     /// The sealed record that says which pageblocks are page-table memory.
@@ -49,12 +52,24 @@ pub enum Target {
 }
 
 impl Target {
+    /// The key that stops a write to it under `pks`, if a key does.
+    fn key(self) -> Option<pkeys::Pkey> {
+        match self {
+            Self::PageTableEntry => Some(pkeys::PAGE_TABLE_KEY),
+            Self::CapabilitySlot | Self::ObjectTable => Some(pkeys::CAPABILITY_KEY),
+            Self::ThreadState => Some(pkeys::THREAD_KEY),
+            Self::SealedRecord => Some(pkeys::METADATA_KEY),
+            Self::AllocatorMetadata | Self::IpcBuffer | Self::SecretIpcBuffer => None,
+        }
+    }
+
     /// Its name in the matrix.
     pub const fn name(self) -> &'static str {
         match self {
             Self::PageTableEntry => "page-table-entry",
             Self::CapabilitySlot => "cnode-slot",
             Self::ThreadState => "tcb",
+            Self::ObjectTable => "object-table",
             Self::AllocatorMetadata => "allocator-metadata",
             Self::SealedRecord => "sealed-record",
             Self::IpcBuffer => "ipc-buffer",
@@ -108,6 +123,7 @@ pub fn expected(target: Target) -> Outcome {
         Target::PageTableEntry => blocked_if(protected),
         Target::CapabilitySlot => blocked_if(classes.cnode),
         Target::ThreadState => blocked_if(classes.tcb),
+        Target::ObjectTable => blocked_if(classes.cnode || classes.tcb),
         Target::AllocatorMetadata => Outcome::Detected,
         Target::SealedRecord if classes.meta => Outcome::Blocked,
         Target::SealedRecord => Outcome::Detected,
@@ -130,6 +146,26 @@ pub fn record(target: Target, outcome: Outcome) -> TestResult {
         outcome.name()
     );
     let claimed = expected(target);
+    // Blocked for the right reason: under `pks`, a fault with the
+    // target's own key.
+    if outcome == Outcome::Blocked
+        && mechanism() == Mechanism::Pks
+        && let Some(key) = target.key()
+    {
+        let faulted = crate::pkfault::last_fault().and_then(|fault| fault.key);
+        if faulted != Some(key) {
+            return Err(TestFailure::new(
+                file!(),
+                line!(),
+                format_args!(
+                    "{}: blocked by {:?}, not by {:?}",
+                    target.name(),
+                    faulted,
+                    key
+                ),
+            ));
+        }
+    }
     if outcome == claimed {
         Ok(())
     } else {
@@ -308,6 +344,48 @@ mod attacks {
                     _ => return Err(fail(&"the write and the TCB disagree")),
                 };
                 record(Target::ThreadState, outcome)
+            })
+        }
+    }
+
+    crate::kernel_test! {
+        /// One stray write to the object table: a TCB's handle to its state
+        /// block, pointed at a frame of the attacker's holding a copy of
+        /// the state with the saved rip forged. Keying the state block
+        /// alone would not stop this; keying the table does.
+        fn attack_matrix_object_table() -> TestResult {
+            with_process(|process| {
+                let (handle, words, state) = read(|objects| objects.thread_state_handle(process.tcb))?;
+                let handle = handle.cast_mut();
+                let old_pfn = (state - DIRECT_MAP_BASE) / 4096;
+                // SAFETY: the handle's words in the object table, readable.
+                let index = (0..words)
+                    .find(|&i| unsafe { handle.add(i).read_volatile() } == old_pfn)
+                    .ok_or_else(|| fail(&"no frame number in the handle"))?;
+                let fake = frames::alloc_frame(0, crate::object::FRAMES, true).map_err(|e| fail(&e))?;
+                let rip_offset = read(|objects| objects.saved_rip_address(process.tcb))? as u64 - state;
+                let forged = 0x4141_4141_0000u64;
+                let fake_state = (DIRECT_MAP_BASE + fake.addr()) as *mut u8;
+                // SAFETY: the attacker's own frame (the test's), writable;
+                // the state block is one page, readable.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(state as *const u8, fake_state, 4096);
+                    fake_state.add(rip_offset as usize).cast::<u64>().write(forged);
+                }
+                // SAFETY: the handle's own word; restored below.
+                let landed = unsafe { stray_write(handle.add(index), fake.addr() / 4096) };
+                let forged_is_used = read(|objects| objects.saved_rip(process.tcb))? == forged;
+                if landed {
+                    // SAFETY: as above, putting the frame number back.
+                    unsafe { stray_write(handle.add(index), old_pfn) };
+                }
+                drop(fake);
+                let outcome = match (landed, forged_is_used) {
+                    (false, false) => Outcome::Blocked,
+                    (true, true) => Outcome::Succeeded,
+                    _ => return Err(fail(&"the write and the TCB disagree")),
+                };
+                record(Target::ObjectTable, outcome)
             })
         }
     }

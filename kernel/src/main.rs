@@ -118,6 +118,15 @@ extern "C" fn kernel_boot_entry(start_info_phys: u64) -> ! {
             exit_qemu(ExitCode::BadCommandLine);
         }
     };
+    if ptprot == ProtectionPolicy::ReadOnlyAlias && (config.protect.cnode || config.protect.tcb) {
+        println!(
+            "kernel command line rejected: protect=...cnode or tcb needs ptprot=pks (here ptprot={} resolved to ro): \
+             an object window under ro clears CR0.WP, which makes every read-only page, page tables included, \
+             writable on its CPU for the whole invocation",
+            config.ptprot.name()
+        );
+        exit_qemu(ExitCode::BadCommandLine);
+    }
     let test_plan = match &config.test {
         Some(selection) => match testing::plan(selection) {
             Ok(plan) => Some(plan),

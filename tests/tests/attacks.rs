@@ -95,3 +95,18 @@ fn the_attack_matrix_holds_under_every_policy() {
     }
     eprintln!("{}", markdown(&columns));
 }
+
+/// Object classes are keyed only where keying them holds: never without
+/// the sealed records (`meta`), never under `ro`, whose windows would make
+/// every read-only page writable for a whole invocation.
+#[test]
+fn object_classes_are_refused_where_they_would_protect_nothing() {
+    boot(qemu("ptprot=ro protect=pt,meta,cnode"))
+        .expect_outcome(Outcome::BadCommandLine)
+        .expect_console(&[
+            "kernel command line rejected: protect=...cnode or tcb needs ptprot=pks",
+        ]);
+    boot(qemu("protect=pt,tcb"))
+        .expect_outcome(Outcome::BadCommandLine)
+        .expect_console(&["option 'protect' does not accept 'pt,tcb'"]);
+}

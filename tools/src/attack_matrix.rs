@@ -20,6 +20,7 @@ pub const TESTS: &[&str] = &[
     "attack_matrix_page_table_entry",
     "attack_matrix_cnode_slot",
     "attack_matrix_tcb",
+    "attack_matrix_object_table",
     "stray_write_to_the_pageblock_record",
     "forged_allocator_metadata_is_seen_by_the_walk",
     "attack_matrix_ipc_buffer",
@@ -31,6 +32,7 @@ pub const TARGETS: &[&str] = &[
     "page-table-entry",
     "cnode-slot",
     "tcb",
+    "object-table",
     "sealed-record",
     "allocator-metadata",
     "ipc-buffer",
@@ -55,10 +57,6 @@ pub const POLICIES: &[Policy] = &[
     Policy {
         name: "ro",
         words: "ptprot=ro",
-    },
-    Policy {
-        name: "ro, all classes",
-        words: "ptprot=ro protect=pt,meta,cnode,tcb",
     },
     Policy {
         name: "pks, pt only",

@@ -477,8 +477,13 @@ impl DirectMap for KernelDirectMap {
                     }
                     // Object classes' memory, in their owner's window; no
                     // other key has one.
-                    Protection::Pkey(k) => crate::object::protection::zero_keyed(k, zero)
-                        .ok_or(DirectMapError::Failed)?,
+                    Protection::Pkey(k) => {
+                        // SAFETY: as above: the caller's frames, of key k.
+                        unsafe {
+                            crate::object::protection::zero_keyed(k, virt, (frames * 4096) as usize)
+                        }
+                        .ok_or(DirectMapError::Failed)?
+                    }
                     _ => zero(),
                 }
             }

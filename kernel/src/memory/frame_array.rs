@@ -70,6 +70,23 @@ impl<T> FrameArray<T> {
             return Err(FrameError::NotKernelMemory);
         }
         let frame = frames::alloc_frame(order, freetype, false)?;
+        // The allocator's metadata is ordinary memory; the sealed record
+        // says whether a keyed block really carries its key (as `paging`
+        // checks its tables).
+        if let Protection::Pkey(_) = freetype.protection {
+            let bytes = PAGE as u64 * (1 << order);
+            let first = frame.addr() & !(ptalloc::PAGEBLOCK_SIZE - 1);
+            let keyed = (first..frame.addr() + bytes)
+                .step_by(ptalloc::PAGEBLOCK_SIZE as usize)
+                .all(|at| super::sealed::protection(at) == freetype.protection);
+            if !keyed {
+                panic!(
+                    "the allocator handed out {:#x} as {:?} memory, which the sealed record does not give that key: its metadata was tampered with",
+                    frame.addr(),
+                    freetype.protection
+                );
+            }
+        }
         let base = Self::base(&frame);
         for index in 0..len {
             // SAFETY: the block is ours alone (an owned Frame), unmovable

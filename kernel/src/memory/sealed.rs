@@ -521,12 +521,13 @@ mod attacks {
             let word = (PAGEBLOCKS.0.as_ptr() as usize + (index & !7)) as *mut u64;
             // SAFETY: a word of the record, readable.
             let before = unsafe { word.read_volatile() };
+            let clean = mismatches();
             let forged = before & !(0xff << ((index % 8) * 8));
             // SAFETY: the record's own word; if the write lands it is put
             // back at once below.
             let landed = with_policy(FaultPolicy::Report, || unsafe { write_u64_if_writable(word, forged) }).is_ok();
             let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
-            let seen = mismatches() > 0;
+            let seen = mismatches() > clean;
             if landed {
                 // Undo it through the record's own door.
                 record(pt_block, 1, super::super::frames::PAGE_TABLES.protection);

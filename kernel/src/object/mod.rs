@@ -235,7 +235,10 @@ pub fn init(capacity: usize) -> Result<(), InitError> {
         })
     })
     .map_err(InitError::Memory)?;
-    let table = FrameArray::new(capacity, |_| Object::FREE).map_err(InitError::Memory)?;
+    let table = protection::with_windows(|| {
+        FrameArray::new_in(protection::table_memory(), capacity, |_| Object::FREE)
+    })
+    .map_err(InitError::Memory)?;
     let Ok(caps) = CSpace::new(records) else {
         unreachable!("fresh records are free and fewer than u32::MAX");
     };
@@ -349,6 +352,20 @@ impl Objects {
     pub fn saved_rip_address(&self, tcb: ObjectId) -> Option<*const u64> {
         match self.body(tcb)? {
             Body::Tcb(thread) => Some(&raw const thread[0].context.rip),
+            _ => None,
+        }
+    }
+
+    /// Where the object table holds thread `tcb`'s handle to its state
+    /// block (the handle's address and its size in words) and where that
+    /// block is now, for attack tests.
+    pub fn thread_state_handle(&self, tcb: ObjectId) -> Option<(*const u64, usize, u64)> {
+        match self.body(tcb)? {
+            Body::Tcb(thread) => Some((
+                (thread as *const FrameArray<Thread>).cast(),
+                core::mem::size_of::<FrameArray<Thread>>() / 8,
+                thread.as_ptr() as u64,
+            )),
             _ => None,
         }
     }

@@ -7,6 +7,14 @@
 //!   [`CAPABILITY_MEMORY`], mapped with key 3 (`pkeys::CAPABILITY_KEY`).
 //! - **Thread control blocks** (`tcb`): a thread's saved state lives in
 //!   frames of [`THREAD_MEMORY`], with key 4 (`pkeys::THREAD_KEY`).
+//! - **The object table** (with either class): it holds the handles of
+//!   both (a TCB's state block, a CNode's frame), so one stray write there
+//!   would redirect a keyed object to memory of the attacker's choosing;
+//!   it lives in [`CAPABILITY_MEMORY`] too.
+//! - Both classes need `meta` (their placement and the walk's view of it
+//!   are sealed records) and `ptprot=pks` (under `ro` a window clears
+//!   CR0.WP for the whole critical section): the command line refuses
+//!   anything else.
 //! - A class left out lives in ordinary kernel-object memory
 //!   (`frame_array::KERNEL_OBJECTS`, the default key), and so does every
 //!   class under `ptprot=none`.
@@ -24,7 +32,7 @@
 //!
 //! The window kinds are private to this module; [`zero_keyed`] is the one
 //! door the page allocator's backend uses to wipe a block leaving one of
-//! these freetypes.
+//! these freetypes: it zeroes, and runs nothing else in the window.
 
 use crate::arch::pks;
 use crate::memory::frame_array::{FrameArray, KERNEL_OBJECTS};
@@ -82,6 +90,16 @@ pub fn capability_memory() -> Freetype {
     }
 }
 
+/// Where the object table is placed: keyed when either class is.
+pub fn table_memory() -> Freetype {
+    let protect = in_force();
+    if protect.cnode || protect.tcb {
+        CAPABILITY_MEMORY
+    } else {
+        KERNEL_OBJECTS
+    }
+}
+
 /// Where TCBs are placed.
 pub fn thread_memory() -> Freetype {
     if in_force().tcb {
@@ -117,7 +135,8 @@ pub(super) fn with_windows<T>(f: impl FnOnce() -> T) -> T {
         return f();
     };
     let protect = in_force();
-    match (protect.cnode, protect.tcb) {
+    // Key 3 covers the object table as soon as either class is keyed.
+    match (protect.cnode || protect.tcb, protect.tcb) {
         (true, true) => {
             cpu.with_window::<CapabilityWrite, T>(|| cpu.with_window::<ThreadWrite, T>(f))
         }
@@ -127,30 +146,36 @@ pub(super) fn with_windows<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Runs `wipe` with the window for memory of `key` open: the page
-/// allocator's backend clearing a block of [`CAPABILITY_MEMORY`] or
-/// [`THREAD_MEMORY`]. `None` for any other key.
-pub(crate) fn zero_keyed<T>(key: u8, wipe: impl FnOnce() -> T) -> Option<T> {
-    let Some(cpu) = pks::current() else {
-        return Some(wipe());
-    };
+/// Zeroes `len` bytes at `virt` (direct-map memory of key `key`, the
+/// caller's to clear) inside that key's window: the page allocator's
+/// backend wiping a block of [`CAPABILITY_MEMORY`] or [`THREAD_MEMORY`].
+/// `None` for any other key, writing nothing.
+///
+/// # Safety
+/// `[virt, virt + len)` must be memory of `key` in the direct map that no
+/// one else uses (a block the allocator is converting).
+pub(crate) unsafe fn zero_keyed(key: u8, virt: u64, len: usize) -> Option<()> {
+    // SAFETY: the caller's contract; the window makes the range writable.
+    let zero = || unsafe { (virt as *mut u8).write_bytes(0, len) };
+    let cpu = pks::current();
     if key == CAPABILITY_KEY.index() {
-        Some(cpu.with_window::<CapabilityWrite, T>(wipe))
+        cpu.map_or_else(zero, |c| c.with_window::<CapabilityWrite, ()>(zero));
     } else if key == THREAD_KEY.index() {
-        Some(cpu.with_window::<ThreadWrite, T>(wipe))
+        cpu.map_or_else(zero, |c| c.with_window::<ThreadWrite, ()>(zero));
     } else {
-        None
+        return None;
     }
+    Some(())
 }
 
 /// A slot array of `count` empty slots, in capability-table memory. Under
 /// the lock, inside [`with_windows`].
-pub fn new_slots(count: usize) -> Result<super::Slots, FrameError> {
+pub(super) fn new_slots(count: usize) -> Result<super::Slots, FrameError> {
     FrameArray::new_in(capability_memory(), count, |_| cspace::Slot::EMPTY)
 }
 
 /// A TCB's state, in TCB memory. Under the lock, inside [`with_windows`].
-pub fn new_thread() -> Result<FrameArray<super::Thread>, FrameError> {
+pub(super) fn new_thread() -> Result<FrameArray<super::Thread>, FrameError> {
     FrameArray::new_in(thread_memory(), 1, |_| super::Thread {
         context: abi::UserContext::default(),
         ipc_buffer: 0,
