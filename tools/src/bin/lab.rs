@@ -521,6 +521,12 @@ mod tests {
         let console =
             "boot complete\nlab: storm failed: a mapping the workload made could not be unmapped\n";
         assert!(kernel_says(console).is_some_and(|l| l.starts_with("lab: storm failed")));
+        // A replay's refusal of a malformed trace names the line.
+        let console = "command line: \"lab=trace ptprot=pks memmap=lab\"\nlab: trace failed: line 2: the id is live already\nlab: trace failed: the trace was refused\n";
+        assert_eq!(
+            kernel_says(console),
+            Some("lab: trace failed: line 2: the id is live already")
+        );
         let console = "x\n!!! kernel panic at a.rs:1:2\n!!! stopping the machine\n";
         assert_eq!(kernel_says(console), Some("!!! kernel panic at a.rs:1:2"));
         assert_eq!(kernel_says("pk fault policy: pkfault=report\n"), None);
