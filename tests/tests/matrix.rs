@@ -186,7 +186,9 @@ fn all_kernel_tests_pass_on_small_machines() {
         // the image's last pageblock ends, which moves as the kernel grows
         // (1 to 9 so far). From 24 MiB every test has room.
         let expected_skips = match size {
-            "9M" => 13..=13,
+            // One of them keys a pageblock, which only pks does: 14 on
+            // -cpu max, 13 on qemu64.
+            "9M" => 13..=14,
             "16M" => 0..=9,
             _ => 0..=0,
         };

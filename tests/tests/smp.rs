@@ -88,7 +88,7 @@ const BUSY_HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24
 fn two_cpus_run_the_in_kernel_tests() {
     let run = boot(qemu("test=all").smp(2).timeout(BUSY_HOST_TIMEOUT));
     run.expect_outcome(Outcome::Success)
-        .expect_console(&["tests: 71 passed, 0 failed, 1 skipped", "shootdowns: "]);
+        .expect_console(&["tests: 72 passed, 0 failed, 1 skipped", "shootdowns: "]);
     assert_eq!(cpu_lines(&run).len(), 2, "{}", run.0.transcript());
 }
 

@@ -23,6 +23,9 @@
 //!    key but the default. A key left
 //!    behind (by a test, or a stray write to a PTE's key bits) is a
 //!    *stray key*.
+//! 5. Keyed object memory (keys 3 and 4) has no writable alias without
+//!    its key, under `pks` (a supervisor leaf of another key, or a user
+//!    leaf, over such a pageblock is a violation).
 //!
 //! Together they cover every alias of every table: by 1 each table is
 //! page-table memory, and by 2 every mapping of page-table memory is
@@ -290,6 +293,41 @@ fn unprotected_image_frame(
         .or_else(|| overlap(super::sealed::phys_range()).filter(|_| !sealed_ok))
 }
 
+/// The first pageblock of keyed object memory (capability tables, TCBs:
+/// keys 3 and 4, by the sealed record) that the writable leaf `entry`
+/// maps without that key, under `pks`: an alias a stray write could use
+/// around the key. Under `ro` and `none` no object class is keyed.
+fn unkeyed_object_memory(
+    phys_base: u64,
+    span: u64,
+    entry: u64,
+    mechanism: Mechanism,
+) -> Option<u64> {
+    if mechanism != Mechanism::Pks || entry & WRITABLE == 0 {
+        return None;
+    }
+    let key = pkeys::key::pte_key(entry);
+    let user = entry & USER != 0;
+    let first = phys_base & !(ptalloc::PAGEBLOCK_SIZE - 1);
+    (first..phys_base + span)
+        .step_by(ptalloc::PAGEBLOCK_SIZE as usize)
+        .map(|at| {
+            (
+                at.max(phys_base),
+                super::sealed::protection(at.max(phys_base)),
+            )
+        })
+        .find(|&(_, protection)| {
+            [pkeys::CAPABILITY_KEY, pkeys::THREAD_KEY]
+                .into_iter()
+                .any(|object_key| {
+                    protection == ptalloc::Protection::Pkey(object_key.index())
+                        && (user || key != object_key)
+                })
+        })
+        .map(|(at, _)| at)
+}
+
 /// True if the supervisor leaf `entry` (mapping `span` bytes from
 /// `phys_base`) carries a key that the key table does not give what it
 /// maps. User leaves are left alone: supervisor keys do not apply to them.
@@ -372,6 +410,13 @@ fn walk_table(
                 entry: e,
             });
         }
+        if let Some(phys) = unkeyed_object_memory(phys_base, span, e, mechanism) {
+            report.violation(Violation {
+                virt,
+                phys,
+                entry: e,
+            });
+        }
         if let Some(phys) = page_table_memory_in(phys_base, span) {
             report.aliases += 1;
             if !protected(e, mechanism) {
@@ -434,6 +479,45 @@ crate::kernel_test! {
             }
         }
         crate::check_eq!(verify().stray_keys, 0, "the guard left the key behind");
+        Ok(())
+    }
+}
+
+crate::kernel_test! {
+    /// Rule 5: a block of capability-table memory (key 3) mapped writable
+    /// into an address space with the default key is a violation under
+    /// `pks`; unmapped, the walk passes again. (`paging` maps any frame it
+    /// is given: keeping keyed object memory out of data mappings is the
+    /// object layer's business, and this rule its check.)
+    fn walk_reports_unkeyed_aliases_of_object_memory() -> TestResult {
+        use super::paging::{AddressSpace, MapFlags, PageSize};
+        let mechanism = pks::current().map_or(Mechanism::None, |p| p.mechanism());
+        if mechanism != Mechanism::Pks {
+            return Err(crate::testing::TestFailure::skipped("object memory is keyed only under pks"));
+        }
+        let fail = |e: &dyn core::fmt::Debug| crate::testing::TestFailure::because(e);
+        let keyed = crate::object::protection::CAPABILITY_MEMORY;
+        let frame = match super::frames::alloc_frame(0, keyed, true) {
+            Ok(frame) => frame,
+            Err(error) => {
+                // A small machine may have no pageblock left to key.
+                super::frames::needs_free_pageblocks(1, "to key for capability tables")?;
+                return Err(fail(&error));
+            }
+        };
+        let phys = frame.addr();
+        let space = AddressSpace::new().map_err(|e| fail(&e))?;
+        let clean = verify_root(space.root()).violations;
+        const V: u64 = 0x1000_0000;
+        space
+            .map(V, frame, MapFlags { writable: true, executable: false })
+            .map_err(|e| fail(&e.error))?;
+        let aliased = verify_root(space.root());
+        let unmapped = space.unmap(V, PageSize::Small).map_err(|e| fail(&e))?;
+        let after = verify_root(space.root()).violations;
+        drop(unmapped);
+        crate::check_eq!((clean, aliased.violations, after), (0, 1, 0));
+        crate::check_eq!(aliased.first_violation.map(|v| v.phys), Some(phys));
         Ok(())
     }
 }
