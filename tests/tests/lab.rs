@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use qemu_tests::{Run, boot, qemu};
 use tools::Outcome;
 
+/// The lab's boots run thousands of page-table operations (pagewise
+/// flushes for every one): seconds on an idle host, minutes on a busy one
+/// (CI with other QEMU runs beside it). The timeout only detects a hang.
+const LAB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// One workload's figures, from its `lab: workload=NAME key=value ...` line.
 type Figures = BTreeMap<String, String>;
 
@@ -41,7 +46,7 @@ fn number(figures: &Figures, key: &str) -> u64 {
 }
 
 fn run_lab(words: &str) -> (Run, BTreeMap<String, Figures>) {
-    let run = boot(qemu(&format!("lab=churn,spaces,storm {words}")));
+    let run = boot(qemu(&format!("lab=churn,spaces,storm {words}")).timeout(LAB_TIMEOUT));
     run.expect_outcome(Outcome::Success);
     let lines = lab_lines(&run);
     let names: Vec<&str> = lines.keys().map(String::as_str).collect();
@@ -134,7 +139,7 @@ fn protected_first_unprotects_pageblocks_on_demand() {
 fn granular_never_splits_a_gigabyte() {
     // 2 GiB: the direct map has whole gigabytes to map with 1 GiB pages.
     let boot_with = |strategy: &str| {
-        let mut config = qemu(&format!("ptstrategy={strategy} lab=spaces"));
+        let mut config = qemu(&format!("ptstrategy={strategy} lab=spaces")).timeout(LAB_TIMEOUT);
         config.memory = "2G".into();
         let run = boot(config);
         run.expect_outcome(Outcome::Success);
@@ -185,7 +190,7 @@ fn a_trace_replays_in_the_kernel_and_a_bad_one_is_refused_with_its_line() {
         "good.trace",
         "# a long comment that goes on and on and on and on and on and on and on and on and on and on and on and on and on\nA 1 4\nA 2 1 # a PT\nD 3 2\nF 2\n",
     );
-    let run = boot(qemu("lab=trace").initrd(good));
+    let run = boot(qemu("lab=trace").initrd(good).timeout(LAB_TIMEOUT));
     run.expect_outcome(Outcome::Success);
     let trace = &lab_lines(&run)["trace"];
     assert_eq!(number(trace, "ops"), 4);
