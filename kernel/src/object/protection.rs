@@ -22,8 +22,9 @@
 //! Keys 3 and 4 are write-disabled in the default PKRS whether or not
 //! anything carries them. The object layer writes its memory only under
 //! the big lock, so the windows are opened there: [`with_windows`] opens
-//! one per protected class for the whole critical section (a syscall's
-//! invocation, a thread's save), two PKRS writes each. That is the cost
+//! one per key in use (key 3 with either class, key 4 with `tcb`) for the
+//! whole critical section (a syscall's invocation, a thread's save), two
+//! PKRS writes each. That is the cost
 //! the lab measures; what it buys is that a stray write from anywhere
 //! outside the object layer's critical sections (another CPU's, an
 //! interrupt handler's, any other subsystem's) faults. A stray write from
