@@ -125,6 +125,23 @@ pub struct ObjectProtection {
     pub tcb: bool,
 }
 
+impl ObjectProtection {
+    /// The `protect=` value that selects these classes (page tables
+    /// always), as reports and the lab's lines spell it.
+    pub const fn spelling(&self) -> &'static str {
+        match (self.meta, self.cnode, self.tcb) {
+            (false, false, false) => "pt",
+            (true, false, false) => "pt,meta",
+            (false, true, false) => "pt,cnode",
+            (false, false, true) => "pt,tcb",
+            (true, true, false) => "pt,meta,cnode",
+            (true, false, true) => "pt,meta,tcb",
+            (false, true, true) => "pt,cnode,tcb",
+            (true, true, true) => "pt,meta,cnode,tcb",
+        }
+    }
+}
+
 impl Default for ObjectProtection {
     /// `protect=pt,meta`: page tables and the records about them.
     fn default() -> Self {
@@ -525,6 +542,18 @@ mod tests {
             assert_eq!(KernelConfig::parse(&line).unwrap().ptstrategy, strategy);
         }
         assert!(KernelConfig::parse("lab=none").unwrap().lab.is_empty());
+        for meta in [false, true] {
+            for cnode in [false, true] {
+                for tcb in [false, true] {
+                    let classes = ObjectProtection { meta, cnode, tcb };
+                    let spelled = parse_protect(classes.spelling());
+                    // Spellings the parser refuses (cnode or tcb without
+                    // meta) are still spelled; the others read back.
+                    assert!(spelled.is_none_or(|back| back == classes), "{classes:?}");
+                    assert_eq!(spelled.is_some(), meta || !(cnode || tcb), "{classes:?}");
+                }
+            }
+        }
         let protect = |line| KernelConfig::parse(line).map(|c| c.protect);
         assert_eq!(
             protect(""),

@@ -137,12 +137,10 @@ pub fn expected(target: Target) -> Outcome {
 pub fn record(target: Target, outcome: Outcome) -> TestResult {
     let classes = protection::in_force();
     defmt::info!(
-        "attack-matrix: target={=str} ptprot={=str} protect=pt{=str}{=str}{=str} outcome={=str}",
+        "attack-matrix: target={=str} ptprot={=str} protect={=str} outcome={=str}",
         target.name(),
         crate::boot_state().ptprot.name(),
-        if classes.meta { ",meta" } else { "" },
-        if classes.cnode { ",cnode" } else { "" },
-        if classes.tcb { ",tcb" } else { "" },
+        classes.spelling(),
         outcome.name()
     );
     let claimed = expected(target);

@@ -68,12 +68,9 @@ pub fn print_boot_report(boot: &BootState) {
             consumer.key, consumer.name, consumer.rights
         );
     }
-    let objects = crate::object::protection::in_force();
     println!(
-        "object protection: protect=pt{}{}{} (classes with keys of their own; none under ptprot=none)",
-        if objects.meta { ",meta" } else { "" },
-        if objects.cnode { ",cnode" } else { "" },
-        if objects.tcb { ",tcb" } else { "" },
+        "object protection: protect={} (classes with keys of their own; none under ptprot=none)",
+        crate::object::protection::in_force().spelling()
     );
     let applies = match boot.ptprot {
         ProtectionPolicy::Pks => "",

@@ -141,13 +141,11 @@ fn report_lab_line(before: &ptalloc::Stats, after: &ptalloc::Stats) {
     let objects = object::protection::in_force();
     let policy = frames::policy();
     defmt::info!(
-        "lab: workload=syscalls strategy={=str} fallback={=str} protection={=str} protect=pt{=str}{=str}{=str} ops={=u64} pkrs_writes={=u64} flushes={=u64} conversions={=u64}",
+        "lab: workload=syscalls strategy={=str} fallback={=str} protection={=str} protect={=str} ops={=u64} pkrs_writes={=u64} flushes={=u64} conversions={=u64}",
         policy.strategy_name(),
         policy.fallback_name(),
         crate::boot_state().ptprot.name(),
-        if objects.meta { ",meta" } else { "" },
-        if objects.cnode { ",cnode" } else { "" },
-        if objects.tcb { ",tcb" } else { "" },
+        objects.spelling(),
         syscalls,
         pkrs_writes,
         after.flushes_local - before.flushes_local,
@@ -160,16 +158,13 @@ fn report_costs(counts: &Counts) {
     let costs = object::read_objects(|objects| objects.costs()).unwrap_or_default();
     let processes = counts.processes.max(1);
     let (syscalls, syscall_writes) = crate::syscall::costs();
-    let objects = object::protection::in_force();
     println!(
-        "user tests: costs: {} syscalls, {} PKRS writes, {}.{:02} per syscall (protect=pt{}{}{})",
+        "user tests: costs: {} syscalls, {} PKRS writes, {}.{:02} per syscall (protect={})",
         syscalls,
         syscall_writes,
         syscall_writes / syscalls.max(1),
         syscall_writes * 100 / syscalls.max(1) % 100,
-        if objects.meta { ",meta" } else { "" },
-        if objects.cnode { ",cnode" } else { "" },
-        if objects.tcb { ",tcb" } else { "" },
+        object::protection::in_force().spelling(),
     );
     println!(
         "user tests: costs: {} map invocations (frames and tables), {} PKRS writes, {}.{:02} per map (goal 2); \
